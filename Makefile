@@ -1,0 +1,46 @@
+# Front door. Every target installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CHECKOV_VENV := .venv-checkov
+
+.PHONY: install demo test test-unit test-integration test-infra bench lint clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+$(CHECKOV_VENV)/.installed: infra/checkov-requirements.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r infra/checkov-requirements.txt
+	touch $@
+
+# The whole pipeline on the local cloud: upload, import, export, completion events.
+demo: install
+	$(PY) -m localcloud demo
+
+test: install $(CHECKOV_VENV)/.installed
+	terraform fmt -check -recursive infra
+	$(CHECKOV_VENV)/bin/checkov -d infra --framework terraform --compact --quiet --skip-download
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install
+	$(PY) -m pytest tests/integration
+
+bench: install
+	$(PY) -m bench
+
+lint: install
+	$(PY) -m ruff check functions localcloud tests bench main.py
+	$(PY) -m mypy functions main.py
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) .localcloud .pytest_cache
