@@ -1,0 +1,142 @@
+"""Creates the local cloud's resources on the emulators (idempotent: existing ones are kept).
+
+The emulator clients are built on explicit insecure channels instead of reading
+PUBSUB_EMULATOR_HOST, so a process can talk to several stacks and needs no global state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import requests
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry, if_exception_type
+from google.cloud import pubsub_v1
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+from localcloud.config import LocalConfig
+
+# The emulator answers HTTP a moment before its admin API accepts calls.
+_ADMIN_RETRY = Retry(
+    predicate=if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
+    initial=0.05,
+    maximum=0.5,
+    timeout=15.0,
+)
+_HTTP_TIMEOUT = 10.0
+
+
+class ProvisionError(RuntimeError):
+    """An emulator refused to create a resource."""
+
+
+def publisher(pubsub_host: str) -> pubsub_v1.PublisherClient:
+    transport = PublisherGrpcTransport(channel=grpc.insecure_channel(pubsub_host))
+    return pubsub_v1.PublisherClient(transport=transport)
+
+
+def subscriber(pubsub_host: str) -> pubsub_v1.SubscriberClient:
+    transport = SubscriberGrpcTransport(channel=grpc.insecure_channel(pubsub_host))
+    return pubsub_v1.SubscriberClient(transport=transport)
+
+
+def create_topic(pubsub_host: str, topic_path: str) -> None:
+    try:
+        publisher(pubsub_host).create_topic(name=topic_path, retry=_ADMIN_RETRY)
+    except gexc.AlreadyExists:
+        pass
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    endpoint: str  # http://host:port/projects/P/topics/T: functions-framework reads the topic from it
+    min_backoff_seconds: float
+    max_backoff_seconds: float
+    dead_letter_topic: str | None = None
+    max_delivery_attempts: int = 5
+
+
+def create_subscription(
+    pubsub_host: str,
+    subscription_path: str,
+    topic_path: str,
+    *,
+    push: PushTarget | None = None,
+    ack_deadline_seconds: int = 60,
+) -> None:
+    request: dict[str, object] = {
+        "name": subscription_path,
+        "topic": topic_path,
+        "ack_deadline_seconds": ack_deadline_seconds,
+    }
+    if push is not None:
+        request["push_config"] = {"push_endpoint": push.endpoint}
+        request["retry_policy"] = {
+            "minimum_backoff": {"seconds": int(push.min_backoff_seconds)},
+            "maximum_backoff": {"seconds": int(push.max_backoff_seconds)},
+        }
+        if push.dead_letter_topic:
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": push.dead_letter_topic,
+                "max_delivery_attempts": push.max_delivery_attempts,
+            }
+    try:
+        subscriber(pubsub_host).create_subscription(request=request, retry=_ADMIN_RETRY)
+    except gexc.AlreadyExists:
+        pass
+
+
+def create_bucket(storage_url: str, project: str, bucket: str) -> None:
+    response = requests.post(
+        f"{storage_url}/storage/v1/b",
+        params={"project": project},
+        json={"name": bucket},
+        timeout=_HTTP_TIMEOUT,
+    )
+    if response.status_code not in (200, 409):
+        raise ProvisionError(f"bucket {bucket}: HTTP {response.status_code} {response.text[:300]}")
+
+
+def create_dicom_store(healthcare_url: str, config: LocalConfig) -> None:
+    parent = f"{healthcare_url}/v1/projects/{config.project}/locations/{config.location}"
+    steps = [
+        (f"{parent}/datasets", {"datasetId": config.dataset}),
+        (f"{parent}/datasets/{config.dataset}/dicomStores", {"dicomStoreId": config.dicom_store}),
+    ]
+    for url, params in steps:
+        response = requests.post(url, params=params, json={}, timeout=_HTTP_TIMEOUT)
+        if response.status_code not in (200, 409):
+            raise ProvisionError(f"POST {url}: HTTP {response.status_code} {response.text[:300]}")
+
+
+def provision_pubsub(pubsub_host: str, config: LocalConfig, export_endpoint: str | None) -> None:
+    """Topics and subscriptions; the export push subscription only when an export endpoint exists."""
+    for name in (
+        config.notifications_topic,
+        config.export_requests_topic,
+        config.completions_topic,
+        config.export_dead_letter_topic,
+    ):
+        create_topic(pubsub_host, config.topic_path(name))
+    sub, topic = config.subscription_path, config.topic_path
+    for subscription, source in (
+        (config.notifications_subscription, config.notifications_topic),
+        (config.completions_subscription, config.completions_topic),
+        (config.export_dead_letter_subscription, config.export_dead_letter_topic),
+    ):
+        create_subscription(pubsub_host, sub(subscription), topic(source))
+    if export_endpoint is not None:
+        create_subscription(
+            pubsub_host,
+            sub(config.export_push_subscription),
+            topic(config.export_requests_topic),
+            push=PushTarget(
+                endpoint=f"{export_endpoint}/{topic(config.export_requests_topic)}",
+                min_backoff_seconds=config.push_min_backoff_seconds,
+                max_backoff_seconds=config.push_max_backoff_seconds,
+                dead_letter_topic=topic(config.export_dead_letter_topic),
+                max_delivery_attempts=config.max_delivery_attempts,
+            ),
+        )

@@ -1,0 +1,87 @@
+"""Session-wide emulators for the integration tests.
+
+Each emulator starts once per session on a free port and stops at the end. The fixtures return
+plain endpoint strings and also export the variables the Google clients read, so code under test
+finds the emulators the way it would in the local stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localcloud import components, provision
+from localcloud.config import LocalConfig
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Conftest hooks see every collected item, not only this folder's.
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def local_config() -> LocalConfig:
+    return LocalConfig()
+
+
+@pytest.fixture(scope="session")
+def project_id(local_config: LocalConfig) -> str:
+    return local_config.project
+
+
+@pytest.fixture(scope="session")
+def emulator_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Logs and data of the session's emulators (logs/<component>.log)."""
+    return tmp_path_factory.mktemp("emulators")
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(emulator_workdir: Path) -> Iterator[str]:
+    """host:port of a Pub/Sub emulator; PUBSUB_EMULATOR_HOST is set for the session."""
+    component = components.start_pubsub_emulator(emulator_workdir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PUBSUB_EMULATOR_HOST", component.host)
+        try:
+            yield component.host
+        finally:
+            component.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_notifications_topic(pubsub_emulator: str, local_config: LocalConfig) -> str:
+    """projects/P/topics/T that receives an OBJECT_FINALIZE notification for every upload to fake_gcs."""
+    topic = local_config.topic_path(local_config.notifications_topic)
+    provision.create_topic(pubsub_emulator, topic)
+    return topic
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(emulator_workdir: Path, pubsub_emulator: str, gcs_notifications_topic: str) -> Iterator[str]:
+    """http://host:port of fake-gcs-server; STORAGE_EMULATOR_HOST is set for the session."""
+    component = components.start_fake_gcs(
+        emulator_workdir, pubsub_host=pubsub_emulator, event_topic=gcs_notifications_topic
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", component.url)
+        try:
+            yield component.url
+        finally:
+            component.stop()
+
+
+@pytest.fixture(scope="session")
+def healthcare_emulator(emulator_workdir: Path, fake_gcs: str) -> Iterator[str]:
+    """Base URL of the Healthcare API emulator (reading from fake_gcs); HEALTHCARE_API_URL is set."""
+    component = components.start_healthcare_emulator(emulator_workdir, storage_host=fake_gcs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HEALTHCARE_API_URL", component.url)
+        try:
+            yield component.url
+        finally:
+            component.stop()

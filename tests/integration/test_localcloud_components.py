@@ -1,0 +1,138 @@
+"""The process launchers: readiness, logs, failures and stops that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from google.cloud import pubsub_v1
+
+from localcloud import components, provision
+from localcloud.config import LocalConfig
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
+    # A leader that leaves a grandchild behind, like gcloud leaves its Java emulator.
+    script = (
+        "import http.server as h, subprocess, sys; subprocess.Popen(['sleep', '300']); "
+        "h.HTTPServer(('127.0.0.1', int(sys.argv[1])), h.BaseHTTPRequestHandler).serve_forever()"
+    )
+    port = components.free_port()
+    component = components.launch(
+        "parent-with-child",
+        [sys.executable, "-c", script, str(port)],
+        workdir=tmp_path,
+        port=port,
+        ready=components.http_answers,
+    )
+    assert not _group_gone(component.pid)
+    component.stop(grace=2)
+    assert _group_gone(component.pid)
+    assert not component.running()
+
+
+def test_a_component_that_dies_while_starting_is_named_with_its_log(tmp_path: Path) -> None:
+    with pytest.raises(components.ComponentError) as excinfo:
+        components.launch(
+            "doomed",
+            [sys.executable, "-c", "print('bad flag --frobnicate'); raise SystemExit(3)"],
+            workdir=tmp_path,
+            port=components.free_port(),
+            ready=components.http_answers,
+        )
+    message = str(excinfo.value)
+    assert "doomed exited with code 3" in message
+    assert "bad flag --frobnicate" in message
+    assert (tmp_path / "logs" / "doomed.log").exists()
+
+
+def test_a_component_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
+    with pytest.raises(components.ComponentError, match="did not become ready") as excinfo:
+        components.launch(
+            "sleeper",
+            ["sleep", "300"],
+            workdir=tmp_path,
+            port=components.free_port(),
+            ready=components.http_answers,
+            timeout=0.5,
+        )
+    assert "sleeper" in str(excinfo.value)
+
+
+def test_pubsub_emulator_accepts_admin_calls(pubsub_emulator: str, project_id: str) -> None:
+    topic = f"projects/{project_id}/topics/components-probe"
+    provision.create_topic(pubsub_emulator, topic)
+    provision.create_topic(pubsub_emulator, topic)  # idempotent
+    listed = provision.publisher(pubsub_emulator).list_topics(project=f"projects/{project_id}")
+    topics = [t.name for t in listed]
+    assert topic in topics
+
+
+def test_fake_gcs_publishes_a_finalize_notification_per_upload(
+    fake_gcs: str, pubsub_emulator: str, gcs_notifications_topic: str, local_config: LocalConfig
+) -> None:
+    subscription = local_config.subscription_path("components-probe-notifications")
+    provision.create_subscription(pubsub_emulator, subscription, gcs_notifications_topic)
+    provision.create_bucket(fake_gcs, local_config.project, "components-probe")
+    upload = requests.post(
+        f"{fake_gcs}/upload/storage/v1/b/components-probe/o",
+        params={"uploadType": "media", "name": "a/b.dcm"},
+        data=b"DICM",
+        timeout=10,
+    )
+    assert upload.status_code == 200, upload.text
+
+    client = provision.subscriber(pubsub_emulator)
+    deadline = time.monotonic() + 10
+    received: list[pubsub_v1.types.PubsubMessage] = []
+    while not received and time.monotonic() < deadline:
+        response = client.pull(subscription=subscription, max_messages=10, timeout=5)
+        received = [m.message for m in response.received_messages]
+    assert received, "no notification within 10 s"
+    message = received[0]
+    assert message.attributes["eventType"] == "OBJECT_FINALIZE"
+    assert message.attributes["bucketId"] == "components-probe"
+    assert json.loads(message.data)["name"] == "a/b.dcm"
+
+
+def test_function_sees_only_its_settings_and_answers_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "main.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            import json, os
+            import functions_framework
+
+            @functions_framework.http
+            def show_env(request):
+                names = [k for k in os.environ if k.startswith("DICOM_") or k == "FUNCTION_TARGET"]
+                return json.dumps({k: os.environ[k] for k in names})
+            """
+        )
+    )
+    monkeypatch.setenv("DICOM_IMPORT_PREFIXES", "leaked-from-the-shell/")
+    component = components.start_function(
+        "show_env", tmp_path, {"DICOM_STORE": LocalConfig().dicom_store_path}, source=source
+    )
+    try:
+        seen = requests.get(component.url, timeout=10).json()
+    finally:
+        component.stop()
+    assert seen == {"DICOM_STORE": LocalConfig().dicom_store_path, "FUNCTION_TARGET": "show_env"}
+    assert _group_gone(component.pid)
