@@ -1,0 +1,203 @@
+"""Turns one debounce window's uploads into import jobs: claim, plan, stage, queue, start.
+
+Run by the window's leader on the finalize path, and by the poller for windows whose leader died.
+The claim (`claims/{W}.json`) is the only shared object here and is written a few times per
+window, not per upload.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from functions import planning
+from functions.gcs import Gcs, ObjectInfo
+from functions.jobs import Job, JobQueue
+from functions.log import fields
+from functions.settings import Settings
+from functions.windows import window_close
+
+logger = logging.getLogger(__name__)
+
+# A scope with more objects than this is treated as "unknown": no glob may reach into it.
+LISTING_CAP = 20_000
+_IO_THREADS = 16
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One recorded upload waiting in a window."""
+
+    record: str  # state object name of its window record
+    bucket: str
+    name: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    window: str
+    claimed: bool
+    uploads: int = 0
+    jobs: tuple[str, ...] = ()
+    started: tuple[str, ...] = ()
+    staged: int = 0
+
+
+class WindowBatcher:
+    """Plans and queues the imports of a window. Thread-safe; holds no per-window state."""
+
+    def __init__(self, settings: Settings, gcs: Gcs, queue: JobQueue,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._s = settings
+        self._gcs = gcs
+        self._queue = queue
+        self._clock = clock
+        self._holder = uuid.uuid4().hex[:12]
+
+    def window_prefix(self, window: str) -> str:
+        return self._s.state_path("windows", window) + "/"
+
+    def claim_path(self, window: str) -> str:
+        return self._s.state_path("claims", f"{window}.json")
+
+    def open_windows(self) -> list[str]:
+        """Windows that hold records (the poller's view of unfinished work)."""
+        root = self._s.state_path("windows/")
+        return [p[len(root):].rstrip("/") for p in self._gcs.list_prefixes(self._s.state_bucket, root)]
+
+    def is_orphaned(self, window: str) -> bool:
+        """True once a live leader would long have claimed the window."""
+        deadline = window_close(window, self._s.debounce_seconds) + self._s.settle_seconds
+        return self._clock() > deadline + self._s.claim_lease_seconds
+
+    def run(self, window: str) -> WindowResult:
+        """Claims the window (or takes over an expired claim) and turns its uploads into jobs."""
+        generation = self._claim(window)
+        if generation is None:
+            return WindowResult(window, claimed=False)
+        uploads = self._uploads(window)
+        batch_id = f"{window}-{generation % 10**8:08d}"
+        jobs: list[Job] = []
+        staged = 0
+        for (bucket, storage_class), group in _group(uploads, self._s).items():
+            group_jobs, group_staged = self._plan_group(batch_id, len(jobs), bucket, storage_class, group)
+            jobs.extend(group_jobs)
+            staged += group_staged
+        for job in jobs:
+            self._queue.submit(job)
+        # The jobs are durable now: the window records and the claim have done their part.
+        self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
+        self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
+        started = tuple(r.started for r in (self._queue.try_start(j.job_id) for j in jobs) if r.started)
+        logger.info("window batched", extra=fields(window=window, batch=batch_id, uploads=len(uploads),
+                                                    jobs=len(jobs), started=len(started), staged=staged))
+        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged)
+
+    def _claim(self, window: str) -> int | None:
+        now = self._clock()
+        claim = {"holder": self._holder, "leaseUntil": now + self._s.claim_lease_seconds}
+        path = self.claim_path(window)
+        generation = self._gcs.create(self._s.state_bucket, path, claim)
+        if generation is not None:
+            return generation
+        current = self._gcs.read(self._s.state_bucket, path)
+        if current is None or float(current.data.get("leaseUntil", 0)) > now:
+            return None  # planned just now, or being planned by a live leader
+        logger.warning("taking over a window whose leader died", extra=fields(window=window))
+        return self._gcs.replace(self._s.state_bucket, path, claim, current.generation)
+
+    def _uploads(self, window: str) -> list[Upload]:
+        uploads = []
+        for info in self._gcs.list(self._s.state_bucket, self.window_prefix(window)):
+            meta = info.metadata
+            try:
+                uploads.append(Upload(info.name, meta["bucket"], meta["name"], int(meta["generation"])))
+            except (KeyError, ValueError):
+                logger.error("dropping an unreadable window record", extra=fields(record=info.name))
+        return uploads
+
+    def _plan_group(self, batch_id: str, first_index: int, bucket: str, storage_class: str | None,
+                    uploads: list[Upload]) -> tuple[list[Job], int]:
+        names = {u.name: u for u in uploads}
+        others, incomplete = self._others(bucket, names)
+        plan = planning.plan_import(list(names), others, eligible=self._eligible,
+                                    incomplete_scopes=incomplete)
+        jobs: list[Job] = []
+        now = self._clock()
+
+        def job(index: int, uri: str, objects: list[dict[str, object]], staging_prefix: str = "") -> Job:
+            job_id = f"{batch_id}-{first_index + index:02d}"
+            manifest = self._s.state_path("manifests", f"{job_id}.json")
+            self._gcs.write(self._s.state_bucket, manifest, {"objects": objects})
+            return Job(job_id=job_id, kind="import", request_id=batch_id, created_at=now, import_uri=uri,
+                       storage_class=storage_class, manifest=manifest, object_count=len(objects),
+                       staging_prefix=staging_prefix)
+
+        for planned in plan.uris:
+            objects = [_manifest_entry(names[n]) for n in planned.new_objects]
+            jobs.append(job(len(jobs), f"gs://{bucket}/{planned.pattern}", objects))
+        if plan.staged:
+            staging_prefix = self._s.state_path("staging", f"{batch_id}-{first_index + len(jobs):02d}") + "/"
+            objects = self._stage([names[n] for n in plan.staged], staging_prefix)
+            uri = f"gs://{self._s.state_bucket}/{staging_prefix}**"
+            jobs.append(job(len(jobs), uri, objects, staging_prefix))
+        return jobs, len(plan.staged)
+
+    def _others(self, bucket: str, names: dict[str, Upload]) -> tuple[set[str], list[planning.ListingScope]]:
+        """Everything else in the scopes a glob could reach, and the scopes too big to list."""
+        others: set[str] = set()
+        incomplete = []
+        for scope in planning.listing_scopes(list(names)):
+            listed: list[ObjectInfo] = list(self._gcs.list(bucket, scope.prefix, recursive=scope.recursive,
+                                                           max_results=LISTING_CAP + 1))
+            if len(listed) > LISTING_CAP:
+                incomplete.append(scope)
+            others.update(info.name for info in listed if info.name not in names)
+        return others, incomplete
+
+    def _eligible(self, name: str) -> bool:
+        return bool(self._s.import_name_pattern.search(name))
+
+    def _stage(self, uploads: list[Upload], prefix: str) -> list[dict[str, object]]:
+        """Server-side copies under a batch-unique prefix that one `**` import covers."""
+        entries = []
+        for index, upload in enumerate(uploads):
+            entry = _manifest_entry(upload)
+            entry["staged"] = f"gs://{self._s.state_bucket}/{prefix}{index:06d}.dcm"
+            entries.append(entry)
+
+        def copy(item: tuple[Upload, dict[str, object]]) -> None:
+            upload, entry = item
+            target = str(entry["staged"]).split("/", 3)[3]
+            self._gcs.copy(upload.bucket, upload.name, upload.generation, self._s.state_bucket, target)
+
+        self._parallel(copy, list(zip(uploads, entries, strict=True)))
+        return entries
+
+    @staticmethod
+    def _parallel(action: Callable[..., object], items: Iterable[object]) -> None:
+        items = list(items)
+        if len(items) <= 1:
+            for item in items:
+                action(item)
+            return
+        with ThreadPoolExecutor(max_workers=min(_IO_THREADS, len(items))) as pool:
+            list(pool.map(action, items))
+
+
+def _manifest_entry(upload: Upload) -> dict[str, object]:
+    return {"uri": f"gs://{upload.bucket}/{upload.name}", "generation": upload.generation}
+
+
+def _group(uploads: list[Upload], settings: Settings) -> dict[tuple[str, str | None], list[Upload]]:
+    """One import per bucket and storage class: blobStorageSettings applies to a whole call."""
+    groups: dict[tuple[str, str | None], list[Upload]] = defaultdict(list)
+    for upload in uploads:
+        groups[(upload.bucket, settings.storage_class_for(upload.name))].append(upload)
+    return dict(groups)

@@ -1,0 +1,155 @@
+"""Cloud Storage calls the pipeline makes: atomic claims, compare-and-swap records, listings, copies.
+
+Every claim is a create with `ifGenerationMatch=0`: exactly one concurrent creator wins. A 412 is
+always read as "somebody else owns this"; if that somebody died, a lease lets the poller take over.
+So an ambiguous retry (our own create landed, the answer got lost) delays work, never loses it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from google.api_core import exceptions as gexc
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+if TYPE_CHECKING:
+    from google.cloud import storage
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """The listing fields the planner and the failure report need."""
+
+    name: str
+    generation: int
+    size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A JSON state object and the generation it was read at (for compare-and-swap)."""
+
+    data: dict[str, Any]
+    generation: int
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+class Gcs:
+    """Thin wrapper over a `google.cloud.storage.Client`; thread-safe like the client."""
+
+    def __init__(self, client: storage.Client, *, timeout: float = 60.0) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    @classmethod
+    def from_environment(cls, project: str, *, timeout: float = 60.0) -> Gcs:
+        from google.cloud import storage  # lazy: keeps cold start small
+
+        # With STORAGE_EMULATOR_HOST set the client uses anonymous credentials by itself.
+        return cls(storage.Client(project=project), timeout=timeout)
+
+    def _blob(self, bucket: str, name: str) -> storage.Blob:
+        return self._client.bucket(bucket).blob(name)
+
+    def create(self, bucket: str, name: str, data: dict[str, Any] | bytes | str,
+               metadata: dict[str, str] | None = None) -> int | None:
+        """Creates the object if absent; returns its generation, or None when it already exists.
+
+        `metadata` (custom object metadata) comes back in listings, so a reader of many small
+        records needs one list call instead of one read per record.
+        """
+        blob = self._blob(bucket, name)
+        if metadata:
+            blob.metadata = metadata
+        body = _dumps(data) if isinstance(data, dict) else data
+        try:
+            blob.upload_from_string(body, content_type=_content_type(data), if_generation_match=0,
+                                    timeout=self._timeout, retry=DEFAULT_RETRY)
+        except gexc.PreconditionFailed:
+            return None
+        return int(blob.generation or 0)
+
+    def read(self, bucket: str, name: str) -> Record | None:
+        """Reads a JSON object with its generation; None when it does not exist."""
+        blob = self._blob(bucket, name)
+        try:
+            raw = blob.download_as_bytes(timeout=self._timeout, retry=DEFAULT_RETRY)
+        except gexc.NotFound:
+            return None
+        return Record(json.loads(raw), int(blob.generation or 0))
+
+    def replace(self, bucket: str, name: str, data: dict[str, Any], generation: int) -> int | None:
+        """Overwrites only if the object is still at `generation`; None when somebody else wrote it."""
+        blob = self._blob(bucket, name)
+        try:
+            blob.upload_from_string(_dumps(data), content_type="application/json",
+                                    if_generation_match=generation, timeout=self._timeout,
+                                    retry=DEFAULT_RETRY)
+        except (gexc.PreconditionFailed, gexc.NotFound):
+            return None
+        return int(blob.generation or 0)
+
+    def write(self, bucket: str, name: str, data: dict[str, Any] | bytes | str) -> None:
+        """Unconditional write (for objects only one writer ever produces)."""
+        body = _dumps(data) if isinstance(data, dict) else data
+        self._blob(bucket, name).upload_from_string(body, content_type=_content_type(data),
+                                                    timeout=self._timeout, retry=DEFAULT_RETRY)
+
+    def delete(self, bucket: str, name: str, generation: int | None = None) -> bool:
+        """Deletes (only at `generation` when given); False when it was gone or had changed."""
+        try:
+            self._blob(bucket, name).delete(if_generation_match=generation, timeout=self._timeout,
+                                            retry=DEFAULT_RETRY)
+        except (gexc.NotFound, gexc.PreconditionFailed):
+            return False
+        return True
+
+    def list(self, bucket: str, prefix: str, *, recursive: bool = True,
+             max_results: int | None = None) -> Iterator[ObjectInfo]:
+        """Objects under `prefix` (direct children only when not recursive)."""
+        blobs = self._client.list_blobs(bucket, prefix=prefix, delimiter=None if recursive else "/",
+                                        max_results=max_results, timeout=self._timeout,
+                                        retry=DEFAULT_RETRY)
+        for blob in blobs:
+            yield ObjectInfo(blob.name, int(blob.generation or 0), int(blob.size or 0), dict(blob.metadata or {}))
+
+    def list_prefixes(self, bucket: str, prefix: str) -> list[str]:
+        """The "folders" directly under `prefix`."""
+        iterator = self._client.list_blobs(bucket, prefix=prefix, delimiter="/", timeout=self._timeout,
+                                           retry=DEFAULT_RETRY)
+        for _ in iterator.pages:
+            pass
+        return sorted(iterator.prefixes)
+
+    def copy(self, src_bucket: str, src_name: str, generation: int, dst_bucket: str, dst_name: str) -> None:
+        """Server-side copy of one generation (rewrite loop: large objects take several calls)."""
+        source = self._blob(src_bucket, src_name)
+        source.generation = generation
+        target = self._blob(dst_bucket, dst_name)
+        token, _, _ = target.rewrite(source, timeout=self._timeout, retry=DEFAULT_RETRY)
+        while token is not None:
+            token, _, _ = target.rewrite(source, token=token, timeout=self._timeout, retry=DEFAULT_RETRY)
+
+    def download(self, bucket: str, name: str, *, generation: int | None = None,
+                 end: int | None = None) -> bytes:
+        """Object bytes (the first `end + 1` bytes when `end` is given)."""
+        blob = self._blob(bucket, name)
+        if generation:
+            blob.generation = generation
+        data: bytes = blob.download_as_bytes(end=end, timeout=self._timeout, retry=DEFAULT_RETRY)
+        return data
+
+    def open_writer(self, bucket: str, name: str, content_type: str = "text/plain") -> Any:
+        """A text file-like writer that streams a large object (resumable upload)."""
+        return self._blob(bucket, name).open("wt", content_type=content_type, timeout=self._timeout)
+
+
+def _content_type(data: dict[str, Any] | bytes | str) -> str:
+    return "application/json" if isinstance(data, dict) else "application/octet-stream"

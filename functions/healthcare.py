@@ -1,0 +1,111 @@
+"""A thin client of the Cloud Healthcare API: the DICOM import/export, operations and QIDO calls.
+
+It speaks plain REST through `requests` (an authorised session against Google, an anonymous one
+against the local emulator at `HEALTHCARE_API_URL`), maps error answers onto our error classes,
+and retries transient faults with the shared policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from functions import retry
+from functions.errors import api_error
+from functions.settings import DEFAULT_HEALTHCARE_API_URL, Settings
+
+_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
+def _session(base_url: str) -> requests.Session:
+    if base_url != DEFAULT_HEALTHCARE_API_URL and base_url.startswith("http://"):
+        return requests.Session()  # the local emulator: no credentials
+    import google.auth  # lazy: keeps cold start small
+    from google.auth.transport.requests import AuthorizedSession
+
+    credentials, _ = google.auth.default(scopes=_SCOPES)
+    return AuthorizedSession(credentials)
+
+
+class HealthcareClient:
+    """DICOM store calls for one store. Thread-safe (requests sessions are, for these calls)."""
+
+    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+        self._base = settings.healthcare_api_url
+        self._store = settings.dicom_store
+        self._timeout = settings.http_timeout_seconds
+        self._retry = retry.policy(settings.retry_deadline_seconds)
+        self._session = session or _session(self._base)
+
+    @property
+    def store(self) -> str:
+        return self._store
+
+    def _call(self, method: str, url: str, *, json_body: Any = None,
+              params: Mapping[str, str] | None = None, resource: str = "") -> requests.Response:
+        def once() -> requests.Response:
+            response = self._session.request(method, url, json=json_body, params=params, timeout=self._timeout)
+            if response.status_code >= 400:
+                raise _error(response, resource)
+            return response
+
+        result: requests.Response = self._retry(once)()
+        return result
+
+    def import_dicom(self, uri: str, *, storage_class: str | None = None) -> str:
+        """Starts `dicomStores.import` of `uri`; returns the operation name."""
+        body: dict[str, Any] = {"gcsSource": {"uri": uri}}
+        version = "v1"
+        if storage_class:
+            # blobStorageSettings is only on the v1beta1 surface.
+            version = "v1beta1"
+            body["blobStorageSettings"] = {"blobStorageClass": storage_class}
+        url = f"{self._base}/{version}/{self._store}:import"
+        return str(self._call("POST", url, json_body=body, resource=self._store).json()["name"])
+
+    def export_dicom(self, uri_prefix: str, *, mime_type: str | None = None,
+                     filter_uri: str | None = None) -> str:
+        """Starts `dicomStores.export` to `uri_prefix`; returns the operation name."""
+        destination: dict[str, str] = {"uriPrefix": uri_prefix}
+        if mime_type:
+            destination["mimeType"] = mime_type
+        body: dict[str, Any] = {"gcsDestination": destination}
+        if filter_uri:
+            body["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
+        url = f"{self._base}/v1/{self._store}:export"
+        return str(self._call("POST", url, json_body=body, resource=self._store).json()["name"])
+
+    def get_operation(self, name: str) -> dict[str, Any]:
+        """`operations.get`: the operation JSON as the API returns it."""
+        result: dict[str, Any] = self._call("GET", f"{self._base}/v1/{name}", resource=name).json()
+        return result
+
+    def search(self, level: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        """QIDO-RS search (`level`: studies, series or instances, optionally nested)."""
+        url = f"{self._base}/v1/{self._store}/dicomWeb/{level}"
+        response = self._call("GET", url, params=params, resource=self._store)
+        if response.status_code == 204 or not response.content.strip():
+            return []
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def instance_exists(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
+        """True when the store holds the instance (a QIDO search on its three UIDs)."""
+        level = f"studies/{study_uid}/series/{series_uid}/instances"
+        try:
+            return bool(self.search(level, {"SOPInstanceUID": sop_uid}))
+        except Exception as exc:  # a 404 for an unknown study or series means "not stored"
+            if getattr(exc, "status_code", None) == 404:
+                return False
+            raise
+
+
+def _error(response: requests.Response, resource: str) -> Exception:
+    try:
+        error = response.json().get("error", {})
+        message, status = str(error.get("message", "")), str(error.get("status", ""))
+    except ValueError:
+        message, status = response.text[:200], ""
+    return api_error(response.status_code, message or response.reason, status=status, resource=resource)

@@ -1,0 +1,159 @@
+"""Poll operations: one completion event per finished LRO, queued jobs started, dead work taken over.
+
+Called by Cloud Scheduler every minute. Its work grows with the operations in flight, not with the
+files uploaded: one state read and one `operations.get` per tracked operation, with bounded
+concurrency. A crash after publishing republishes the same `eventId` on the next run; consumers
+drop duplicates by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from functions import completion
+from functions.batching import WindowBatcher
+from functions.failed_objects import FailedObjectFinder
+from functions.gcs import Gcs
+from functions.healthcare import HealthcareClient
+from functions.jobs import JobQueue, StartedOperation
+from functions.log import fields
+from functions.publish import Publisher
+from functions.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PollSummary:
+    """The poller's JSON answer. Partial failures are reported here, not raised."""
+
+    tracked: int = 0
+    finished: int = 0
+    running: int = 0
+    published: list[str] = field(default_factory=list)
+    jobs_started: int = 0
+    jobs_queued: int = 0
+    windows_recovered: int = 0
+    slots_freed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Poller:
+    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient, queue: JobQueue,
+                 batcher: WindowBatcher, publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
+        self._s = settings
+        self._gcs = gcs
+        self._hc = healthcare
+        self._queue = queue
+        self._batcher = batcher
+        self._publisher = publisher
+        self._finder = FailedObjectFinder(gcs, healthcare)
+        self._clock = clock
+
+    def run(self) -> PollSummary:
+        summary = PollSummary()
+        self._step(summary, "recover windows", lambda: self._recover_windows(summary))
+        self._step(summary, "poll operations", lambda: self._poll(summary))
+        self._step(summary, "start jobs", lambda: self._start_jobs(summary))
+        return summary
+
+    @staticmethod
+    def _step(summary: PollSummary, name: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as exc:  # one failing step must not stop the others
+            logger.exception("poller step failed", extra=fields(step=name))
+            summary.errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def _recover_windows(self, summary: PollSummary) -> None:
+        for window in self._batcher.open_windows():
+            if self._batcher.is_orphaned(window) and self._batcher.run(window).claimed:
+                summary.windows_recovered += 1
+
+    def _poll(self, summary: PollSummary) -> None:
+        tracked = self._queue.tracked()
+        summary.tracked = len(tracked)
+        with ThreadPoolExecutor(max_workers=self._s.poll_concurrency) as pool:
+            outcomes = list(pool.map(self._poll_one, tracked))
+        for started, outcome in zip(tracked, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                summary.errors.append(f"{started.name}: {type(outcome).__name__}: {str(outcome)[:200]}")
+            elif outcome is None:
+                summary.running += 1
+            else:
+                summary.finished += 1
+                summary.published.append(outcome)
+        live = {t.job.job_id for t, o in zip(tracked, outcomes, strict=True) if o is None or isinstance(o, Exception)}
+        summary.slots_freed = self._queue.reclaim_slots(live)
+
+    def _poll_one(self, started: StartedOperation) -> str | Exception | None:
+        """The published eventId when the operation finished; None while it runs."""
+        try:
+            operation = self._queue.refusal(started.name) or self._hc.get_operation(started.name)
+            if not operation.get("done"):
+                return None
+            return self._finish(started, operation)
+        except Exception as exc:
+            logger.warning("could not poll an operation", extra=fields(operation=started.name, error=str(exc)[:300]))
+            return exc
+
+    def _finish(self, started: StartedOperation, operation: dict[str, Any]) -> str:
+        status = completion.parse_operation(operation)
+        job = started.job
+        failed: list[str] = []
+        if job.kind == "import" and job.manifest and (status.counters.failure > 0 or status.error is not None):
+            failed = self._failed_objects(started)
+        record = completion.TrackedOperation(
+            name=started.name, kind=job.kind, dicom_store=self._s.dicom_store, request_id=job.request_id,
+            source=job.import_uri if job.kind == "import" else None,
+            destination=job.destination if job.kind == "export" else None,
+            failed_objects=tuple(failed), failed_objects_total=len(failed))
+        data, attributes = completion.completion_event(operation, record, failed_objects_cap=self._s.failed_objects_cap)
+        self._publisher.publish(data, attributes)
+        self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{started.operation_id}.json"), data)
+        if not failed and status.error is None:
+            self._clean_up(started)
+        self._queue.forget(started)
+        logger.info("operation finished", extra=fields(operation=started.name, kind=job.kind,
+                                                       state=attributes.get("state"), event=attributes.get("eventId"),
+                                                       success=status.counters.success,
+                                                       failure=status.counters.failure, failed_objects=len(failed)))
+        return attributes["eventId"]
+
+    def _failed_objects(self, started: StartedOperation) -> list[str]:
+        manifest = self._gcs.read(self._s.state_bucket, started.job.manifest)
+        entries = list(manifest.data.get("objects", [])) if manifest else []
+        failed = self._finder.find(entries)
+        if failed:
+            # The receipt holds the whole list, so exactly these files can be redriven.
+            self._gcs.write(self._s.state_bucket, self._s.state_path("receipts", f"{started.operation_id}.json"),
+                            {"operation": started.name, "batch": started.job.request_id,
+                             "failedObjects": failed, "failedObjectsTotal": len(failed)})
+        return failed
+
+    def _clean_up(self, started: StartedOperation) -> None:
+        job = started.job
+        if job.staging_prefix:
+            for info in self._gcs.list(self._s.state_bucket, job.staging_prefix):
+                self._gcs.delete(self._s.state_bucket, info.name)
+        if job.manifest:
+            self._gcs.delete(self._s.state_bucket, job.manifest)
+
+    def _start_jobs(self, summary: PollSummary) -> None:
+        pending = self._queue.pending_job_ids()
+        for index, job_id in enumerate(pending):
+            result = self._queue.try_start(job_id)
+            if result.started:
+                summary.jobs_started += 1
+            elif result.queued:
+                # No free slot: trying the rest would only hammer the slot objects.
+                summary.jobs_queued = len(pending) - index
+                break

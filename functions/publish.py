@@ -1,0 +1,29 @@
+"""Publishes completion events on the completions topic (Pub/Sub; the emulator via PUBSUB_EMULATOR_HOST)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+class Publisher:
+    """Lazily creates one PublisherClient per process: its import and channel cost ~0.3 s."""
+
+    def __init__(self, topic: str, *, timeout: float = 60.0) -> None:
+        self._topic = topic
+        self._timeout = timeout
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _publisher(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from google.cloud import pubsub_v1
+
+                self._client = pubsub_v1.PublisherClient()
+            return self._client
+
+    def publish(self, data: bytes, attributes: dict[str, str]) -> str:
+        """Publishes and waits for the server's acknowledgement; returns the message id."""
+        future = self._publisher().publish(self._topic, data, **attributes)
+        return str(future.result(timeout=self._timeout))
