@@ -50,8 +50,9 @@ def create_topic(pubsub_host: str, topic_path: str) -> None:
 
 
 @dataclass(frozen=True)
-class PushTarget:
-    endpoint: str  # http://host:port/projects/P/topics/T: functions-framework reads the topic from it
+class DeliveryPolicy:
+    """Redelivery backoff after a nack or failed push, and the dead-letter topic if any."""
+
     min_backoff_seconds: float
     max_backoff_seconds: float
     dead_letter_topic: str | None = None
@@ -63,24 +64,27 @@ def create_subscription(
     subscription_path: str,
     topic_path: str,
     *,
-    push: PushTarget | None = None,
+    push_endpoint: str | None = None,
+    policy: DeliveryPolicy | None = None,
     ack_deadline_seconds: int = 60,
 ) -> None:
+    """A pull subscription, or a push one to `push_endpoint` (wrapped messages, no auth)."""
     request: dict[str, object] = {
         "name": subscription_path,
         "topic": topic_path,
         "ack_deadline_seconds": ack_deadline_seconds,
     }
-    if push is not None:
-        request["push_config"] = {"push_endpoint": push.endpoint}
+    if push_endpoint is not None:
+        request["push_config"] = {"push_endpoint": push_endpoint}
+    if policy is not None:
         request["retry_policy"] = {
-            "minimum_backoff": {"seconds": int(push.min_backoff_seconds)},
-            "maximum_backoff": {"seconds": int(push.max_backoff_seconds)},
+            "minimum_backoff": {"seconds": int(policy.min_backoff_seconds)},
+            "maximum_backoff": {"seconds": int(policy.max_backoff_seconds)},
         }
-        if push.dead_letter_topic:
+        if policy.dead_letter_topic:
             request["dead_letter_policy"] = {
-                "dead_letter_topic": push.dead_letter_topic,
-                "max_delivery_attempts": push.max_delivery_attempts,
+                "dead_letter_topic": policy.dead_letter_topic,
+                "max_delivery_attempts": policy.max_delivery_attempts,
             }
     try:
         subscriber(pubsub_host).create_subscription(request=request, retry=_ADMIN_RETRY)
@@ -112,7 +116,11 @@ def create_dicom_store(healthcare_url: str, config: LocalConfig) -> None:
 
 
 def provision_pubsub(pubsub_host: str, config: LocalConfig, export_endpoint: str | None) -> None:
-    """Topics and subscriptions; the export push subscription only when an export endpoint exists."""
+    """Topics and subscriptions; the export push subscription only when an export endpoint exists.
+
+    Both triggers redeliver with backoff like Eventarc does; export requests that keep failing
+    end up on the dead-letter topic.
+    """
     for name in (
         config.notifications_topic,
         config.export_requests_topic,
@@ -121,22 +129,29 @@ def provision_pubsub(pubsub_host: str, config: LocalConfig, export_endpoint: str
     ):
         create_topic(pubsub_host, config.topic_path(name))
     sub, topic = config.subscription_path, config.topic_path
-    for subscription, source in (
-        (config.notifications_subscription, config.notifications_topic),
-        (config.completions_subscription, config.completions_topic),
-        (config.export_dead_letter_subscription, config.export_dead_letter_topic),
-    ):
-        create_subscription(pubsub_host, sub(subscription), topic(source))
+    backoff = DeliveryPolicy(config.push_min_backoff_seconds, config.push_max_backoff_seconds)
+    create_subscription(
+        pubsub_host, sub(config.notifications_subscription), topic(config.notifications_topic), policy=backoff
+    )
+    create_subscription(pubsub_host, sub(config.completions_subscription), topic(config.completions_topic))
+    create_subscription(
+        pubsub_host, sub(config.export_dead_letter_subscription), topic(config.export_dead_letter_topic)
+    )
     if export_endpoint is not None:
         create_subscription(
             pubsub_host,
             sub(config.export_push_subscription),
             topic(config.export_requests_topic),
-            push=PushTarget(
-                endpoint=f"{export_endpoint}/{topic(config.export_requests_topic)}",
-                min_backoff_seconds=config.push_min_backoff_seconds,
-                max_backoff_seconds=config.push_max_backoff_seconds,
+            push_endpoint=export_push_endpoint(export_endpoint, config),
+            policy=DeliveryPolicy(
+                config.push_min_backoff_seconds,
+                config.push_max_backoff_seconds,
                 dead_letter_topic=topic(config.export_dead_letter_topic),
                 max_delivery_attempts=config.max_delivery_attempts,
             ),
         )
+
+
+def export_push_endpoint(function_url: str, config: LocalConfig) -> str:
+    """functions-framework takes the CloudEvent source (the topic) from the push URL's path."""
+    return f"{function_url.rstrip('/')}/{config.topic_path(config.export_requests_topic)}"

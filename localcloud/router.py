@@ -1,0 +1,173 @@
+"""Plays Eventarc's storage trigger and Cloud Scheduler for the local functions.
+
+- `StorageEventBridge`: fake-gcs-server publishes Pub/Sub *notifications*, but a Cloud Storage
+  trigger delivers a binary-mode `google.cloud.storage.object.v1.finalized` CloudEvent. The bridge
+  streams the notification subscription and POSTs each finalize notification to the import
+  function in that shape. A 2xx acks the message; anything else nacks it, so Pub/Sub redelivers it
+  (that is how Eventarc retries).
+- `Scheduler`: POSTs to the poller at a fixed interval with Cloud Scheduler's headers.
+
+The Pub/Sub trigger of the export function needs no code: it is a push subscription.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import requests
+from google.cloud.pubsub_v1.subscriber.futures import StreamingPullFuture
+from google.cloud.pubsub_v1.subscriber.message import Message
+from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
+
+from localcloud import provision
+
+logger = logging.getLogger(__name__)
+
+FINALIZED_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
+# Eventarc allows a function up to its timeout; a local import may wait out a debounce window.
+DELIVERY_TIMEOUT_SECONDS = 300.0
+# Concurrent deliveries, like concurrent function instances.
+MAX_CONCURRENT_DELIVERIES = 32
+SCHEDULER_HEADERS: Mapping[str, str] = {
+    "Content-Type": "application/json",
+    "User-Agent": "Google-Cloud-Scheduler",
+    "X-CloudScheduler": "true",
+}
+
+
+def rfc3339(moment: datetime) -> str:
+    """2026-11-27T01:31:03.123456Z, as CloudEvents and Google APIs write times."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def storage_cloudevent_headers(
+    attributes: Mapping[str, str], message_id: str, publish_time: datetime
+) -> dict[str, str] | None:
+    """Binary-mode CloudEvent headers for a JSON_API_V1 notification; None if no trigger wants it.
+
+    The trigger of the import function is on `finalized` only, so other event types are dropped.
+    """
+    if attributes.get("eventType") != "OBJECT_FINALIZE":
+        return None
+    return {
+        "Content-Type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-type": FINALIZED_EVENT_TYPE,
+        "ce-source": f"//storage.googleapis.com/projects/_/buckets/{attributes['bucketId']}",
+        "ce-subject": f"objects/{attributes['objectId']}",
+        "ce-id": message_id,
+        "ce-time": rfc3339(publish_time),
+    }
+
+
+class StorageEventBridge:
+    """Streaming pull of storage notifications -> binary CloudEvents to `target_url`."""
+
+    def __init__(self, pubsub_host: str, subscription_path: str, target_url: str) -> None:
+        self._subscriber = provision.subscriber(pubsub_host)
+        self._subscription_path = subscription_path
+        self._target_url = target_url
+        self._session = requests.Session()
+        self._future: StreamingPullFuture | None = None
+
+    def start(self) -> None:
+        executor = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_DELIVERIES, thread_name_prefix="eventarc")
+        self._future = self._subscriber.subscribe(
+            self._subscription_path, callback=self._deliver, scheduler=ThreadScheduler(executor)
+        )
+
+    def stop(self) -> None:
+        future = self._future
+        if future is not None:
+            future.cancel()
+            future.result(timeout=10)
+            self._future = None
+        self._subscriber.close()
+
+    def _deliver(self, message: Message) -> None:
+        headers = storage_cloudevent_headers(message.attributes, message.message_id, message.publish_time)
+        if headers is None:
+            message.ack()
+            return
+        name = f"gs://{message.attributes.get('bucketId')}/{message.attributes.get('objectId')}"
+        try:
+            response = self._session.post(
+                self._target_url, data=message.data, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
+            )
+        except requests.RequestException as exc:
+            logger.warning(
+                "storage event %s for %s: delivery failed (%s); will retry", message.message_id, name, exc
+            )
+            message.nack()
+            return
+        if 200 <= response.status_code < 300:
+            logger.info("storage event %s for %s: HTTP %s", message.message_id, name, response.status_code)
+            message.ack()
+        else:
+            logger.warning(
+                "storage event %s for %s: HTTP %s; will retry", message.message_id, name, response.status_code
+            )
+            message.nack()
+
+
+class Scheduler:
+    """Calls `target_url` every `interval` seconds from a daemon thread until stopped."""
+
+    def __init__(self, target_url: str, interval: float) -> None:
+        self._target_url = target_url
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cloud-scheduler", daemon=True)
+        self._session = requests.Session()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=DELIVERY_TIMEOUT_SECONDS)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                response = self._session.post(
+                    self._target_url,
+                    data=b"{}",
+                    headers=dict(SCHEDULER_HEADERS),
+                    timeout=DELIVERY_TIMEOUT_SECONDS,
+                )
+                level = logging.DEBUG if response.ok else logging.WARNING
+                logger.log(level, "scheduler -> %s: HTTP %s", self._target_url, response.status_code)
+            except requests.RequestException as exc:
+                logger.warning("scheduler -> %s: %s", self._target_url, exc)
+
+
+class Router:
+    """The bridge and the scheduler, for whichever of their targets exist."""
+
+    def __init__(
+        self,
+        pubsub_host: str,
+        notifications_subscription: str,
+        *,
+        import_url: str | None,
+        poll_url: str | None,
+        poll_interval: float,
+    ) -> None:
+        self._parts: list[StorageEventBridge | Scheduler] = []
+        if import_url:
+            self._parts.append(StorageEventBridge(pubsub_host, notifications_subscription, import_url))
+        if poll_url:
+            self._parts.append(Scheduler(poll_url, poll_interval))
+
+    def start(self) -> None:
+        for part in self._parts:
+            part.start()
+
+    def stop(self) -> None:
+        for part in reversed(self._parts):
+            part.stop()
