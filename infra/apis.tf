@@ -1,0 +1,28 @@
+/******************************************
+  Project services
+ *****************************************/
+
+locals {
+  services = toset([
+    "artifactregistry.googleapis.com", # function images
+    "cloudbuild.googleapis.com",       # function builds
+    "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "eventarc.googleapis.com",
+    "healthcare.googleapis.com",
+    "iam.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "storage.googleapis.com",
+  ])
+}
+
+resource "google_project_service" "enabled" {
+  for_each = var.enable_apis ? local.services : toset([])
+
+  project = var.project_id
+  service = each.value
+
+  # Turning an API off on destroy would break anything else in the project that uses it.
+  disable_on_destroy = false
+}

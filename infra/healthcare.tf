@@ -1,0 +1,44 @@
+/******************************************
+  Healthcare dataset and DICOM store (created, or existing ones passed in)
+ *****************************************/
+
+locals {
+  create_dicom_store  = var.existing_dicom_store == null
+  create_dataset      = local.create_dicom_store && var.existing_dataset == null
+  healthcare_location = coalesce(var.healthcare_location, var.region)
+
+  # Full resource names: projects/P/locations/L/datasets/D[/dicomStores/S].
+  dataset_name = (
+    var.existing_dicom_store != null ? regex("^(projects/[^/]+/locations/[^/]+/datasets/[^/]+)/dicomStores/", var.existing_dicom_store)[0] :
+    var.existing_dataset != null ? var.existing_dataset :
+    "projects/${var.project_id}/locations/${local.healthcare_location}/datasets/${one(google_healthcare_dataset.dataset[*].name)}"
+  )
+  dicom_store_name = (
+    local.create_dicom_store
+    ? "${local.dataset_name}/dicomStores/${one(google_healthcare_dicom_store.store[*].name)}"
+    : var.existing_dicom_store
+  )
+
+  # The IAM resources take "{project}/{location}/{dataset}[/{store}]": the odd path segments.
+  dataset_iam_id     = join("/", [for i, part in split("/", local.dataset_name) : part if i % 2 == 1])
+  dicom_store_iam_id = join("/", [for i, part in split("/", local.dicom_store_name) : part if i % 2 == 1])
+}
+
+resource "google_healthcare_dataset" "dataset" {
+  count = local.create_dataset ? 1 : 0
+
+  project   = var.project_id
+  name      = var.dataset_id
+  location  = local.healthcare_location
+  time_zone = "UTC"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_healthcare_dicom_store" "store" {
+  count = local.create_dicom_store ? 1 : 0
+
+  name    = var.dicom_store_id
+  dataset = local.dataset_name
+  labels  = local.labels
+}

@@ -1,0 +1,181 @@
+/******************************************
+  Identities that are not a function's own
+ *****************************************/
+
+# The OIDC identity of the poll job: may invoke the poller, nothing else.
+resource "google_service_account" "scheduler" {
+  project      = var.project_id
+  account_id   = "${var.name_prefix}-poll-scheduler"
+  display_name = "Cloud Scheduler caller of the DICOM poller"
+}
+
+# The OIDC identity of the export push subscription: may invoke the export function, nothing else.
+resource "google_service_account" "export_push" {
+  project      = var.project_id
+  account_id   = "${var.name_prefix}-export-push"
+  display_name = "Pub/Sub push caller of the DICOM export function"
+}
+
+locals {
+  healthcare_agent = "serviceAccount:${google_project_service_identity.agents["healthcare.googleapis.com"].email}"
+  pubsub_agent     = "serviceAccount:${google_project_service_identity.agents["pubsub.googleapis.com"].email}"
+  runtime          = { for key, fn in module.function : key => fn.service_account_member }
+}
+
+/******************************************
+  Healthcare API: custom roles (defined on the project, granted on the store or dataset)
+ *****************************************/
+
+locals {
+  # Each role carries exactly one capability, so each function gets exactly the ones it uses.
+  healthcare_roles = {
+    dicomImporter = {
+      title       = "DICOM pipeline: import"
+      description = "Start dicomStores.import on the store it is granted on."
+      permissions = ["healthcare.dicomStores.import"]
+    }
+    dicomExporter = {
+      title       = "DICOM pipeline: export"
+      description = "Start dicomStores.export on the store it is granted on."
+      permissions = ["healthcare.dicomStores.export"]
+    }
+    dicomWebReader = {
+      title       = "DICOM pipeline: DICOMweb read"
+      description = "QIDO-RS search and WADO-RS metadata on the store it is granted on."
+      permissions = ["healthcare.dicomStores.dicomWebRead"]
+    }
+    operationReader = {
+      title       = "DICOM pipeline: operations.get"
+      description = "Read the long-running operations of the dataset it is granted on."
+      permissions = ["healthcare.operations.get"]
+    }
+  }
+}
+
+resource "google_project_iam_custom_role" "healthcare" {
+  for_each = local.healthcare_roles
+
+  project     = var.project_id
+  role_id     = "${replace(var.name_prefix, "-", "_")}_${each.key}"
+  title       = each.value.title
+  description = each.value.description
+  permissions = each.value.permissions
+  stage       = "GA"
+}
+
+locals {
+  dicom_store_grants = {
+    import-importer = { role = "dicomImporter", member = local.runtime["import"] }
+    export-exporter = { role = "dicomExporter", member = local.runtime["export"] }
+    export-dicomweb = { role = "dicomWebReader", member = local.runtime["export"] } # query -> study paths
+    poll-importer   = { role = "dicomImporter", member = local.runtime["poll"] }    # starts queued imports
+    poll-exporter   = { role = "dicomExporter", member = local.runtime["poll"] }    # starts queued exports
+    poll-dicomweb   = { role = "dicomWebReader", member = local.runtime["poll"] }   # which objects did not land
+  }
+
+  # operations.get is checked on the dataset (the operations' parent), not on the store.
+  dataset_grants = {
+    poll-operations = { role = "operationReader", member = local.runtime["poll"] }
+  }
+}
+
+resource "google_healthcare_dicom_store_iam_member" "grants" {
+  for_each = local.dicom_store_grants
+
+  dicom_store_id = local.dicom_store_iam_id
+  role           = google_project_iam_custom_role.healthcare[each.value.role].name
+  member         = each.value.member
+}
+
+resource "google_healthcare_dataset_iam_member" "grants" {
+  for_each = local.dataset_grants
+
+  dataset_id = local.dataset_iam_id
+  role       = google_project_iam_custom_role.healthcare[each.value.role].name
+  member     = each.value.member
+}
+
+/******************************************
+  Cloud Storage: per bucket
+ *****************************************/
+
+locals {
+  bucket_grants = {
+    # Import: lists and reads uploads, stages copies and writes its records in the state bucket.
+    import-upload-read = { bucket = "upload", role = "roles/storage.objectViewer", member = local.runtime["import"] }
+    import-state-rw    = { bucket = "state", role = "roles/storage.objectUser", member = local.runtime["import"] }
+    # Export: dedup claims, filter files, jobs and operation records.
+    export-state-rw = { bucket = "state", role = "roles/storage.objectUser", member = local.runtime["export"] }
+    # Poller: records, slots, receipts; reads uploads to name the objects that did not land.
+    poll-state-rw    = { bucket = "state", role = "roles/storage.objectUser", member = local.runtime["poll"] }
+    poll-upload-read = { bucket = "upload", role = "roles/storage.objectViewer", member = local.runtime["poll"] }
+    # Healthcare service agent: import sources (uploads and staged batches), filter files, export destinations.
+    healthcare-upload-read  = { bucket = "upload", role = "roles/storage.objectViewer", member = local.healthcare_agent }
+    healthcare-state-read   = { bucket = "state", role = "roles/storage.objectViewer", member = local.healthcare_agent }
+    healthcare-export-write = { bucket = "export", role = "roles/storage.objectAdmin", member = local.healthcare_agent }
+  }
+}
+
+resource "google_storage_bucket_iam_member" "grants" {
+  for_each = local.bucket_grants
+
+  bucket = google_storage_bucket.buckets[each.value.bucket].name
+  role   = each.value.role
+  member = each.value.member
+}
+
+/******************************************
+  Pub/Sub: per topic and subscription
+ *****************************************/
+
+locals {
+  topic_grants = {
+    export-completions = { topic = "completions", role = "roles/pubsub.publisher", member = local.runtime["export"] } # REJECTED events
+    poll-completions   = { topic = "completions", role = "roles/pubsub.publisher", member = local.runtime["poll"] }
+  }
+}
+
+resource "google_pubsub_topic_iam_member" "grants" {
+  for_each = local.topic_grants
+
+  project = var.project_id
+  topic   = google_pubsub_topic.topics[each.value.topic].name
+  role    = each.value.role
+  member  = each.value.member
+}
+
+# Dead-lettering is done by the Pub/Sub service agent: it publishes to the dead-letter topic and
+# acknowledges on the source subscription.
+resource "google_pubsub_topic_iam_member" "pubsub_agent_dead_letter_publisher" {
+  project = var.project_id
+  topic   = google_pubsub_topic.topics["export_dead_letter"].name
+  role    = "roles/pubsub.publisher"
+  member  = local.pubsub_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "pubsub_agent_export_subscriber" {
+  project      = var.project_id
+  subscription = google_pubsub_subscription.export_requests.name
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_agent
+}
+
+# The Pub/Sub service agent signs the push subscription's OIDC tokens as the push account.
+# Needed in projects whose Pub/Sub agent predates April 2021; granted on that one account only.
+resource "google_service_account_iam_member" "pubsub_agent_mints_push_tokens" {
+  service_account_id = google_service_account.export_push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent
+}
+
+/******************************************
+  Project-level grants (the allowlist in tests/infra names each role)
+ *****************************************/
+
+# Project-level on purpose: a Cloud Storage trigger's transport topic is created by Eventarc, so
+# Terraform cannot name it, and Eventarc documents this grant on the project.
+resource "google_project_iam_member" "gcs_agent_publisher" {
+  project = var.project_id
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+}

@@ -1,0 +1,65 @@
+output "functions" {
+  description = "Per function (import, export, poll): name, run.app URI, runtime service account."
+  value = {
+    for key, fn in module.function : key => {
+      name            = fn.name
+      uri             = fn.uri
+      service_account = fn.service_account_email
+    }
+  }
+}
+
+output "poll_function_uri" {
+  description = "URI the scheduler calls (POST, OIDC)."
+  value       = module.function["poll"].uri
+}
+
+output "buckets" {
+  description = "Bucket names by role: upload, export, state, source."
+  value       = { for key, bucket in google_storage_bucket.buckets : key => bucket.name }
+}
+
+output "upload_bucket" {
+  description = "Bucket to upload .dcm files to."
+  value       = google_storage_bucket.buckets["upload"].name
+}
+
+output "export_requests_topic" {
+  description = "Topic to publish export requests to (projects/P/topics/T)."
+  value       = google_pubsub_topic.topics["export_requests"].id
+}
+
+output "export_dead_letter_topic" {
+  description = "Dead-letter topic of export requests."
+  value       = google_pubsub_topic.topics["export_dead_letter"].id
+}
+
+output "export_dead_letter_subscription" {
+  description = "Subscription that keeps dead-lettered export requests."
+  value       = google_pubsub_subscription.export_dead_letter.id
+}
+
+output "completion_topic" {
+  description = "Topic of completion events (DICOM_COMPLETION_TOPIC)."
+  value       = google_pubsub_topic.topics["completions"].id
+}
+
+output "dataset" {
+  description = "Healthcare dataset (projects/P/locations/L/datasets/D)."
+  value       = local.dataset_name
+}
+
+output "dicom_store" {
+  description = "DICOM store (DICOM_STORE: projects/P/locations/L/datasets/D/dicomStores/S)."
+  value       = local.dicom_store_name
+}
+
+output "scheduler_job" {
+  description = "Cloud Scheduler job that runs the poller."
+  value       = google_cloud_scheduler_job.poll.id
+}
+
+output "healthcare_service_agent" {
+  description = "Cloud Healthcare service agent (reads uploads and filters, writes exports)."
+  value       = google_project_service_identity.agents["healthcare.googleapis.com"].email
+}

@@ -1,0 +1,129 @@
+/******************************************
+  Buckets: upload, export, state, source
+ *****************************************/
+
+locals {
+  # Every rule has the same shape so that the per-bucket lists unify into one type.
+  noncurrent_versions_rule = {
+    age                        = null
+    days_since_noncurrent_time = var.noncurrent_version_retention_days
+    matches_prefix             = []
+    with_state                 = "ARCHIVED"
+  }
+
+  # docs/state.md: what may expire in the state bucket, and when.
+  state_lifecycle_rules = [
+    {
+      age                        = var.state_retention_days
+      days_since_noncurrent_time = null
+      matches_prefix             = [for p in ["seen/", "done/", "receipts/"] : "${local.state_prefix}${p}"]
+      with_state                 = "ANY"
+    },
+    {
+      age                        = var.staging_retention_days
+      days_since_noncurrent_time = null
+      matches_prefix             = ["${local.state_prefix}staging/"]
+      with_state                 = "ANY"
+    },
+    {
+      age                        = var.filter_retention_days
+      days_since_noncurrent_time = null
+      matches_prefix             = ["${local.state_prefix}filters/"]
+      with_state                 = "ANY"
+    },
+  ]
+
+  buckets = {
+    upload = {
+      storage_class = "STANDARD"
+      # Versioned: an overwritten upload keeps the generation the import may still read.
+      versioning          = true
+      soft_delete_seconds = 604800
+      lifecycle_rules = concat(
+        [local.noncurrent_versions_rule],
+        var.upload_retention_days == null ? [] : [{
+          age                        = var.upload_retention_days
+          days_since_noncurrent_time = null
+          matches_prefix             = []
+          with_state                 = "LIVE"
+        }],
+      )
+    }
+    export = {
+      storage_class       = var.export_bucket_storage_class
+      versioning          = true
+      soft_delete_seconds = 604800
+      lifecycle_rules = concat(
+        [local.noncurrent_versions_rule],
+        var.export_retention_days == null ? [] : [{
+          age                        = var.export_retention_days
+          days_since_noncurrent_time = null
+          matches_prefix             = []
+          with_state                 = "LIVE"
+        }],
+      )
+    }
+    state = {
+      storage_class = "STANDARD"
+      # Not versioned and no soft delete: small, short-lived objects rewritten and deleted all
+      # the time (claims, slots, records); old generations would only cost money.
+      versioning          = false
+      soft_delete_seconds = 0
+      lifecycle_rules     = local.state_lifecycle_rules
+    }
+    source = {
+      storage_class       = "STANDARD"
+      versioning          = true
+      soft_delete_seconds = 604800
+      lifecycle_rules     = [local.noncurrent_versions_rule]
+    }
+  }
+}
+
+resource "google_storage_bucket" "buckets" {
+  # checkov:skip=CKV_GCP_62:Usage logs are optional (var.access_log_bucket); Cloud Audit Logs record data access without a log bucket of our own.
+  # checkov:skip=CKV_GCP_78:Versioning is on for upload, export and source; the state bucket holds short-lived claims and records for which old generations are useless.
+  for_each = local.buckets
+
+  project                     = var.project_id
+  name                        = local.bucket_names[each.key]
+  location                    = var.region
+  storage_class               = each.value.storage_class
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = var.force_destroy
+  labels                      = merge(local.labels, { bucket-role = each.key })
+
+  versioning {
+    enabled = each.value.versioning
+  }
+
+  soft_delete_policy {
+    retention_duration_seconds = each.value.soft_delete_seconds
+  }
+
+  dynamic "lifecycle_rule" {
+    for_each = each.value.lifecycle_rules
+    content {
+      action {
+        type = "Delete"
+      }
+      condition {
+        age                        = lifecycle_rule.value.age
+        days_since_noncurrent_time = lifecycle_rule.value.days_since_noncurrent_time
+        matches_prefix             = lifecycle_rule.value.matches_prefix
+        with_state                 = lifecycle_rule.value.with_state
+      }
+    }
+  }
+
+  dynamic "logging" {
+    for_each = var.access_log_bucket == null ? [] : [var.access_log_bucket]
+    content {
+      log_bucket        = logging.value
+      log_object_prefix = local.bucket_names[each.key]
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}

@@ -1,0 +1,492 @@
+/******************************************
+  Project and naming
+ *****************************************/
+
+variable "project_id" {
+  description = "ID of the Google Cloud project that hosts the pipeline."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a valid project ID (6-30 characters: lowercase letters, digits, hyphens)."
+  }
+}
+
+variable "region" {
+  description = "Region of the functions, the buckets, the Eventarc trigger and the scheduler job (e.g. europe-west4). The upload bucket lives here, so the Cloud Storage trigger does too."
+  type        = string
+  default     = "europe-west4"
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a single Google Cloud region such as europe-west4 or us-central1."
+  }
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name (service accounts, topics, functions, default bucket names). Keep it short: service account IDs are limited to 30 characters."
+  type        = string
+  default     = "dicom"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,14}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 2-16 characters: lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "labels" {
+  description = "Labels added to every resource that supports them (merged over the module's own `app` and `managed-by` labels)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "enable_apis" {
+  description = "Enable the Google APIs the pipeline needs. Set to false when the project is managed elsewhere and the APIs are already on."
+  type        = bool
+  default     = true
+}
+
+variable "force_destroy" {
+  description = "Let `terraform destroy` delete buckets that still hold objects. Keep false outside test projects: the buckets hold patient data."
+  type        = bool
+  default     = false
+}
+
+/******************************************
+  Cloud Healthcare API
+ *****************************************/
+
+variable "healthcare_location" {
+  description = "Location of the Healthcare dataset created by this configuration. Defaults to `region`. Ignored when an existing dataset or store is used."
+  type        = string
+  default     = null
+}
+
+variable "dataset_id" {
+  description = "ID of the Healthcare dataset to create. Ignored when `existing_dataset` or `existing_dicom_store` is set."
+  type        = string
+  default     = "dicom-pipeline"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_.-]{1,256}$", var.dataset_id))
+    error_message = "dataset_id may contain letters, digits, '_', '-' and '.' (at most 256 characters)."
+  }
+}
+
+variable "dicom_store_id" {
+  description = "ID of the DICOM store to create. Ignored when `existing_dicom_store` is set."
+  type        = string
+  default     = "dicom-store"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_.-]{1,256}$", var.dicom_store_id))
+    error_message = "dicom_store_id may contain letters, digits, '_', '-' and '.' (at most 256 characters)."
+  }
+}
+
+variable "existing_dataset" {
+  description = "Full resource name of an existing dataset (projects/P/locations/L/datasets/D) in which to create the DICOM store. Null creates a dataset."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.existing_dataset == null || can(regex("^projects/[^/]+/locations/[^/]+/datasets/[^/]+$", var.existing_dataset))
+    error_message = "existing_dataset must look like projects/P/locations/L/datasets/D."
+  }
+}
+
+variable "existing_dicom_store" {
+  description = "Full resource name of an existing DICOM store (projects/P/locations/L/datasets/D/dicomStores/S). When set, no dataset or store is created and the IAM grants are made on this store and its dataset."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.existing_dicom_store == null || can(regex("^projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/]+$", var.existing_dicom_store))
+    error_message = "existing_dicom_store must look like projects/P/locations/L/datasets/D/dicomStores/S."
+  }
+}
+
+/******************************************
+  Cloud Storage
+ *****************************************/
+
+variable "bucket_names" {
+  description = "Bucket names; a null entry becomes \"<project_id>-<name_prefix>-<key>\". `upload`: where .dcm files land; `export`: export destinations; `state`: pipeline state; `source`: function source archives."
+  type = object({
+    upload = optional(string)
+    export = optional(string)
+    state  = optional(string)
+    source = optional(string)
+  })
+  default = {}
+}
+
+variable "export_bucket_storage_class" {
+  description = "Storage class of the export bucket."
+  type        = string
+  default     = "STANDARD"
+
+  validation {
+    condition     = contains(["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"], var.export_bucket_storage_class)
+    error_message = "export_bucket_storage_class must be STANDARD, NEARLINE, COLDLINE or ARCHIVE."
+  }
+}
+
+variable "access_log_bucket" {
+  description = "Name of an existing bucket that receives Cloud Storage usage logs of every bucket created here. Null disables usage logs (Cloud Audit Logs still record access)."
+  type        = string
+  default     = null
+}
+
+variable "state_retention_days" {
+  description = "Days after which the state objects under seen/, done/ and receipts/ are deleted by a lifecycle rule."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.state_retention_days >= 1
+    error_message = "state_retention_days must be at least 1."
+  }
+}
+
+variable "staging_retention_days" {
+  description = "Days after which staged batch copies under staging/ are deleted (a backstop: a successful import deletes them at once)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.staging_retention_days >= 1 && var.staging_retention_days <= 7
+    error_message = "staging_retention_days must be between 1 and 7."
+  }
+}
+
+variable "filter_retention_days" {
+  description = "Days after which the export filter files under filters/ are deleted."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.filter_retention_days >= 1
+    error_message = "filter_retention_days must be at least 1."
+  }
+}
+
+variable "upload_retention_days" {
+  description = "Days after which uploaded objects are deleted from the upload bucket. Null keeps them."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.upload_retention_days == null || try(var.upload_retention_days >= 1, false)
+    error_message = "upload_retention_days must be null or at least 1."
+  }
+}
+
+variable "export_retention_days" {
+  description = "Days after which exported objects are deleted from the export bucket. Null keeps them."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.export_retention_days == null || try(var.export_retention_days >= 1, false)
+    error_message = "export_retention_days must be null or at least 1."
+  }
+}
+
+variable "noncurrent_version_retention_days" {
+  description = "Days after which noncurrent object versions are deleted in the versioned buckets (upload, export, source)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.noncurrent_version_retention_days >= 1
+    error_message = "noncurrent_version_retention_days must be at least 1."
+  }
+}
+
+/******************************************
+  Pub/Sub
+ *****************************************/
+
+variable "pubsub_kms_key_name" {
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts the topics. Null uses Google-managed encryption. The Pub/Sub service agent needs roles/cloudkms.cryptoKeyEncrypterDecrypter on the key."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.pubsub_kms_key_name == null || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.pubsub_kms_key_name))
+    error_message = "pubsub_kms_key_name must look like projects/P/locations/L/keyRings/R/cryptoKeys/K."
+  }
+}
+
+variable "export_max_delivery_attempts" {
+  description = "Deliveries of an export request before it goes to the dead-letter topic."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.export_max_delivery_attempts >= 5 && var.export_max_delivery_attempts <= 100
+    error_message = "export_max_delivery_attempts must be between 5 and 100 (Pub/Sub limits)."
+  }
+}
+
+variable "dead_letter_retention_days" {
+  description = "Days the dead-letter subscription keeps undelivered export requests."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.dead_letter_retention_days >= 1 && var.dead_letter_retention_days <= 31
+    error_message = "dead_letter_retention_days must be between 1 and 31."
+  }
+}
+
+/******************************************
+  Functions: deployment
+ *****************************************/
+
+variable "runtime" {
+  description = "Python runtime of the functions."
+  type        = string
+  default     = "python311"
+
+  validation {
+    condition     = can(regex("^python3[0-9]{2}$", var.runtime))
+    error_message = "runtime must be a Python runtime such as python311."
+  }
+}
+
+variable "build_service_account" {
+  description = "Service account Cloud Build uses to build the functions (projects/P/serviceAccounts/EMAIL). Null uses the project's default build service account."
+  type        = string
+  default     = null
+}
+
+variable "ingress_settings" {
+  description = "Ingress of the three functions. ALLOW_INTERNAL_ONLY still admits Eventarc, Pub/Sub push and Cloud Scheduler from the same project (they call the run.app URL)."
+  type        = string
+  default     = "ALLOW_INTERNAL_ONLY"
+
+  validation {
+    condition     = contains(["ALLOW_INTERNAL_ONLY", "ALLOW_INTERNAL_AND_GCLB", "ALLOW_ALL"], var.ingress_settings)
+    error_message = "ingress_settings must be ALLOW_INTERNAL_ONLY, ALLOW_INTERNAL_AND_GCLB or ALLOW_ALL."
+  }
+}
+
+variable "function_settings" {
+  description = "Per-function overrides of the sizing defaults (keys: import, export, poll). Request concurrency above 1 needs available_cpu >= 1."
+  type = map(object({
+    available_memory                 = optional(string)
+    available_cpu                    = optional(string)
+    timeout_seconds                  = optional(number)
+    min_instance_count               = optional(number)
+    max_instance_count               = optional(number)
+    max_instance_request_concurrency = optional(number)
+  }))
+  default = {}
+
+  validation {
+    condition     = alltrue([for key in keys(var.function_settings) : contains(["import", "export", "poll"], key)])
+    error_message = "function_settings keys must be import, export or poll."
+  }
+
+  validation {
+    condition = alltrue([
+      for s in values(var.function_settings) :
+      s.max_instance_request_concurrency == null || try(s.max_instance_request_concurrency >= 1 && s.max_instance_request_concurrency <= 1000, false)
+    ])
+    error_message = "max_instance_request_concurrency must be between 1 and 1000."
+  }
+}
+
+/******************************************
+  Functions: configuration (environment variables, see functions/settings.py)
+ *****************************************/
+
+variable "log_level" {
+  description = "LOG_LEVEL of the functions."
+  type        = string
+  default     = "INFO"
+
+  validation {
+    condition     = contains(["DEBUG", "INFO", "WARNING", "ERROR"], var.log_level)
+    error_message = "log_level must be DEBUG, INFO, WARNING or ERROR."
+  }
+}
+
+variable "state_prefix" {
+  description = "DICOM_STATE_PREFIX: prefix of every state object inside the state bucket (\"\" or e.g. \"pipeline/\"). The lifecycle rules follow it."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([A-Za-z0-9._-]+/)*$", var.state_prefix))
+    error_message = "state_prefix must be empty or a path that ends with '/', e.g. pipeline/."
+  }
+}
+
+variable "healthcare_api_url" {
+  description = "HEALTHCARE_API_URL: base URL of the Healthcare API (a local emulator in development)."
+  type        = string
+  default     = "https://healthcare.googleapis.com"
+
+  validation {
+    condition     = can(regex("^https?://[^/\\s]+", var.healthcare_api_url))
+    error_message = "healthcare_api_url must be an http(s) URL."
+  }
+}
+
+variable "max_concurrent_operations" {
+  description = "DICOM_MAX_CONCURRENT_OPERATIONS: import/export LROs running at once on the store (Google suggests about 5)."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.max_concurrent_operations >= 1 && floor(var.max_concurrent_operations) == var.max_concurrent_operations
+    error_message = "max_concurrent_operations must be an integer >= 1."
+  }
+}
+
+variable "claim_lease_seconds" {
+  description = "DICOM_CLAIM_LEASE_SECONDS: after this, work whose starter died is taken over by the poller."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.claim_lease_seconds > 0
+    error_message = "claim_lease_seconds must be > 0."
+  }
+}
+
+variable "http_timeout_seconds" {
+  description = "DICOM_HTTP_TIMEOUT_SECONDS: timeout of each HTTP call the functions make."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.http_timeout_seconds > 0
+    error_message = "http_timeout_seconds must be > 0."
+  }
+}
+
+variable "retry_deadline_seconds" {
+  description = "DICOM_RETRY_DEADLINE_SECONDS: in-process retry budget of one call."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.retry_deadline_seconds > 0
+    error_message = "retry_deadline_seconds must be > 0."
+  }
+}
+
+variable "import_prefixes" {
+  description = "DICOM_IMPORT_PREFIXES: object prefixes in the upload bucket that are imported; empty = the whole bucket."
+  type        = list(string)
+  default     = []
+}
+
+variable "import_name_pattern" {
+  description = "DICOM_IMPORT_NAME_PATTERN: regular expression (searched) that an object name must match to be imported."
+  type        = string
+  default     = "(?i)\\.dcm$"
+}
+
+variable "debounce_seconds" {
+  description = "DICOM_DEBOUNCE_SECONDS: length of the window whose uploads are batched into one import."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.debounce_seconds > 0
+    error_message = "debounce_seconds must be > 0."
+  }
+}
+
+variable "settle_seconds" {
+  description = "DICOM_SETTLE_SECONDS: wait after a window closes for late events."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.settle_seconds >= 0
+    error_message = "settle_seconds must be >= 0."
+  }
+}
+
+variable "storage_class_by_prefix" {
+  description = "DICOM_STORAGE_CLASS_BY_PREFIX: Healthcare blob storage class per upload prefix, e.g. { \"archive/\" = \"ARCHIVE\" }."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for c in values(var.storage_class_by_prefix) : contains(["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"], upper(c))])
+    error_message = "storage_class_by_prefix values must be STANDARD, NEARLINE, COLDLINE or ARCHIVE."
+  }
+}
+
+variable "max_event_age_seconds" {
+  description = "DICOM_MAX_EVENT_AGE_SECONDS: events older than this are dropped instead of retried forever."
+  type        = number
+  default     = 3600
+
+  validation {
+    condition     = var.max_event_age_seconds > 0
+    error_message = "max_event_age_seconds must be > 0."
+  }
+}
+
+variable "export_allowed_destinations" {
+  description = "DICOM_EXPORT_ALLOWED_DESTINATIONS: gs:// prefixes an export may write to. Null allows the export bucket only. The Healthcare service agent is granted objectAdmin on the export bucket only: grant it on any other bucket listed here."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.export_allowed_destinations == null || alltrue([for d in coalesce(var.export_allowed_destinations, []) : can(regex("^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?$", d))])
+    error_message = "export_allowed_destinations must be gs://bucket[/prefix] values."
+  }
+}
+
+variable "poll_concurrency" {
+  description = "DICOM_POLL_CONCURRENCY: parallel operations.get calls of one poller run."
+  type        = number
+  default     = 16
+
+  validation {
+    condition     = var.poll_concurrency >= 1
+    error_message = "poll_concurrency must be >= 1."
+  }
+}
+
+variable "failed_objects_cap" {
+  description = "DICOM_FAILED_OBJECTS_CAP: object names listed in one completion event."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.failed_objects_cap >= 1
+    error_message = "failed_objects_cap must be >= 1."
+  }
+}
+
+/******************************************
+  Cloud Scheduler (the poller)
+ *****************************************/
+
+variable "poll_schedule" {
+  description = "Cron schedule of the poller."
+  type        = string
+  default     = "* * * * *"
+}
+
+variable "poll_time_zone" {
+  description = "Time zone of the poll schedule (tz database name)."
+  type        = string
+  default     = "Etc/UTC"
+}
+
+variable "poll_paused" {
+  description = "Create the scheduler job paused."
+  type        = bool
+  default     = false
+}
