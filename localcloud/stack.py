@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -146,29 +146,37 @@ class Stack:
         *,
         config: LocalConfig | None = None,
         source: Path = components.REPO_ROOT / "main.py",
+        roles: Collection[str] | None = None,
         external_functions: Mapping[str, str] | None = None,
     ) -> Stack:
         """Starts everything; raises StackError (after stopping what started) if a part fails.
 
-        `external_functions` maps a role ("import", "export", "poll") to the URL of a function
-        served elsewhere (a test's receiver, a debugger); those roles are not started here.
+        `roles` limits which functions ("import", "export", "poll") run locally; by default every
+        one whose target `source` defines. `external_functions` maps a role to the URL of a
+        function served elsewhere (a test's receiver, a debugger); the router and the push
+        subscription deliver there instead.
         """
         stack = cls(state_dir, config or LocalConfig())
+        wanted = set(FUNCTION_TARGETS) if roles is None else set(roles)
         try:
-            stack._start(source, dict(external_functions or {}))
+            stack._start(source, wanted, dict(external_functions or {}))
         except BaseException:
             stack.stop()
             raise
         return stack
 
-    def _start(self, source: Path, external: dict[str, str]) -> None:
+    def _start(self, source: Path, wanted: set[str], external: dict[str, str]) -> None:
         started = time.monotonic()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.endpoints_file.unlink(missing_ok=True)
         self._attach_router_log()
         config = self.config
         available = defined_targets(source)
-        local_roles = [r for r, t in FUNCTION_TARGETS.items() if r not in external and t in available]
+        local_roles = [
+            role
+            for role, target in FUNCTION_TARGETS.items()
+            if role in wanted and role not in external and target in available
+        ]
         ports = {name: components.free_port() for name in ("pubsub", "storage", "healthcare", *local_roles)}
         pubsub = f"{components.LOOPBACK}:{ports['pubsub']}"
         storage = f"http://{components.LOOPBACK}:{ports['storage']}"
