@@ -1,0 +1,256 @@
+"""Persistent state: a SQLite index (datasets, stores, instances, operations) plus blobs on disk.
+
+One connection shared under a lock: SQLite serialises writers anyway, and a single connection
+avoids SQLITE_BUSY between request threads and operation workers. Blobs are content-addressed
+(sha256), written before the index row, so a crash never leaves a row without its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .dicomfile import InstanceInfo
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, time_zone TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dicom_stores (
+    name TEXT PRIMARY KEY, dataset TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS instances (
+    store TEXT NOT NULL, study TEXT NOT NULL, series TEXT NOT NULL, sop TEXT NOT NULL,
+    sop_class TEXT NOT NULL, transfer_syntax TEXT NOT NULL, patient_id TEXT NOT NULL,
+    study_date TEXT NOT NULL, modality TEXT NOT NULL, attrs TEXT NOT NULL,
+    sha256 TEXT NOT NULL, size INTEGER NOT NULL, storage_class TEXT NOT NULL, stored_at TEXT NOT NULL,
+    PRIMARY KEY (store, sop));
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances (store, study, series);
+CREATE TABLE IF NOT EXISTS operations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, dataset TEXT NOT NULL,
+    body TEXT NOT NULL);
+"""
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ConflictError(Exception):
+    """Same SOP Instance UID already stored with different bytes."""
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    store: str
+    study: str
+    series: str
+    sop: str
+    sop_class: str
+    transfer_syntax: str
+    patient_id: str
+    study_date: str
+    modality: str
+    attrs: dict[str, Any]
+    sha256: str
+    size: int
+    storage_class: str
+    stored_at: str
+
+    def qido_row(self) -> dict[str, str]:
+        """The keys QidoQuery.matches() reads."""
+        return {
+            "PatientID": self.patient_id,
+            "StudyInstanceUID": self.study,
+            "SeriesInstanceUID": self.series,
+            "SOPInstanceUID": self.sop,
+            "StudyDate": self.study_date,
+            "Modality": self.modality,
+        }
+
+
+class Store:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.blob_dir = data_dir / "blobs"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(data_dir / "index.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- datasets and stores -------------------------------------------------------------------
+
+    def create_dataset(self, name: str, time_zone: str) -> bool:
+        with self._tx() as db:
+            return db.execute("INSERT OR IGNORE INTO datasets VALUES (?, ?)", (name, time_zone)).rowcount == 1
+
+    def get_dataset(self, name: str) -> dict[str, str] | None:
+        rows = self._query("SELECT name, time_zone FROM datasets WHERE name = ?", (name,))
+        return {"name": rows[0]["name"], "timeZone": rows[0]["time_zone"]} if rows else None
+
+    def list_datasets(self, parent: str) -> list[dict[str, str]]:
+        rows = self._query(
+            "SELECT name, time_zone FROM datasets WHERE name LIKE ? ORDER BY name", (parent + "/%",)
+        )
+        return [{"name": r["name"], "timeZone": r["time_zone"]} for r in rows]
+
+    def create_dicom_store(self, name: str, dataset: str, labels: dict[str, str]) -> bool:
+        with self._tx() as db:
+            sql = "INSERT OR IGNORE INTO dicom_stores VALUES (?, ?, ?)"
+            return db.execute(sql, (name, dataset, json.dumps(labels))).rowcount == 1
+
+    def get_dicom_store(self, name: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT name, labels FROM dicom_stores WHERE name = ?", (name,))
+        return _store_json(rows[0]) if rows else None
+
+    def list_dicom_stores(self, dataset: str) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT name, labels FROM dicom_stores WHERE dataset = ? ORDER BY name", (dataset,)
+        )
+        return [_store_json(r) for r in rows]
+
+    def delete_dicom_store(self, name: str) -> bool:
+        with self._tx() as db:
+            shas = {r["sha256"] for r in db.execute("SELECT sha256 FROM instances WHERE store = ?", (name,))}
+            db.execute("DELETE FROM instances WHERE store = ?", (name,))
+            deleted = db.execute("DELETE FROM dicom_stores WHERE name = ?", (name,)).rowcount == 1
+            still_used = {
+                r["sha256"]
+                for sha in shas
+                for r in db.execute("SELECT sha256 FROM instances WHERE sha256 = ?", (sha,))
+            }
+        for sha in shas - still_used:
+            self._blob_path(sha).unlink(missing_ok=True)
+        return deleted
+
+    # --- instances -------------------------------------------------------------------------------
+
+    def put_instance(self, store: str, info: InstanceInfo, data: bytes, storage_class: str) -> bool:
+        """Store an instance. Returns False for an identical duplicate (kept as is, not
+        overwritten); raises ConflictError for the same SOP Instance UID with different bytes."""
+        sha = hashlib.sha256(data).hexdigest()
+        self._write_blob(sha, data)
+        with self._tx() as db:
+            inserted = (
+                db.execute(
+                    "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        store,
+                        info.study,
+                        info.series,
+                        info.sop,
+                        info.sop_class,
+                        info.transfer_syntax,
+                        info.patient_id,
+                        info.study_date,
+                        info.modality,
+                        json.dumps(info.attrs),
+                        sha,
+                        len(data),
+                        storage_class,
+                        now_rfc3339(),
+                    ),
+                ).rowcount
+                == 1
+            )
+            if inserted:
+                return True
+            existing = db.execute(
+                "SELECT sha256 FROM instances WHERE store = ? AND sop = ?", (store, info.sop)
+            )
+            if existing.fetchone()["sha256"] != sha:
+                raise ConflictError(info.sop)
+            return False
+
+    def instances(
+        self, store: str, study: str | None = None, series: str | None = None, sop: str | None = None
+    ) -> list[InstanceRow]:
+        sql = "SELECT * FROM instances WHERE store = ?"
+        args: list[Any] = [store]
+        for column, value in (("study", study), ("series", series), ("sop", sop)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        rows = self._query(sql + " ORDER BY study, series, stored_at, sop", tuple(args))
+        return [InstanceRow(**{**dict(r), "attrs": json.loads(r["attrs"])}) for r in rows]
+
+    def read_blob(self, row: InstanceRow) -> bytes:
+        return self._blob_path(row.sha256).read_bytes()
+
+    def _blob_path(self, sha: str) -> Path:
+        return self.blob_dir / sha[:2] / sha
+
+    def _write_blob(self, sha: str, data: bytes) -> None:
+        path = self._blob_path(sha)
+        if path.exists():
+            return
+        path.parent.mkdir(exist_ok=True)
+        # Write-then-rename: a concurrent writer of the same bytes or a crash never leaves a torn blob.
+        fd, tmp = tempfile.mkstemp(dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+
+    # --- operations ------------------------------------------------------------------------------
+
+    def save_operation(self, op_id: str, dataset: str, body: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO operations (id, dataset, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                (op_id, dataset, json.dumps(body)),
+            )
+
+    def get_operation(self, op_id: str, dataset: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT body FROM operations WHERE id = ? AND dataset = ?", (op_id, dataset))
+        return json.loads(rows[0]["body"]) if rows else None
+
+    def list_operations(self, dataset: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT body FROM operations WHERE dataset = ? ORDER BY seq LIMIT ? OFFSET ?",
+            (dataset, limit, offset),
+        )
+        return [json.loads(r["body"]) for r in rows]
+
+    def unfinished_operations(self) -> list[tuple[str, str, dict[str, Any]]]:
+        rows = self._query("SELECT id, dataset, body FROM operations")
+        ops = [(r["id"], r["dataset"], json.loads(r["body"])) for r in rows]
+        return [op for op in ops if not op[2].get("done")]
+
+    def clear(self) -> None:
+        """Drop all data (control API reset with data=true)."""
+        with self._tx() as db:
+            for table in ("instances", "dicom_stores", "datasets", "operations"):
+                db.execute(f"DELETE FROM {table}")
+        for path in self.blob_dir.glob("*/*"):
+            path.unlink()
+
+
+def _store_json(row: sqlite3.Row) -> dict[str, Any]:
+    labels = json.loads(row["labels"])
+    return {"name": row["name"], **({"labels": labels} if labels else {})}
