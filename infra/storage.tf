@@ -16,7 +16,7 @@ locals {
     {
       age                        = var.state_retention_days
       days_since_noncurrent_time = null
-      matches_prefix             = [for p in ["seen/", "done/", "receipts/"] : "${local.state_prefix}${p}"]
+      matches_prefix             = ["${local.state_prefix}seen/", "${local.state_prefix}done/", "${local.state_prefix}receipts/"]
       with_state                 = "ANY"
     },
     {

@@ -1,0 +1,450 @@
+"""The Terraform configuration in infra/, held against the code it deploys.
+
+Terraform providers cannot be downloaded here, so `terraform validate` cannot run; these tests
+parse the HCL (python-hcl2) and check what matters to the product: each function's entry point
+exists in main.py, each function gets exactly the environment variables functions/settings.py
+reads for it, the triggers deliver the events the functions handle, and IAM stays narrow.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from functions.settings import FUNCTION_VARIABLES
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+MODULE = INFRA / "modules" / "function"
+
+ENTRY_POINTS = {
+    "import": "import_dicom_on_upload",
+    "export": "export_dicom_on_message",
+    "poll": "poll_dicom_operations",
+}
+
+# Project-level grants are allowed only for roles that cannot be granted on anything narrower
+# for the job they do. Role -> why.
+PROJECT_LEVEL_ALLOWLIST = {
+    # IAM lists "Project" as the lowest-level resource of this role.
+    "roles/eventarc.eventReceiver": "Eventarc trigger identity of the Cloud Storage trigger",
+    # Eventarc creates a Cloud Storage trigger's transport topic itself; Terraform cannot name it.
+    "roles/pubsub.publisher": "Cloud Storage service agent publishing to Eventarc's topic",
+}
+
+# Healthcare API permissions the custom roles may carry (access-control page of the API).
+HEALTHCARE_PERMISSIONS = {
+    "healthcare.dicomStores.import",
+    "healthcare.dicomStores.export",
+    "healthcare.dicomStores.dicomWebRead",
+    "healthcare.operations.get",
+}
+
+PUBLIC_PRINCIPALS = ("allusers", "allauthenticatedusers")
+
+_OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def _load_dir(directory: Path) -> dict[str, Any]:
+    """Merges every .tf file of one directory: {"resource": {type: {name: body}}, "locals": {...}, ...}."""
+    merged: dict[str, Any] = {}
+    files = sorted(directory.glob("*.tf"))
+    assert files, f"no Terraform files in {directory}"
+    for path in files:
+        with path.open(encoding="utf-8") as handle:
+            parsed = hcl2.load(handle, serialization_options=_OPTIONS)
+        for block_type, entries in parsed.items():
+            if block_type.startswith("__"):
+                continue
+            if block_type == "terraform":
+                merged.setdefault("terraform", []).extend(entries)
+                continue
+            target = merged.setdefault(block_type, {})
+            for entry in entries:
+                for key, value in entry.items():
+                    if key.startswith("__"):
+                        continue
+                    if block_type in ("resource", "data"):
+                        for name, body in value.items():
+                            assert name not in target.setdefault(key, {}), (
+                                f"duplicate {block_type} {key}.{name}"
+                            )
+                            target[key][name] = body
+                    else:
+                        assert key not in target, f"duplicate {block_type} {key} in {path.name}"
+                        target[key] = value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def root() -> dict[str, Any]:
+    return _load_dir(INFRA)
+
+
+@pytest.fixture(scope="module")
+def module() -> dict[str, Any]:
+    return _load_dir(MODULE)
+
+
+def _resources(config: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
+    return config.get("resource", {}).get(rtype, {})
+
+
+def _walk(value: Any) -> Iterator[str]:
+    """Every string inside a parsed value, comments left out."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not key.startswith("__"):
+                yield from _walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item)
+
+
+def _block(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """The single nested block `name` of a resource body."""
+    blocks = body[name]
+    assert isinstance(blocks, list) and len(blocks) == 1, f"expected one {name} block"
+    return blocks[0]
+
+
+def _environment_names(root: dict[str, Any], function_key: str) -> set[str]:
+    """Resolves `environment = merge(local.a, local.b, ...)` of one function to its variable names."""
+    expression = root["locals"]["functions"][function_key]["environment"]
+    match = re.fullmatch(r"\$\{merge\(((?:local\.\w+)(?:, local\.\w+)*)\)\}", expression)
+    assert match, f"{function_key}: environment must be merge() of named locals, got {expression!r}"
+    names: set[str] = set()
+    for ref in match.group(1).split(", "):
+        piece = root["locals"][ref.removeprefix("local.")]
+        assert isinstance(piece, dict), f"{ref} must be a literal map"
+        overlap = names & set(piece)
+        assert not overlap, f"{function_key}: {sorted(overlap)} set twice"
+        names |= set(piece)
+    return names
+
+
+# --------------------------------------------------------------------------- code <-> config
+
+
+def test_entry_points_are_decorated_functions_in_main_py() -> None:
+    main = ROOT / "main.py"
+    assert main.exists(), "main.py (the functions' entry points) does not exist yet"
+    tree = ast.parse(main.read_text(encoding="utf-8"))
+    decorated = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.decorator_list
+    }
+    missing = set(ENTRY_POINTS.values()) - decorated
+    assert not missing, f"entry points missing from main.py (or not decorated): {sorted(missing)}"
+
+
+def test_the_functions_are_the_three_entry_points(root: dict[str, Any]) -> None:
+    functions = root["locals"]["functions"]
+    assert {key: fn["entry_point"] for key, fn in functions.items()} == ENTRY_POINTS
+    assert set(ENTRY_POINTS.values()) == set(FUNCTION_VARIABLES)
+
+
+@pytest.mark.parametrize("function_key", sorted(ENTRY_POINTS))
+def test_environment_is_exactly_what_the_function_reads(root: dict[str, Any], function_key: str) -> None:
+    names = _environment_names(root, function_key)
+    expected = set(FUNCTION_VARIABLES[ENTRY_POINTS[function_key]])
+    assert not expected - names, f"{function_key}: not set: {sorted(expected - names)}"
+    assert not names - expected, f"{function_key}: set but never read: {sorted(names - expected)}"
+
+
+def test_environment_values_point_at_the_deployed_resources(root: dict[str, Any]) -> None:
+    locals_ = root["locals"]
+    assert locals_["env_common"]["DICOM_STORE"] == "${local.dicom_store_name}"
+    assert locals_["env_common"]["DICOM_STATE_BUCKET"] == '${google_storage_bucket.buckets["state"].name}'
+    assert (
+        locals_["env_completion"]["DICOM_COMPLETION_TOPIC"]
+        == '${google_pubsub_topic.topics["completions"].id}'
+    )
+    assert "local.export_allowed_destinations" in locals_["env_export"]["DICOM_EXPORT_ALLOWED_DESTINATIONS"]
+    # By default an export may write to the export bucket only.
+    assert "gs://${local.bucket_names.export}" in locals_["export_allowed_destinations"]
+
+
+def test_one_function_module_deploys_all_three(root: dict[str, Any], module: dict[str, Any]) -> None:
+    assert not _resources(root, "google_cloudfunctions2_function"), "functions belong in modules/function"
+    call = root["module"]["function"]
+    assert call["source"] == "./modules/function"
+    assert call["for_each"] == "${local.functions}"
+    assert call["entry_point"] == "${each.value.entry_point}"
+    assert call["environment_variables"] == "${each.value.environment}"
+
+    (function,) = _resources(module, "google_cloudfunctions2_function").values()
+    assert _block(function, "build_config")["entry_point"] == "${var.entry_point}"
+    service = _block(function, "service_config")
+    assert service["environment_variables"] == "${var.environment_variables}"
+    assert service["service_account_email"] == "${google_service_account.runtime.email}"
+    assert _resources(module, "google_service_account")["runtime"], "one runtime identity per function"
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+def test_import_is_triggered_by_finalize_on_the_upload_bucket(
+    root: dict[str, Any], module: dict[str, Any]
+) -> None:
+    trigger = root["locals"]["functions"]["import"]["event_trigger"]
+    assert trigger["event_type"] == "google.cloud.storage.object.v1.finalized"
+    assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"
+    assert trigger["event_filters"] == [
+        {"attribute": "bucket", "value": '${google_storage_bucket.buckets["upload"].name}'}
+    ]
+    # The module turns the object into the function's event_trigger block.
+    (function,) = _resources(module, "google_cloudfunctions2_function").values()
+    dynamic = function["dynamic"][0]["event_trigger"]
+    content = dynamic["content"][0]
+    assert content["event_type"] == "${event_trigger.value.event_type}"
+    assert content["retry_policy"] == "${event_trigger.value.retry_policy}"
+    assert content["service_account_email"] == "${google_service_account.trigger[0].email}"
+
+
+def test_export_is_delivered_from_the_export_requests_topic_with_a_dead_letter_topic(
+    root: dict[str, Any],
+) -> None:
+    export = root["locals"]["functions"]["export"]
+    assert export["event_trigger"] is None, "delivery is the push subscription (dead-letter policy)"
+
+    subscriptions = _resources(root, "google_pubsub_subscription")
+    push = subscriptions["export_requests"]
+    assert push["topic"] == '${google_pubsub_topic.topics["export_requests"].id}'
+    push_config = _block(push, "push_config")
+    # The path names the topic: functions-framework then sets the CloudEvent's source to it.
+    assert push_config["push_endpoint"] == (
+        '${module.function["export"].uri}/projects/${var.project_id}/topics/'
+        '${google_pubsub_topic.topics["export_requests"].name}'
+    )
+    oidc = _block(push_config, "oidc_token")
+    assert oidc["audience"] == '${module.function["export"].uri}'
+    assert oidc["service_account_email"] == "${google_service_account.export_push.email}"
+    assert export["invoker_members"] == {
+        "pubsub_push": "serviceAccount:${google_service_account.export_push.email}"
+    }
+    assert "no_wrapper" not in push_config, "functions-framework needs the standard push envelope"
+
+    dead_letter = _block(push, "dead_letter_policy")
+    assert dead_letter["dead_letter_topic"] == '${google_pubsub_topic.topics["export_dead_letter"].id}'
+    assert _block(push, "retry_policy")["maximum_backoff"] == "600s"
+    # Dead letters are kept by a subscription of their own.
+    assert (
+        subscriptions["export_dead_letter"]["topic"]
+        == '${google_pubsub_topic.topics["export_dead_letter"].id}'
+    )
+    assert set(root["locals"]["topics"]) == {"export_requests", "export_dead_letter", "completions"}
+
+
+def test_poller_is_called_over_http_by_the_scheduler_with_oidc(root: dict[str, Any]) -> None:
+    poll = root["locals"]["functions"]["poll"]
+    assert poll["event_trigger"] is None
+    assert poll["invoker_members"] == {
+        "scheduler": "serviceAccount:${google_service_account.scheduler.email}"
+    }
+
+    (job,) = _resources(root, "google_cloud_scheduler_job").values()
+    target = _block(job, "http_target")
+    assert target["uri"] == '${module.function["poll"].uri}'
+    assert target["http_method"] == "POST"
+    assert target["headers"] == {"Content-Type": "application/json"}
+    oidc = _block(target, "oidc_token")
+    assert oidc["audience"] == '${module.function["poll"].uri}'
+    assert oidc["service_account_email"] == "${google_service_account.scheduler.email}"
+    assert job["attempt_deadline"] == "${local.function_settings.poll.timeout_seconds}s"
+    assert root["variable"]["poll_schedule"]["default"] == "* * * * *"
+
+
+# --------------------------------------------------------------------------- sizing
+
+
+def test_functions_serve_concurrent_requests_on_a_whole_cpu(root: dict[str, Any]) -> None:
+    defaults = root["locals"]["function_defaults"]
+    assert set(defaults) == set(ENTRY_POINTS)
+    for key, settings in defaults.items():
+        assert settings["max_instance_request_concurrency"] > 1, key
+        assert float(settings["available_cpu"]) >= 1, key
+
+
+def test_timeouts_fit_the_work(root: dict[str, Any]) -> None:
+    defaults = root["locals"]["function_defaults"]
+    variables = root["variable"]
+    batching = variables["debounce_seconds"]["default"] + variables["settle_seconds"]["default"]
+    assert defaults["import"]["timeout_seconds"] >= batching + 30
+    assert defaults["export"]["timeout_seconds"] == 120
+    assert defaults["poll"]["timeout_seconds"] == 300
+    # Pub/Sub waits for the export handler before redelivering.
+    ack = _resources(root, "google_pubsub_subscription")["export_requests"]["ack_deadline_seconds"]
+    assert "local.function_settings.export.timeout_seconds" in ack
+
+
+# --------------------------------------------------------------------------- IAM
+
+
+def test_no_public_principals(root: dict[str, Any], module: dict[str, Any]) -> None:
+    for config in (root, module):
+        for block_type in ("resource", "data", "locals", "module"):
+            for text in _walk(config.get(block_type, {})):
+                assert not any(p in text.lower() for p in PUBLIC_PRINCIPALS), text
+
+
+def test_project_level_grants_are_allowlisted(root: dict[str, Any], module: dict[str, Any]) -> None:
+    seen = set()
+    for config in (root, module):
+        for rtype in (
+            "google_project_iam_binding",
+            "google_project_iam_policy",
+            "google_project_iam_audit_config",
+        ):
+            assert not _resources(config, rtype), f"{rtype} is not allowed"
+        for name, body in _resources(config, "google_project_iam_member").items():
+            assert body["role"] in PROJECT_LEVEL_ALLOWLIST, f"project-level {body['role']} ({name})"
+            seen.add(body["role"])
+    assert seen == set(PROJECT_LEVEL_ALLOWLIST)
+    # Only the Cloud Storage service agent publishes project-wide.
+    (publisher,) = (
+        body
+        for body in _resources(root, "google_project_iam_member").values()
+        if body["role"] == "roles/pubsub.publisher"
+    )
+    assert (
+        publisher["member"]
+        == "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+    )
+    # And only an Eventarc trigger identity receives events.
+    receiver = _resources(module, "google_project_iam_member")["event_receiver"]
+    assert receiver["member"] == "serviceAccount:${google_service_account.trigger[0].email}"
+
+
+def test_healthcare_permissions_are_custom_roles_bound_on_the_store_or_dataset(root: dict[str, Any]) -> None:
+    roles = root["locals"]["healthcare_roles"]
+    for name, role in roles.items():
+        assert set(role["permissions"]) <= HEALTHCARE_PERMISSIONS, name
+    assert set().union(*(set(r["permissions"]) for r in roles.values())) == HEALTHCARE_PERMISSIONS
+
+    store = root["locals"]["dicom_store_grants"]
+    dataset = root["locals"]["dataset_grants"]
+    # operations.get is checked on the dataset; the rest on the store.
+    assert {g["role"] for g in dataset.values()} == {"operationReader"}
+    assert "operationReader" not in {g["role"] for g in store.values()}
+
+    def granted(grants: dict[str, Any], function_key: str) -> set[str]:
+        return {g["role"] for g in grants.values() if g["member"] == f'${{local.runtime["{function_key}"]}}'}
+
+    assert granted(store, "import") == {"dicomImporter"}
+    assert granted(store, "export") == {"dicomExporter", "dicomWebReader"}
+    assert granted(store, "poll") == {"dicomImporter", "dicomExporter", "dicomWebReader"}
+    assert granted(dataset, "poll") == {"operationReader"}
+    assert _resources(root, "google_healthcare_dicom_store_iam_member")["grants"]["dicom_store_id"] == (
+        "${local.dicom_store_iam_id}"
+    )
+    assert (
+        _resources(root, "google_healthcare_dataset_iam_member")["grants"]["dataset_id"]
+        == "${local.dataset_iam_id}"
+    )
+
+
+def test_bucket_grants_follow_the_data_flow(root: dict[str, Any]) -> None:
+    grants = root["locals"]["bucket_grants"]
+    by_member: dict[str, set[tuple[str, str]]] = {}
+    for grant in grants.values():
+        by_member.setdefault(grant["member"], set()).add((grant["bucket"], grant["role"]))
+    viewer, user, admin = (
+        "roles/storage.objectViewer",
+        "roles/storage.objectUser",
+        "roles/storage.objectAdmin",
+    )
+    assert by_member['${local.runtime["import"]}'] == {("upload", viewer), ("state", user)}
+    assert by_member['${local.runtime["export"]}'] == {("state", user)}
+    assert by_member['${local.runtime["poll"]}'] == {("upload", viewer), ("state", user)}
+    assert by_member["${local.healthcare_agent}"] == {
+        ("upload", viewer),
+        ("state", viewer),
+        ("export", admin),
+    }
+    topics = root["locals"]["topic_grants"]
+    assert {(g["topic"], g["member"]) for g in topics.values()} == {
+        ("completions", '${local.runtime["export"]}'),
+        ("completions", '${local.runtime["poll"]}'),
+    }
+
+
+# --------------------------------------------------------------------------- storage, source, variables
+
+
+def test_buckets_are_private_uniform_and_expire_state(root: dict[str, Any]) -> None:
+    bucket = _resources(root, "google_storage_bucket")["buckets"]
+    assert bucket["uniform_bucket_level_access"] is True
+    assert bucket["public_access_prevention"] == "enforced"
+    assert set(root["locals"]["buckets"]) == {"upload", "export", "state", "source"}
+    prefixes = set()
+    for rule in root["locals"]["state_lifecycle_rules"]:
+        for prefix in rule["matches_prefix"]:
+            prefixes.add(prefix.removeprefix("${local.state_prefix}"))
+    assert {"seen/", "done/", "receipts/", "staging/", "filters/"} <= prefixes
+
+
+def test_source_archive_is_the_repository_root_without_non_runtime_files(root: dict[str, Any]) -> None:
+    archive = root["data"]["archive_file"]["source"]
+    assert archive["source_dir"] == "${path.module}/.."
+    assert archive["excludes"] == "${local.source_excludes}"
+    excludes = root["locals"]["source_excludes"]
+    for directory in ("tests", "infra", "localcloud", "bench", "docs", ".git"):
+        assert directory in excludes, directory
+    assert any(fnmatch.fnmatch(".venv-checkov", pattern) for pattern in excludes)
+    assert any(fnmatch.fnmatch(".venv", pattern) for pattern in excludes)
+    # Named by content: a code change is a new object, hence a redeploy.
+    source = _resources(root, "google_storage_bucket_object")["source"]
+    assert "${data.archive_file.source.output_md5}" in source["name"]
+    # gcloud deployments leave out the same directories.
+    ignored = {
+        line.strip().strip("/")
+        for line in (ROOT / ".gcloudignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for directory in ("tests", "infra", "localcloud", "bench", "docs", ".git"):
+        assert directory in ignored, f".gcloudignore misses {directory}/"
+
+
+@pytest.mark.parametrize("directory", [INFRA, MODULE], ids=["root", "module"])
+def test_every_variable_has_a_description_and_a_type(directory: Path) -> None:
+    variables = _load_dir(directory)["variable"]
+    for name, body in variables.items():
+        assert body.get("description"), f"variable {name} has no description"
+        assert body.get("type"), f"variable {name} has no type"
+
+
+def test_enumerable_variables_are_validated(root: dict[str, Any]) -> None:
+    variables = root["variable"]
+    for name in (
+        "region",
+        "log_level",
+        "export_bucket_storage_class",
+        "storage_class_by_prefix",
+        "ingress_settings",
+        "runtime",
+        "existing_dicom_store",
+    ):
+        assert variables[name].get("validation"), f"variable {name} has no validation"
+
+
+def test_provider_and_terraform_versions_are_ranges(root: dict[str, Any]) -> None:
+    (terraform,) = root["terraform"]
+    assert terraform["required_version"] == ">= 1.5"
+    providers = terraform["required_providers"][0]
+    for name in ("google", "google-beta", "archive"):
+        version = providers[name]["version"]
+        assert ">=" in version and "<" in version.replace(">=", ""), f"{name}: {version}"
