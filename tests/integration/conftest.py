@@ -7,7 +7,10 @@ finds the emulators the way it would in the local stack.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,77 @@ def healthcare_emulator(emulator_workdir: Path, fake_gcs: str) -> Iterator[str]:
             yield component.url
         finally:
             component.stop()
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+class HttpReceiver:
+    """An HTTP server a test controls: records every request, answers with scripted statuses."""
+
+    def __init__(self) -> None:
+        self.requests: list[ReceivedRequest] = []
+        self._statuses: list[int] = []  # answered in order; 200 once exhausted
+        self._changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._record()
+
+            def do_POST(self) -> None:
+                self._record()
+
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = ReceivedRequest(
+                    method=self.command,
+                    path=self.path,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=self.rfile.read(length),
+                )
+                with receiver._changed:
+                    status = receiver._statuses.pop(0) if receiver._statuses else 200
+                    receiver.requests.append(request)
+                    receiver._changed.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # keep the test output clean
+
+        self._server = ThreadingHTTPServer((components.LOOPBACK, 0), Handler)
+        self.url = f"http://{components.LOOPBACK}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def answer_next(self, *statuses: int) -> None:
+        self._statuses.extend(statuses)
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[ReceivedRequest]:
+        """The first `count` requests, waiting for them; fails the test after `timeout`."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.requests) >= count, timeout=timeout):
+                pytest.fail(
+                    f"{len(self.requests)} of {count} expected requests reached {self.url} in {timeout} s"
+                )
+            return list(self.requests[:count])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[HttpReceiver]:
+    receiver = HttpReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()

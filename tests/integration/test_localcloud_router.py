@@ -1,0 +1,125 @@
+"""The router against the real emulators: storage events, Pub/Sub push, scheduler calls."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from localcloud import provision
+from localcloud.config import LocalConfig
+from localcloud.router import FINALIZED_EVENT_TYPE, Scheduler, StorageEventBridge
+from tests.integration.conftest import HttpReceiver
+
+
+def _unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def bridge_to_receiver(
+    pubsub_emulator: str,
+    gcs_notifications_topic: str,
+    fake_gcs: str,
+    local_config: LocalConfig,
+    http_receiver: HttpReceiver,
+) -> Iterator[str]:
+    """A bridge on a fresh subscription of the notification topic; yields a fresh bucket."""
+    subscription = local_config.subscription_path(_unique("router-test"))
+    provision.create_subscription(
+        pubsub_emulator,
+        subscription,
+        gcs_notifications_topic,
+        policy=provision.DeliveryPolicy(min_backoff_seconds=1, max_backoff_seconds=2),
+    )
+    bucket = _unique("router-test")
+    provision.create_bucket(fake_gcs, local_config.project, bucket)
+    bridge = StorageEventBridge(pubsub_emulator, subscription, http_receiver.url)
+    bridge.start()
+    try:
+        yield bucket
+    finally:
+        bridge.stop()
+
+
+def _upload(fake_gcs: str, bucket: str, name: str, data: bytes) -> None:
+    response = requests.post(
+        f"{fake_gcs}/upload/storage/v1/b/{bucket}/o",
+        params={"uploadType": "media", "name": name},
+        data=data,
+        headers={"Content-Type": "application/dicom"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_an_upload_reaches_the_function_as_a_binary_storage_cloudevent(
+    bridge_to_receiver: str, fake_gcs: str, http_receiver: HttpReceiver
+) -> None:
+    bucket = bridge_to_receiver
+    _upload(fake_gcs, bucket, "study/series/IM0001.dcm", b"DICM-bytes")
+
+    (request,) = http_receiver.wait_for(1)
+    assert request.method == "POST"
+    assert request.headers["ce-specversion"] == "1.0"
+    assert request.headers["ce-type"] == FINALIZED_EVENT_TYPE
+    assert request.headers["ce-source"] == f"//storage.googleapis.com/projects/_/buckets/{bucket}"
+    assert request.headers["ce-subject"] == "objects/study/series/IM0001.dcm"
+    assert request.headers["ce-id"]
+    assert request.headers["ce-time"].endswith("Z")
+    assert request.headers["content-type"] == "application/json"
+    body = json.loads(request.body)
+    assert (body["bucket"], body["name"], body["size"]) == (bucket, "study/series/IM0001.dcm", "10")
+
+
+def test_a_failed_delivery_is_retried_with_the_same_event_id(
+    bridge_to_receiver: str, fake_gcs: str, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.answer_next(500)  # like a function that crashed: Eventarc redelivers
+    _upload(fake_gcs, bridge_to_receiver, "retry/IM0001.dcm", b"DICM")
+
+    first, second = http_receiver.wait_for(2, timeout=20)
+    assert first.headers["ce-id"] == second.headers["ce-id"]
+    assert first.body == second.body
+
+
+def test_a_message_on_a_push_subscription_reaches_the_topic_path(
+    pubsub_emulator: str, local_config: LocalConfig, http_receiver: HttpReceiver
+) -> None:
+    topic = local_config.topic_path(_unique("export-requests"))
+    provision.create_topic(pubsub_emulator, topic)
+    endpoint = f"{http_receiver.url}/{topic}"
+    subscription = local_config.subscription_path(_unique("export-push"))
+    provision.create_subscription(
+        pubsub_emulator,
+        subscription,
+        topic,
+        push_endpoint=endpoint,
+        policy=provision.DeliveryPolicy(1, 10, dead_letter_topic=None),
+    )
+    provision.publisher(pubsub_emulator).publish(topic, b'{"studies": ["1.2.3"]}', origin="test").result(10)
+
+    (request,) = http_receiver.wait_for(1)
+    assert request.path == f"/{topic}"
+    envelope = json.loads(request.body)
+    assert envelope["subscription"] == subscription
+    assert base64.b64decode(envelope["message"]["data"]) == b'{"studies": ["1.2.3"]}'
+    assert envelope["message"]["attributes"] == {"origin": "test"}
+
+
+def test_the_scheduler_calls_the_poller_with_cloud_scheduler_headers(http_receiver: HttpReceiver) -> None:
+    scheduler = Scheduler(http_receiver.url, interval=0.1)
+    scheduler.start()
+    try:
+        calls = http_receiver.wait_for(2, timeout=5)
+    finally:
+        scheduler.stop()
+    for call in calls:
+        assert call.method == "POST"
+        assert call.headers["user-agent"] == "Google-Cloud-Scheduler"
+        assert call.headers["x-cloudscheduler"] == "true"
+        assert call.headers["content-type"] == "application/json"
