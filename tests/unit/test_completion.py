@@ -13,6 +13,7 @@ from functions.completion import (
     OperationError,
     TrackedOperation,
     build_completion_event,
+    completion_event,
     completion_payload,
     event_id_for_operation,
     kind_from_method,
@@ -572,3 +573,30 @@ def test_completion_payload_is_the_decoded_event() -> None:
     op = operation(counter={"success": "1"})
     data, _ = build_completion_event(op, EXPORT_RECORD)
     assert json.loads(data) == completion_payload(op, EXPORT_RECORD)
+
+
+def test_poller_name_is_the_same_builder() -> None:
+    op = operation(counter={"success": "2", "failure": "1"})
+    assert completion_event(op, IMPORT_RECORD, failed_objects_cap=5) == build_completion_event(
+        op, IMPORT_RECORD
+    )
+
+
+def test_refused_start_record_from_the_job_queue() -> None:
+    """The shape `JobQueue` writes when the API refuses to start an LRO: no apiMethodName, no counters."""
+    name = "projects/p/locations/l/datasets/d/operations/refused-1714557600.123-abc"
+    op: dict[str, Any] = {
+        "name": name,
+        "done": True,
+        "error": {"code": 3, "message": "the API refused to start the operation: HTTP 400 bad"},
+        "metadata": {"createTime": "2024-05-01T10:00:00.000Z", "endTime": "2024-05-01T10:00:00.000Z"},
+    }
+    record = TrackedOperation(
+        name=op["name"], kind="export", dicom_store=STORE, destination="gs://exports/out"
+    )
+    body = event(op, record)
+    assert body["state"] == "FAILED"
+    assert body["kind"] == "export"
+    assert body["error"]["code"] == 3
+    assert body["durationSeconds"] == 0.0
+    assert body["eventId"].startswith("op-") and body["eventId"] == event_id_for_operation(name)
