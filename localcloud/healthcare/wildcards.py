@@ -2,7 +2,8 @@
 
 Documented semantics (ImportDicomDataRequest / DicomGcsSource.uri):
 - `*` matches 0 or more characters other than `/`;
-- `?` matches exactly 1 character (we also exclude `/`, as every glob dialect does);
+- `?` matches exactly 1 character, `/` included: the docs say "1 character" and, unlike for `*`,
+  do not exclude separators (the pipeline's planner assumes the same wider reading);
 - `**` matches 0 or more characters including `/`; it must be in the last path segment and no other
   wildcard may appear anywhere in the path; a plain suffix such as `.dcm` may follow it;
 - no wildcard at all: exactly one object.
@@ -78,7 +79,7 @@ def _to_regex(pattern: str) -> str:
             parts.append("[^/]*")
             i += 1
         elif pattern[i] == "?":
-            parts.append("[^/]")
+            parts.append(".")
             i += 1
         else:
             parts.append(re.escape(pattern[i]))
