@@ -8,6 +8,7 @@ API v1 REST), so it doubles as an end-to-end check of the emulators.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,16 +119,23 @@ def run_manual_flow(endpoints: Mapping[str, Any], workdir: Path, say: Callable[[
         "filterConfig": {"resourcePathsGcsUri": f"gs://{buckets['state']}/{filter_name}"},
     }
     operation = start_operation(healthcare, store, "export", body)
-    say("export", f"study {chosen.uid} ({chosen.instance_count} instances) -> {destination}/")
+    say("export", f"study {_short(chosen.uid)} ({chosen.instance_count} instances) -> {destination}/")
     result = wait_operation(healthcare, operation)
     say("export", _summary(result))
 
     exported = sorted(b.name for b in client.list_blobs(buckets["export"], prefix=f"{EXPORT_PREFIX}/"))
-    say("exported", f"{len(exported)} objects")
-    for name in exported:
-        say("", f"gs://{buckets['export']}/{name}")
+    say("exported", f"{len(exported)} objects as {EXPORT_PREFIX}/STUDY/SERIES/INSTANCE.dcm")
+    per_series = Counter(name.rsplit("/", 1)[0] for name in exported)
+    for folder, count in sorted(per_series.items()):
+        _, study, series = folder.split("/")
+        say("", f"study {_short(study)}  series {_short(series)}  {count} instances")
     if len(exported) != chosen.instance_count:
         raise DemoError(f"expected {chosen.instance_count} exported instances, found {len(exported)}")
+
+
+def _short(uid: str) -> str:
+    """The tail of a UID: enough to tell the demo's studies and series apart on screen."""
+    return "…" + uid[-8:]
 
 
 def _summary(result: OperationResult) -> str:
