@@ -12,10 +12,10 @@ terraform {
       source  = "hashicorp/google-beta"
       version = ">= 6.0, < 8.0"
     }
-    # Glob patterns in archive_file.excludes need archive >= 2.4.
+    # Glob patterns in archive_file.excludes need archive >= 2.5 (hashicorp/terraform-provider-archive#354).
     archive = {
       source  = "hashicorp/archive"
-      version = ">= 2.4, < 3.0"
+      version = ">= 2.5, < 3.0"
     }
   }
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -417,6 +418,35 @@ def test_source_archive_is_the_repository_root_without_non_runtime_files(root: d
     }
     for directory in ("tests", "infra", "localcloud", "bench", "docs", ".git"):
         assert directory in ignored, f".gcloudignore misses {directory}/"
+
+
+def _excluded(relative: str, patterns: list[str]) -> bool:
+    """archive_file's exclude test (doublestar globs on the path relative to source_dir), approximated."""
+    name = relative.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(relative, pattern):
+            return True
+        if pattern.startswith("**/") and fnmatch.fnmatchcase(name, pattern[3:]):
+            return True
+    return False
+
+
+def test_source_archive_holds_what_the_functions_run(root: dict[str, Any]) -> None:
+    patterns = root["locals"]["source_excludes"]
+    kept: list[str] = []
+    for directory, subdirectories, files in os.walk(ROOT):
+        base = Path(directory).relative_to(ROOT).as_posix()
+        prefix = "" if base == "." else f"{base}/"
+        # An excluded directory is skipped with everything under it, as archive_file does.
+        subdirectories[:] = [d for d in subdirectories if not _excluded(prefix + d, patterns)]
+        kept.extend(prefix + f for f in files if not _excluded(prefix + f, patterns))
+    for required in ("main.py", "requirements.txt", "functions/__init__.py", "functions/settings.py"):
+        assert required in kept, f"{required} would be missing from the source archive"
+    for path in kept:
+        top = path.split("/")[0]
+        assert top not in {"tests", "infra", "localcloud", "bench", "docs", ".git"}, path
+        assert not top.startswith(".venv"), path
+        assert "__pycache__" not in path, path
 
 
 @pytest.mark.parametrize("directory", [INFRA, MODULE], ids=["root", "module"])
