@@ -47,9 +47,9 @@ def transcode(data: bytes, target: str | None) -> bytes:
         ds = decoded_little_endian(ds)
         if target == ExplicitVRBigEndian:
             return _write_big_endian(ds)
-        if target == RLELossless:
-            ds.compress(RLELossless)
-        else:
+        if target == RLELossless and "PixelData" in ds:
+            ds.compress(RLELossless, generate_instance_uid=False)
+        else:  # also RLE for an instance without pixel data: nothing to encapsulate
             ds.file_meta.TransferSyntaxUID = UID(target)
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
@@ -65,7 +65,8 @@ def decoded_little_endian(ds: Dataset) -> Dataset:
     stored = ds.file_meta.TransferSyntaxUID
     if stored.is_compressed:
         try:
-            ds.decompress()
+            # Transcoding keeps the instance's identity (pydicom would mint a new SOP Instance UID).
+            ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # noqa: BLE001
             raise TranscodeError(
                 f"cannot decode stored transfer syntax {stored} ({type(exc).__name__})"
