@@ -1,0 +1,109 @@
+"""`python -m localcloud up` and `env` as a user runs them, with the product's real functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from localcloud.components import REPO_ROOT
+from localcloud.stack import ENDPOINTS_FILE
+
+STARTUP_BUDGET_SECONDS = 30.0
+
+
+def _localcloud(*args: str) -> list[str]:
+    return [sys.executable, "-m", "localcloud", *args]
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any], Path]]:
+    """A running `up` in the background, its endpoints.json and its state folder."""
+    state_dir = tmp_path / "state"
+    process = subprocess.Popen(
+        _localcloud("up", "--state-dir", str(state_dir), "--poll-interval", "1"),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_BUDGET_SECONDS
+        endpoints_file = state_dir / ENDPOINTS_FILE
+        while not endpoints_file.exists():
+            if process.poll() is not None:
+                pytest.fail(
+                    f"up exited with {process.returncode}:\n{process.stdout.read() if process.stdout else ''}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail("up did not write endpoints.json in time")
+            time.sleep(0.1)
+        yield process, json.loads(endpoints_file.read_text()), state_dir
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def test_up_serves_every_endpoint_and_env_prints_the_exports(
+    up: tuple[subprocess.Popen[str], dict[str, Any], Path],
+) -> None:
+    _, endpoints, state_dir = up
+    assert endpoints["startupSeconds"] < 10
+    assert requests.get(f"{endpoints['storage']}/storage/v1/b", timeout=5).status_code == 200
+    assert requests.get(f"http://{endpoints['pubsub']}/", timeout=5).text.strip() == "Ok"
+    assert (
+        requests.get(f"{endpoints['healthcare']}/v1/{endpoints['dicomStore']}", timeout=5).status_code == 200
+    )
+    assert endpoints["functions"], "main.py defines no function target"
+    for role, url in endpoints["functions"].items():
+        # Any HTTP answer means the function is served (a CloudEvent function answers GET with 405).
+        assert requests.get(url, timeout=5).status_code < 600, role
+
+    printed = subprocess.run(
+        _localcloud("env", "--state-dir", str(state_dir)),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert f"export STORAGE_EMULATOR_HOST={endpoints['storage']}" in lines
+    assert f"export PUBSUB_EMULATOR_HOST={endpoints['pubsub']}" in lines
+    assert f"export HEALTHCARE_API_URL={endpoints['healthcare']}" in lines
+
+
+def test_sigterm_stops_every_process_and_removes_the_endpoints(
+    up: tuple[subprocess.Popen[str], dict[str, Any], Path],
+) -> None:
+    process, endpoints, state_dir = up
+    groups = [pid for name, pid in endpoints["processes"].items() if name != "up"]
+    assert groups and not any(_group_gone(g) for g in groups)
+
+    process.send_signal(signal.SIGTERM)
+
+    assert process.wait(timeout=30) == 0
+    assert all(_group_gone(g) for g in groups)
+    assert not (state_dir / ENDPOINTS_FILE).exists()
+    after = subprocess.run(
+        _localcloud("env", "--state-dir", str(state_dir)), cwd=REPO_ROOT, capture_output=True
+    )
+    assert after.returncode == 1

@@ -1,0 +1,173 @@
+"""The whole stack in-process, with the functions replaced by receivers this test controls."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from localcloud import provision
+from localcloud.config import LocalConfig
+from localcloud.router import FINALIZED_EVENT_TYPE
+from localcloud.stack import ENDPOINTS_FILE, Stack, StackError
+from tests.integration.conftest import HttpReceiver
+
+
+@dataclass
+class RoutedStack:
+    stack: Stack
+    receivers: dict[str, HttpReceiver]  # role -> the receiver standing in for that function
+
+    @property
+    def endpoints(self) -> dict[str, Any]:
+        return self.stack.endpoints
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutedStack]:
+    receivers = {role: HttpReceiver() for role in ("import", "export", "poll")}
+    stack = Stack.start(
+        tmp_path_factory.mktemp("routed-stack"),
+        config=LocalConfig(poll_interval_seconds=0.2),
+        external_functions={role: r.url for role, r in receivers.items()},
+    )
+    try:
+        yield RoutedStack(stack, receivers)
+    finally:
+        stack.stop()
+        for receiver in receivers.values():
+            receiver.close()
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_endpoints_file_names_everything(routed: RoutedStack) -> None:
+    on_disk = json.loads((routed.stack.state_dir / ENDPOINTS_FILE).read_text())
+    assert on_disk == routed.endpoints
+    for key in ("storage", "pubsub", "healthcare", "project", "location", "dataset", "dicomStore", "logs"):
+        assert on_disk[key], key
+    assert on_disk["storage"].startswith("http://") and not on_disk["pubsub"].startswith("http")
+    assert set(on_disk["buckets"]) == {"upload", "export", "state"}
+    assert {"exportRequests", "completions"} <= set(on_disk["topics"])
+    assert "completions" in on_disk["subscriptions"]
+    assert on_disk["functions"] == {role: r.url for role, r in routed.receivers.items()}
+    assert Path(on_disk["logs"]).is_dir()
+
+
+def test_every_resource_exists_on_its_emulator(routed: RoutedStack) -> None:
+    endpoints = routed.endpoints
+    listed = requests.get(f"{endpoints['storage']}/storage/v1/b", timeout=10).json()
+    assert set(endpoints["buckets"].values()) <= {b["name"] for b in listed["items"]}
+
+    publisher = provision.publisher(endpoints["pubsub"])
+    topics = {t.name for t in publisher.list_topics(project=f"projects/{endpoints['project']}")}
+    assert set(endpoints["topics"].values()) <= topics
+    completions = provision.subscriber(endpoints["pubsub"]).get_subscription(
+        subscription=endpoints["subscriptions"]["completions"]
+    )
+    assert completions.topic == endpoints["topics"]["completions"]
+
+    store = requests.get(f"{endpoints['healthcare']}/v1/{endpoints['dicomStore']}", timeout=10)
+    assert store.status_code == 200
+    assert store.json()["name"] == endpoints["dicomStore"]
+
+
+def test_an_upload_becomes_a_storage_event_for_the_import_function(routed: RoutedStack) -> None:
+    endpoints = routed.endpoints
+    bucket = endpoints["buckets"]["upload"]
+    upload = requests.post(
+        f"{endpoints['storage']}/upload/storage/v1/b/{bucket}/o",
+        params={"uploadType": "media", "name": "stack-test/IM0001.dcm"},
+        data=b"DICM",
+        timeout=10,
+    )
+    assert upload.status_code == 200
+
+    (event,) = routed.receivers["import"].wait_for(1)
+    assert event.headers["ce-type"] == FINALIZED_EVENT_TYPE
+    assert event.headers["ce-source"] == f"//storage.googleapis.com/projects/_/buckets/{bucket}"
+    assert event.headers["ce-subject"] == "objects/stack-test/IM0001.dcm"
+
+
+def test_an_export_request_is_pushed_to_the_export_function(routed: RoutedStack) -> None:
+    topic = routed.endpoints["topics"]["exportRequests"]
+    provision.publisher(routed.endpoints["pubsub"]).publish(topic, b'{"requestId": "r1"}').result(10)
+
+    (push,) = routed.receivers["export"].wait_for(1)
+    assert push.path == f"/{topic}"
+    assert json.loads(push.body)["message"]["messageId"]
+
+
+def test_export_requests_that_keep_failing_are_dead_lettered(routed: RoutedStack) -> None:
+    config = routed.stack.config
+    push = provision.subscriber(routed.endpoints["pubsub"]).get_subscription(
+        subscription=config.subscription_path(config.export_push_subscription)
+    )
+    assert push.dead_letter_policy.dead_letter_topic == routed.endpoints["topics"]["exportDeadLetter"]
+    assert push.dead_letter_policy.max_delivery_attempts == 5
+    assert push.retry_policy.minimum_backoff.total_seconds() == 1
+    assert push.retry_policy.maximum_backoff.total_seconds() == 10
+
+
+def test_the_scheduler_calls_the_poller(routed: RoutedStack) -> None:
+    calls = routed.receivers["poll"].wait_for(2, timeout=5)
+    assert all(c.headers["x-cloudscheduler"] == "true" for c in calls)
+
+
+def test_stop_leaves_no_process_and_no_endpoints_file(tmp_path: Path) -> None:
+    stack = Stack.start(tmp_path, roles=())
+    groups = [c.pid for c in stack.components]
+    assert len(groups) == 3 and not any(_group_gone(g) for g in groups)
+
+    stack.stop()
+
+    assert all(_group_gone(g) for g in groups)
+    assert not (tmp_path / ENDPOINTS_FILE).exists()
+
+
+def test_a_function_that_cannot_start_is_named_and_the_rest_is_stopped(tmp_path: Path) -> None:
+    source = tmp_path / "main.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            raise RuntimeError("broken deployment: DICOM_STORE is nonsense")
+
+            def import_dicom_on_upload(event): ...
+            """
+        )
+    )
+    with pytest.raises(StackError) as excinfo:
+        Stack.start(tmp_path / "state", source=source)
+    message = str(excinfo.value)
+    assert "function import_dicom_on_upload" in message
+    assert "broken deployment: DICOM_STORE is nonsense" in message
+    assert _processes_using(tmp_path) == []
+
+
+def _processes_using(folder: Path) -> list[int]:
+    """PIDs whose command line or working directory mentions `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+        if str(folder) in cmdline or cwd.startswith(str(folder)):
+            found.append(int(entry.name))
+    return found
