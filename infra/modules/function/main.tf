@@ -8,9 +8,11 @@ locals {
   # Eventarc documents roles/eventarc.eventReceiver for every event source except Pub/Sub.
   needs_event_receiver = local.has_trigger && !startswith(try(var.event_trigger.event_type, ""), "google.cloud.pubsub.")
 
+  # The trigger's account, when there is one, invokes too. (A for expression, not a conditional:
+  # the two branches of a conditional would be objects of different types.)
   invoker_members = merge(
     var.invoker_members,
-    local.has_trigger ? { trigger = "serviceAccount:${one(google_service_account.trigger[*].email)}" } : {},
+    { for email in google_service_account.trigger[*].email : "trigger" => "serviceAccount:${email}" },
   )
 }
 
@@ -109,7 +111,8 @@ resource "google_cloud_run_v2_service_iam_member" "invokers" {
 
   project  = var.project_id
   location = var.region
-  name     = google_cloudfunctions2_function.function.service_config[0].service
-  role     = "roles/run.invoker"
-  member   = each.value
+  # A 2nd-gen function's Cloud Run service carries the function's name.
+  name   = google_cloudfunctions2_function.function.name
+  role   = "roles/run.invoker"
+  member = each.value
 }
