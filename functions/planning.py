@@ -57,10 +57,6 @@ class ListingScope:
     prefix: str
     recursive: bool
 
-    def contains(self, name: str) -> bool:
-        """Tell whether a listing of this scope returns object `name`."""
-        return name.startswith(self.prefix) and (self.recursive or "/" not in name[len(self.prefix) :])
-
     def covers_pattern(self, pattern: str) -> bool:
         """Tell whether every object name `pattern` can match lies inside this scope."""
         if not literal_prefix(pattern).startswith(self.prefix):
@@ -164,7 +160,7 @@ def plan_import(
     """Plan the import of a batch at the lowest cost.
 
     Every new object ends up matched by a URI or staged; no URI matches an ineligible object;
-    a name holding a wildcard character is never used as a literal URI.
+    a name holding `*`, `?`, `[` or `#` is never used as a literal URI.
 
     Args:
         new_names: the batch (object names in one bucket, all eligible).

@@ -341,13 +341,6 @@ def test_scope_covers_pattern(scope: ListingScope, pattern: str, expected: bool)
     assert scope.covers_pattern(pattern) is expected
 
 
-def test_scope_contains() -> None:
-    assert ListingScope("a/", False).contains("a/x.dcm")
-    assert not ListingScope("a/", False).contains("a/b/x.dcm")
-    assert ListingScope("a/", True).contains("a/b/x.dcm")
-    assert not ListingScope("a/", True).contains("ab/x.dcm")
-
-
 _FOLDERS = ["inbox", "inbox/S1", "inbox/S2", "inbox/2026", "a*", "x?y", "[z]", "h#", "sp ace", "é", ""]
 _STEMS = ["a", "b", "IM_0001", "IM_0002", "1.2.3", "we*rd", "q?", "[x]", "n#1", "sp ace", "ünï", ""]
 _EXTENSIONS = [".dcm", ".dcm", ".dcm", ".DCM", ".json", ".txt", ".dcm.json", ""]
