@@ -124,8 +124,12 @@ class Store:
         return self.emu.api(self.version)
 
     @property
+    def dicomweb_url(self) -> str:
+        return f"{self.emu.url}/{self.version}/{self.name}/dicomWeb"
+
+    @property
     def dicomweb(self) -> DICOMwebClient:
-        return DICOMwebClient(url=f"{self.emu.url}/{self.version}/{self.name}/dicomWeb")
+        return DICOMwebClient(url=self.dicomweb_url)
 
     def wait(self, operation: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         get = self.api.operations().get
