@@ -89,12 +89,10 @@ class WindowBatcher:
             group_jobs, group_staged = self._plan_group(batch_id, len(jobs), bucket, storage_class, group)
             jobs.extend(group_jobs)
             staged += group_staged
-        for job in jobs:
-            self._queue.submit(job)
+        started = tuple(r.started for r in (self._queue.submit(j) for j in jobs) if r.started)
         # The jobs are durable now: the window records and the claim have done their part.
         self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
         self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
-        started = tuple(r.started for r in (self._queue.try_start(j.job_id) for j in jobs) if r.started)
         logger.info("window batched", extra=fields(window=window, batch=batch_id, uploads=len(uploads),
                                                     jobs=len(jobs), started=len(started), staged=staged))
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged)
@@ -153,12 +151,15 @@ class WindowBatcher:
         """Everything else in the scopes a glob could reach, and the scopes too big to list."""
         others: set[str] = set()
         incomplete = []
-        for scope in planning.listing_scopes(list(names)):
+        root, *folders = planning.listing_scopes(list(names))
+        for scope in (root, *folders):
             listed: list[ObjectInfo] = list(self._gcs.list(bucket, scope.prefix, recursive=scope.recursive,
                                                            max_results=LISTING_CAP + 1))
             if len(listed) > LISTING_CAP:
                 incomplete.append(scope)
             others.update(info.name for info in listed if info.name not in names)
+            if scope == root and not incomplete:
+                break  # the folder scopes are subsets of the root: only needed when it was too big
         return others, incomplete
 
     def _eligible(self, name: str) -> bool:

@@ -55,8 +55,8 @@ class Gcs:
         # With STORAGE_EMULATOR_HOST set the client uses anonymous credentials by itself.
         return cls(storage.Client(project=project), timeout=timeout)
 
-    def _blob(self, bucket: str, name: str) -> storage.Blob:
-        return self._client.bucket(bucket).blob(name)
+    def _blob(self, bucket: str, name: str, generation: int | None = None) -> storage.Blob:
+        return self._client.bucket(bucket).blob(name, generation=generation)
 
     def create(self, bucket: str, name: str, data: dict[str, Any] | bytes | str,
                metadata: dict[str, str] | None = None) -> int | None:
@@ -130,8 +130,7 @@ class Gcs:
 
     def copy(self, src_bucket: str, src_name: str, generation: int, dst_bucket: str, dst_name: str) -> None:
         """Server-side copy of one generation (rewrite loop: large objects take several calls)."""
-        source = self._blob(src_bucket, src_name)
-        source.generation = generation
+        source = self._blob(src_bucket, src_name, generation)
         target = self._blob(dst_bucket, dst_name)
         token, _, _ = target.rewrite(source, timeout=self._timeout, retry=DEFAULT_RETRY)
         while token is not None:
@@ -140,9 +139,7 @@ class Gcs:
     def download(self, bucket: str, name: str, *, generation: int | None = None,
                  end: int | None = None) -> bytes:
         """Object bytes (the first `end + 1` bytes when `end` is given)."""
-        blob = self._blob(bucket, name)
-        if generation:
-            blob.generation = generation
+        blob = self._blob(bucket, name, generation)
         data: bytes = blob.download_as_bytes(end=end, timeout=self._timeout, retry=DEFAULT_RETRY)
         return data
 

@@ -104,11 +104,25 @@ class JobQueue:
         return self._s.state_path("operations", f"{operation_id}.json")
 
     # -- queue -------------------------------------------------------------------------------
-    def submit(self, job: Job) -> bool:
-        """Queues the job (idempotent: a job id that exists already is left as it is)."""
-        created = self._gcs.create(self._s.state_bucket, self.job_path(job.job_id),
-                                   {"job": job.to_json(), "state": "PENDING"})
-        return created is not None
+    def submit(self, job: Job) -> StartResult:
+        """Queues the job and starts it at once if a slot is free.
+
+        Idempotent: a job id that exists already is left to whoever created it. The slot is taken
+        before the job is written, so a job that can start is written twice (created as
+        STARTING, deleted once its operation is tracked), never three times.
+        """
+        slot = self._acquire_slot(job.job_id)
+        state: dict[str, Any] = {"job": job.to_json(), "state": "PENDING"}
+        if slot is not None:
+            state.update(state="STARTING", slot=slot, leaseUntil=self._clock() + self._s.claim_lease_seconds)
+        generation = self._gcs.create(self._s.state_bucket, self.job_path(job.job_id), state)
+        if generation is None:
+            if slot is not None:
+                self.release_slot(slot, job.job_id)
+            return StartResult(None, queued=False)
+        if slot is None:
+            return StartResult(None, queued=True)
+        return self._start_claimed(job, slot, generation)
 
     def pending_job_ids(self) -> list[str]:
         prefix = self._s.state_path("jobs/")
@@ -140,6 +154,11 @@ class JobQueue:
             # The previous starter died mid-way; its LRO may exist. A second import/export of the
             # same data is harmless (duplicates are ignored / files rewritten), losing it is not.
             logger.warning("restarting a job whose starter died", extra=fields(job=job_id))
+        return self._start_claimed(job, slot, generation)
+
+    def _start_claimed(self, job: Job, slot: int, generation: int) -> StartResult:
+        """Makes the API call for a job this caller holds (state STARTING, slot taken)."""
+        job_id = job.job_id
         try:
             name = self._start(job)
         except PermanentApiError as exc:
@@ -177,9 +196,11 @@ class JobQueue:
 
     # -- slots -------------------------------------------------------------------------------
     def _acquire_slot(self, job_id: str) -> int | None:
-        # A random probe order spreads concurrent starters over the slots instead of all
-        # racing for slot 0.
-        order = list(range(self._s.max_concurrent_operations))
+        # List first (a read): with every slot busy, a queued job writes nothing. A random probe
+        # order spreads concurrent starters over the free slots instead of all racing for one.
+        prefix = self._s.state_path("slots/")
+        held = {info.name[len(prefix):] for info in self._gcs.list(self._s.state_bucket, prefix)}
+        order = [i for i in range(self._s.max_concurrent_operations) if str(i) not in held]
         random.shuffle(order)
         for index in order:
             if self._gcs.create(self._s.state_bucket, self.slot_path(index),

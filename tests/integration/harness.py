@@ -1,0 +1,220 @@
+"""A fresh, isolated deployment per test on the session's emulators, and ways to drive it.
+
+Each `Deployment` has its own buckets, dataset, DICOM store and completions topic, so tests do
+not see each other's objects or events. Events are built from the real uploaded objects
+(generation, timeCreated) exactly as Eventarc would deliver them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import requests
+from google.cloud import pubsub_v1, storage
+
+from functions.events import StorageObjectEvent
+from functions.gcs import Gcs
+from functions.import_on_upload import ImportOnUpload
+from functions.poll_operations import Poller
+from functions.settings import Settings
+from functions.wiring import Deps
+
+PROJECT = "local-project"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+    """Polls `condition` until it returns something truthy; fails the test with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+class CountingGcs(Gcs):
+    """Real Cloud Storage calls, counted per object name and second (the emulator has no write limit)."""
+
+    def __init__(self, inner: Gcs) -> None:
+        super().__init__(inner._client, timeout=inner._timeout)
+        self.writes: list[tuple[str, float]] = []
+        self.calls = 0
+
+    def _count(self, name: str, write: bool) -> None:
+        self.calls += 1
+        if write:
+            self.writes.append((name, time.monotonic()))
+
+    def create(self, bucket: str, name: str, data: Any, metadata: dict[str, str] | None = None) -> int | None:
+        self._count(name, True)
+        return super().create(bucket, name, data, metadata)
+
+    def replace(self, bucket: str, name: str, data: dict[str, Any], generation: int) -> int | None:
+        self._count(name, True)
+        return super().replace(bucket, name, data, generation)
+
+    def write(self, bucket: str, name: str, data: Any) -> None:
+        self._count(name, True)
+        super().write(bucket, name, data)
+
+    def delete(self, bucket: str, name: str, generation: int | None = None) -> bool:
+        self._count(name, True)
+        return super().delete(bucket, name, generation)
+
+    def read(self, bucket: str, name: str) -> Any:
+        self._count(name, False)
+        return super().read(bucket, name)
+
+    def list(self, *args: Any, **kwargs: Any) -> Any:
+        self._count("<list>", False)
+        return super().list(*args, **kwargs)
+
+    def max_writes_per_second(self) -> tuple[int, str]:
+        """The most writes any one object name got within one second, and which name."""
+        per_name: dict[str, list[float]] = {}
+        for name, at in self.writes:
+            per_name.setdefault(name, []).append(at)
+        best = (0, "")
+        for name, times in per_name.items():
+            times.sort()
+            start = 0
+            for end, moment in enumerate(times):
+                while moment - times[start] >= 1.0:
+                    start += 1
+                best = max(best, (end - start + 1, name))
+        return best
+
+
+@dataclass
+class Deployment:
+    """One isolated pipeline deployment on the emulators."""
+
+    settings: Settings
+    healthcare_url: str
+    upload_bucket: str
+    export_bucket: str
+    completions_subscription: str
+    storage_client: storage.Client
+    deps: Deps
+    seen_event_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, healthcare_url: str, **overrides: Any) -> Deployment:
+        suffix = uuid.uuid4().hex[:10]
+        client = storage.Client(project=PROJECT)
+        upload, export, state = f"upload-{suffix}", f"export-{suffix}", f"state-{suffix}"
+        for name in (upload, export, state):
+            client.create_bucket(name)
+        dataset = f"projects/{PROJECT}/locations/us-central1/datasets/ds-{suffix}"
+        _ok(requests.post(f"{healthcare_url}/v1/projects/{PROJECT}/locations/us-central1/datasets",
+                          params={"datasetId": f"ds-{suffix}"}, json={}, timeout=10))
+        _ok(requests.post(f"{healthcare_url}/v1/{dataset}/dicomStores", params={"dicomStoreId": "store"},
+                          json={}, timeout=10))
+        topic = f"projects/{PROJECT}/topics/completions-{suffix}"
+        subscription = f"projects/{PROJECT}/subscriptions/completions-{suffix}"
+        pubsub_v1.PublisherClient().create_topic(name=topic)
+        pubsub_v1.SubscriberClient().create_subscription(name=subscription, topic=topic)
+        settings = Settings(
+            dicom_store=f"{dataset}/dicomStores/store", state_bucket=state, completion_topic=topic,
+            healthcare_api_url=healthcare_url, debounce_seconds=1.0, settle_seconds=0.3,
+            claim_lease_seconds=3.0, retry_deadline_seconds=10.0, http_timeout_seconds=20.0,
+            export_allowed_destinations=(f"gs://{export}",),
+        )
+        settings = replace(settings, **overrides)
+        return cls(settings, healthcare_url, upload, export, subscription, client, Deps.from_settings(settings))
+
+    # -- driving -----------------------------------------------------------------------------
+    def counting(self) -> CountingGcs:
+        """Swaps in a call-counting Cloud Storage gateway for every component."""
+        counting = CountingGcs(self.deps.gcs)
+        self.deps = Deps.from_settings(self.settings)
+        object.__setattr__(self.deps, "gcs", counting)
+        from functions.batching import WindowBatcher
+        from functions.jobs import JobQueue
+
+        queue = JobQueue(self.settings, counting, self.deps.healthcare)
+        object.__setattr__(self.deps, "queue", queue)
+        object.__setattr__(self.deps, "batcher", WindowBatcher(self.settings, counting, queue))
+        return counting
+
+    def handler(self) -> ImportOnUpload:
+        return ImportOnUpload(self.settings, self.deps.gcs, self.deps.batcher)
+
+    def poller(self) -> Poller:
+        d = self.deps
+        return Poller(self.settings, d.gcs, d.healthcare, d.queue, d.batcher, d.publisher)
+
+    def upload(self, name: str, data: bytes, bucket: str | None = None) -> StorageObjectEvent:
+        """Uploads and returns the finalize event Eventarc would deliver for it."""
+        blob = self.storage_client.bucket(bucket or self.upload_bucket).blob(name)
+        blob.upload_from_string(data)
+        return event_for(blob)
+
+    def emulator(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Calls the emulator's control API (`/_emulator/...`)."""
+        url = f"{self.healthcare_url}/_emulator/{path}"
+        response = requests.post(url, json=body, timeout=10) if body is not None else requests.get(url, timeout=10)
+        _ok(response)
+        return response.json() if response.content else None
+
+    def pull_completions(self, expected: int, timeout: float = 60.0, *, poll: bool = True) -> list[dict[str, Any]]:
+        """Runs the poller until `expected` completion events arrived; returns them (data + attributes)."""
+        subscriber = pubsub_v1.SubscriberClient()
+        events: list[dict[str, Any]] = []
+
+        def more() -> bool:
+            if poll:
+                self.poller().run()
+            response = subscriber.pull(subscription=self.completions_subscription, max_messages=100,
+                                       timeout=5, return_immediately=True)
+            if response.received_messages:
+                subscriber.acknowledge(subscription=self.completions_subscription,
+                                       ack_ids=[m.ack_id for m in response.received_messages])
+            for received in response.received_messages:
+                event = json.loads(received.message.data)
+                event["_attributes"] = dict(received.message.attributes)
+                events.append(event)
+            return len(events) >= expected
+
+        wait_for(more, timeout=timeout, interval=0.3, what=f"{expected} completion events (got {len(events)})")
+        return events
+
+    def stored_instances(self) -> list[dict[str, Any]]:
+        """QIDO-RS instances search over the whole store."""
+        url = f"{self.healthcare_url}/v1/{self.settings.dicom_store}/dicomWeb/instances"
+        response = requests.get(url, params={"limit": "5000"}, timeout=10)
+        _ok(response)
+        return response.json() if response.content.strip() else []
+
+    def state_objects(self, prefix: str) -> list[str]:
+        return [b.name for b in self.storage_client.list_blobs(self.settings.state_bucket,
+                                                               prefix=self.settings.state_path(prefix))]
+
+
+def event_for(blob: storage.Blob) -> StorageObjectEvent:
+    attributes = {"id": uuid.uuid4().hex, "type": "google.cloud.storage.object.v1.finalized",
+                  "source": f"//storage.googleapis.com/projects/_/buckets/{blob.bucket.name}",
+                  "subject": f"objects/{blob.name}", "time": blob.time_created.isoformat()}
+    data = {"bucket": blob.bucket.name, "name": blob.name, "generation": str(blob.generation),
+            "size": str(blob.size), "timeCreated": blob.time_created.isoformat()}
+    return StorageObjectEvent.from_cloud_event(attributes, data)
+
+
+def deliver_all(handler: ImportOnUpload, events: Iterable[StorageObjectEvent], threads: int = 16) -> list[Any]:
+    """Delivers events concurrently, as a function instance with request concurrency would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(handler.handle, events))
+
+
+def _ok(response: requests.Response) -> None:
+    if response.status_code >= 400:
+        raise AssertionError(f"{response.request.method} {response.url} -> {response.status_code} {response.text[:300]}")
