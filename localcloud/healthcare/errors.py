@@ -7,7 +7,6 @@ from typing import Any
 
 # google.rpc.Code numbers used in operation errors (Operation.error.code).
 RPC_CANCELLED = 1
-RPC_UNKNOWN = 2
 RPC_INVALID_ARGUMENT = 3
 RPC_NOT_FOUND = 5
 RPC_ABORTED = 10

@@ -148,7 +148,6 @@ class Operations:
         for op_id, dataset, body in self._store.unfinished_operations():
             body["done"] = True
             body["metadata"]["endTime"] = now_rfc3339()
-            body["metadata"].pop("counter", None)
             body["error"] = {
                 "code": errors.RPC_ABORTED,
                 "message": "the emulator restarted while this operation ran",

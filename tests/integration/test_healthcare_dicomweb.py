@@ -15,6 +15,7 @@ from tests.integration.test_healthcare_emulator import (  # noqa: F401 - fixture
     Emulator,
     Store,
     _clean_control_state,
+    _response,
     emulator,
     fake_gcs_url,
     make_instance,
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.integration
 def catalog(emulator: Emulator) -> tuple[Store, dict[str, str]]:  # noqa: F811
     """Study A (2020-01-01, CT + MR series, patient P1), B (2020-06-15, MR, P1), C (2021-01-01, CT, P2)."""
     store = new_store(emulator)
-    uid = {key: generate_uid() for key in ("A", "A_ct", "A_mr", "B", "B_mr", "C", "C_ct")}
+    uid = {key: str(generate_uid()) for key in ("A", "A_ct", "A_mr", "B", "B_mr", "C", "C_ct")}
     datasets = [
         make_instance(uid["A"], uid["A_ct"], StudyDate="20200101", Modality="CT", PatientID="P1"),
         make_instance(uid["A"], uid["A_ct"], StudyDate="20200101", Modality="CT", PatientID="P1"),
@@ -153,7 +154,7 @@ def test_retrieve_instance_metadata_series_and_study(emulator: Emulator) -> None
     assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
     with pytest.raises(requests.HTTPError) as caught:
         store.dicomweb.retrieve_instance(study, series, "1.2.3")
-    assert caught.value.response.status_code == 404
+    assert _response(caught).status_code == 404
 
 
 def test_stow_reports_conflicts_and_study_mismatches(emulator: Emulator) -> None:  # noqa: F811
@@ -168,12 +169,12 @@ def test_stow_reports_conflicts_and_study_mismatches(emulator: Emulator) -> None
     changed.PatientID = "someone-else"
     with pytest.raises(requests.HTTPError) as caught:
         store.dicomweb.store_instances([changed])
-    assert caught.value.response.status_code == 409
-    body = json.loads(caught.value.response.content)
+    assert _response(caught).status_code == 409
+    body = json.loads(_response(caught).content)
     assert body["00081198"]["Value"][0]["00081197"]["Value"] == [0x0111]
 
     other = pydicom.dcmread(io.BytesIO(make_instance()))
     with pytest.raises(requests.HTTPError) as caught:
         store.dicomweb.store_instances([other], study_instance_uid=ds.StudyInstanceUID)
-    assert caught.value.response.status_code == 409
+    assert _response(caught).status_code == 409
     assert {i["00080018"]["Value"][0] for i in store.dicomweb.search_for_instances()} == {ds.SOPInstanceUID}

@@ -30,7 +30,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from werkzeug.serving import make_server
 
 from localcloud import components
@@ -65,12 +65,12 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = ""
 
 
 def make_instance(study: str | None = None, series: str | None = None, **attrs: Any) -> bytes:
-    """A small valid DICOM Part 10 file (16x16 MR) with fresh UIDs unless given."""
+    """A small valid DICOM Part 10 file (16x16 MR): fresh UIDs unless study/series are given."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = attrs.pop("sop", None) or generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.StudyInstanceUID = study or generate_uid()
     ds.SeriesInstanceUID = series or generate_uid()
@@ -616,6 +616,11 @@ def test_concurrent_operations_and_repeated_reads_show_in_stats(emulator: Emulat
 # --- fault injection -----------------------------------------------------------------------------
 
 
+def _response(caught: pytest.ExceptionInfo[requests.HTTPError]) -> requests.Response:
+    assert caught.value.response is not None
+    return caught.value.response
+
+
 def test_injected_errors_hit_the_next_n_calls_of_a_method(emulator: Emulator, store: Store) -> None:
     emulator.control("POST", "faults", json={"method": "dicomStores.get", "count": 2, "status": 503})
     get = store.api.dicomStores().get(name=store.name)
@@ -629,7 +634,7 @@ def test_injected_errors_hit_the_next_n_calls_of_a_method(emulator: Emulator, st
     emulator.control("POST", "faults", json={"method": "dicomWeb.search", "count": 1, "status": 500})
     with pytest.raises(requests.HTTPError) as caught:
         store.dicomweb.search_for_studies()
-    assert caught.value.response.status_code == 500
+    assert _response(caught).status_code == 500
     assert store.dicomweb.search_for_studies() == []
     assert emulator.control("GET", "faults") == {"methods": [], "operations": []}
 
