@@ -254,10 +254,6 @@ def build_completion_event(
     return _encode(completion_payload(op, record, failed_objects_cap=failed_objects_cap))
 
 
-# The name `functions.poll_operations` calls.
-completion_event = build_completion_event
-
-
 def rejected_event(
     reason: str,
     *,

@@ -101,9 +101,10 @@ class ImportOnUpload:
         return Outcome("recorded", window=window, led=self._wait_and_lead(window))
 
     def _wait_and_lead(self, window: str) -> WindowResult | None:
-        delay = window_close(window, self._s.debounce_seconds) + self._s.settle_seconds - self._clock()
-        if delay > 0:
-            self._sleep(delay)
+        # A late event (its window already closed) still waits one settle period, so a backlog of
+        # redelivered events re-leads its window a few times, not once per event.
+        delay = max(window_close(window, self._s.debounce_seconds) - self._clock(), 0.0) + self._s.settle_seconds
+        self._sleep(delay)
         mine = self._windows.take(window)
         records = sorted(o.name for o in self._gcs.list(self._s.state_bucket, self._batcher.window_prefix(window)))
         # The process that wrote the smallest record leads: one claim attempt per window.

@@ -186,6 +186,10 @@ class Deployment:
         wait_for(more, timeout=timeout, interval=0.3, what=f"{expected} completion events (got {len(events)})")
         return events
 
+    def completions_for(self, events: Iterable[StorageObjectEvent], timeout: float = 60.0) -> list[dict[str, Any]]:
+        """The completion events of these uploads: one per debounce window they fell into."""
+        return self.pull_completions(len(windows_of(self, events)), timeout=timeout)
+
     def stored_instances(self) -> list[dict[str, Any]]:
         """QIDO-RS instances search over the whole store."""
         url = f"{self.healthcare_url}/v1/{self.settings.dicom_store}/dicomWeb/instances"
@@ -213,6 +217,27 @@ def deliver_all(handler: ImportOnUpload, events: Iterable[StorageObjectEvent], t
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(handler.handle, events))
+
+
+def upload_and_deliver(d: Deployment, files: Iterable[tuple[str, bytes]], threads: int = 16
+                       ) -> tuple[list[StorageObjectEvent], list[Any]]:
+    """Uploads files one after another and delivers each event as soon as its object exists."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    handler = d.handler()
+    events, futures = [], []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for name, data in files:
+            event = d.upload(name, data)
+            events.append(event)
+            futures.append(pool.submit(handler.handle, event))
+        return events, [f.result() for f in futures]
+
+
+def windows_of(d: Deployment, events: Iterable[StorageObjectEvent]) -> set[str]:
+    from functions.windows import window_id
+
+    return {window_id(e.time_created, d.settings.debounce_seconds) for e in events}
 
 
 def _ok(response: requests.Response) -> None:

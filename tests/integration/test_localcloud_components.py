@@ -77,8 +77,8 @@ def test_pubsub_emulator_accepts_admin_calls(pubsub_emulator: str, project_id: s
     topic = f"projects/{project_id}/topics/components-probe"
     provision.create_topic(pubsub_emulator, topic)
     provision.create_topic(pubsub_emulator, topic)  # idempotent
-    listed = provision.publisher(pubsub_emulator).list_topics(project=f"projects/{project_id}")
-    topics = [t.name for t in listed]
+    with provision.publisher(pubsub_emulator) as client:
+        topics = [t.name for t in client.list_topics(project=f"projects/{project_id}")]
     assert topic in topics
 
 
@@ -96,12 +96,12 @@ def test_fake_gcs_publishes_a_finalize_notification_per_upload(
     )
     assert upload.status_code == 200, upload.text
 
-    client = provision.subscriber(pubsub_emulator)
     deadline = time.monotonic() + 10
     received: list[pubsub_v1.types.PubsubMessage] = []
-    while not received and time.monotonic() < deadline:
-        response = client.pull(subscription=subscription, max_messages=10, timeout=5)
-        received = [m.message for m in response.received_messages]
+    with provision.subscriber(pubsub_emulator) as client:
+        while not received and time.monotonic() < deadline:
+            response = client.pull(subscription=subscription, max_messages=10, timeout=5)
+            received = [m.message for m in response.received_messages]
     assert received, "no notification within 10 s"
     message = received[0]
     assert message.attributes["eventType"] == "OBJECT_FINALIZE"

@@ -101,7 +101,8 @@ def test_a_message_on_a_push_subscription_reaches_the_topic_path(
         push_endpoint=endpoint,
         policy=provision.DeliveryPolicy(1, 10, dead_letter_topic=None),
     )
-    provision.publisher(pubsub_emulator).publish(topic, b'{"studies": ["1.2.3"]}', origin="test").result(10)
+    with provision.publisher(pubsub_emulator) as publisher:
+        publisher.publish(topic, b'{"studies": ["1.2.3"]}', origin="test").result(10)
 
     (request,) = http_receiver.wait_for(1)
     assert request.path == f"/{topic}"

@@ -72,12 +72,11 @@ def test_every_resource_exists_on_its_emulator(routed: RoutedStack) -> None:
     listed = requests.get(f"{endpoints['storage']}/storage/v1/b", timeout=10).json()
     assert set(endpoints["buckets"].values()) <= {b["name"] for b in listed["items"]}
 
-    publisher = provision.publisher(endpoints["pubsub"])
-    topics = {t.name for t in publisher.list_topics(project=f"projects/{endpoints['project']}")}
+    with provision.publisher(endpoints["pubsub"]) as publisher:
+        topics = {t.name for t in publisher.list_topics(project=f"projects/{endpoints['project']}")}
     assert set(endpoints["topics"].values()) <= topics
-    completions = provision.subscriber(endpoints["pubsub"]).get_subscription(
-        subscription=endpoints["subscriptions"]["completions"]
-    )
+    with provision.subscriber(endpoints["pubsub"]) as subscriber:
+        completions = subscriber.get_subscription(subscription=endpoints["subscriptions"]["completions"])
     assert completions.topic == endpoints["topics"]["completions"]
 
     store = requests.get(f"{endpoints['healthcare']}/v1/{endpoints['dicomStore']}", timeout=10)
@@ -104,7 +103,8 @@ def test_an_upload_becomes_a_storage_event_for_the_import_function(routed: Route
 
 def test_an_export_request_is_pushed_to_the_export_function(routed: RoutedStack) -> None:
     topic = routed.endpoints["topics"]["exportRequests"]
-    provision.publisher(routed.endpoints["pubsub"]).publish(topic, b'{"requestId": "r1"}').result(10)
+    with provision.publisher(routed.endpoints["pubsub"]) as publisher:
+        publisher.publish(topic, b'{"requestId": "r1"}').result(10)
 
     (push,) = routed.receivers["export"].wait_for(1)
     assert push.path == f"/{topic}"
@@ -113,9 +113,10 @@ def test_an_export_request_is_pushed_to_the_export_function(routed: RoutedStack)
 
 def test_export_requests_that_keep_failing_are_dead_lettered(routed: RoutedStack) -> None:
     config = routed.stack.config
-    push = provision.subscriber(routed.endpoints["pubsub"]).get_subscription(
-        subscription=config.subscription_path(config.export_push_subscription)
-    )
+    with provision.subscriber(routed.endpoints["pubsub"]) as subscriber:
+        push = subscriber.get_subscription(
+            subscription=config.subscription_path(config.export_push_subscription)
+        )
     assert push.dead_letter_policy.dead_letter_topic == routed.endpoints["topics"]["exportDeadLetter"]
     assert push.dead_letter_policy.max_delivery_attempts == 5
     assert push.retry_policy.minimum_backoff.total_seconds() == 1

@@ -1,0 +1,172 @@
+"""Export on message: validate an export request, write its filter file, start a filtered export.
+
+A request that breaks the contract, points outside the allowlist or selects nothing starts
+nothing: one log line, a REJECTED completion event, and the message is acknowledged. A repeated
+`requestId` (or a redelivered message without one) starts no second export: the first delivery
+claims `exports/{key}.json` with a create-if-absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from functions.completion import rejected_event
+from functions.errors import InvalidExportRequestError
+from functions.events import PubsubMessage
+from functions.export_request import (
+    ExportRequest,
+    FilterUriSelector,
+    QuerySelector,
+    ResourcesSelector,
+    dedup_key,
+    filter_lines,
+    is_valid_request_id,
+    parse_export_request,
+)
+from functions.gcs import Gcs
+from functions.healthcare import HealthcareClient
+from functions.jobs import Job, JobQueue
+from functions.log import fields
+from functions.publish import Publisher
+from functions.settings import Settings
+
+if TYPE_CHECKING:
+    from functions.wiring import Deps
+
+logger = logging.getLogger(__name__)
+
+_QIDO_PAGE = 1000
+_STUDY_UID_TAG = "0020000D"
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    action: str  # started | queued | duplicate | rejected
+    detail: str = ""
+
+
+class ExportOnMessage:
+    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient, queue: JobQueue,
+                 publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
+        self._s = settings
+        self._gcs = gcs
+        self._hc = healthcare
+        self._queue = queue
+        self._publisher = publisher
+        self._clock = clock
+
+    @classmethod
+    def from_deps(cls, deps: Deps) -> ExportOnMessage:
+        return cls(deps.settings, deps.gcs, deps.healthcare, deps.queue, deps.publisher)
+
+    def handle(self, message: PubsubMessage) -> ExportOutcome:
+        with_id = {"message_id": message.message_id}
+        sent = message.publish_time.timestamp() if message.publish_time else self._clock()
+        if self._clock() - sent > self._s.max_event_age_seconds:
+            return self._reject(message, None, f"the request is older than DICOM_MAX_EVENT_AGE_SECONDS "
+                                               f"({self._s.max_event_age_seconds:.0f} s)")
+        try:
+            request = parse_export_request(message.data, allowed_destinations=self._s.export_allowed_destinations)
+        except InvalidExportRequestError as exc:
+            return self._reject(message, _request_id_of(message.data), exc.reason)
+        key = dedup_key(request, message.message_id)
+        claimed_at = self._claim(key, request, message)
+        if claimed_at is None:
+            logger.info("repeated export request: no second export",
+                        extra=fields(request_id=request.request_id, **with_id))
+            return ExportOutcome("duplicate")
+        filter_uri = request.selector.uri if isinstance(request.selector, FilterUriSelector) else None
+        if isinstance(request.selector, (ResourcesSelector, QuerySelector)):
+            paths = self._paths(request)
+            first = next(paths, None)
+            if first is None:
+                return self._reject(message, request.request_id, "the query matched no studies in the store",
+                                    destination=request.destination)
+            filter_uri = self._write_filter(key, _chain(first, paths))
+        stamp = datetime.fromtimestamp(claimed_at, UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        job = Job(job_id=f"{stamp}-export-{key[:16]}", kind="export",
+                  request_id=request.request_id or message.message_id, created_at=claimed_at,
+                  destination=request.destination, mime_type=request.mime_type, filter_uri=filter_uri,
+                  message_id=message.message_id)
+        result = self._queue.submit(job)
+        self._gcs.write(self._s.state_bucket, self._claim_path(key),
+                        {"messageId": message.message_id, "requestId": request.request_id,
+                         "claimedAt": claimed_at, "job": job.job_id})
+        logger.info("export request accepted", extra=fields(request_id=job.request_id, job=job.job_id,
+                                                             operation=result.started, queued=result.queued,
+                                                             destination=request.destination, **with_id))
+        return ExportOutcome("started" if result.started else "queued", result.started or job.job_id)
+
+    def _claim(self, key: str, request: ExportRequest, message: PubsubMessage) -> float | None:
+        """The claim time of this request, or None when another message already claimed it."""
+        path = self._claim_path(key)
+        now = self._clock()
+        claim = {"messageId": message.message_id, "requestId": request.request_id, "claimedAt": now}
+        if self._gcs.create(self._s.state_bucket, path, claim) is not None:
+            return now
+        existing = self._gcs.read(self._s.state_bucket, path)
+        if existing is not None and existing.data.get("messageId") == message.message_id \
+                and "job" not in existing.data:
+            # The same message again, and our earlier attempt failed before its job was queued.
+            return float(existing.data.get("claimedAt", now))
+        return None
+
+    def _claim_path(self, key: str) -> str:
+        return self._s.state_path("exports", f"{key}.json")
+
+    def _paths(self, request: ExportRequest) -> Iterator[str]:
+        if isinstance(request.selector, ResourcesSelector):
+            yield from request.selector.paths
+            return
+        assert isinstance(request.selector, QuerySelector)
+        offset = 0
+        while True:
+            params = dict(request.selector.params) | {"limit": str(_QIDO_PAGE), "offset": str(offset),
+                                                       "includefield": _STUDY_UID_TAG}
+            page = self._hc.search("studies", params)
+            for study in page:
+                uid = (study.get(_STUDY_UID_TAG) or {}).get("Value") or []
+                if uid:
+                    yield f"/studies/{uid[0]}"
+            if len(page) < _QIDO_PAGE:
+                return
+            offset += len(page)
+
+    def _write_filter(self, key: str, lines: Iterator[str]) -> str:
+        """Streams the filter file into the state bucket (100,000 paths stay out of memory)."""
+        name = self._s.state_path("filters", f"{key}.txt")
+        with self._gcs.open_writer(self._s.state_bucket, name) as writer:
+            for line in filter_lines(lines):
+                writer.write(line)
+        return f"gs://{self._s.state_bucket}/{name}"
+
+    def _reject(self, message: PubsubMessage, request_id: str | None, reason: str,
+                destination: str | None = None) -> ExportOutcome:
+        logger.warning("export request rejected", extra=fields(message_id=message.message_id,
+                                                               request_id=request_id, reason=reason[:500]))
+        data, attributes = rejected_event(reason, request_id=request_id, message_id=message.message_id,
+                                          destination=destination, dicom_store=self._s.dicom_store,
+                                          now=datetime.fromtimestamp(self._clock(), UTC))
+        self._publisher.publish(data, attributes)
+        return ExportOutcome("rejected", reason)
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _request_id_of(data: bytes) -> str | None:
+    """The requestId of a request that failed validation, if it has a usable one (for the event)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = body.get("requestId") if isinstance(body, dict) else None
+    return value if is_valid_request_id(value) else None
