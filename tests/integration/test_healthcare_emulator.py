@@ -461,6 +461,33 @@ def test_export_transcodes_to_the_requested_transfer_syntax(
             assert np.array_equal(exported.pixel_array, original.pixel_array), name
 
 
+MR_VARIANTS = sorted(p.name for p in TEST_FILES.glob("MR_small*.dcm"))
+
+
+@pytest.mark.parametrize("name", MR_VARIANTS)
+def test_one_image_in_every_stored_syntax_exports_to_explicit_little_endian(
+    emulator: Emulator, name: str
+) -> None:
+    """The same MR image stored in 8 transfer syntaxes; JPEG-LS has no decoder here."""
+    store = new_store(emulator)
+    source, out = emulator.bucket(), emulator.bucket()
+    source.blob(name).upload_from_filename(str(TEST_FILES / name))
+    assert store.import_(f"gs://{source.name}/{name}")["metadata"]["counter"] == {"success": "1"}
+    op = store.export(f"gs://{out.name}", "application/dicom; transfer-syntax=1.2.840.10008.1.2.1")
+    if pydicom.dcmread(TEST_FILES / name).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80":
+        assert op["metadata"]["counter"] == {"failure": "1"}
+        assert (
+            "cannot decode stored transfer syntax 1.2.840.10008.1.2.4.80"
+            in store.logs(op)[0]["error"]["message"]
+        )
+        return
+    assert op["metadata"]["counter"] == {"success": "1"}
+    [exported] = _exported(emulator, out, "").values()
+    ds = pydicom.dcmread(io.BytesIO(exported))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.array_equal(ds.pixel_array, pydicom.dcmread(TEST_FILES / "MR_small.dcm").pixel_array)
+
+
 def test_export_as_stored_keeps_the_bytes_and_unsupported_targets_fail_per_instance(
     emulator: Emulator, loaded_store: Store
 ) -> None:
@@ -598,7 +625,7 @@ def test_operations_list_pages_through_every_operation(emulator: Emulator, store
 def test_concurrent_operations_and_repeated_reads_show_in_stats(emulator: Emulator, store: Store) -> None:
     bucket = emulator.bucket()
     bucket.blob("a.dcm").upload_from_string(make_instance())
-    emulator.control("POST", "config", json={"operationDelaySeconds": 0.5})
+    emulator.control("POST", "config", json={"operationDelaySeconds": 1.0})
     started = [
         store.api.dicomStores()
         .import_(name=store.name, body={"gcsSource": {"uri": f"gs://{bucket.name}/a.dcm"}})
