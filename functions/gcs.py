@@ -7,6 +7,7 @@ So an ambiguous retry (our own create landed, the answer got lost) delays work, 
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ class Gcs:
         for blob in blobs:
             yield ObjectInfo(blob.name, int(blob.generation or 0), int(blob.size or 0), dict(blob.metadata or {}))
 
-    def list_prefixes(self, bucket: str, prefix: str) -> list[str]:
+    def list_prefixes(self, bucket: str, prefix: str) -> builtins.list[str]:
         """The "folders" directly under `prefix`."""
         iterator = self._client.list_blobs(bucket, prefix=prefix, delimiter="/", timeout=self._timeout,
                                            retry=DEFAULT_RETRY)

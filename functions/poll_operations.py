@@ -116,7 +116,8 @@ class Poller:
             source=job.import_uri if job.kind == "import" else None,
             destination=job.destination if job.kind == "export" else None,
             failed_objects=tuple(failed), failed_objects_total=len(failed))
-        data, attributes = completion.build_completion_event(operation, record, failed_objects_cap=self._s.failed_objects_cap)
+        data, attributes = completion.build_completion_event(operation, record,
+                                                             failed_objects_cap=self._s.failed_objects_cap)
         self._publisher.publish(data, attributes)
         self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{started.operation_id}.json"), data)
         if not failed and status.error is None:

@@ -114,7 +114,9 @@ class Settings:
         names = FUNCTION_VARIABLES[function] if function else ALL_VARIABLES
         reader = _Reader(env, names)
         return cls(
-            dicom_store=reader.required("DICOM_STORE", _match(STORE_NAME_RE, "projects/P/locations/L/datasets/D/dicomStores/S")),
+            dicom_store=reader.required(
+                "DICOM_STORE", _match(STORE_NAME_RE, "projects/P/locations/L/datasets/D/dicomStores/S")
+            ),
             state_bucket=reader.required("DICOM_STATE_BUCKET", _match(BUCKET_RE, "a bucket name")),
             state_prefix=reader.optional("DICOM_STATE_PREFIX", _prefix, ""),
             completion_topic=reader.required_if_read(
