@@ -13,7 +13,6 @@ from functions.completion import (
     OperationError,
     TrackedOperation,
     build_completion_event,
-    completion_event,
     completion_payload,
     event_id_for_operation,
     kind_from_method,
@@ -573,13 +572,6 @@ def test_completion_payload_is_the_decoded_event() -> None:
     op = operation(counter={"success": "1"})
     data, _ = build_completion_event(op, EXPORT_RECORD)
     assert json.loads(data) == completion_payload(op, EXPORT_RECORD)
-
-
-def test_poller_name_is_the_same_builder() -> None:
-    op = operation(counter={"success": "2", "failure": "1"})
-    assert completion_event(op, IMPORT_RECORD, failed_objects_cap=5) == build_completion_event(
-        op, IMPORT_RECORD
-    )
 
 
 def test_refused_start_record_from_the_job_queue() -> None:
