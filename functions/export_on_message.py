@@ -69,8 +69,9 @@ class ExportOnMessage:
         with_id = {"message_id": message.message_id}
         sent = message.publish_time.timestamp() if message.publish_time else self._clock()
         if self._clock() - sent > self._s.max_event_age_seconds:
-            return self._reject(message, None, f"the request is older than DICOM_MAX_EVENT_AGE_SECONDS "
-                                               f"({self._s.max_event_age_seconds:.0f} s)")
+            return self._reject(message, _request_id_of(message.data),
+                                f"the request is older than DICOM_MAX_EVENT_AGE_SECONDS "
+                                f"({self._s.max_event_age_seconds:.0f} s)")
         try:
             request = parse_export_request(message.data, allowed_destinations=self._s.export_allowed_destinations)
         except InvalidExportRequestError as exc:
@@ -86,6 +87,9 @@ class ExportOnMessage:
             paths = self._paths(request)
             first = next(paths, None)
             if first is None:
+                # Nothing was started: drop the claim, so that the caller may send the request
+                # again (same requestId) once the store holds what it asks for.
+                self._gcs.delete(self._s.state_bucket, self._claim_path(key))
                 return self._reject(message, request.request_id, "the query matched no studies in the store",
                                     destination=request.destination)
             filter_uri = self._write_filter(key, _chain(first, paths))
@@ -166,7 +170,7 @@ def _request_id_of(data: bytes) -> str | None:
     """The requestId of a request that failed validation, if it has a usable one (for the event)."""
     try:
         body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested arrays
         return None
     value = body.get("requestId") if isinstance(body, dict) else None
     return value if is_valid_request_id(value) else None

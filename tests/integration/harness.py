@@ -243,3 +243,93 @@ def windows_of(d: Deployment, events: Iterable[StorageObjectEvent]) -> set[str]:
 def _ok(response: requests.Response) -> None:
     if response.status_code >= 400:
         raise AssertionError(f"{response.request.method} {response.url} -> {response.status_code} {response.text[:300]}")
+
+
+# -- export and entry-point helpers (appended for tests/integration/test_export_pipeline.py and
+# test_entry_points.py) ----------------------------------------------------------------------------
+
+
+def pubsub_message(data: bytes, *, message_id: str | None = None, publish_time: str | None = None,
+                   topic: str = f"projects/{PROJECT}/topics/export-requests") -> Any:
+    """A `PubsubMessage` built exactly as the export function builds it from a messagePublished event."""
+    import base64
+    from datetime import UTC, datetime
+
+    from functions.events import PUBSUB_PUBLISHED, PubsubMessage
+
+    message_id = message_id or str(uuid.uuid4().int)[:16]
+    publish_time = publish_time or datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    attributes = {"id": message_id, "type": PUBSUB_PUBLISHED, "specversion": "1.0",
+                  "source": f"//pubsub.googleapis.com/{topic}", "time": publish_time}
+    payload = {"message": {"data": base64.b64encode(data).decode(), "messageId": message_id,
+                           "publishTime": publish_time, "attributes": {}},
+               "subscription": f"projects/{PROJECT}/subscriptions/export-requests"}
+    return PubsubMessage.from_cloud_event(attributes, payload)
+
+
+def export_handler(d: Deployment) -> Any:
+    """The export function's handler on the deployment's clients."""
+    from functions.export_on_message import ExportOnMessage
+
+    return ExportOnMessage.from_deps(d.deps)
+
+
+def stow(d: Deployment, instances: Iterable[bytes]) -> None:
+    """Stores Part 10 instances with STOW-RS on the emulator's DICOMweb endpoint."""
+    from localcloud.healthcare.multipart import encode
+
+    body, content_type = encode(list(instances), "application/dicom")
+    url = f"{d.healthcare_url}/v1/{d.settings.dicom_store}/dicomWeb/studies"
+    _ok(requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=30))
+
+
+def bucket_objects(d: Deployment, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """name -> bytes of every object under `prefix` in `bucket`."""
+    return {b.name: b.download_as_bytes() for b in d.storage_client.list_blobs(bucket, prefix=prefix or None)}
+
+
+def emulator_calls(d: Deployment, method: str) -> int:
+    """How many calls of `method` the Healthcare emulator answered (faulted ones included)."""
+    return int(d.emulator("stats")["calls"].get(method, 0))
+
+
+def clear_faults(d: Deployment) -> None:
+    _ok(requests.delete(f"{d.healthcare_url}/_emulator/faults", timeout=10))
+
+
+def no_more_completions(d: Deployment, rounds: int = 3) -> list[dict[str, Any]]:
+    """Runs the poller `rounds` more times and returns any completion event that still arrives."""
+    subscriber = pubsub_v1.SubscriberClient()
+    extra: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        d.poller().run()
+        response = subscriber.pull(subscription=d.completions_subscription, max_messages=100, timeout=5,
+                                   return_immediately=True)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=d.completions_subscription,
+                                   ack_ids=[m.ack_id for m in response.received_messages])
+        extra.extend(json.loads(m.message.data) for m in response.received_messages)
+    return extra
+
+
+def function_env(d: Deployment, target: str) -> dict[str, str]:
+    """The environment variables `infra/` would give function `target` for this deployment."""
+    s = d.settings
+    env = {
+        "FUNCTION_TARGET": target,
+        "DICOM_STORE": s.dicom_store,
+        "DICOM_STATE_BUCKET": s.state_bucket,
+        "HEALTHCARE_API_URL": s.healthcare_api_url,
+        "DICOM_MAX_CONCURRENT_OPERATIONS": str(s.max_concurrent_operations),
+        "DICOM_CLAIM_LEASE_SECONDS": str(s.claim_lease_seconds),
+        "DICOM_HTTP_TIMEOUT_SECONDS": str(s.http_timeout_seconds),
+        "DICOM_RETRY_DEADLINE_SECONDS": str(s.retry_deadline_seconds),
+        "DICOM_DEBOUNCE_SECONDS": str(s.debounce_seconds),
+        "DICOM_SETTLE_SECONDS": str(s.settle_seconds),
+        "DICOM_COMPLETION_TOPIC": s.completion_topic,
+        "DICOM_EXPORT_ALLOWED_DESTINATIONS": ",".join(s.export_allowed_destinations),
+        "LOG_LEVEL": s.log_level,
+    }
+    if s.state_prefix:
+        env["DICOM_STATE_PREFIX"] = s.state_prefix
+    return env
