@@ -78,14 +78,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a process of the group exists but belongs to someone else
-        return True
-    return True
+def live_group_members(pgid: int) -> list[int]:
+    """PIDs of the process group that are not zombies.
+
+    A member whose parent died is reparented to init and stays a zombie until init reaps it,
+    which some inits do late; such a process has exited and must not count as running.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():  # no procfs (macOS): fall back to "the group has any member"
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -103,7 +123,7 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = STOP_GRA
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         process.poll()  # reaps the leader, so it does not linger as a zombie member of the group
-        if not _group_alive(pgid):
+        if not live_group_members(pgid):
             return
         time.sleep(_POLL_INTERVAL)
     _signal_group(pgid, signal.SIGKILL)
@@ -112,7 +132,7 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = STOP_GRA
     except subprocess.TimeoutExpired:
         pass
     deadline = time.monotonic() + grace
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while live_group_members(pgid) and time.monotonic() < deadline:
         time.sleep(_POLL_INTERVAL)
 
 

@@ -32,6 +32,8 @@ class ProvisionError(RuntimeError):
     """An emulator refused to create a resource."""
 
 
+# Callers close the clients (`with publisher(...) as client:`): open gRPC channels make the
+# interpreter hang for seconds at exit.
 def publisher(pubsub_host: str) -> pubsub_v1.PublisherClient:
     transport = PublisherGrpcTransport(channel=grpc.insecure_channel(pubsub_host))
     return pubsub_v1.PublisherClient(transport=transport)
@@ -43,10 +45,11 @@ def subscriber(pubsub_host: str) -> pubsub_v1.SubscriberClient:
 
 
 def create_topic(pubsub_host: str, topic_path: str) -> None:
-    try:
-        publisher(pubsub_host).create_topic(name=topic_path, retry=_ADMIN_RETRY)
-    except gexc.AlreadyExists:
-        pass
+    with publisher(pubsub_host) as client:
+        try:
+            client.create_topic(name=topic_path, retry=_ADMIN_RETRY)
+        except gexc.AlreadyExists:
+            pass
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,11 @@ def create_subscription(
                 "dead_letter_topic": policy.dead_letter_topic,
                 "max_delivery_attempts": policy.max_delivery_attempts,
             }
-    try:
-        subscriber(pubsub_host).create_subscription(request=request, retry=_ADMIN_RETRY)
-    except gexc.AlreadyExists:
-        pass
+    with subscriber(pubsub_host) as client:
+        try:
+            client.create_subscription(request=request, retry=_ADMIN_RETRY)
+        except gexc.AlreadyExists:
+            pass
 
 
 def create_bucket(storage_url: str, project: str, bucket: str) -> None:

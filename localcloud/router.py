@@ -87,6 +87,8 @@ class StorageEventBridge:
             future.result(timeout=10)
             self._future = None
         self._subscriber.close()
+        # Open keep-alive connections would hold the function's gunicorn worker at shutdown.
+        self._session.close()
 
     def _deliver(self, message: Message) -> None:
         headers = storage_cloudevent_headers(message.attributes, message.message_id, message.publish_time)
@@ -130,6 +132,8 @@ class Scheduler:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join(timeout=DELIVERY_TIMEOUT_SECONDS)
+        # Open keep-alive connections would hold the poller's gunicorn worker at shutdown.
+        self._session.close()
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from localcloud import components
 from localcloud.components import REPO_ROOT
 from localcloud.stack import ENDPOINTS_FILE
 
@@ -26,11 +26,7 @@ def _localcloud(*args: str) -> list[str]:
 
 
 def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return not components.live_group_members(pgid)
 
 
 @pytest.fixture
@@ -49,9 +45,7 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any], 
         endpoints_file = state_dir / ENDPOINTS_FILE
         while not endpoints_file.exists():
             if process.poll() is not None:
-                pytest.fail(
-                    f"up exited with {process.returncode}:\n{process.stdout.read() if process.stdout else ''}"
-                )
+                pytest.fail(f"up exited with {process.returncode}:\n{process.stdout.read() if process.stdout else ''}")
             if time.monotonic() > deadline:
                 pytest.fail("up did not write endpoints.json in time")
             time.sleep(0.1)
@@ -69,9 +63,7 @@ def test_up_serves_every_endpoint_and_env_prints_the_exports(
     assert endpoints["startupSeconds"] < 10
     assert requests.get(f"{endpoints['storage']}/storage/v1/b", timeout=5).status_code == 200
     assert requests.get(f"http://{endpoints['pubsub']}/", timeout=5).text.strip() == "Ok"
-    assert (
-        requests.get(f"{endpoints['healthcare']}/v1/{endpoints['dicomStore']}", timeout=5).status_code == 200
-    )
+    assert requests.get(f"{endpoints['healthcare']}/v1/{endpoints['dicomStore']}", timeout=5).status_code == 200
     assert endpoints["functions"], "main.py defines no function target"
     for role, url in endpoints["functions"].items():
         # Any HTTP answer means the function is served (a CloudEvent function answers GET with 405).
@@ -103,7 +95,5 @@ def test_sigterm_stops_every_process_and_removes_the_endpoints(
     assert process.wait(timeout=30) == 0
     assert all(_group_gone(g) for g in groups)
     assert not (state_dir / ENDPOINTS_FILE).exists()
-    after = subprocess.run(
-        _localcloud("env", "--state-dir", str(state_dir)), cwd=REPO_ROOT, capture_output=True
-    )
+    after = subprocess.run(_localcloud("env", "--state-dir", str(state_dir)), cwd=REPO_ROOT, capture_output=True)
     assert after.returncode == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 import time
@@ -18,11 +17,7 @@ from localcloud.config import LocalConfig
 
 
 def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return not components.live_group_members(pgid)
 
 
 def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
@@ -109,9 +104,7 @@ def test_fake_gcs_publishes_a_finalize_notification_per_upload(
     assert json.loads(message.data)["name"] == "a/b.dcm"
 
 
-def test_function_sees_only_its_settings_and_answers_http(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_function_sees_only_its_settings_and_answers_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "main.py"
     source.write_text(
         textwrap.dedent(

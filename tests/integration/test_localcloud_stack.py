@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from localcloud import provision
+from localcloud import components, provision
 from localcloud.config import LocalConfig
 from localcloud.router import FINALIZED_EVENT_TYPE
 from localcloud.stack import ENDPOINTS_FILE, Stack, StackError
@@ -47,11 +47,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutedStack]:
 
 
 def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return not components.live_group_members(pgid)
 
 
 def test_endpoints_file_names_everything(routed: RoutedStack) -> None:
@@ -114,9 +110,7 @@ def test_an_export_request_is_pushed_to_the_export_function(routed: RoutedStack)
 def test_export_requests_that_keep_failing_are_dead_lettered(routed: RoutedStack) -> None:
     config = routed.stack.config
     with provision.subscriber(routed.endpoints["pubsub"]) as subscriber:
-        push = subscriber.get_subscription(
-            subscription=config.subscription_path(config.export_push_subscription)
-        )
+        push = subscriber.get_subscription(subscription=config.subscription_path(config.export_push_subscription))
     assert push.dead_letter_policy.dead_letter_topic == routed.endpoints["topics"]["exportDeadLetter"]
     assert push.dead_letter_policy.max_delivery_attempts == 5
     assert push.retry_policy.minimum_backoff.total_seconds() == 1
