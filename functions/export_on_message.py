@@ -77,7 +77,7 @@ class ExportOnMessage:
         except InvalidExportRequestError as exc:
             return self._reject(message, _request_id_of(message.data), exc.reason)
         key = dedup_key(request, message.message_id)
-        claimed_at = self._claim(key, request, message)
+        claimed_at, retaken = self._claim(key, request, message)
         if claimed_at is None:
             logger.info("repeated export request: no second export",
                         extra=fields(request_id=request.request_id, **with_id))
@@ -98,6 +98,15 @@ class ExportOnMessage:
                   request_id=request.request_id or message.message_id, created_at=claimed_at,
                   destination=request.destination, mime_type=request.mime_type, filter_uri=filter_uri,
                   message_id=message.message_id)
+        if retaken and self._tracked(job.job_id):
+            # An earlier attempt started the export and died before it could say so in the claim.
+            # (Once that export is reported and forgotten, this check cannot see it any more.)
+            self._gcs.write(self._s.state_bucket, self._claim_path(key),
+                            {"messageId": message.message_id, "requestId": request.request_id,
+                             "claimedAt": claimed_at, "job": job.job_id})
+            logger.info("redelivered export request: its export already runs",
+                        extra=fields(request_id=job.request_id, job=job.job_id, **with_id))
+            return ExportOutcome("duplicate", job.job_id)
         result = self._queue.submit(job)
         self._gcs.write(self._s.state_bucket, self._claim_path(key),
                         {"messageId": message.message_id, "requestId": request.request_id,
@@ -107,19 +116,24 @@ class ExportOnMessage:
                                                              destination=request.destination, **with_id))
         return ExportOutcome("started" if result.started else "queued", result.started or job.job_id)
 
-    def _claim(self, key: str, request: ExportRequest, message: PubsubMessage) -> float | None:
-        """The claim time of this request, or None when another message already claimed it."""
+    def _claim(self, key: str, request: ExportRequest, message: PubsubMessage) -> tuple[float | None, bool]:
+        """The claim time of this request (None when another message already claimed it), and
+        whether an earlier attempt of this same message made the claim."""
         path = self._claim_path(key)
         now = self._clock()
         claim = {"messageId": message.message_id, "requestId": request.request_id, "claimedAt": now}
         if self._gcs.create(self._s.state_bucket, path, claim) is not None:
-            return now
+            return now, False
         existing = self._gcs.read(self._s.state_bucket, path)
         if existing is not None and existing.data.get("messageId") == message.message_id \
                 and "job" not in existing.data:
-            # The same message again, and our earlier attempt failed before its job was queued.
-            return float(existing.data.get("claimedAt", now))
-        return None
+            # The same message again, and our earlier attempt died before it recorded its job.
+            return float(existing.data.get("claimedAt", now)), True
+        return None, False
+
+    def _tracked(self, job_id: str) -> bool:
+        """Is an operation of this job being tracked (started, not yet reported)?"""
+        return any(started.job.job_id == job_id for started in self._queue.tracked())
 
     def _claim_path(self, key: str) -> str:
         return self._s.state_path("exports", f"{key}.json")

@@ -435,3 +435,35 @@ def _no_faults_left(healthcare_emulator: str) -> Iterator[None]:
     import requests
 
     requests.delete(f"{healthcare_emulator}/_emulator/faults", timeout=10)
+
+
+def test_a_crash_after_the_export_started_and_a_redelivery_start_no_second_export(d: Deployment,
+                                                                                  store: Store) -> None:
+    from functions.export_on_message import ExportOnMessage
+    from functions.gcs import Gcs
+
+    class CrashOnClaimUpdate(Gcs):
+        crashed = False
+
+        def write(self, bucket: str, name: str, data: Any) -> None:
+            if "/exports/" in f"/{name}" and not CrashOnClaimUpdate.crashed:
+                CrashOnClaimUpdate.crashed = True
+                raise ConnectionError("instance killed")
+            super().write(bucket, name, data)
+
+    deps = d.deps
+    crashing = ExportOnMessage(d.settings, CrashOnClaimUpdate(deps.gcs._client), deps.healthcare, deps.queue,
+                               deps.publisher)
+    message = _msg({"destination": f"gs://{d.export_bucket}/crash", "resources": [f"/studies/{store.c[0].study}"]})
+    before = emulator_calls(d, "export")
+    with pytest.raises(ConnectionError):
+        crashing.handle(message)  # the export started; the platform will redeliver
+    assert emulator_calls(d, "export") - before == 1
+    # The redelivery, while the export runs: it is recognised from the tracked operation.
+    # (Weak spot: a redelivery after the poller reported and forgot that operation starts it again.)
+    assert export_handler(d).handle(message).action == "duplicate"
+    assert emulator_calls(d, "export") - before == 1
+    [event] = d.pull_completions(1)
+    _check_succeeded(d, event, message.message_id, f"gs://{d.export_bucket}/crash", 1)
+    assert export_handler(d).handle(message).action == "duplicate"  # the claim now names its job
+    assert no_more_completions(d) == [] and emulator_calls(d, "export") - before == 1
