@@ -1,0 +1,47 @@
+"""All benchmarks in sequence (`make bench`).
+
+    python -m bench [--quick]
+
+Runs, each in its own interpreter so that one failing does not stop the others:
+  bench.emulator_import   emulator import throughput (modest sizes)
+  bench.import_patterns   upload patterns through the pipeline vs one import per file (--quick: < 2 min)
+  bench.cold_start        what importing main.py adds to a bare functions-framework import
+Exits non-zero when any of them failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
+    # (module, arguments, arguments with --quick)
+    ("bench.emulator_import", ["--small", "300", "--large", "2", "--frames", "20", "--size", "256"],
+     ["--small", "100", "--large", "1", "--frames", "10", "--size", "256"]),
+    ("bench.import_patterns", [], ["--quick"]),
+    ("bench.cold_start", [], ["--runs", "5"]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes everywhere")
+    args = parser.parse_args()
+    failed = []
+    for module, full, quick in BENCHMARKS:
+        argv = [sys.executable, "-m", module, *(quick if args.quick else full)]
+        print(f"\n### {' '.join(['python', *argv[1:]])}", flush=True)
+        started = time.monotonic()
+        code = subprocess.run(argv, check=False).returncode
+        print(f"### {module}: exit {code}, {time.monotonic() - started:.0f} s", flush=True)
+        if code:
+            failed.append(module)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
