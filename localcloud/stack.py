@@ -167,8 +167,14 @@ class Stack:
 
     def _start(self, source: Path, wanted: set[str], external: dict[str, str]) -> None:
         started = time.monotonic()
+        running = read_endpoints(self.state_dir)
+        if running is not None:
+            raise StackError(
+                f"a local cloud is already running for {self.state_dir} (pid {running['processes']['up']}); "
+                "stop it, or use another --state-dir"
+            )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.endpoints_file.unlink(missing_ok=True)
+        self.endpoints_file.unlink(missing_ok=True)  # left over by a stack that died uncleanly
         self._attach_router_log()
         config = self.config
         available = defined_targets(source)
@@ -218,9 +224,7 @@ class Stack:
         def function(role: str) -> Callable[[], list[Component]]:
             target = FUNCTION_TARGETS[role]
             env = config.function_env(target, storage=storage, pubsub=pubsub, healthcare=healthcare)
-            return lambda: [
-                components.start_function(target, self.state_dir, env, port=ports[role], source=source)
-            ]
+            return lambda: [components.start_function(target, self.state_dir, env, port=ports[role], source=source)]
 
         tasks: dict[str, Callable[[], list[Component]]] = {
             "pubsub-emulator + fake-gcs": messaging_and_storage,
@@ -288,7 +292,8 @@ class Stack:
         if self.components:
             with ThreadPoolExecutor(max_workers=len(self.components)) as pool:
                 list(pool.map(lambda c: c.stop(), self.components))
-        self.endpoints_file.unlink(missing_ok=True)
+        if self.endpoints:  # only the file this stack wrote, never a running neighbour's
+            self.endpoints_file.unlink(missing_ok=True)
         if self._log_handler is not None:
             logging.getLogger("localcloud.router").removeHandler(self._log_handler)
             self._log_handler.close()

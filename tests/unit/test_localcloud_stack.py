@@ -8,8 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from localcloud.config import LocalConfig
-from localcloud.stack import ENDPOINTS_FILE, defined_targets, env_exports, read_endpoints, render_endpoints
+from localcloud.stack import (
+    ENDPOINTS_FILE,
+    Stack,
+    StackError,
+    defined_targets,
+    env_exports,
+    read_endpoints,
+    render_endpoints,
+)
 
 
 def _endpoints(up_pid: int) -> dict[str, object]:
@@ -58,9 +68,7 @@ def test_env_exports_point_clients_at_the_emulators() -> None:
 
 
 def test_endpoints_of_a_dead_up_process_are_ignored(tmp_path: Path) -> None:
-    finished = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(finished.stdout)
     (tmp_path / ENDPOINTS_FILE).write_text(json.dumps(_endpoints(dead_pid)))
     assert read_endpoints(tmp_path) is None
@@ -87,3 +95,10 @@ def test_targets_are_found_without_importing_the_module(tmp_path: Path) -> None:
     assert {"import_dicom_on_upload", "export_dicom_on_message"} <= defined_targets(source)
     assert "poll_dicom_operations" not in defined_targets(source)
     assert defined_targets(tmp_path / "missing.py") == set()
+
+
+def test_a_second_stack_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ENDPOINTS_FILE).write_text(json.dumps(_endpoints(os.getpid())))
+    with pytest.raises(StackError, match="already running"):
+        Stack.start(tmp_path)
+    assert (tmp_path / ENDPOINTS_FILE).exists()  # the running stack's file is left alone
