@@ -48,10 +48,6 @@ class Component:
     def pid(self) -> int:
         return self.process.pid
 
-    @property
-    def port(self) -> int:
-        return int(self.host.rsplit(":", 1)[1])
-
     def running(self) -> bool:
         return self.process.poll() is None
 
@@ -184,8 +180,7 @@ def launch(
         if time.monotonic() > deadline:
             component.stop()
             raise ComponentError(
-                f"{name} did not become ready within {timeout:.0f} s; "
-                f"end of {log_path}:\n{component.log_tail()}"
+                f"{name} did not become ready within {timeout:.0f} s; end of {log_path}:\n{component.log_tail()}"
             )
         time.sleep(_POLL_INTERVAL)
     return component
@@ -353,7 +348,9 @@ def start_function(
 ) -> Component:
     """One function target of `source` under functions-framework, with exactly `env` added.
 
-    Readiness is any HTTP answer: a CloudEvent function answers GET with 405.
+    Readiness is any HTTP answer on /robots.txt: functions-framework answers that path itself
+    (404 or 405), whereas any other path of an HTTP function would run it: a readiness probe
+    on / would start a poller run, against emulators that may not be up yet.
     """
     port = port or free_port()
     # Settings variables of the calling shell must not leak in: the function sees only `env`.
@@ -369,7 +366,7 @@ def start_function(
         argv,
         workdir=workdir,
         port=port,
-        ready=lambda url: http_answers(url + "/"),
+        ready=lambda url: http_answers(url + "/robots.txt"),
         env=process_env,
         cwd=REPO_ROOT,
     )

@@ -104,18 +104,23 @@ def test_fake_gcs_publishes_a_finalize_notification_per_upload(
     assert json.loads(message.data)["name"] == "a/b.dcm"
 
 
-def test_function_sees_only_its_settings_and_answers_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_function_sees_only_its_settings_and_is_not_run_by_the_readiness_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = tmp_path / "main.py"
+    calls = tmp_path / "calls.log"
     source.write_text(
         textwrap.dedent(
-            """
+            f"""
             import json, os
             import functions_framework
 
             @functions_framework.http
             def show_env(request):
+                with open({str(calls)!r}, "a") as log:
+                    log.write(request.path + "\\n")
                 names = [k for k in os.environ if k.startswith("DICOM_") or k == "FUNCTION_TARGET"]
-                return json.dumps({k: os.environ[k] for k in names})
+                return json.dumps({{k: os.environ[k] for k in names}})
             """
         )
     )
@@ -124,8 +129,10 @@ def test_function_sees_only_its_settings_and_answers_http(tmp_path: Path, monkey
         "show_env", tmp_path, {"DICOM_STORE": LocalConfig().dicom_store_path}, source=source
     )
     try:
+        assert not calls.exists(), "the readiness probe ran the function (a poller would start a run)"
         seen = requests.get(component.url, timeout=10).json()
     finally:
         component.stop()
     assert seen == {"DICOM_STORE": LocalConfig().dicom_store_path, "FUNCTION_TARGET": "show_env"}
+    assert calls.read_text() == "/\n"
     assert _group_gone(component.pid)
