@@ -89,10 +89,13 @@ class WindowBatcher:
             group_jobs, group_staged = self._plan_group(batch_id, len(jobs), bucket, storage_class, group)
             jobs.extend(group_jobs)
             staged += group_staged
-        started = tuple(r.started for r in (self._queue.submit(j) for j in jobs) if r.started)
-        # The jobs are durable now: the window records and the claim have done their part.
+        reservations = [self._queue.reserve(job) for job in jobs]
+        # The jobs are durable now: the window records and the claim have done their part. They
+        # go before any API call, so a crash while starting cannot make the window plan again
+        # (a job left STARTING is restarted by the poller when its lease ends).
         self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
         self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
+        started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         logger.info("window batched", extra=fields(window=window, batch=batch_id, uploads=len(uploads),
                                                     jobs=len(jobs), started=len(started), staged=staged))
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged)

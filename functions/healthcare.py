@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
+from google.api_core.exceptions import RetryError
 
 from functions import retry
-from functions.errors import api_error
+from functions.errors import ApiError, TransientApiError, api_error
 from functions.settings import DEFAULT_HEALTHCARE_API_URL, Settings
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -51,7 +52,15 @@ class HealthcareClient:
                 raise _error(response, resource)
             return response
 
-        result: requests.Response = self._retry(once)()
+        try:
+            result: requests.Response = self._retry(once)()
+        except RetryError as exc:
+            # The budget is spent: surface the last fault itself, so callers see a transient
+            # error (and let the platform redeliver) rather than a generic one.
+            cause = exc.cause
+            if isinstance(cause, ApiError):
+                raise cause from exc
+            raise TransientApiError(503, f"{type(cause).__name__}: {cause}", resource=resource) from exc
         return result
 
     def import_dicom(self, uri: str, *, storage_class: str | None = None) -> str:

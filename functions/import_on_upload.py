@@ -85,11 +85,13 @@ class ImportOnUpload:
         record = self._batcher.window_prefix(window) + f"{key}.json"
         created = self._gcs.create(self._s.state_bucket, record, {}, metadata={
             "bucket": event.bucket, "name": event.name, "generation": str(event.generation)})
-        first_sighting = self._gcs.create(self._s.state_bucket, self._s.state_path("seen", key), b"") is not None
         if not created:
-            # Still waiting in its window (a redelivery), or an earlier attempt crashed after the
-            # record: either way the window's leader, or the poller, will take it.
+            # Still waiting in its window (a concurrent or earlier delivery, maybe one that crashed
+            # right after): the window's leader, or the poller, will take it. Only the record's
+            # creator touches the duplicate marker, so two concurrent deliveries cannot each take
+            # the other for the duplicate and drop the object.
             return Outcome("duplicate", "already waiting in its window", window)
+        first_sighting = self._gcs.create(self._s.state_bucket, self._s.state_path("seen", key), b"") is not None
         if not first_sighting:
             # Batched before (its window record is gone): this is a late duplicate.
             self._gcs.delete(self._s.state_bucket, record)

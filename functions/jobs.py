@@ -78,6 +78,15 @@ class StartedOperation:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """A job written to the queue; with a slot (state STARTING) when it may start right away."""
+
+    job: Job
+    slot: int | None
+    generation: int | None  # None: the job existed already (somebody else's)
+
+
+@dataclass(frozen=True)
 class StartResult:
     started: str | None  # operation name
     queued: bool  # no free slot: the job waits for the poller
@@ -104,8 +113,8 @@ class JobQueue:
         return self._s.state_path("operations", f"{operation_id}.json")
 
     # -- queue -------------------------------------------------------------------------------
-    def submit(self, job: Job) -> StartResult:
-        """Queues the job and starts it at once if a slot is free.
+    def reserve(self, job: Job) -> Reservation:
+        """Queues the job durably, taking a free slot for it when there is one.
 
         Idempotent: a job id that exists already is left to whoever created it. The slot is taken
         before the job is written, so a job that can start is written twice (created as
@@ -116,13 +125,21 @@ class JobQueue:
         if slot is not None:
             state.update(state="STARTING", slot=slot, leaseUntil=self._clock() + self._s.claim_lease_seconds)
         generation = self._gcs.create(self._s.state_bucket, self.job_path(job.job_id), state)
-        if generation is None:
-            if slot is not None:
-                self.release_slot(slot, job.job_id)
-            return StartResult(None, queued=False)
-        if slot is None:
+        if generation is None and slot is not None:
+            self.release_slot(slot, job.job_id)
+        return Reservation(job, slot if generation is not None else None, generation)
+
+    def start(self, reservation: Reservation) -> StartResult:
+        """Makes the API call of a reserved job; a job without a slot stays queued for the poller."""
+        if reservation.generation is None:
+            return StartResult(None, queued=False)  # somebody else's job
+        if reservation.slot is None:
             return StartResult(None, queued=True)
-        return self._start_claimed(job, slot, generation)
+        return self._start_claimed(reservation.job, reservation.slot, reservation.generation)
+
+    def submit(self, job: Job) -> StartResult:
+        """Queues the job and starts it at once if a slot is free."""
+        return self.start(self.reserve(job))
 
     def pending_job_ids(self) -> list[str]:
         prefix = self._s.state_path("jobs/")

@@ -165,12 +165,6 @@ def test_an_import_refused_past_the_retry_budget_is_not_lost(healthcare_emulator
     assert _stored_sops(d) == {sop}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "functions/healthcare.py HealthcareClient._call: google.api_core Retry raises RetryError (not a "
-    "RetryableError) once DICOM_RETRY_DEADLINE_SECONDS is spent, so JobQueue._start_claimed does not put the job "
-    "back to PENDING; the event gets a 500 and the job waits STARTING until its lease ends. And because "
-    "WindowBatcher.run (functions/batching.py) starts the jobs before it deletes the window records and the "
-    "claim, the poller later re-plans the same window: a second import of the same objects"))
 def test_an_import_refused_past_the_retry_budget_is_acknowledged_and_stays_queued(
         healthcare_emulator: str, fake_gcs: str, pubsub_emulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
     d = Deployment.create(healthcare_emulator, retry_deadline_seconds=2.0)
