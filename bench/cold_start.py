@@ -78,6 +78,20 @@ def _child(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, check=True)
 
 
+_FIRST_EVENT = """
+import time
+import functions_framework, main
+t0 = time.perf_counter()
+main._import_handler()  # what the first event builds: settings, clients (no request is made)
+print(f"{(time.perf_counter() - t0) * 1000:.3f}")
+"""
+
+
+def first_event_ms() -> float:
+    """The lazy part: building the import handler and its clients on the first event (no network)."""
+    return float(_child(_FIRST_EVENT).stdout.split()[-1])
+
+
 def timed(with_main: bool) -> tuple[float, float, int]:
     """(ms of functions_framework, ms of main after it, modules loaded) in a fresh interpreter."""
     out = _child(_TIMED.format(extra="import main" if with_main else "")).stdout.split()
@@ -116,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ff2, added, modules_main = timed(True)
         with_main.append(ff2 + added)
         main_only.append(added)
+    first_event = [first_event_ms() for _ in range(args.runs)]
     runs = [importtime_offenders() for _ in range(3)]
     cumulative: dict[str, list[float]] = {}
     self_ms: dict[str, list[float]] = {}
@@ -138,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "mainAfterFrameworkMs": round(statistics.median(main_only), 1),
         "mainAfterFrameworkRangeMs": [round(min(main_only), 1), round(max(main_only), 1)],
         "modules": {"functionsFramework": modules_bare, "withMain": modules_main},
+        "firstEventSetupMs": round(statistics.median(first_event), 1),
         "targetMs": TARGET_MS,
         "met": statistics.median(main_only) < TARGET_MS and med_with - med_bare < TARGET_MS,
         "importtimeMainMs": round(statistics.median(cumulative.get("main", [0.0])), 1),
@@ -154,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"{'difference (medians)':<44} {med_with - med_bare:>8.1f}")
     print(f"{'main after functions_framework (same child)':<44} {statistics.median(main_only):>8.1f}"
           f"   (range {min(main_only):.1f}-{max(main_only):.1f})")
+    print(f"{'first event: build the import handler + clients':<44} {statistics.median(first_event):>8.1f}"
+          f"   (lazy, paid by the first request, not by the import; not part of the target)")
     print(f"modules loaded: {modules_bare} -> {modules_main} (+{modules_main - modules_bare})")
     print(f"target: main.py adds < {TARGET_MS:.0f} ms: {'met' if summary['met'] else 'MISSED'}")
     print(f"\n-X importtime, modules main.py pulls in beyond functions_framework (median of 3; main itself "

@@ -160,52 +160,52 @@ def _recording_gcs(inner: Any, recorder: Recorder) -> Any:
         def __init__(self) -> None:
             super().__init__(inner._client, timeout=inner._timeout)
             self.calls = 0
+            self.by_method: Counter[str] = Counter()
+            self.seconds: dict[str, float] = {}  # summed over threads
             self._lock = threading.Lock()
 
-        def _count(self) -> None:
-            with self._lock:
-                self.calls += 1
+        def _timed(self, method: str, call: Callable[[], Any]) -> Any:
             if getattr(_tl, "calls", None) is not None:
                 _tl.calls += 1
+                _tl.listed = _tl.listed or method == "list"
+            started = time.perf_counter()
+            try:
+                return call()
+            finally:
+                with self._lock:
+                    self.calls += 1
+                    self.by_method[method] += 1
+                    self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - started
 
         def create(self, bucket: str, name: str, data: Any, metadata: dict[str, str] | None = None) -> int | None:
-            self._count()
-            return super().create(bucket, name, data, metadata)
+            return self._timed("create", lambda: super(RecordingGcs, self).create(bucket, name, data, metadata))
 
         def replace(self, bucket: str, name: str, data: dict[str, Any], generation: int) -> int | None:
-            self._count()
-            return super().replace(bucket, name, data, generation)
+            return self._timed("replace", lambda: super(RecordingGcs, self).replace(bucket, name, data, generation))
 
         def write(self, bucket: str, name: str, data: Any) -> None:
-            self._count()
             recorder.state_write(name, data)
-            super().write(bucket, name, data)
+            self._timed("write", lambda: super(RecordingGcs, self).write(bucket, name, data))
 
         def delete(self, bucket: str, name: str, generation: int | None = None) -> bool:
-            self._count()
-            return super().delete(bucket, name, generation)
+            return self._timed("delete", lambda: super(RecordingGcs, self).delete(bucket, name, generation))
 
         def read(self, bucket: str, name: str) -> Any:
-            self._count()
-            return super().read(bucket, name)
+            return self._timed("read", lambda: super(RecordingGcs, self).read(bucket, name))
 
         def list(self, *args: Any, **kwargs: Any) -> Any:
-            self._count()
-            if getattr(_tl, "calls", None) is not None:
-                _tl.listed = True
-            return super().list(*args, **kwargs)
+            # Materialised, so that the time of the listing's pages is counted here.
+            return iter(self._timed("list", lambda: [*super(RecordingGcs, self).list(*args, **kwargs)]))
 
         def list_prefixes(self, bucket: str, prefix: str) -> Any:
-            self._count()
-            return super().list_prefixes(bucket, prefix)
+            return self._timed("list", lambda: super(RecordingGcs, self).list_prefixes(bucket, prefix))
 
         def copy(self, src_bucket: str, src_name: str, generation: int, dst_bucket: str, dst_name: str) -> None:
-            self._count()
-            super().copy(src_bucket, src_name, generation, dst_bucket, dst_name)
+            self._timed("copy", lambda: super(RecordingGcs, self).copy(src_bucket, src_name, generation,
+                                                                         dst_bucket, dst_name))
 
         def download(self, *args: Any, **kwargs: Any) -> Any:
-            self._count()
-            return super().download(*args, **kwargs)
+            return self._timed("download", lambda: super(RecordingGcs, self).download(*args, **kwargs))
 
     return RecordingGcs()
 
@@ -327,6 +327,7 @@ class Delivery:
     gcs_calls: int = 0
     operation: str = ""
     create_time: float | None = None
+    settled: float | None = None  # epoch when its window closed plus the settle time
 
 
 def _upload_and_deliver(d: Any, pattern: Pattern, handle: Callable[[int, Any, Delivery], None]) -> list[Delivery]:
@@ -398,11 +399,15 @@ def _reads(stats: dict[str, Any], d: Any, deliveries: list[Delivery], old: list[
     upload_prefix = f"gs://{d.upload_bucket}/"
     state_prefix = f"gs://{d.settings.state_bucket}/"
     per_file = []
+    twice: list[str] = []
     for delivery in deliveries:
         if not delivery.file.sop:
             continue
         uri = upload_prefix + delivery.file.name
         per_file.append(reads.get(uri, 0) + reads.get(staged_of.get(uri, ""), 0))
+        if per_file[-1] > 1 and len(twice) < 3:
+            staged_reads = reads.get(staged_of.get(uri, ""), 0)
+            twice.append(f"{delivery.file.name} (direct {reads.get(uri, 0)}, staged {staged_reads})")
     old_uris = {upload_prefix + f.name for f in old if f.sop}
     return {
         "uploadObjectsReadMoreThanOnce": sum(1 for u, n in reads.items() if u.startswith(upload_prefix) and n > 1),
@@ -411,6 +416,7 @@ def _reads(stats: dict[str, Any], d: Any, deliveries: list[Delivery], old: list[
         "filesReadMoreThanOnce": sum(1 for n in per_file if n > 1),
         "maxReadsPerFile": max(per_file, default=0),
         "filesNeverRead": sum(1 for n in per_file if n == 0),
+        "readTwiceExamples": twice,
     }
 
 
@@ -421,6 +427,7 @@ def run_pipeline(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
     from functions.import_on_upload import ImportOnUpload
     from functions.jobs import JobQueue
     from functions.poll_operations import Poller
+    from functions.windows import window_close, window_id
     from tests.integration.harness import Deployment
 
     d = Deployment.create(emu.healthcare_url, **PRODUCTION)
@@ -442,6 +449,8 @@ def run_pipeline(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
         _tl.calls, _tl.listed = 0, False
         started = time.perf_counter()
         try:
+            window = window_id(event.time_created, d.settings.debounce_seconds)
+            delivery.settled = window_close(window, d.settings.debounce_seconds) + d.settings.settle_seconds
             outcome = handlers[instance].handle(event)
         except Exception as exc:  # counted; the run goes on
             delivery.role = "error"
@@ -519,6 +528,14 @@ def run_pipeline(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
         "gcsCallsPerLeader": _round((handler_gcs.calls - non_leader_calls) / len(leaders)) if leaders else None,
         "gcsCallsHandlersPerEvent": _round(handler_gcs.calls / max(1, len(deliveries))),
         "gcsCallsPoller": poller_gcs.calls,
+        "gcsHandlerByMethod": dict(handler_gcs.by_method),
+        "gcsHandlerSecondsByMethod": {k: round(v, 1) for k, v in handler_gcs.seconds.items()},
+        "gcsPollerByMethod": dict(poller_gcs.by_method),
+        "gcsPollerSecondsByMethod": {k: round(v, 1) for k, v in poller_gcs.seconds.items()},
+        # upload -> import start = (window close + settle - upload) + (import start - window close - settle)
+        "waitForWindowP50": _round(_pct([x.settled - x.finished for x in dicom if x.settled], 0.5)),
+        "afterSettleP50": _round(_pct([x.create_time - x.settled for x in dicom if x.settled and x.create_time], 0.5)),
+        "afterSettleP95": _round(_pct([x.create_time - x.settled for x in dicom if x.settled and x.create_time], 0.95)),
         "pollerRuns": poller_runs,
         "allImported": expected <= stored,
         "missing": len(expected - stored),
@@ -626,11 +643,19 @@ def print_pattern(key: str, description: str, pipeline: dict[str, Any] | None, n
               f"never read: {p['filesNeverRead']}")
         print(f"    upload -> import start: p50 {_fmt(p['latencyP50'])} s, p95 {_fmt(p['latencyP95'])} s, "
               f"max {_fmt(p['latencyMax'])} s ({p['latencyMapped']} of {p['files']} files mapped to their operation)")
+        print(f"      = wait for window close + settle p50 {_fmt(p['waitForWindowP50'])} s, then plan/stage/start "
+              f"p50 {_fmt(p['afterSettleP50'])} s, p95 {_fmt(p['afterSettleP95'])} s")
         print(f"    handler roles: {p['roles']}; wall p50 s: {p['handlerSecondsP50']}; max s: {p['handlerSecondsMax']}")
         print(f"    Cloud Storage calls per event (mean by role): {p['gcsCallsPerEvent']}, "
               f"max {p['gcsCallsPerEventMax']}; "
               f"per leader: {_fmt(p['gcsCallsPerLeader'])}; all handler calls / events: "
               f"{_fmt(p['gcsCallsHandlersPerEvent'])}; poller: {p['gcsCallsPoller']}")
+        print(f"    handler Cloud Storage calls by method: {p['gcsHandlerByMethod']}, summed seconds "
+              f"{p['gcsHandlerSecondsByMethod']}")
+        print(f"    poller Cloud Storage calls by method: {p['gcsPollerByMethod']}, summed seconds "
+              f"{p['gcsPollerSecondsByMethod']}")
+        if p["readTwiceExamples"]:
+            print(f"    read twice, e.g.: {'; '.join(p['readTwiceExamples'])}")
         print(f"    completion events: {p['completionEvents']} {p['completionStates']}, success counters "
               f"{p['completionSuccess']}; sources: {', '.join(f'{s} x{n}' for s, n in p['sources'])}")
         print(f"    every file imported (QIDO): {_fmt(p['allImported'])} (missing {p['missing']})")
@@ -677,8 +702,9 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, s
     limit = PRODUCTION["debounce_seconds"] + LATENCY_SLACK
     for key, per in results.items():
         p = per["pipeline"]
-        checks.append((f"{key}: LROs <= windows led", p["lros"] <= max(1, p["windows"]),
-                       f"{p['lros']} LROs, {p['windows']} windows"))
+        if key == "burst":  # the LRO target is stated for study-folder bursts
+            checks.append((f"{key}: 1 LRO per debounce window", p["lros"] <= max(1, p["windows"]),
+                           f"{p['lros']} LROs, {p['windows']} windows"))
         checks.append((f"{key}: max concurrent LROs <= {PRODUCTION['max_concurrent_operations']}",
                        p["maxConcurrentLros"] <= PRODUCTION["max_concurrent_operations"], str(p["maxConcurrentLros"])))
         if key == "trickle":
