@@ -31,11 +31,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 def _completions(stack: Stack, events: list[dict[str, Any]]) -> int:
-    subscriber = provision.subscriber(stack.endpoints["pubsub"])
     subscription = stack.config.subscription_path(stack.config.completions_subscription)
-    response = subscriber.pull(subscription=subscription, max_messages=50, timeout=5)
-    if response.received_messages:
-        subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+    with provision.subscriber(stack.endpoints["pubsub"]) as subscriber:
+        response = subscriber.pull(subscription=subscription, max_messages=50, timeout=5)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=subscription,
+                                   ack_ids=[m.ack_id for m in response.received_messages])
     events.extend(json.loads(m.message.data) for m in response.received_messages)
     return len(events)
 
