@@ -35,6 +35,7 @@ from werkzeug.serving import make_server
 
 from localcloud import components
 from localcloud.healthcare.app import create_app
+from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +52,6 @@ SAMPLES = [
     "image_dfl.dcm",
     "JPEG2000.dcm",
 ]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def make_instance(study: str | None = None, series: str | None = None, **attrs: Any) -> bytes:
@@ -136,7 +126,8 @@ class Store:
         return wait_for(
             lambda: (op := get(name=operation["name"]).execute()).get("done") and op,
             timeout,
-            f"operation {operation['name']}",
+            interval=0.02,
+            what=f"operation {operation['name']}",
         )
 
     def import_(self, uri: str, **body: Any) -> dict[str, Any]:
