@@ -1,30 +1,35 @@
-"""`python -m localcloud COMMAND`: run and use the local cloud. One small function per command."""
+"""`python -m localcloud COMMAND`: run and use the local cloud. One small function per command.
+
+Exit status: 0 success; 1 something did not succeed (a failed or missing import, an export
+that did not end SUCCEEDED, a timeout, no running local cloud); 2 bad arguments."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from localcloud import demo
+import requests
+from google.api_core import exceptions as gexc
+
+from localcloud import demo, export_cli, ingest, status
 from localcloud.components import ComponentError
 from localcloud.config import LocalConfig
+from localcloud.connect import NOT_RUNNING, LocalCloud, NotRunningError
+from localcloud.progress import Reporter, aligned
 from localcloud.stack import Stack, StackError, env_exports, read_endpoints
 
 DEFAULT_STATE_DIR = Path(".localcloud")
-NOT_RUNNING = "no local cloud is running for {state_dir}; start one with: python -m localcloud up"
-_LABEL_WIDTH = 12
 
 
 def say(label: str, text: str) -> None:
     """One aligned line: a short label column, then the text."""
-    print(f"{label:<{_LABEL_WIDTH}}{text}", flush=True)
+    print(aligned(label, text), flush=True)
 
 
 def _print_endpoints(stack: Stack) -> None:
@@ -102,24 +107,99 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="localcloud-demo-") as scratch:
-        state_dir = args.state_dir or Path(scratch) / "state"
-        started = time.monotonic()
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # the stack stops on the way out
+    try:
+        return demo.run(args.state_dir)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _connect(state_dir: Path) -> LocalCloud | None:
+    try:
+        return LocalCloud.find(state_dir)
+    except NotRunningError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False), flush=True)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    root: Path = args.dir
+    if not root.is_dir():
+        print(f"error: {root} is not a folder", file=sys.stderr)
+        return 2
+    cloud = _connect(args.state_dir)
+    if cloud is None:
+        return 1
+    prefix = args.prefix if args.prefix is not None else root.resolve().name
+    with cloud:
         try:
-            # The manual flow drives the emulators itself; running functions would import twice.
-            stack = Stack.start(state_dir, roles=())
-        except (StackError, ComponentError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        with stack:
-            say("local cloud", f"up in {time.monotonic() - started:.1f} s (state: {state_dir})")
-            try:
-                demo.run_manual_flow(stack.endpoints, Path(scratch), say)
-            except demo.DemoError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-        say("local cloud", "stopped")
+            result = ingest.run_ingest(cloud, root, prefix, timeout=args.timeout,
+                                       reporter=Reporter.for_command(args.json))
+        except _STACK_ERRORS as exc:
+            return _stack_error(exc)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        for line in ingest.render_summary(result):
+            print(line)
+    return 0 if result.ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        request = export_cli.build_request(
+            destination=args.destination, resources=args.resources, filter_uri=args.filter_uri,
+            query=args.query, mime_type=args.mime_type, request_id=args.request_id,
+        )
+    except export_cli.RequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cloud = _connect(args.state_dir)
+    if cloud is None:
+        return 1
+    with cloud:
+        try:
+            result = export_cli.run_export(cloud, request, timeout=args.timeout,
+                                           reporter=Reporter.for_command(args.json))
+        except _STACK_ERRORS as exc:
+            return _stack_error(exc)
+    if args.json and result.event is not None:
+        _print_json(result.event)
+    stream = sys.stderr if args.json else sys.stdout
+    if not args.json or result.event is None:
+        for line in export_cli.render_result(result):
+            print(line, file=stream)
+    return 0 if result.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cloud = _connect(args.state_dir)
+    if cloud is None:
+        return 1
+    with cloud:
+        try:
+            current = status.gather(cloud, events=args.events)
+        except _STACK_ERRORS as exc:
+            return _stack_error(exc)
+    if args.json:
+        _print_json(current)
+    else:
+        for line in status.render(current):
+            print(line)
     return 0
+
+
+_STACK_ERRORS = (requests.RequestException, gexc.GoogleAPIError, ConnectionError)
+
+
+def _stack_error(exc: BaseException) -> int:
+    print(f"error: the local cloud did not answer as expected ({type(exc).__name__}: {str(exc)[:300]}); "
+          "is it still running? (python -m localcloud up)", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +221,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env = command("env", cmd_env, "print shell exports for the running local cloud")
     env.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    demo_parser = command("demo", cmd_demo, "start a local cloud, import and export a synthetic set, stop")
+    demo_parser = command("demo", cmd_demo, "start a local cloud with its functions, import and export a "
+                          "synthetic study set through them, print the completion events, stop")
     demo_parser.add_argument("--state-dir", type=Path, default=None, help="default: a temporary folder")
+
+    def state_dir(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                         help="state folder of the running local cloud (default %(default)s)")
+
+    ingest_parser = command("ingest", cmd_ingest, "upload a folder to the upload bucket and wait until "
+                            "the import function has imported it")
+    ingest_parser.add_argument("dir", type=Path, metavar="DIR")
+    ingest_parser.add_argument("--prefix", default=None,
+                               help="object name prefix in the upload bucket (default: the folder's name)")
+    ingest_parser.add_argument("--timeout", type=_positive, default=ingest.DEFAULT_TIMEOUT_SECONDS,
+                               metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
+    ingest_parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    state_dir(ingest_parser)
+
+    export_parser = command("export", cmd_export, "publish an export request and wait for its completion event")
+    selector = export_parser.add_mutually_exclusive_group(required=True)
+    selector.add_argument("--resources", nargs="+", metavar="PATH",
+                          help="DICOMweb paths: /studies/U[/series/U[/instances/U]]")
+    selector.add_argument("--filter-uri", metavar="URI", help="gs:// filter file, one resource path a line")
+    selector.add_argument("--query", nargs="+", metavar="KEY=VALUE",
+                          help="study-level QIDO-RS keys, e.g. PatientID=P1 StudyDate=20240101-20241231")
+    export_parser.add_argument("--destination", required=True, metavar="gs://BUCKET[/PREFIX]")
+    export_parser.add_argument("--mime-type", metavar="TYPE",
+                               help="e.g. 'application/dicom; transfer-syntax=1.2.840.10008.1.2.1' or image/png")
+    export_parser.add_argument("--request-id", metavar="ID", help="default: cli-<uuid>; a repeated id "
+                               "starts no second export")
+    export_parser.add_argument("--timeout", type=_positive, default=export_cli.DEFAULT_TIMEOUT_SECONDS,
+                               metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
+    export_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
+    state_dir(export_parser)
+
+    status_parser = command("status", cmd_status, "tracked operations, queued jobs, open windows and the "
+                            "latest completion events")
+    status_parser.add_argument("--events", type=int, default=status.DEFAULT_EVENTS, metavar="N",
+                               help="how many of the latest completion events (default %(default)s)")
+    status_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    state_dir(status_parser)
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

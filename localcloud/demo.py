@@ -1,143 +1,128 @@
-"""The demo's manual flow: what the functions automate, done by hand against the emulators.
+"""`make demo`: the whole product on the local cloud, through the three functions.
 
-Upload a synthetic set, import it with one wildcard `:import`, export one study with a filter
-file, and show what landed. It uses only public API shapes (Cloud Storage JSON API, Healthcare
-API v1 REST), so it doubles as an end-to-end check of the emulators.
+Start the stack with every function, upload a synthetic study set (the import function batches
+it, the poller reports it), export one study as DICOM (Explicit VR Little Endian) and one series
+as PNG by publishing export requests (the export function starts them, the poller reports them),
+print the completion events and the objects written, stop. The same code paths as
+`python -m localcloud ingest` and `python -m localcloud export`.
 """
 
 from __future__ import annotations
 
+import re
+import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import requests
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
 from localcloud import synthetic
+from localcloud.components import ComponentError
+from localcloud.config import LocalConfig
+from localcloud.connect import LocalCloud
+from localcloud.export_cli import ExportResult, build_request, render_result, run_export
+from localcloud.ingest import render_summary, run_ingest
+from localcloud.progress import Reporter, aligned
+from localcloud.stack import Stack, StackError
 
-EXPORT_MIME_TYPE = "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"  # explicit VR little endian
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DICOM_MIME_TYPE = f"application/dicom; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+PNG_MIME_TYPE = "image/png"
 UPLOAD_PREFIX = "demo"
-EXPORT_PREFIX = "demo-export"
-_HTTP_TIMEOUT = 30.0
+EXPORT_PREFIX = "demo"
+# Short timings: batches close 2 s after the first upload, the poller runs every second.
+DEMO_CONFIG = LocalConfig(poll_interval_seconds=1.0, debounce_seconds=2.0, settle_seconds=0.5)
+STEP_TIMEOUT_SECONDS = 60.0
+_UID_PART = re.compile(r"(\d+(?:\.\d+)*)(\.[A-Za-z]+)?")
 
 
-class DemoError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class OperationResult:
-    name: str
-    seconds: float
-    success: int
-    failure: int
-    error: str | None
-
-
-def storage_client(endpoints: Mapping[str, Any]) -> storage.Client:
-    return storage.Client(
-        project=endpoints["project"],
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": endpoints["storage"]},
-    )
-
-
-def upload_tree(client: storage.Client, bucket: str, root: Path, prefix: str) -> list[str]:
-    """Uploads every file under `root` (sidecars included) to gs://bucket/prefix/...; returns names."""
-    names = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        name = f"{prefix}/{path.relative_to(root).as_posix()}"
-        content_type = "application/dicom" if path.suffix == ".dcm" else "application/json"
-        client.bucket(bucket).blob(name).upload_from_filename(str(path), content_type=content_type)
-        names.append(name)
-    return names
-
-
-def start_operation(healthcare: str, store: str, verb: str, body: Mapping[str, Any]) -> str:
-    response = requests.post(f"{healthcare}/v1/{store}:{verb}", json=body, timeout=_HTTP_TIMEOUT)
-    if response.status_code != 200:
-        raise DemoError(f":{verb} refused: HTTP {response.status_code} {response.text[:500]}")
-    return str(response.json()["name"])
-
-
-def wait_operation(healthcare: str, name: str, timeout: float = 120.0) -> OperationResult:
-    """Polls operations.get with backoff (0.2 s growing to 2 s), as a client of the real API would."""
-    started = time.monotonic()
-    delay = 0.2
-    while True:
-        response = requests.get(f"{healthcare}/v1/{name}", timeout=_HTTP_TIMEOUT)
-        response.raise_for_status()
-        operation = response.json()
-        if operation.get("done"):
-            counter = operation.get("metadata", {}).get("counter", {})
-            error = operation.get("error")
-            return OperationResult(
-                name=name,
-                seconds=time.monotonic() - started,
-                success=int(counter.get("success", 0)),
-                failure=int(counter.get("failure", 0)),
-                error=error.get("message") if error else None,
-            )
-        if time.monotonic() - started > timeout:
-            raise DemoError(f"{name} not done after {timeout:.0f} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
-
-
-def run_manual_flow(endpoints: Mapping[str, Any], workdir: Path, say: Callable[[str, str], None]) -> None:
-    """Runs the whole flow against the stack described by `endpoints`, reporting through `say`."""
-    client = storage_client(endpoints)
-    buckets = endpoints["buckets"]
-    healthcare, store = endpoints["healthcare"], endpoints["dicomStore"]
-
-    studies = synthetic.generate(workdir / "synthetic")
-    say(
-        "synthetic", f"{len(studies.studies)} studies, {len(studies.files)} instances (+ study.json sidecars)"
-    )
-    names = upload_tree(client, buckets["upload"], studies.root, UPLOAD_PREFIX)
-    say("upload", f"{len(names)} objects -> gs://{buckets['upload']}/{UPLOAD_PREFIX}/")
-
-    source = f"gs://{buckets['upload']}/**.dcm"
-    operation = start_operation(healthcare, store, "import", {"gcsSource": {"uri": source}})
-    say("import", f"{source} -> {operation.rsplit('/', 1)[-1]}")
-    result = wait_operation(healthcare, operation)
-    say("import", _summary(result))
-
-    chosen = studies.studies[0]
-    filter_name = f"{UPLOAD_PREFIX}/filter-{chosen.uid}.txt"
-    client.bucket(buckets["state"]).blob(filter_name).upload_from_string(
-        f"/studies/{chosen.uid}\n", content_type="text/plain"
-    )
-    destination = f"gs://{buckets['export']}/{EXPORT_PREFIX}"
-    body = {
-        "gcsDestination": {"uriPrefix": destination, "mimeType": EXPORT_MIME_TYPE},
-        "filterConfig": {"resourcePathsGcsUri": f"gs://{buckets['state']}/{filter_name}"},
-    }
-    operation = start_operation(healthcare, store, "export", body)
-    say("export", f"study {_short(chosen.uid)} ({chosen.instance_count} instances) -> {destination}/")
-    result = wait_operation(healthcare, operation)
-    say("export", _summary(result))
-
-    exported = sorted(b.name for b in client.list_blobs(buckets["export"], prefix=f"{EXPORT_PREFIX}/"))
-    say("exported", f"{len(exported)} objects as {EXPORT_PREFIX}/STUDY/SERIES/INSTANCE.dcm")
-    per_series = Counter(name.rsplit("/", 1)[0] for name in exported)
-    for folder, count in sorted(per_series.items()):
-        _, study, series = folder.split("/")
-        say("", f"study {_short(study)}  series {_short(series)}  {count} instances")
-    if len(exported) != chosen.instance_count:
-        raise DemoError(f"expected {chosen.instance_count} exported instances, found {len(exported)}")
-
-
-def _short(uid: str) -> str:
+def short_uid(uid: str) -> str:
     """The tail of a UID: enough to tell the demo's studies and series apart on screen."""
     return "…" + uid[-8:]
 
 
-def _summary(result: OperationResult) -> str:
-    text = f"done in {result.seconds:.1f} s: {result.success} succeeded, {result.failure} failed"
-    return f"{text} ({result.error})" if result.error else text
+def short_object(name: str, prefix: str) -> str:
+    """`prefix/STUDY/SERIES/INSTANCE.ext` relative to `prefix`, each UID cut to its tail."""
+    parts = []
+    for part in name[len(prefix):].lstrip("/").split("/"):
+        match = _UID_PART.fullmatch(part)
+        if match and len(match.group(1)) > 12:
+            parts.append(short_uid(match.group(1)) + (match.group(2) or ""))
+        else:
+            parts.append(part)
+    return "/".join(parts)
+
+
+def _size(num: int) -> str:
+    return f"{num / 1024:.1f} KiB" if num >= 1024 else f"{num} B"
+
+
+def run(state_dir: Path | None = None, reporter: Reporter | None = None) -> int:
+    """The demo; 0 when everything succeeded, 1 otherwise."""
+    reporter = reporter or Reporter()
+    with tempfile.TemporaryDirectory(prefix="localcloud-demo-") as scratch:
+        work = Path(scratch)
+        started = time.monotonic()
+        try:
+            stack = Stack.start(state_dir or work / "state", config=DEMO_CONFIG)
+        except (StackError, ComponentError) as exc:
+            reporter.say("error", str(exc))
+            return 1
+        with stack, LocalCloud(stack.endpoints) as cloud:
+            reporter.say("local cloud", f"up in {time.monotonic() - started:.1f} s "
+                                        f"(functions: {', '.join(stack.endpoints['functions'])})")
+            ok = _flow(cloud, work, reporter)
+        reporter.say("local cloud", "stopped")
+        verdict = "everything succeeded" if ok else "something did not succeed (see above)"
+        reporter.say("demo", f"{verdict} in {time.monotonic() - started:.1f} s")
+        return 0 if ok else 1
+
+
+def _flow(cloud: LocalCloud, work: Path, reporter: Reporter) -> bool:
+    studies = synthetic.generate(work / "synthetic")
+    reporter.say("synthetic", f"{len(studies.studies)} studies, {len(studies.files)} instances, "
+                              f"{len(studies.studies)} study.json sidecars")
+    result = run_ingest(cloud, studies.root, UPLOAD_PREFIX, timeout=STEP_TIMEOUT_SECONDS, reporter=reporter,
+                        settings=cloud.import_settings(DEMO_CONFIG))
+    for line in render_summary(result):
+        reporter.print(line)
+    ok = result.ok and result.imported == len(studies.files)
+
+    study = studies.studies[0]
+    series_study = studies.studies[1] if len(studies.studies) > 1 else study
+    series = series_study.series[0]
+    exports = [
+        ("dicom", f"study {short_uid(study.uid)} ({study.instance_count} instances) as DICOM Explicit VR LE",
+         [f"/studies/{study.uid}"], DICOM_MIME_TYPE, study.instance_count),
+        ("png", f"series {short_uid(series.uid)} ({len(series.instances)} instances) as PNG",
+         [f"/studies/{series_study.uid}/series/{series.uid}"], PNG_MIME_TYPE, len(series.instances)),
+    ]
+    for folder, what, resources, mime_type, expected in exports:
+        destination = f"gs://{cloud.export_bucket}/{EXPORT_PREFIX}/{folder}"
+        reporter.say("export", f"{what} -> {destination}/")
+        request = build_request(destination=destination, resources=resources, mime_type=mime_type,
+                                request_id=f"demo-{folder}-{int(time.time())}")
+        outcome = run_export(cloud, request, timeout=STEP_TIMEOUT_SECONDS, reporter=Reporter.off())
+        for line in render_result(outcome):
+            reporter.print(line)
+        ok = _show_written(cloud, folder, expected, outcome, reporter) and ok
+    return ok
+
+
+def _show_written(cloud: LocalCloud, folder: str, expected: int, outcome: ExportResult,
+                  reporter: Reporter) -> bool:
+    prefix = f"{EXPORT_PREFIX}/{folder}"
+    blobs = sorted(cloud.storage.list_blobs(cloud.export_bucket, prefix=prefix + "/"), key=lambda b: b.name)
+    reporter.say("written", f"{len(blobs)} objects under gs://{cloud.export_bucket}/{prefix}/")
+    for line in written_lines([(b.name, int(b.size or 0)) for b in blobs], prefix):
+        reporter.print(line)
+    if not outcome.ok:
+        return False
+    if len(blobs) != expected:
+        reporter.say("error", f"expected {expected} objects, found {len(blobs)}")
+        return False
+    return True
+
+
+def written_lines(objects: Sequence[tuple[str, int]], prefix: str) -> list[str]:
+    width = max((len(short_object(name, prefix)) for name, _ in objects), default=0)
+    return [aligned("", f"{short_object(name, prefix):<{width}}  {_size(size):>9}") for name, size in objects]

@@ -1,0 +1,142 @@
+"""`python -m localcloud export ...`: publish one export request, wait for its completion event.
+
+The request is built in contract form (DESIGN.md, "Export request") and checked with the export
+function's own parser (`functions.export_request.parse_export_request`) before it is sent, so a
+malformed request is refused here with the same reason the function would give. The destination
+allowlist is the function's business: a destination outside it comes back as a REJECTED event.
+
+Every request carries a `requestId` (`cli-<uuid>` unless one is given); the command waits on a
+private subscription (see `localcloud.connect`) for the event with that `requestId`. A requestId
+that was used before starts no second export, so no new event comes: the command then looks for
+the earlier event in the state bucket's `done/` records and reports that one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from functions.errors import InvalidExportRequestError
+from functions.export_request import dedup_key, parse_export_request
+from localcloud.connect import LocalCloud
+from localcloud.progress import Reporter, aligned
+
+DEFAULT_TIMEOUT_SECONDS = 120.0
+SUCCEEDED = "SUCCEEDED"
+_POLL_SECONDS = 0.3
+_DONE_SCAN_SECONDS = 2.0
+
+
+class RequestError(ValueError):
+    """The arguments do not make a valid export request; the message says why."""
+
+
+def parse_query(pairs: Sequence[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings to a dict; a key given twice or a pair without `=` is an error."""
+    query: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RequestError(f"--query takes KEY=VALUE pairs, got {pair!r}")
+        if key in query:
+            raise RequestError(f"--query gives {key} twice")
+        query[key] = value
+    return query
+
+
+def build_request(*, destination: str, resources: Sequence[str] | None = None, filter_uri: str | None = None,
+                  query: Sequence[str] | None = None, mime_type: str | None = None,
+                  request_id: str | None = None) -> dict[str, Any]:
+    """The export request message in contract form, validated; raises RequestError.
+
+    `request_id` defaults to `cli-<uuid4 hex>`.
+    """
+    body: dict[str, Any] = {"requestId": request_id or f"cli-{uuid.uuid4().hex}", "destination": destination}
+    given = [name for name, value in (("--resources", resources), ("--filter-uri", filter_uri),
+                                      ("--query", query)) if value is not None]
+    if len(given) > 1:
+        raise RequestError(f"give one of --resources, --filter-uri, --query (got {' and '.join(given)})")
+    if resources is not None:
+        body["resources"] = list(resources)
+    elif filter_uri is not None:
+        body["filterUri"] = filter_uri
+    elif query is not None:
+        body["query"] = parse_query(query)
+    if mime_type is not None:
+        body["mimeType"] = mime_type
+    try:
+        parse_export_request(json.dumps(body).encode())
+    except InvalidExportRequestError as exc:
+        raise RequestError(f"invalid export request: {exc.reason}") from None
+    return body
+
+
+@dataclass
+class ExportResult:
+    request: dict[str, Any]
+    event: dict[str, Any] | None  # None: no event before the timeout
+    seconds: float
+    repeated: bool = False  # the requestId had been used before; `event` is the earlier one
+
+    @property
+    def state(self) -> str:
+        return str(self.event.get("state")) if self.event else "TIMEOUT"
+
+    @property
+    def ok(self) -> bool:
+        return self.state == SUCCEEDED
+
+
+def run_export(cloud: LocalCloud, request: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+               reporter: Reporter | None = None) -> ExportResult:
+    """Publishes `request` (built by `build_request`) and waits for its completion event."""
+    reporter = reporter or Reporter.off()
+    started = time.monotonic()
+    request_id = str(request["requestId"])
+    key = dedup_key(parse_export_request(json.dumps(request).encode()), "")
+    repeated = cloud.gcs.read(cloud.state_bucket, cloud.state_path("exports", f"{key}.json")) is not None
+    with cloud.event_stream() as stream:
+        message_id = cloud.publish(cloud.endpoints["topics"]["exportRequests"], json.dumps(request).encode())
+        reporter.say("export", f"request {request_id} published (message {message_id})")
+        next_scan = started
+        while True:
+            for event in stream.pull():
+                if event.get("requestId") == request_id and event.get("kind") == "export":
+                    return ExportResult(request, event, time.monotonic() - started)
+            now = time.monotonic()
+            if repeated and now >= next_scan:
+                earlier = find_done_event(cloud, request_id)
+                if earlier is not None:
+                    return ExportResult(request, earlier, now - started, repeated=True)
+                next_scan = now + _DONE_SCAN_SECONDS
+            if now - started > timeout:
+                return ExportResult(request, None, now - started, repeated=repeated)
+            time.sleep(_POLL_SECONDS)
+
+
+def find_done_event(cloud: LocalCloud, request_id: str) -> dict[str, Any] | None:
+    """The newest export event with this requestId among the `done/` records, if any."""
+    for blob in cloud.state_objects("done"):
+        event = cloud.read_state(blob)
+        if event is not None and event.get("requestId") == request_id and event.get("kind") == "export":
+            return event
+    return None
+
+
+def render_result(result: ExportResult) -> list[str]:
+    from localcloud.ingest import describe_event
+
+    if result.event is None:
+        return [aligned("export", f"no completion event for {result.request['requestId']} "
+                                  f"after {result.seconds:.0f} s (see: python -m localcloud status)")]
+    lines = []
+    if result.repeated:
+        lines.append(aligned("export", f"requestId {result.request['requestId']} was used before; "
+                                       "its earlier event:"))
+    lines.append(aligned("event", describe_event(result.event)))
+    return lines
