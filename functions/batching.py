@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 # A scope with more objects than this is treated as "unknown": no glob may reach into it.
 LISTING_CAP = 20_000
+# Re-reading an old object inside an import costs more than staging a new one: the LRO fetches,
+# parses and compares it, and an object that changed since fails the import. So staging wins
+# unless a glob re-reads only a few old objects (a bulk tree with a handful of old files).
+REIMPORT_COST = 3.0
+STAGE_COST = 1.0
 _IO_THREADS = 16
 
 
@@ -127,8 +132,8 @@ class WindowBatcher:
                     uploads: list[Upload]) -> tuple[list[Job], int]:
         names = {u.name: u for u in uploads}
         others, incomplete = self._others(bucket, names)
-        plan = planning.plan_import(list(names), others, eligible=self._eligible,
-                                    incomplete_scopes=incomplete)
+        plan = planning.plan_import(list(names), others, eligible=self._eligible, incomplete_scopes=incomplete,
+                                    reimport_cost=REIMPORT_COST, stage_cost=STAGE_COST)
         jobs: list[Job] = []
         now = self._clock()
 

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from google.cloud import storage
 
 
+_POOL_SIZE = 64
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """The listing fields the planner and the failure report need."""
@@ -52,9 +55,16 @@ class Gcs:
     @classmethod
     def from_environment(cls, project: str, *, timeout: float = 60.0) -> Gcs:
         from google.cloud import storage  # lazy: keeps cold start small
+        from requests.adapters import HTTPAdapter
 
         # With STORAGE_EMULATOR_HOST set the client uses anonymous credentials by itself.
-        return cls(storage.Client(project=project), timeout=timeout)
+        client = storage.Client(project=project)
+        # The default pool keeps 10 connections; a function serving many concurrent requests
+        # (and the leader's parallel copies) would open and drop connections all the time.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=_POOL_SIZE)
+        client._http.mount("https://", adapter)
+        client._http.mount("http://", adapter)
+        return cls(client, timeout=timeout)
 
     def _blob(self, bucket: str, name: str, generation: int | None = None) -> storage.Blob:
         return self._client.bucket(bucket).blob(name, generation=generation)

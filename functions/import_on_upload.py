@@ -108,8 +108,16 @@ class ImportOnUpload:
         delay = max(window_close(window, self._s.debounce_seconds) - self._clock(), 0.0) + self._s.settle_seconds
         self._sleep(delay)
         mine = self._windows.take(window)
-        records = sorted(o.name for o in self._gcs.list(self._s.state_bucket, self._batcher.window_prefix(window)))
-        # The process that wrote the smallest record leads: one claim attempt per window.
-        if not records or records[0] not in mine:
-            return None
-        return self._batcher.run(window)
+        deadline = self._clock() + self._s.claim_lease_seconds
+        while True:
+            records = sorted(o.name for o in self._gcs.list(self._s.state_bucket,
+                                                            self._batcher.window_prefix(window)))
+            # The process that wrote the smallest record leads: one claim attempt per window.
+            if not records or records[0] not in mine:
+                return None
+            result = self._batcher.run(window)
+            if result.claimed or self._clock() > deadline:
+                return result
+            # A leader is still planning this window (we are late events): once it lets go of the
+            # claim, take what it left, rather than leave it to the poller's lease recovery.
+            self._sleep(max(self._s.settle_seconds, 0.5))

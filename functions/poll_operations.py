@@ -27,6 +27,8 @@ from functions.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+STAGING_DELETES_PER_OPERATION = 1000
+
 
 @dataclass
 class PollSummary:
@@ -143,8 +145,12 @@ class Poller:
     def _clean_up(self, started: StartedOperation) -> None:
         job = started.job
         if job.staging_prefix:
-            for info in self._gcs.list(self._s.state_bucket, job.staging_prefix):
-                self._gcs.delete(self._s.state_bucket, info.name)
+            # Bounded, so one huge batch cannot eat the run; the state bucket's lifecycle rule
+            # removes whatever is left of a large staging prefix.
+            staged = [info.name for info in self._gcs.list(self._s.state_bucket, job.staging_prefix,
+                                                           max_results=STAGING_DELETES_PER_OPERATION)]
+            with ThreadPoolExecutor(max_workers=self._s.poll_concurrency) as pool:
+                list(pool.map(lambda name: self._gcs.delete(self._s.state_bucket, name), staged))
         if job.manifest:
             self._gcs.delete(self._s.state_bucket, job.manifest)
 

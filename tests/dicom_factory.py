@@ -6,7 +6,7 @@ import io
 import itertools
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 _COUNTER = itertools.count(1)
 
@@ -16,7 +16,7 @@ def instance(study: str | None = None, series: str | None = None, sop: str | Non
     """A 4x4 8-bit secondary capture; UIDs are generated unless given."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop or generate_uid()
+    meta.MediaStorageSOPInstanceUID = UID(sop) if sop else generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
