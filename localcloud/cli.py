@@ -167,12 +167,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                                            reporter=Reporter.for_command(args.json))
         except _STACK_ERRORS as exc:
             return _stack_error(exc)
-    if args.json and result.event is not None:
-        _print_json(result.event)
-    stream = sys.stderr if args.json else sys.stdout
-    if not args.json or result.event is None:
+    if not args.json:
         for line in export_cli.render_result(result):
-            print(line, file=stream)
+            print(line)
+    elif result.event is None:
+        for line in export_cli.render_result(result):
+            print(line, file=sys.stderr)
+    else:
+        if result.repeated:  # stdout carries only the event
+            print(export_cli.render_result(result)[0], file=sys.stderr)
+        _print_json(result.event)
     return 0 if result.ok else 1
 
 

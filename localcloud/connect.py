@@ -26,6 +26,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+from google.cloud.storage import Blob
 
 from functions.gcs import Gcs
 from functions.settings import Settings
@@ -120,13 +121,13 @@ class LocalCloud:
             self._state_prefix = self.import_settings().state_prefix
         return self._state_prefix + "/".join(parts)
 
-    def state_objects(self, folder: str) -> list[storage.Blob]:
+    def state_objects(self, folder: str) -> list[Blob]:
         """The state bucket's objects under `folder/`, newest first (by update time)."""
         blobs = list(self.storage.list_blobs(self.state_bucket, prefix=self.state_path(folder) + "/",
                                              timeout=_HTTP_TIMEOUT))
         return sorted(blobs, key=lambda b: (b.updated is not None, b.updated, b.name), reverse=True)
 
-    def read_state(self, blob: storage.Blob) -> dict[str, Any] | None:
+    def read_state(self, blob: Blob) -> dict[str, Any] | None:
         """A JSON state object; None when it is gone or not a JSON object."""
         try:
             data = json.loads(blob.download_as_bytes(timeout=_HTTP_TIMEOUT))

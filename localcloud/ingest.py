@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +116,9 @@ def local_files(root: Path) -> list[tuple[Path, str]]:
 def classify(bucket: str, name: str, generation: int, size: int, settings: Settings) -> str | None:
     """Why the import function ignores this object, or None when it imports it."""
     event = StorageObjectEvent(event_id="", event_type=STORAGE_FINALIZED, bucket=bucket, name=name,
-                               generation=generation, size=size, time_created=_epoch(), event_time=None)
+                               generation=generation, size=size, time_created=datetime.now(UTC),
+                               event_time=None)
     return ignore_reason(event, settings)
-
-
-def _epoch() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 def local_uids(path: Path) -> tuple[str, str, str] | None:

@@ -97,3 +97,31 @@ def test_sigterm_stops_every_process_and_removes_the_endpoints(
     assert not (state_dir / ENDPOINTS_FILE).exists()
     after = subprocess.run(_localcloud("env", "--state-dir", str(state_dir)), cwd=REPO_ROOT, capture_output=True)
     assert after.returncode == 1
+
+
+@pytest.mark.parametrize("args", [
+    ("ingest", "."),
+    ("ingest", ".", "--json"),
+    ("export", "--query", "PatientID=P1", "--destination", "gs://dicom-export/x", "--json"),
+    ("status", "--json"),
+])
+def test_commands_without_a_running_stack_say_how_to_start_one(args: tuple[str, ...], tmp_path: Path) -> None:
+    done = subprocess.run(_localcloud(*args, "--state-dir", str(tmp_path)), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip() == f"no local cloud is running for {tmp_path}; start one with: python -m localcloud up"
+
+
+def test_demo_goes_through_the_functions(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = subprocess.run(_localcloud("demo", "--state-dir", str(tmp_path / "state")), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert time.monotonic() - started < 60
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("event       import SUCCEEDED") for line in lines)
+    assert sum(line.startswith("event       export SUCCEEDED") for line in lines) == 2
+    assert any(line.endswith(".png") or ".png " in line for line in lines)
+    assert lines[-1].startswith("demo        everything succeeded in ")
+    assert not (tmp_path / "state" / ENDPOINTS_FILE).exists()

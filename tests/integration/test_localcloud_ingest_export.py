@@ -1,0 +1,170 @@
+"""`python -m localcloud ingest | export | status` as a user runs them, against a running stack with
+the product's three functions (real functions-framework processes, the router, the poller)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localcloud import synthetic
+from localcloud.components import REPO_ROOT
+from localcloud.config import LocalConfig
+from localcloud.connect import LocalCloud
+from localcloud.stack import Stack
+from tests import dicom_factory
+
+INGEST_KEYS = {"uploaded", "imported", "failed", "skipped", "operations"}
+STATUS_KEYS = {"dicomStore", "operations", "jobs", "windows", "events"}
+TIMEOUT = "60"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = LocalConfig(poll_interval_seconds=0.5, debounce_seconds=1.0, settle_seconds=0.5,
+                         claim_lease_seconds=6.0)
+    with Stack.start(tmp_path_factory.mktemp("cli-stack") / "state", config=config) as running:
+        yield running
+
+
+def localcloud(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "localcloud", *args, "--state-dir", str(stack.state_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def imported(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> synthetic.SyntheticSet:
+    """A small synthetic set, ingested through the CLI (human output, not a terminal)."""
+    studies = synthetic.generate(tmp_path_factory.mktemp("synthetic") / "set", seed=7, patients=2,
+                                 studies_per_patient=(1, 1), instances_per_series=(2, 3))
+    done = localcloud(stack, "ingest", str(studies.root), "--prefix", "synthetic", "--timeout", TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    count = len(studies.files)
+    assert f"upload      {count + len(studies.studies)}/{count + len(studies.studies)} files" in lines
+    assert f"imported    {count} instances stored" in lines
+    assert any(line.startswith("event       import SUCCEEDED") for line in lines)
+    assert lines[-1].startswith("done        all imported in ")
+    return studies
+
+
+def _written(stack: Stack, prefix: str) -> list[str]:
+    client = LocalCloud(stack.endpoints).storage
+    return [b.name for b in client.list_blobs(stack.config.export_bucket, prefix=prefix + "/")]
+
+
+def test_ingest_reports_failed_and_skipped_objects(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "batch"
+    (folder / "series").mkdir(parents=True)
+    for index, data in enumerate(dicom_factory.study(1, 2)):
+        (folder / "series" / f"IM{index}.dcm").write_bytes(data)
+    (folder / "series" / "broken.dcm").write_bytes(b"this is not DICOM at all")
+    (folder / "notes.json").write_text('{"note": "a sidecar"}')
+
+    done = localcloud(stack, "ingest", str(folder), "--prefix", "mixed", "--json", "--timeout", TIMEOUT)
+
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)  # stdout holds the JSON and nothing else
+    assert set(result) == INGEST_KEYS
+    bucket = f"gs://{stack.config.upload_bucket}"
+    assert result["uploaded"] == 4
+    assert result["imported"] == 2
+    assert result["failed"] == [f"{bucket}/mixed/series/broken.dcm"]
+    assert result["skipped"] == [f"{bucket}/mixed/notes.json"]
+    operations: list[dict[str, Any]] = result["operations"]
+    assert operations and {e["kind"] for e in operations} == {"import"}
+    assert {e["dicomStore"] for e in operations} == {stack.endpoints["dicomStore"]}
+    assert sum(e["counters"]["success"] for e in operations) >= 2
+    assert any(f"{bucket}/mixed/series/broken.dcm" in e.get("failedObjects", []) for e in operations)
+
+
+def test_ingest_with_a_folder_name_prefix_by_default(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "by-default"
+    folder.mkdir()
+    (folder / "IM.dcm").write_bytes(dicom_factory.instance())
+    done = localcloud(stack, "ingest", str(folder), "--json", "--timeout", TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["imported"] == 1
+    client = LocalCloud(stack.endpoints).storage
+    names = [b.name for b in client.list_blobs(stack.config.upload_bucket, prefix="by-default/")]
+    assert names == ["by-default/IM.dcm"]
+
+
+def test_export_by_resources(stack: Stack, imported: synthetic.SyntheticSet) -> None:
+    study = imported.studies[0]
+    destination = f"gs://{stack.config.export_bucket}/cli/resources"
+    done = localcloud(stack, "export", "--resources", f"/studies/{study.uid}", "--destination", destination,
+                      "--mime-type", "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+                      "--request-id", "cli-test-resources", "--json", "--timeout", TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    event = json.loads(done.stdout)
+    assert (event["kind"], event["state"], event["requestId"]) == ("export", "SUCCEEDED", "cli-test-resources")
+    assert event["destination"] == destination
+    assert event["counters"]["success"] == study.instance_count
+    written = _written(stack, "cli/resources")
+    assert len(written) == study.instance_count and all(n.endswith(".dcm") for n in written)
+
+    # The same requestId again starts no second export: the earlier event is reported.
+    again = localcloud(stack, "export", "--resources", f"/studies/{study.uid}", "--destination", destination,
+                       "--request-id", "cli-test-resources", "--json", "--timeout", "20")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["eventId"] == event["eventId"]
+    assert "was used before" in again.stderr
+
+
+def test_export_by_query_as_png(stack: Stack, imported: synthetic.SyntheticSet) -> None:
+    patient = imported.studies[-1].patient_id
+    mine = [s for s in imported.studies if s.patient_id == patient]
+    destination = f"gs://{stack.config.export_bucket}/cli/query"
+    done = localcloud(stack, "export", "--query", f"PatientID={patient}", "--destination", destination,
+                      "--mime-type", "image/png", "--json", "--timeout", TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    event = json.loads(done.stdout)
+    assert event["state"] == "SUCCEEDED" and event["requestId"].startswith("cli-")
+    assert event["counters"]["success"] == sum(s.instance_count for s in mine)
+    assert all(n.endswith(".png") for n in _written(stack, "cli/query"))
+
+
+def test_export_human_output(stack: Stack, imported: synthetic.SyntheticSet) -> None:
+    series = imported.studies[0].series[0]
+    done = localcloud(stack, "export", "--resources", f"/studies/{imported.studies[0].uid}/series/{series.uid}",
+                      "--destination", f"gs://{stack.config.export_bucket}/cli/human", "--timeout", TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("export      request cli-")
+    assert lines[-1].startswith("event       export SUCCEEDED ")
+
+
+def test_export_outside_the_allowlist_is_rejected(stack: Stack) -> None:
+    done = localcloud(stack, "export", "--resources", "/studies/1.2.3", "--destination", "gs://not-allowed/x",
+                      "--json", "--timeout", TIMEOUT)
+    assert done.returncode == 1
+    event = json.loads(done.stdout)
+    assert (event["kind"], event["state"]) == ("export", "REJECTED")
+    assert "not inside an allowed prefix" in event["reason"]
+
+
+def test_status(stack: Stack, imported: synthetic.SyntheticSet) -> None:
+    done = localcloud(stack, "status", "--json", "--events", "3")
+    assert done.returncode == 0, done.stderr
+    current = json.loads(done.stdout)
+    assert set(current) == STATUS_KEYS
+    assert current["dicomStore"] == stack.endpoints["dicomStore"]
+    assert all(isinstance(current[key], list) for key in ("operations", "jobs", "windows", "events"))
+    assert 1 <= len(current["events"]) <= 3
+    assert all(e["eventId"].startswith("op-") for e in current["events"])
+    ends = [e["endTime"] for e in current["events"]]
+    assert ends == sorted(ends, reverse=True)  # newest first
+    for op in current["operations"]:
+        assert set(op) == {"name", "kind", "requestId", "startedAt"}
+
+    human = localcloud(stack, "status")
+    assert human.returncode == 0
+    assert human.stdout.splitlines()[0] == f"dicom store {stack.endpoints['dicomStore']}"
