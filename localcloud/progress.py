@@ -7,6 +7,7 @@ nothing at all (`--json` without a terminal: stdout carries only the JSON).
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,13 +34,17 @@ class Bar:
         if reporter.enabled and reporter.tty:
             from tqdm import tqdm  # lazy: only a terminal needs it
 
+            size = shutil.get_terminal_size((100, 24))
+
             self._tqdm = tqdm(
                 total=total,
                 desc=f"{label:<{LABEL_WIDTH - 1}}",
                 unit=f" {unit}",
                 file=reporter.stream,
                 leave=True,
-                dynamic_ncols=True,
+                # A terminal that reports no size (0x0, e.g. a bare pty) would hide the bar.
+                ncols=min(size.columns, 120),
+                nrows=size.lines,
                 bar_format="{desc} {bar:30} {n_fmt}/{total_fmt}{unit} [{elapsed}]",
             )
 

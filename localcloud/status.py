@@ -77,5 +77,6 @@ def render(status: dict[str, Any]) -> list[str]:
         lines.append(aligned("", f"{window['window']}  {window['uploads']} uploads"))
     lines.append(aligned("events", f"latest {len(status['events'])}, newest first"))
     for event in status["events"]:
-        lines.append(aligned("", f"{event.get('endTime', ''):<26}{describe_event(event)}"))
+        ended = str(event.get("endTime") or "")[:19].replace("T", " ")
+        lines.append(aligned("", f"{ended:<21}{describe_event(event)}"))
     return lines

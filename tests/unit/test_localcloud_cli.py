@@ -266,3 +266,36 @@ def test_demo_shortens_uids_in_object_names() -> None:
     lines = demo.written_lines([(name, 2048), ("demo/png/readme", 5)], "demo/png")
     assert lines[0].endswith("2.0 KiB") and lines[1].endswith("5 B")
     assert len(lines[0]) == len(lines[1])
+
+
+def test_progress_without_a_terminal_is_one_line_per_bar_and_off_is_silent() -> None:
+    import io
+
+    from localcloud.progress import Reporter
+
+    stream = io.StringIO()
+    reporter = Reporter(stream, tty=False)
+    with reporter.bar("upload", 3, "files") as bar:
+        bar.update_to(2)
+        bar.update_to(1)  # never goes back
+        reporter.say("event", "something happened")
+    assert stream.getvalue().splitlines() == ["event       something happened", "upload      2/3 files"]
+
+    quiet = Reporter.off()
+    with quiet.bar("upload", 3, "files") as bar:
+        bar.update_to(3)
+    quiet.say("x", "y")  # nothing to check but that it does not print: stdout is captured elsewhere
+
+
+def test_progress_on_a_terminal_draws_a_tqdm_bar() -> None:
+    import io
+
+    from localcloud.progress import Reporter
+
+    stream = io.StringIO()
+    reporter = Reporter(stream, tty=True)
+    with reporter.bar("import", 4, "objects") as bar:
+        bar.update_to(4)
+        reporter.say("event", "above the bar")
+    text = stream.getvalue()
+    assert "4/4 objects" in text and "event       above the bar" in text
