@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from functions import planning
 from functions.gcs import Gcs, ObjectInfo
+from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.jobs import Job, JobQueue
 from functions.log import fields
 from functions.settings import Settings
@@ -42,6 +43,16 @@ class Upload:
     bucket: str
     name: str
     generation: int
+    time_created: float | None = None  # epoch seconds; None for records written without it
+
+
+@dataclass(frozen=True)
+class _Covering:
+    """An import of an earlier window whose wildcard URI will also read some of our uploads."""
+
+    job: Job
+    matches: Callable[[str], bool]
+    started_at: float | None  # None: still queued, so it will list the bucket after now
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,12 @@ class WindowBatcher:
         batch_id = f"{window}-{generation % 10**8:08d}"
         jobs: list[Job] = []
         staged = 0
+        adopted = 0
         for (bucket, storage_class), group in _group(uploads, self._s).items():
+            group = self._adopt(batch_id, bucket, storage_class, group)
+            adopted += len(uploads) - len(group)
+            if not group:
+                continue
             group_jobs, group_staged = self._plan_group(batch_id, len(jobs), bucket, storage_class, group)
             jobs.extend(group_jobs)
             staged += group_staged
@@ -102,7 +118,8 @@ class WindowBatcher:
         self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         logger.info("window batched", extra=fields(window=window, batch=batch_id, uploads=len(uploads),
-                                                    jobs=len(jobs), started=len(started), staged=staged))
+                                                    jobs=len(jobs), started=len(started), staged=staged,
+                                                    adopted=adopted))
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged)
 
     def _claim(self, window: str) -> int | None:
@@ -123,10 +140,46 @@ class WindowBatcher:
         for info in self._gcs.list(self._s.state_bucket, self.window_prefix(window)):
             meta = info.metadata
             try:
-                uploads.append(Upload(info.name, meta["bucket"], meta["name"], int(meta["generation"])))
+                created = float(meta["timeCreated"]) if meta.get("timeCreated") else None
+                uploads.append(Upload(info.name, meta["bucket"], meta["name"], int(meta["generation"]), created))
             except (KeyError, ValueError):
                 logger.error("dropping an unreadable window record", extra=fields(record=info.name))
         return uploads
+
+    def _adopt(self, batch_id: str, bucket: str, storage_class: str | None, uploads: list[Upload]) -> list[Upload]:
+        """Leaves out uploads that an earlier window's wildcard import reads anyway; returns the rest.
+
+        A wildcard is evaluated when the LRO lists the bucket, not when it was planned: an import
+        still queued, or started after an object was created, reads that object too. Such objects
+        are added to that import's manifest (so its completion event accounts for them) instead
+        of being imported a second time.
+        """
+        covering = self._covering(bucket, storage_class)
+        if not covering:
+            return uploads
+        rest: list[Upload] = []
+        adopted: dict[str, list[Upload]] = defaultdict(list)
+        for upload in uploads:
+            cover = next((c for c in covering if c.matches(upload.name) and _listed_after(c, upload)), None)
+            if cover is None:
+                rest.append(upload)
+            else:
+                adopted[cover.job.job_id].append(upload)
+        for job_id, taken in adopted.items():
+            self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
+                            {"objects": [_manifest_entry(u) for u in taken]})
+        return rest
+
+    def _covering(self, bucket: str, storage_class: str | None) -> list[_Covering]:
+        prefix = f"gs://{bucket}/"
+        candidates: list[tuple[Job, float | None]] = [(t.job, t.started_at) for t in self._queue.tracked()]
+        candidates += [(job, None) for job in self._queue.pending_jobs()]
+        return [
+            _Covering(job, compile_matcher(job.import_uri[len(prefix):]), started_at)
+            for job, started_at in candidates
+            if job.kind == "import" and job.import_uri.startswith(prefix) and job.storage_class == storage_class
+            and has_wildcard_chars(job.import_uri[len(prefix):])
+        ]
 
     def _plan_group(self, batch_id: str, first_index: int, bucket: str, storage_class: str | None,
                     uploads: list[Upload]) -> tuple[list[Job], int]:
@@ -198,6 +251,18 @@ class WindowBatcher:
             return
         with ThreadPoolExecutor(max_workers=min(_IO_THREADS, len(items))) as pool:
             list(pool.map(action, items))
+
+
+# Allowance between Cloud Storage's timeCreated and our clock when deciding that an object
+# existed before an import was started.
+_CLOCK_SKEW_SECONDS = 2.0
+
+
+def _listed_after(cover: _Covering, upload: Upload) -> bool:
+    """Will (or did) the covering import list the bucket after this upload was created?"""
+    if cover.started_at is None:
+        return True
+    return upload.time_created is not None and upload.time_created < cover.started_at - _CLOCK_SKEW_SECONDS
 
 
 def _manifest_entry(upload: Upload) -> dict[str, object]:

@@ -84,7 +84,8 @@ class ImportOnUpload:
         key = object_key(event.bucket, event.name, event.generation)
         record = self._batcher.window_prefix(window) + f"{key}.json"
         created = self._gcs.create(self._s.state_bucket, record, {}, metadata={
-            "bucket": event.bucket, "name": event.name, "generation": str(event.generation)})
+            "bucket": event.bucket, "name": event.name, "generation": str(event.generation),
+            "timeCreated": f"{event.time_created.timestamp():.6f}"})
         if not created:
             # Still waiting in its window (a concurrent or earlier delivery, maybe one that crashed
             # right after): the window's leader, or the poller, will take it. Only the record's

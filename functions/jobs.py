@@ -141,6 +141,15 @@ class JobQueue:
         """Queues the job and starts it at once if a slot is free."""
         return self.start(self.reserve(job))
 
+    def pending_jobs(self) -> list[Job]:
+        """The queued jobs themselves (one read each)."""
+        jobs = []
+        for job_id in self.pending_job_ids():
+            record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
+            if record is not None:
+                jobs.append(Job.from_json(record.data["job"]))
+        return jobs
+
     def pending_job_ids(self) -> list[str]:
         prefix = self._s.state_path("jobs/")
         return sorted(o.name[len(prefix):-len(".json")] for o in self._gcs.list(self._s.state_bucket, prefix))

@@ -20,7 +20,7 @@ from functions.batching import WindowBatcher
 from functions.failed_objects import FailedObjectFinder
 from functions.gcs import Gcs
 from functions.healthcare import HealthcareClient
-from functions.jobs import JobQueue, StartedOperation
+from functions.jobs import Job, JobQueue, StartedOperation
 from functions.log import fields
 from functions.publish import Publisher
 from functions.settings import Settings
@@ -131,9 +131,16 @@ class Poller:
                                                        failure=status.counters.failure, failed_objects=len(failed)))
         return attributes["eventId"]
 
+    def _manifests(self, job: Job) -> list[str]:
+        """The job's manifest and those of later windows' uploads it read as well (`.adopted-*`)."""
+        stem = job.manifest.removesuffix(".json")
+        return [info.name for info in self._gcs.list(self._s.state_bucket, f"{stem}.")]
+
     def _failed_objects(self, started: StartedOperation) -> list[str]:
-        manifest = self._gcs.read(self._s.state_bucket, started.job.manifest)
-        entries = list(manifest.data.get("objects", [])) if manifest else []
+        entries: list[dict[str, Any]] = []
+        for name in self._manifests(started.job):
+            manifest = self._gcs.read(self._s.state_bucket, name)
+            entries.extend(manifest.data.get("objects", []) if manifest else [])
         failed = self._finder.find(entries)
         if failed:
             # The receipt holds the whole list, so exactly these files can be redriven.
@@ -152,7 +159,8 @@ class Poller:
             with ThreadPoolExecutor(max_workers=self._s.poll_concurrency) as pool:
                 list(pool.map(lambda name: self._gcs.delete(self._s.state_bucket, name), staged))
         if job.manifest:
-            self._gcs.delete(self._s.state_bucket, job.manifest)
+            for name in self._manifests(job):
+                self._gcs.delete(self._s.state_bucket, name)
 
     def _start_jobs(self, summary: PollSummary) -> None:
         pending = self._queue.pending_job_ids()

@@ -227,3 +227,29 @@ def test_handlers_wait_for_their_window(deployment: Deployment) -> None:
     # The only process of the window led it, and started the import itself (no scheduler).
     assert outcome.led is not None and outcome.led.started
     wait_for(lambda: _stored_uids(d), what="the instance stored")
+
+
+def test_uploads_a_queued_wildcard_import_will_read_are_not_imported_again(healthcare_emulator: str, fake_gcs: str,
+                                                                          pubsub_emulator: str) -> None:
+    d = Deployment.create(healthcare_emulator, max_concurrent_operations=1)
+    d.emulator("config", {"operationDelaySeconds": 3})
+    try:
+        before = _import_calls(d)
+        handler = d.handler()
+        blocker = handler.handle(d.upload("blocker/one.dcm", dicom_factory.instance()))
+        assert blocker.led is not None and blocker.led.started  # holds the only slot for a while
+        first = [d.upload(f"bulk/a{i}.dcm", dicom_factory.instance()) for i in range(2)]
+        led = [o.led for o in deliver_all(handler, first) if o.led]
+        assert led and not any(r.started for r in led)  # queued behind the blocker
+        later = d.upload("bulk/a2.dcm", dicom_factory.instance())  # the next of the series
+        outcome = handler.handle(later)
+        # The first window's leader returned after its window closed, so this is a later window.
+        assert outcome.window not in windows_of(d, first)
+        assert outcome.led is not None and outcome.led.jobs == ()  # adopted by the queued import
+        completions = d.pull_completions(2, timeout=60)  # the blocker and the bulk import
+        reported = sum(e["counters"]["success"] for e in completions if "/bulk/" in e.get("source", ""))
+        assert reported == 3
+        assert len(_stored_uids(d)) == 4
+        assert _import_calls(d) - before == 2
+    finally:
+        d.emulator("config", {"operationDelaySeconds": 0})
