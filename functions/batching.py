@@ -7,6 +7,7 @@ window, not per upload.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -20,8 +21,9 @@ from functions.gcs import Gcs, ObjectInfo
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.jobs import Job, JobQueue
 from functions.log import fields
+from functions.selection import is_importable
 from functions.settings import Settings
-from functions.windows import window_close
+from functions.windows import window_close, window_start
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +109,8 @@ class WindowBatcher:
             adopted += len(uploads) - len(group)
             if not group:
                 continue
-            group_jobs, group_staged = self._plan_group(batch_id, len(jobs), bucket, storage_class, group)
+            group_jobs, group_staged = self._plan_group(batch_id, window_start(window), len(jobs), bucket,
+                                                        storage_class, group)
             jobs.extend(group_jobs)
             staged += group_staged
         reservations = [self._queue.reserve(job) for job in jobs]
@@ -181,11 +184,12 @@ class WindowBatcher:
             and has_wildcard_chars(job.import_uri[len(prefix):])
         ]
 
-    def _plan_group(self, batch_id: str, first_index: int, bucket: str, storage_class: str | None,
-                    uploads: list[Upload]) -> tuple[list[Job], int]:
+    def _plan_group(self, batch_id: str, window_opened: float, first_index: int, bucket: str,
+                    storage_class: str | None, uploads: list[Upload]) -> tuple[list[Job], int]:
         names = {u.name: u for u in uploads}
-        others, incomplete = self._others(bucket, names)
-        plan = planning.plan_import(list(names), others, eligible=self._eligible, incomplete_scopes=incomplete,
+        others, incomplete = self._others(bucket, names, window_opened)
+        eligible = functools.partial(is_importable, bucket, settings=self._s)
+        plan = planning.plan_import(list(names), others, eligible=eligible, incomplete_scopes=incomplete,
                                     reimport_cost=REIMPORT_COST, stage_cost=STAGE_COST)
         jobs: list[Job] = []
         now = self._clock()
@@ -208,8 +212,15 @@ class WindowBatcher:
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
 
-    def _others(self, bucket: str, names: dict[str, Upload]) -> tuple[set[str], list[planning.ListingScope]]:
-        """Everything else in the scopes a glob could reach, and the scopes too big to list."""
+    def _others(self, bucket: str, names: dict[str, Upload], window_opened: float
+                ) -> tuple[set[str], list[planning.ListingScope]]:
+        """What else a glob could reach that matters to the plan, and the scopes too big to list.
+
+        Importable objects uploaded since this window opened are left out: they belong to this or
+        a later window, whose leader hands them to the import that reads them anyway (`_adopt`), so
+        a glob matching them costs no second read. Everything else counts: older importable
+        objects as re-reads, the rest as objects a glob must not match.
+        """
         others: set[str] = set()
         incomplete = []
         root, *folders = planning.listing_scopes(list(names))
@@ -218,13 +229,14 @@ class WindowBatcher:
                                                            max_results=LISTING_CAP + 1))
             if len(listed) > LISTING_CAP:
                 incomplete.append(scope)
-            others.update(info.name for info in listed if info.name not in names)
+            others.update(
+                info.name for info in listed
+                if info.name not in names
+                and not (info.time_created >= window_opened and is_importable(bucket, info.name, self._s))
+            )
             if scope == root and not incomplete:
                 break  # the folder scopes are subsets of the root: only needed when it was too big
         return others, incomplete
-
-    def _eligible(self, name: str) -> bool:
-        return bool(self._s.import_name_pattern.search(name))
 
     def _stage(self, uploads: list[Upload], prefix: str) -> list[dict[str, object]]:
         """Server-side copies under a batch-unique prefix that one `**` import covers."""

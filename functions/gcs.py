@@ -31,6 +31,7 @@ class ObjectInfo:
     generation: int
     size: int
     metadata: dict[str, str] = field(default_factory=dict)
+    time_created: float = 0.0  # epoch seconds
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ class Gcs:
                                         max_results=max_results, timeout=self._timeout,
                                         retry=DEFAULT_RETRY)
         for blob in blobs:
-            yield ObjectInfo(blob.name, int(blob.generation or 0), int(blob.size or 0), dict(blob.metadata or {}))
+            created = blob.time_created.timestamp() if blob.time_created else 0.0
+            yield ObjectInfo(blob.name, int(blob.generation or 0), int(blob.size or 0), dict(blob.metadata or {}),
+                             created)
 
     def list_prefixes(self, bucket: str, prefix: str) -> builtins.list[str]:
         """The "folders" directly under `prefix`."""

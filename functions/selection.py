@@ -21,3 +21,12 @@ def ignore_reason(event: StorageObjectEvent, settings: Settings) -> str | None:
     if not settings.import_name_pattern.search(event.name):
         return "name does not match DICOM_IMPORT_NAME_PATTERN"
     return None
+
+
+def is_importable(bucket: str, name: str, settings: Settings) -> bool:
+    """Would the import function take this object? (What a planned wildcard may match.)"""
+    if bucket == settings.state_bucket and name.startswith(settings.state_prefix):
+        return False
+    if settings.import_prefixes and not any(name.startswith(p) for p in settings.import_prefixes):
+        return False
+    return bool(settings.import_name_pattern.search(name)) and not name.endswith("/")

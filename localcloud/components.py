@@ -264,11 +264,13 @@ def start_fake_gcs(
     pubsub_host: str | None = None,
     event_topic: str | None = None,
     port: int | None = None,
+    event_bucket: str | None = None,
 ) -> Component:
     """fake-gcs-server with a filesystem backend under `workdir/gcs`.
 
     With `pubsub_host` and `event_topic` ("projects/P/topics/T", which must already exist: the
-    server drops events for a missing topic silently) every OBJECT_FINALIZE is published there.
+    server drops events for a missing topic silently) every OBJECT_FINALIZE is published there;
+    only those of `event_bucket` when given (as an Eventarc trigger watches one bucket).
     """
     port = port or free_port()
     root = Path(workdir) / "gcs"
@@ -296,6 +298,8 @@ def start_fake_gcs(
             "-event.pubsub-topic", parts[3],
             "-event.list", "finalize",
         ]  # fmt: skip
+        if event_bucket:
+            argv += ["-event.bucket", event_bucket]
         env["PUBSUB_EMULATOR_HOST"] = pubsub_host
     return launch(
         "fake-gcs",

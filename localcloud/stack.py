@@ -199,6 +199,7 @@ class Stack:
                     pubsub_host=pubsub,
                     event_topic=config.topic_path(config.notifications_topic),
                     port=ports["storage"],
+                    event_bucket=config.upload_bucket,
                 )
             except BaseException:
                 broker.stop()

@@ -133,3 +133,19 @@ def test_bad_pubsub_payloads_are_invalid(data: object) -> None:
 )
 def test_parse_time(text: str | None, expected: datetime | None) -> None:
     assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("bucket", "name", "expected"),
+    [
+        ("dicom-upload", "inbox/a.dcm", True),
+        ("dicom-upload", "ward/A.DCM", True),
+        ("dicom-upload", "inbox/a.json", False),
+        ("dicom-upload", "elsewhere/a.dcm", False),
+        ("dicom-state", "inbox/a.dcm", False),
+    ],
+)
+def test_is_importable_matches_what_the_function_takes(bucket: str, name: str, expected: bool) -> None:
+    from functions.selection import is_importable
+
+    assert is_importable(bucket, name, SETTINGS) is expected
