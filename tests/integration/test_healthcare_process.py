@@ -16,7 +16,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from localcloud import components
-from tests.integration.test_healthcare_emulator import make_instance, wait_for
+from tests.integration.harness import wait_for
+from tests.integration.test_healthcare_emulator import make_instance
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ class EmulatorProcess:
         self.process = subprocess.Popen(
             argv, stdout=self._out, stderr=subprocess.STDOUT, cwd=components.REPO_ROOT
         )
-        line = wait_for(self._ready_line, 20, "the readiness line")
+        line = wait_for(self._ready_line, 20, what="the readiness line")
         self.url = line.rsplit(" ", 1)[1]
 
     def _ready_line(self) -> str | None:
