@@ -105,8 +105,8 @@ class HealthcareClient:
         level = f"studies/{study_uid}/series/{series_uid}/instances"
         try:
             return bool(self.search(level, {"SOPInstanceUID": sop_uid}))
-        except Exception as exc:  # a 404 for an unknown study or series means "not stored"
-            if getattr(exc, "status_code", None) == 404:
+        except ApiError as exc:  # a 404 for an unknown study or series means "not stored"
+            if exc.status_code == 404:
                 return False
             raise
 
