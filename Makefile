@@ -24,7 +24,7 @@ $(CHECKOV_VENV)/.installed: infra/checkov-requirements.txt
 demo: install
 	$(PY) -m localcloud demo
 
-test: install $(CHECKOV_VENV)/.installed
+test: install $(CHECKOV_VENV)/.installed lint
 	terraform fmt -check -recursive infra
 	$(CHECKOV_VENV)/bin/checkov -d infra --framework terraform --compact --quiet --skip-download
 	$(PY) -m pytest
@@ -40,7 +40,7 @@ bench: install
 
 lint: install
 	$(PY) -m ruff check functions localcloud tests bench main.py
-	$(PY) -m mypy functions main.py
+	$(PY) -m mypy functions localcloud bench main.py
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .localcloud .pytest_cache

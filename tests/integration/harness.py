@@ -242,7 +242,8 @@ def windows_of(d: Deployment, events: Iterable[StorageObjectEvent]) -> set[str]:
 
 def _ok(response: requests.Response) -> None:
     if response.status_code >= 400:
-        raise AssertionError(f"{response.request.method} {response.url} -> {response.status_code} {response.text[:300]}")
+        request = f"{response.request.method} {response.url}"
+        raise AssertionError(f"{request} -> {response.status_code} {response.text[:300]}")
 
 
 # -- export and entry-point helpers (appended for tests/integration/test_export_pipeline.py and

@@ -59,7 +59,8 @@ def test_storage_event_accepts_ints_and_falls_back_to_subject_and_source() -> No
     data = {k: v for k, v in data.items() if k not in ("name", "bucket")}
     data["generation"], data["size"] = 7, 10
     event = StorageObjectEvent.from_cloud_event(attributes, data)
-    assert (event.bucket, event.name, event.generation, event.size) == ("dicom-upload", "inbox/study1/IM0001.dcm", 7, 10)
+    expected = ("dicom-upload", "inbox/study1/IM0001.dcm", 7, 10)
+    assert (event.bucket, event.name, event.generation, event.size) == expected
 
 
 @pytest.mark.parametrize(
@@ -68,7 +69,8 @@ def test_storage_event_accepts_ints_and_falls_back_to_subject_and_source() -> No
         ("not an object", "not a JSON object"),
         ({"bucket": "b", "generation": "1", "timeCreated": "2026-01-01T00:00:00Z"}, "no object name"),
         ({"bucket": "b", "name": "a.dcm", "timeCreated": "2026-01-01T00:00:00Z"}, "generation"),
-        ({"bucket": "b", "name": "a.dcm", "generation": "one", "timeCreated": "2026-01-01T00:00:00Z"}, "not an integer"),
+        ({"bucket": "b", "name": "a.dcm", "generation": "one", "timeCreated": "2026-01-01T00:00:00Z"},
+         "not an integer"),
     ],
 )
 def test_malformed_storage_events_are_invalid(data: object, message: str) -> None:
