@@ -216,11 +216,13 @@ class WindowBatcher:
                 ) -> tuple[set[str], list[planning.ListingScope]]:
         """What else a glob could reach that matters to the plan, and the scopes too big to list.
 
-        Importable objects uploaded since this window opened are left out: they belong to this or
-        a later window, whose leader hands them to the import that reads them anyway (`_adopt`), so
-        a glob matching them costs no second read. Everything else counts: older importable
-        objects as re-reads, the rest as objects a glob must not match.
+        Importable objects uploaded since this window opened (and before the last seconds of clock
+        allowance) are left out: they belong to this or a later window, whose leader hands them to
+        the import that reads them anyway (`_adopt`, same allowance), so a glob matching them costs
+        no second read. Everything else counts: older importable objects as re-reads, the rest as
+        objects a glob must not match.
         """
+        adoptable_until = self._clock() - _CLOCK_SKEW_SECONDS
         others: set[str] = set()
         incomplete = []
         root, *folders = planning.listing_scopes(list(names))
@@ -232,7 +234,8 @@ class WindowBatcher:
             others.update(
                 info.name for info in listed
                 if info.name not in names
-                and not (info.time_created >= window_opened and is_importable(bucket, info.name, self._s))
+                and not (window_opened <= info.time_created < adoptable_until
+                         and is_importable(bucket, info.name, self._s))
             )
             if scope == root and not incomplete:
                 break  # the folder scopes are subsets of the root: only needed when it was too big

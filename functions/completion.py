@@ -7,7 +7,7 @@ request that was refused; `parse_operation` gives the poller the state without b
 Decisions:
 - `eventId` is `op-<operation id>` (the last segment of the operation name; a hash of the whole
   name if that segment holds characters outside `A-Z a-z 0-9 _ -`), or `rejected-<hash>` of the
-  requestId (else of the Pub/Sub message id). The same inputs always give the same bytes, except
+  Pub/Sub message id (else of the requestId). The same inputs always give the same bytes, except
   for `rejected_event`, whose times come from `now`.
 - `state`: `error.code == 1` -> CANCELLED; any other `error` -> FAILED, even when counters show
   that some instances landed (an import that stopped half-way is a failure to act on; its
@@ -265,16 +265,17 @@ def rejected_event(
 ) -> tuple[bytes, dict[str, str]]:
     """The `REJECTED` event of an export request that broke the contract.
 
-    `eventId` is `rejected-<hash>` of the requestId when it is a valid one, else of the message
-    id, so a redelivered bad message yields the same id. An invalid requestId is not echoed.
+    `eventId` is `rejected-<hash>` of the Pub/Sub message id (a redelivered message yields the
+    same id, a new message with the same requestId a new one: it may be rejected for another
+    reason), or of the requestId when there is no message id. An invalid requestId is not echoed.
     `createTime` and `endTime` are both `now` (the moment of the rejection).
     """
-    if is_valid_request_id(request_id):
-        assert request_id is not None
-        key = short_hash("requestId", request_id)
-    elif message_id:
-        key = short_hash("messageId", message_id)
+    if not is_valid_request_id(request_id):
         request_id = None
+    if message_id:
+        key = short_hash("messageId", message_id)
+    elif request_id:
+        key = short_hash("requestId", request_id)
     else:
         raise ValueError("a rejected event needs a valid request_id or a message_id")
     stamp = _format_time(now)

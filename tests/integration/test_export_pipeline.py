@@ -305,7 +305,7 @@ def test_bad_messages_are_rejected_once_acknowledged_and_export_nothing(d: Deplo
         message = pubsub_message(data)
         outcome = handler.handle(message)  # returns normally: the message is acknowledged
         assert outcome.action == "rejected", (case, outcome)
-        key = short_hash("requestId", request_id) if request_id else short_hash("messageId", message.message_id)
+        key = short_hash("messageId", message.message_id)
         expected[f"rejected-{key}"] = (case, request_id)
     events = d.pull_completions(len(BAD_MESSAGES), poll=False)
     assert len(events) == len(BAD_MESSAGES)

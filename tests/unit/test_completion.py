@@ -475,7 +475,7 @@ def rejected(**kwargs: Any) -> tuple[dict[str, Any], dict[str, str]]:
 def test_rejected_event() -> None:
     body, attributes = rejected()
     assert body == {
-        "eventId": "rejected-" + short_hash("requestId", "req-1"),
+        "eventId": "rejected-" + short_hash("messageId", "m-1"),
         "kind": "export",
         "state": "REJECTED",
         "dicomStore": STORE,
@@ -514,27 +514,27 @@ def test_rejected_event_key_order() -> None:
 @pytest.mark.parametrize(
     ("request_id", "message_id", "key_of"),
     [
-        ("req-1", "m-1", ("requestId", "req-1")),
+        ("req-1", "m-1", ("messageId", "m-1")),
         ("req-1", None, ("requestId", "req-1")),
         (None, "m-1", ("messageId", "m-1")),
         ("", "m-1", ("messageId", "m-1")),
-        ("bad id with spaces", "m-1", ("messageId", "m-1")),  # an invalid requestId is not trusted
+        ("bad id with spaces", "m-1", ("messageId", "m-1")),
         ("x" * 300, "m-1", ("messageId", "m-1")),
     ],
 )
 def test_rejected_event_id(request_id: str | None, message_id: str | None, key_of: tuple[str, str]) -> None:
     body, _ = rejected(request_id=request_id, message_id=message_id)
     assert body["eventId"] == "rejected-" + short_hash(*key_of)
-    if key_of[0] == "messageId":
-        assert "requestId" not in body
+    # Only a valid requestId is echoed: an invalid one is not trusted.
+    assert body.get("requestId") == (request_id if request_id in ("req-1",) else None)
 
 
-def test_rejected_event_is_stable_per_request() -> None:
+def test_rejected_event_is_stable_per_message() -> None:
     first, _ = rejected(message_id="m-1")
-    again, _ = rejected(message_id="m-2", now=NOW + timedelta(minutes=5))
-    assert first["eventId"] == again["eventId"]  # a repeated requestId: the same event id
-    other, _ = rejected(request_id=None, message_id="m-2")
-    assert other["eventId"] != first["eventId"]
+    again, _ = rejected(message_id="m-1", now=NOW + timedelta(minutes=5))
+    assert first["eventId"] == again["eventId"]  # a redelivered message: the same event id
+    other, _ = rejected(message_id="m-2")
+    assert other["eventId"] != first["eventId"]  # the same requestId sent again: a new rejection
 
 
 def test_rejected_event_needs_an_id() -> None:
