@@ -23,7 +23,7 @@ from functions.jobs import Job, JobQueue
 from functions.log import fields
 from functions.selection import is_importable
 from functions.settings import Settings
-from functions.windows import window_close, window_start
+from functions.windows import window_close
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class WindowBatcher:
             adopted += len(uploads) - len(group)
             if not group:
                 continue
-            group_jobs, group_staged = self._plan_group(batch_id, window_start(window), len(jobs), bucket,
+            group_jobs, group_staged = self._plan_group(batch_id, window_close(window, self._s.debounce_seconds),
+                                                        len(jobs), bucket,
                                                         storage_class, group)
             jobs.extend(group_jobs)
             staged += group_staged
@@ -184,10 +185,10 @@ class WindowBatcher:
             and has_wildcard_chars(job.import_uri[len(prefix):])
         ]
 
-    def _plan_group(self, batch_id: str, window_opened: float, first_index: int, bucket: str,
+    def _plan_group(self, batch_id: str, window_closed: float, first_index: int, bucket: str,
                     storage_class: str | None, uploads: list[Upload]) -> tuple[list[Job], int]:
         names = {u.name: u for u in uploads}
-        others, incomplete = self._others(bucket, names, window_opened)
+        others, incomplete = self._others(bucket, names, window_closed)
         eligible = functools.partial(is_importable, bucket, settings=self._s)
         plan = planning.plan_import(list(names), others, eligible=eligible, incomplete_scopes=incomplete,
                                     reimport_cost=REIMPORT_COST, stage_cost=STAGE_COST)
@@ -212,14 +213,14 @@ class WindowBatcher:
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
 
-    def _others(self, bucket: str, names: dict[str, Upload], window_opened: float
+    def _others(self, bucket: str, names: dict[str, Upload], window_closed: float
                 ) -> tuple[set[str], list[planning.ListingScope]]:
         """What else a glob could reach that matters to the plan, and the scopes too big to list.
 
-        Importable objects uploaded since this window opened (and before the last seconds of clock
-        allowance) are left out: they belong to this or a later window, whose leader hands them to
-        the import that reads them anyway (`_adopt`, same allowance), so a glob matching them costs
-        no second read. Everything else counts: older importable objects as re-reads, the rest as
+        Importable objects uploaded after this window closed (and before the last seconds of clock
+        allowance) are left out: they belong to a later window, whose leader hands them to the
+        import that reads them anyway (`_adopt`, same allowance), so a glob matching them costs no
+        second read. Everything else counts: older importable objects as re-reads, the rest as
         objects a glob must not match.
         """
         adoptable_until = self._clock() - _CLOCK_SKEW_SECONDS
@@ -234,7 +235,7 @@ class WindowBatcher:
             others.update(
                 info.name for info in listed
                 if info.name not in names
-                and not (window_opened <= info.time_created < adoptable_until
+                and not (window_closed <= info.time_created < adoptable_until
                          and is_importable(bucket, info.name, self._s))
             )
             if scope == root and not incomplete:
