@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,8 @@ from functions.settings import Settings
 logger = logging.getLogger(__name__)
 
 Kind = Literal["import", "export"]
+REFUSED_PREFIX = "refused-"  # operation ids of starts the API refused (see `_record_refusal`)
+_READ_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ class StartedOperation:
     @property
     def operation_id(self) -> str:
         return self.name.rsplit("/", 1)[-1]
+
+    @property
+    def refused(self) -> bool:
+        """A start the API refused: its operation JSON is our own stand-in, not the API's."""
+        return self.operation_id.startswith(REFUSED_PREFIX)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "job": self.job.to_json(), "slot": self.slot,
@@ -211,8 +219,8 @@ class JobQueue:
 
     def _record_refusal(self, job: Job, exc: PermanentApiError) -> str:
         """A refused start is reported like a failed LRO, so the poller publishes its event."""
-        name = f"{self._s.dataset}/operations/refused-{job.job_id}"
-        self._gcs.write(self._s.state_bucket, self._s.state_path("refusals", f"refused-{job.job_id}.json"), {
+        name = f"{self._s.dataset}/operations/{REFUSED_PREFIX}{job.job_id}"
+        self._gcs.write(self._s.state_bucket, self._s.state_path("refusals", f"{REFUSED_PREFIX}{job.job_id}.json"), {
             "name": name, "done": True,
             "error": {"code": 3 if exc.status_code == 400 else 7 if exc.status_code == 403 else 5,
                       "message": f"the API refused to start the operation: HTTP {exc.status_code} {exc.message}"},
@@ -270,24 +278,24 @@ class JobQueue:
 
     # -- tracked operations --------------------------------------------------------------------
     def tracked(self) -> list[StartedOperation]:
-        prefix = self._s.state_path("operations/")
-        result = []
-        for info in self._gcs.list(self._s.state_bucket, prefix):
-            record = self._gcs.read(self._s.state_bucket, info.name)
-            if record is not None:
-                result.append(StartedOperation.from_json(record.data))
-        return result
+        """Every tracked operation; the records are read in parallel (the poller reads them all)."""
+        names = [info.name for info in self._gcs.list(self._s.state_bucket, self._s.state_path("operations/"))]
+        if not names:
+            return []
+        with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(names))) as pool:
+            records = list(pool.map(lambda name: self._gcs.read(self._s.state_bucket, name), names))
+        return [StartedOperation.from_json(r.data) for r in records if r is not None]
 
-    def refusal(self, name: str) -> dict[str, Any] | None:
+    def refusal(self, started: StartedOperation) -> dict[str, Any] | None:
         """The stand-in operation JSON of a start the API refused (see `_record_refusal`)."""
-        record = self._gcs.read(self._s.state_bucket, self._s.state_path("refusals", f"{name.rsplit('/', 1)[-1]}.json"))
+        record = self._gcs.read(self._s.state_bucket, self._s.state_path("refusals", f"{started.operation_id}.json"))
         return record.data if record else None
 
     def forget(self, tracked: StartedOperation) -> None:
         """Called after the completion event is out: frees the slot and drops the record."""
         self.release_slot(tracked.slot, tracked.job.job_id)
         self._gcs.delete(self._s.state_bucket, self.operation_path(tracked.operation_id))
-        if tracked.operation_id.startswith("refused-"):
+        if tracked.refused:
             self._gcs.delete(self._s.state_bucket, self._s.state_path("refusals", f"{tracked.operation_id}.json"))
 
 

@@ -99,7 +99,10 @@ class Poller:
     def _poll_one(self, started: StartedOperation) -> str | Exception | None:
         """The published eventId when the operation finished; None while it runs."""
         try:
-            operation = self._queue.refusal(started.name) or self._hc.get_operation(started.name)
+            # Only refused starts have a stand-in record; everything else asks the API (no extra read).
+            operation = self._queue.refusal(started) if started.refused else self._hc.get_operation(started.name)
+            if operation is None:
+                raise LookupError(f"the record of refused start {started.name} is gone")
             if not operation.get("done"):
                 return None
             return self._finish(started, operation)

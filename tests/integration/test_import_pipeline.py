@@ -253,3 +253,19 @@ def test_uploads_a_queued_wildcard_import_will_read_are_not_imported_again(healt
         assert _import_calls(d) - before == 2
     finally:
         d.emulator("config", {"operationDelaySeconds": 0})
+
+
+def test_a_start_the_api_refuses_comes_back_as_a_failed_event(deployment: Deployment) -> None:
+    from functions.jobs import Job
+
+    d = deployment
+    # '**' followed by a path: the API answers 400 INVALID_ARGUMENT; a retry cannot help.
+    job = Job(job_id="20260101T000000000Z-refused-00", kind="import", request_id="batch-x", created_at=time.time(),
+              import_uri=f"gs://{d.upload_bucket}/a/**/b.dcm")
+    result = d.deps.queue.submit(job)
+    assert result.started is not None and result.started.rsplit("/", 1)[-1].startswith("refused-")
+    [event] = d.pull_completions(1)
+    assert (event["kind"], event["state"], event["requestId"]) == ("import", "FAILED", "batch-x")
+    assert event["error"]["code"] == 3 and "400" in event["error"]["message"]
+    for prefix in ("jobs/", "slots/", "operations/", "refusals/"):
+        assert d.state_objects(prefix) == [], prefix
