@@ -6,6 +6,7 @@ Runs, each in its own interpreter so that one failing does not stop the others:
   bench.emulator_import   emulator import throughput (modest sizes)
   bench.import_patterns   upload patterns through the pipeline vs one import per file (--quick: < 2 min)
   bench.cold_start        what importing main.py adds to a bare functions-framework import
+  bench.poller_scale      one poller run with 1,000 tracked operations in flight
 Exits non-zero when any of them failed.
 """
 
@@ -22,6 +23,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
      ["--small", "100", "--large", "1", "--frames", "10", "--size", "256"]),
     ("bench.import_patterns", [], ["--quick"]),
     ("bench.cold_start", [], ["--runs", "5"]),
+    ("bench.poller_scale", [], ["--operations", "300"]),
 ]
 
 
