@@ -101,19 +101,19 @@ class WindowBatcher:
             return WindowResult(window, claimed=False)
         uploads = self._uploads(window)
         batch_id = f"{window}-{generation % 10**8:08d}"
+        window_closed = window_close(window, self._s.debounce_seconds)
+        covering = self._covering() if uploads else []
         jobs: list[Job] = []
         staged = 0
         adopted = 0
         for (bucket, storage_class), group in _group(uploads, self._s).items():
-            group = self._adopt(batch_id, bucket, storage_class, group)
-            adopted += len(uploads) - len(group)
-            if not group:
-                continue
-            group_jobs, group_staged = self._plan_group(batch_id, window_close(window, self._s.debounce_seconds),
-                                                        len(jobs), bucket,
-                                                        storage_class, group)
-            jobs.extend(group_jobs)
-            staged += group_staged
+            rest = self._adopt(batch_id, bucket, storage_class, group, covering)
+            adopted += len(group) - len(rest)
+            if rest:
+                group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
+                                                            storage_class, rest)
+                jobs.extend(group_jobs)
+                staged += group_staged
         reservations = [self._queue.reserve(job) for job in jobs]
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
@@ -147,10 +147,14 @@ class WindowBatcher:
                 created = float(meta["timeCreated"]) if meta.get("timeCreated") else None
                 uploads.append(Upload(info.name, meta["bucket"], meta["name"], int(meta["generation"]), created))
             except (KeyError, ValueError):
-                logger.error("dropping an unreadable window record", extra=fields(record=info.name))
+                # Nothing in it says which object it stood for; left alone it would keep the window
+                # open (and the poller re-running it) forever.
+                logger.error("deleting an unreadable window record", extra=fields(record=info.name))
+                self._gcs.delete(self._s.state_bucket, info.name)
         return uploads
 
-    def _adopt(self, batch_id: str, bucket: str, storage_class: str | None, uploads: list[Upload]) -> list[Upload]:
+    def _adopt(self, batch_id: str, bucket: str, storage_class: str | None, uploads: list[Upload],
+               covering: list[_Covering]) -> list[Upload]:
         """Leaves out uploads that an earlier window's wildcard import reads anyway; returns the rest.
 
         A wildcard is evaluated when the LRO lists the bucket, not when it was planned: an import
@@ -158,7 +162,8 @@ class WindowBatcher:
         are added to that import's manifest (so its completion event accounts for them) instead
         of being imported a second time.
         """
-        covering = self._covering(bucket, storage_class)
+        prefix = f"gs://{bucket}/"
+        covering = [c for c in covering if c.job.import_uri.startswith(prefix) and c.job.storage_class == storage_class]
         if not covering:
             return uploads
         rest: list[Upload] = []
@@ -174,16 +179,16 @@ class WindowBatcher:
                             {"objects": [_manifest_entry(u) for u in taken]})
         return rest
 
-    def _covering(self, bucket: str, storage_class: str | None) -> list[_Covering]:
-        prefix = f"gs://{bucket}/"
+    def _covering(self) -> list[_Covering]:
+        """Wildcard imports that are queued or running: they may read uploads of later windows."""
         candidates: list[tuple[Job, float | None]] = [(t.job, t.started_at) for t in self._queue.tracked()]
         candidates += [(job, None) for job in self._queue.pending_jobs()]
-        return [
-            _Covering(job, compile_matcher(job.import_uri[len(prefix):]), started_at)
-            for job, started_at in candidates
-            if job.kind == "import" and job.import_uri.startswith(prefix) and job.storage_class == storage_class
-            and has_wildcard_chars(job.import_uri[len(prefix):])
-        ]
+        covering = []
+        for job, started_at in candidates:
+            pattern = job.import_uri.split("/", 3)[3] if job.import_uri.count("/") >= 3 else ""
+            if job.kind == "import" and has_wildcard_chars(pattern):
+                covering.append(_Covering(job, compile_matcher(pattern), started_at))
+        return covering
 
     def _plan_group(self, batch_id: str, window_closed: float, first_index: int, bucket: str,
                     storage_class: str | None, uploads: list[Upload]) -> tuple[list[Job], int]:

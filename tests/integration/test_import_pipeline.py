@@ -269,3 +269,18 @@ def test_a_start_the_api_refuses_comes_back_as_a_failed_event(deployment: Deploy
     assert event["error"]["code"] == 3 and "400" in event["error"]["message"]
     for prefix in ("jobs/", "slots/", "operations/", "refusals/"):
         assert d.state_objects(prefix) == [], prefix
+
+
+def test_an_unreadable_window_record_does_not_keep_its_window_open(deployment: Deployment) -> None:
+    d = deployment
+    event = d.upload("garbled/one.dcm", dicom_factory.instance())
+    window = _window(d, event)
+    prefix = d.deps.batcher.window_prefix(window)
+    d.deps.gcs.create(d.settings.state_bucket, prefix + "garbled.json", {})  # no metadata: names no object
+    d.deps.gcs.create(d.settings.state_bucket, prefix + "good.json", {}, metadata={
+        "bucket": event.bucket, "name": event.name, "generation": str(event.generation)})
+    result = d.deps.batcher.run(window)
+    assert result.claimed and result.uploads == 1
+    assert window not in d.deps.batcher.open_windows()
+    [completion] = d.pull_completions(1)
+    assert completion["counters"]["success"] == 1
