@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
     from functions.wiring import Deps
 
-log.configure(os.environ.get("LOG_LEVEL", "INFO"))
+# Before the settings, so that their error is logged as JSON too; a bad LOG_LEVEL falls back to
+# INFO here and is then rejected by the settings with the variable's name.
+log.configure(log.level_or_default(os.environ.get("LOG_LEVEL")))
 
 
 @functools.cache

@@ -20,6 +20,9 @@ from typing import Any
 
 _CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 _SEVERITY = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARNING", "ERROR": "ERROR", "CRITICAL": "CRITICAL"}
+# The values LOG_LEVEL accepts, in any case (settings validates with `parse_level` too).
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LEVEL = "INFO"
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,8 +45,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps({k: v for k, v in entry.items() if v is not None}, default=str, ensure_ascii=False)
 
 
-def configure(level: str = "INFO") -> None:
-    """Installs the JSON handler on the root logger once (idempotent across warm invocations)."""
+def parse_level(raw: str) -> str:
+    """A LOG_LEVEL value as `logging` takes it: one of `LEVELS`, any case, surrounding blanks ignored.
+
+    Raises:
+        ValueError: not one of `LEVELS`.
+    """
+    level = raw.strip().upper()
+    if level not in LEVELS:
+        raise ValueError(f"expected {', '.join(LEVELS[:-1])} or {LEVELS[-1]} (any case)")
+    return level
+
+
+def level_or_default(raw: str | None) -> str:
+    """`parse_level(raw)`, or `DEFAULT_LEVEL` when `raw` is empty or invalid.
+
+    Logging is set up before the settings are read, so that their error is logged as JSON too; a
+    bad LOG_LEVEL must not crash that step. The settings then reject it, naming the variable.
+    """
+    try:
+        return parse_level(raw or DEFAULT_LEVEL)
+    except ValueError:
+        return DEFAULT_LEVEL
+
+
+def configure(level: str = DEFAULT_LEVEL) -> None:
+    """Installs the JSON handler on the root logger once (idempotent across warm invocations).
+
+    Raises:
+        ValueError: `level` is not one of `LEVELS` (in any case).
+    """
+    level = parse_level(level)
     root = logging.getLogger()
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         handler = logging.StreamHandler(sys.stdout)

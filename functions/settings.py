@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from functions import log
 from functions.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -242,7 +243,5 @@ def _gcs_prefixes(raw: str) -> tuple[str, ...]:
 
 
 def _log_level(raw: str) -> str:
-    level = raw.upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
-    return level
+    # The same rule `log.configure` applies: a value accepted here never fails there.
+    return log.parse_level(raw)
