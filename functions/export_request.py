@@ -224,6 +224,19 @@ def normalize_destination(uri: str) -> str:
     return f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}"
 
 
+def normalize_allowlist_entry(entry: str) -> str:
+    """An allowlist entry (`DICOM_EXPORT_ALLOWED_DESTINATIONS`) as `destination_allowed` reads it.
+
+    Held to the same rules as a destination, so that an entry accepted at start-up is one that
+    can match: `gs://exports/a//b` has an empty segment and no destination could ever be inside it.
+
+    Raises:
+        InvalidExportRequestError: the entry is not `gs://bucket[/prefix]` of literal segments.
+    """
+    bucket, segments = _split_gcs_uri(entry, "allowlist entry", allow_bucket_only=True)
+    return f"gs://{bucket}/{'/'.join(segments)}" if segments else f"gs://{bucket}"
+
+
 def destination_allowed(destination: str, allowlist: Iterable[str]) -> bool:
     """Is `destination` equal to, or inside, one of the `gs://` prefixes of `allowlist`?
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from functions import log
-from functions.errors import ConfigurationError
+from functions.errors import ConfigurationError, InvalidExportRequestError
 
 T = TypeVar("T")
 
@@ -235,11 +235,16 @@ def _storage_classes(raw: str) -> tuple[tuple[str, str], ...]:
 
 
 def _gcs_prefixes(raw: str) -> tuple[str, ...]:
-    prefixes = _csv(raw)
-    for prefix in prefixes:
-        if not re.match(r"^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?$", prefix):
-            raise ValueError(f"{prefix!r} is not a gs://bucket[/prefix]")
-    return tuple(p.rstrip("/") for p in prefixes)
+    # The export function's own rule: an entry that passes here is one a destination can match.
+    from functions.export_request import normalize_allowlist_entry
+
+    prefixes = []
+    for entry in _csv(raw):
+        try:
+            prefixes.append(normalize_allowlist_entry(entry))
+        except InvalidExportRequestError as exc:
+            raise ValueError(f"{exc.reason}; expected gs://bucket[/prefix]") from None
+    return tuple(prefixes)
 
 
 def _log_level(raw: str) -> str:

@@ -441,9 +441,26 @@ variable "export_allowed_destinations" {
   type        = list(string)
   default     = null
 
+  # The export function's start-up check (functions/settings.py), as regular expressions so that
+  # tests/infra can hold the two against each other: what plans here also starts there.
   validation {
-    condition     = var.export_allowed_destinations == null || alltrue([for d in coalesce(var.export_allowed_destinations, []) : can(regex("^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?$", d))])
-    error_message = "export_allowed_destinations must be gs://bucket[/prefix] values."
+    condition     = var.export_allowed_destinations == null || alltrue([for d in coalesce(var.export_allowed_destinations, []) : can(regex("^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/[^/*?#,\\[\\]\\x00-\\x1f\\x7f]+)*/*$", d))])
+    error_message = "export_allowed_destinations must be gs://bucket[/prefix] values: no empty path segment (//), no wildcard (* ? [ ]), no '#' or ','."
+  }
+
+  validation {
+    condition     = var.export_allowed_destinations == null || alltrue([for d in coalesce(var.export_allowed_destinations, []) : !can(regex("/\\.\\.?(/|$)", d))])
+    error_message = "export_allowed_destinations must not hold a '.' or '..' path segment."
+  }
+
+  validation {
+    condition     = var.export_allowed_destinations == null || alltrue([for d in coalesce(var.export_allowed_destinations, []) : !can(regex("^gs://[^/]*(\\.\\.|[^/.]{64})", d))])
+    error_message = "export_allowed_destinations: a bucket name is at most 63 characters, or dot-separated parts of at most 63."
+  }
+
+  validation {
+    condition     = var.export_allowed_destinations == null || alltrue([for d in coalesce(var.export_allowed_destinations, []) : !can(regex("^gs://(goog|[^/]*google|[0-9]{1,3}(\\.[0-9]{1,3}){3}(/|$))", d))])
+    error_message = "export_allowed_destinations: Cloud Storage does not allow a bucket name that starts with goog, contains google or is an IP address."
   }
 }
 

@@ -16,14 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
 
 from functions.settings import FUNCTION_VARIABLES
-
-ROOT = Path(__file__).resolve().parents[2]
-INFRA = ROOT / "infra"
-MODULE = INFRA / "modules" / "function"
+from tests.infra.hcl import INFRA, MODULE, ROOT, load_dir
 
 ENTRY_POINTS = {
     "import": "import_dicom_on_upload",
@@ -50,51 +46,18 @@ HEALTHCARE_PERMISSIONS = {
 
 PUBLIC_PRINCIPALS = ("allusers", "allauthenticatedusers")
 
-_OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
-
 
 # --------------------------------------------------------------------------- parsing helpers
 
 
-def _load_dir(directory: Path) -> dict[str, Any]:
-    """Merges every .tf file of one directory: {"resource": {type: {name: body}}, "locals": {...}, ...}."""
-    merged: dict[str, Any] = {}
-    files = sorted(directory.glob("*.tf"))
-    assert files, f"no Terraform files in {directory}"
-    for path in files:
-        with path.open(encoding="utf-8") as handle:
-            parsed = hcl2.load(handle, serialization_options=_OPTIONS)
-        for block_type, entries in parsed.items():
-            if block_type.startswith("__"):
-                continue
-            if block_type == "terraform":
-                merged.setdefault("terraform", []).extend(entries)
-                continue
-            target = merged.setdefault(block_type, {})
-            for entry in entries:
-                for key, value in entry.items():
-                    if key.startswith("__"):
-                        continue
-                    if block_type in ("resource", "data"):
-                        for name, body in value.items():
-                            assert name not in target.setdefault(key, {}), (
-                                f"duplicate {block_type} {key}.{name}"
-                            )
-                            target[key][name] = body
-                    else:
-                        assert key not in target, f"duplicate {block_type} {key} in {path.name}"
-                        target[key] = value
-    return merged
-
-
 @pytest.fixture(scope="module")
 def root() -> dict[str, Any]:
-    return _load_dir(INFRA)
+    return load_dir(INFRA)
 
 
 @pytest.fixture(scope="module")
 def module() -> dict[str, Any]:
-    return _load_dir(MODULE)
+    return load_dir(MODULE)
 
 
 def _resources(config: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
@@ -451,7 +414,7 @@ def test_source_archive_holds_what_the_functions_run(root: dict[str, Any]) -> No
 
 @pytest.mark.parametrize("directory", [INFRA, MODULE], ids=["root", "module"])
 def test_every_variable_has_a_description_and_a_type(directory: Path) -> None:
-    variables = _load_dir(directory)["variable"]
+    variables = load_dir(directory)["variable"]
     for name, body in variables.items():
         assert body.get("description"), f"variable {name} has no description"
         assert body.get("type"), f"variable {name} has no type"
