@@ -7,7 +7,6 @@ window, not per upload.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
@@ -194,7 +193,10 @@ class WindowBatcher:
                     storage_class: str | None, uploads: list[Upload]) -> tuple[list[Job], int]:
         names = {u.name: u for u in uploads}
         others, incomplete = self._others(bucket, names, window_closed)
-        eligible = functools.partial(is_importable, bucket, settings=self._s)
+
+        def eligible(name: str) -> bool:  # the handler's rule, sizes included
+            return is_importable(bucket, name, others[name], self._s)
+
         plan = planning.plan_import(list(names), others, eligible=eligible, incomplete_scopes=incomplete,
                                     reimport_cost=REIMPORT_COST, stage_cost=STAGE_COST)
         jobs: list[Job] = []
@@ -219,17 +221,18 @@ class WindowBatcher:
         return jobs, len(plan.staged)
 
     def _others(self, bucket: str, names: dict[str, Upload], window_closed: float
-                ) -> tuple[set[str], list[planning.ListingScope]]:
+                ) -> tuple[dict[str, int], list[planning.ListingScope]]:
         """What else a glob could reach that matters to the plan, and the scopes too big to list.
 
         Importable objects uploaded after this window closed (and before the last seconds of clock
         allowance) are left out: they belong to a later window, whose leader hands them to the
         import that reads them anyway (`_adopt`, same allowance), so a glob matching them costs no
         second read. Everything else counts: older importable objects as re-reads, the rest as
-        objects a glob must not match.
+        objects a glob must not match. Returns the names with their sizes (a zero-byte object is
+        one a glob must not match either).
         """
         adoptable_until = self._clock() - _CLOCK_SKEW_SECONDS
-        others: set[str] = set()
+        others: dict[str, int] = {}
         incomplete = []
         root, *folders = planning.listing_scopes(list(names))
         for scope in (root, *folders):
@@ -238,10 +241,10 @@ class WindowBatcher:
             if len(listed) > LISTING_CAP:
                 incomplete.append(scope)
             others.update(
-                info.name for info in listed
+                (info.name, info.size) for info in listed
                 if info.name not in names
                 and not (window_closed <= info.time_created < adoptable_until
-                         and is_importable(bucket, info.name, self._s))
+                         and is_importable(bucket, info.name, info.size, self._s))
             )
             if scope == root and not incomplete:
                 break  # the folder scopes are subsets of the root: only needed when it was too big

@@ -150,4 +150,4 @@ def test_parse_time(text: str | None, expected: datetime | None) -> None:
 def test_is_importable_matches_what_the_function_takes(bucket: str, name: str, expected: bool) -> None:
     from functions.selection import is_importable
 
-    assert is_importable(bucket, name, SETTINGS) is expected
+    assert is_importable(bucket, name, 10, SETTINGS) is expected
