@@ -21,6 +21,7 @@ locals {
     "localcloud",
     "bench",
     "docs",
+    "contracts",
     "Makefile",
     "pyproject.toml",
     "requirements-dev.txt",

@@ -366,7 +366,7 @@ def test_source_archive_is_the_repository_root_without_non_runtime_files(root: d
     assert archive["source_dir"] == "${path.module}/.."
     assert archive["excludes"] == "${local.source_excludes}"
     excludes = root["locals"]["source_excludes"]
-    for directory in ("tests", "infra", "localcloud", "bench", "docs", ".git"):
+    for directory in ("tests", "infra", "localcloud", "bench", "docs", "contracts", ".git"):
         assert directory in excludes, directory
     assert any(fnmatch.fnmatch(".venv-checkov", pattern) for pattern in excludes)
     assert any(fnmatch.fnmatch(".venv", pattern) for pattern in excludes)
@@ -379,7 +379,7 @@ def test_source_archive_is_the_repository_root_without_non_runtime_files(root: d
         for line in (ROOT / ".gcloudignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    for directory in ("tests", "infra", "localcloud", "bench", "docs", ".git"):
+    for directory in ("tests", "infra", "localcloud", "bench", "docs", "contracts", ".git"):
         assert directory in ignored, f".gcloudignore misses {directory}/"
 
 
@@ -407,7 +407,7 @@ def test_source_archive_holds_what_the_functions_run(root: dict[str, Any]) -> No
         assert required in kept, f"{required} would be missing from the source archive"
     for path in kept:
         top = path.split("/")[0]
-        assert top not in {"tests", "infra", "localcloud", "bench", "docs", ".git"}, path
+        assert top not in {"tests", "infra", "localcloud", "bench", "docs", "contracts", ".git"}, path
         assert not top.startswith(".venv"), path
         assert "__pycache__" not in path, path
 

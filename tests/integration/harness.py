@@ -7,7 +7,6 @@ not see each other's objects or events. Events are built from the real uploaded 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -23,6 +22,7 @@ from functions.import_on_upload import ImportOnUpload
 from functions.poll_operations import Poller
 from functions.settings import Settings
 from functions.wiring import Deps
+from tests.contracts import validate_completion_message
 
 PROJECT = "local-project"
 
@@ -178,7 +178,7 @@ class Deployment:
                 subscriber.acknowledge(subscription=self.completions_subscription,
                                        ack_ids=[m.ack_id for m in response.received_messages])
             for received in response.received_messages:
-                event = json.loads(received.message.data)
+                event = validate_completion_message(received.message.data, received.message.attributes)
                 event["_attributes"] = dict(received.message.attributes)
                 events.append(event)
             return len(events) >= expected
@@ -309,7 +309,8 @@ def no_more_completions(d: Deployment, rounds: int = 3) -> list[dict[str, Any]]:
         if response.received_messages:
             subscriber.acknowledge(subscription=d.completions_subscription,
                                    ack_ids=[m.ack_id for m in response.received_messages])
-        extra.extend(json.loads(m.message.data) for m in response.received_messages)
+        extra.extend(validate_completion_message(m.message.data, m.message.attributes)
+                     for m in response.received_messages)
     return extra
 
 

@@ -3,7 +3,6 @@ the router playing Eventarc and Cloud Scheduler, and a function process killed m
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from localcloud import provision
 from localcloud.config import LocalConfig
 from localcloud.stack import Stack
 from tests import dicom_factory
+from tests.contracts import validate_completion_message
 from tests.integration.harness import wait_for
 
 
@@ -37,7 +37,7 @@ def _completions(stack: Stack, events: list[dict[str, Any]]) -> int:
         if response.received_messages:
             subscriber.acknowledge(subscription=subscription,
                                    ack_ids=[m.ack_id for m in response.received_messages])
-    events.extend(json.loads(m.message.data) for m in response.received_messages)
+    events.extend(validate_completion_message(m.message.data, m.message.attributes) for m in response.received_messages)
     return len(events)
 
 
