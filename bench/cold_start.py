@@ -8,7 +8,7 @@ unreachable loopback endpoints: nothing may touch the network at import). It tim
 `import functions_framework` alone, and `import functions_framework; import main`, inside the
 child with perf_counter (interpreter start-up excluded), median of --runs each, interleaved. Then
 `-X importtime` lists the modules that main.py pulls in beyond functions_framework, by cumulative
-time (median over 3 runs). Target (DESIGN.md): main.py adds under 150 ms.
+time (median over 3 runs). Target (bench/README.md): main.py adds under 150 ms.
 """
 
 from __future__ import annotations

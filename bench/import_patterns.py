@@ -697,7 +697,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 
 
 def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
-    """The DESIGN.md targets this benchmark measures: (what, met, numbers)."""
+    """The targets (bench/README.md) this benchmark measures: (what, met, numbers)."""
     checks: list[tuple[str, bool, str]] = []
     limit = PRODUCTION["debounce_seconds"] + LATENCY_SLACK
     for key, per in results.items():
@@ -776,7 +776,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(summary, indent=2))
     else:
         print_table(results)
-        print("\ntargets (DESIGN.md):")
+        print("\ntargets (bench/README.md):")
         for target, met, measured in checks:
             print(f"  {'ok  ' if met else 'MISS'} {target}: {measured}")
         print(f"total {summary['seconds']} s")

@@ -1,4 +1,4 @@
-"""How long one poller run takes with many operations in flight (DESIGN.md: 1,000 in one 60 s run).
+"""How long one poller run takes with many operations in flight (target: 1,000 in one 60 s run).
 
     python -m bench.poller_scale [--operations 1000] [--lros 20] [--concurrency 16] [--json]
 

@@ -1,4 +1,4 @@
-"""Completion events (DESIGN.md, "Completion event"): pure functions, no I/O.
+"""Completion events (docs/contracts.md, contracts/completion-event.v1.schema.json): pure, no I/O.
 
 `build_completion_event` turns a finished operation (the JSON of `operations.get`) and the record
 we kept for it into `(data, attributes)` for Pub/Sub; `rejected_event` does the same for an export
@@ -17,7 +17,7 @@ Decisions:
   negative or unparsable counter is 0.
 - Times are passed through when they are RFC 3339; `durationSeconds` is `endTime - createTime`
   rounded to milliseconds, left out if either is missing or unparsable, never negative.
-- Optional keys are left out rather than null. Key order is fixed (the order of DESIGN.md), JSON
+- Optional keys are left out rather than null. Key order is fixed (the order of docs/contracts.md), JSON
   is compact UTF-8 (`ensure_ascii=False`), so identical inputs give identical bytes.
 """
 

@@ -1,4 +1,4 @@
-"""The export request contract (DESIGN.md, "Export request"): strict parsing, pure, no I/O.
+"""The export request contract (docs/contracts.md, contracts/export-request.v1.schema.json): strict, pure.
 
 `parse_export_request` turns Pub/Sub message data into an `ExportRequest` or raises
 `InvalidExportRequestError` whose `reason` is one human sentence. The reason goes into a
@@ -52,7 +52,7 @@ SELECTOR_FIELDS = ("resources", "filterUri", "query")
 # study matching keys). Value rules per VR, PS3.5 6.2: LO 64 chars, SH and CS 16 chars.
 QUERY_KEYS = ("PatientID", "StudyInstanceUID", "StudyDate", "AccessionNumber", "ModalitiesInStudy")
 
-# The transfer syntaxes `GcsDestination.mimeType` lists for `application/dicom` (facts sheet 2.4).
+# The transfer syntaxes `GcsDestination.mimeType` lists for `application/dicom` (its API reference).
 DICOM_TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian

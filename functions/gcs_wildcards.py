@@ -1,6 +1,6 @@
 """The object-name wildcards of `dicomStores.import` (`gcsSource.uri`), as pure string functions.
 
-Semantics (reference/healthcare-api-facts.md §2.2): `*` matches 0 or more characters except `/`;
+Semantics (the API reference of `GcsSource.uri`): `*` matches 0 or more characters except `/`;
 `**` matches 0 or more characters including `/`, only at the end of the path and with no other
 wildcard in it, optionally followed by a literal suffix (`dir/**.dcm`); `?` matches exactly one
 character. There is no escape syntax and no `[...]` class. Patterns here are the object-name part

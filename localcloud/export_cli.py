@@ -1,6 +1,6 @@
 """`python -m localcloud export ...`: publish one export request, wait for its completion event.
 
-The request is built in contract form (DESIGN.md, "Export request") and checked with the export
+The request is built in contract form (docs/contracts.md, "Export request") and checked with the export
 function's own parser (`functions.export_request.parse_export_request`) before it is sent, so a
 malformed request is refused here with the same reason the function would give. The destination
 allowlist is the function's business: a destination outside it comes back as a REJECTED event.

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.integration
 PROJECT = "emu-test"
 LOCATION = "us-central1"
 TEST_FILES = Path(pydicom.data.DATA_ROOT, "test_files")
-# One image in several transfer syntaxes, plus other kinds of objects (see the facts sheet §7).
+# One image in several transfer syntaxes, plus other kinds of objects (pydicom's bundled test files).
 SAMPLES = [
     "CT_small.dcm",
     "MR_small.dcm",
