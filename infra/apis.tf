@@ -7,10 +7,12 @@ locals {
     "artifactregistry.googleapis.com", # function images
     "cloudbuild.googleapis.com",       # function builds
     "cloudfunctions.googleapis.com",
+    "cloudresourcemanager.googleapis.com", # project-level IAM grants
     "cloudscheduler.googleapis.com",
     "eventarc.googleapis.com",
     "healthcare.googleapis.com",
     "iam.googleapis.com",
+    "logging.googleapis.com", # build logs of the build service account
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "storage.googleapis.com",

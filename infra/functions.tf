@@ -51,8 +51,12 @@ locals {
   # Concurrency above 1 (with a whole vCPU) so that a burst of events does not mean one cold
   # instance per event. Import: debounce + settle + planning + starting the LRO. Poller: one
   # Scheduler run at a time (Scheduler never overlaps runs; one instance is plenty).
+  # Ingress (docs/decisions/0404): Eventarc and Cloud Scheduler of the same project count as
+  # internal; Pub/Sub push is documented to need a publicly reachable endpoint, so the export
+  # function takes all traffic and relies on IAM (only the push account may invoke it).
   function_defaults = {
     import = {
+      ingress_settings                 = "ALLOW_INTERNAL_ONLY"
       available_memory                 = "512Mi"
       available_cpu                    = "1"
       timeout_seconds                  = 120
@@ -61,6 +65,7 @@ locals {
       max_instance_request_concurrency = 16
     }
     export = {
+      ingress_settings                 = "ALLOW_ALL"
       available_memory                 = "512Mi"
       available_cpu                    = "1"
       timeout_seconds                  = 120
@@ -69,6 +74,7 @@ locals {
       max_instance_request_concurrency = 8
     }
     poll = {
+      ingress_settings                 = "ALLOW_INTERNAL_ONLY"
       available_memory                 = "1Gi"
       available_cpu                    = "1"
       timeout_seconds                  = 300
@@ -185,18 +191,20 @@ module "function" {
   source   = "./modules/function"
   for_each = local.functions
 
-  project_id         = var.project_id
-  region             = var.region
-  name               = each.value.name
-  description        = each.value.description
-  service_account_id = "${var.name_prefix}-${each.key}-fn"
-  labels             = merge(local.labels, { function = each.key })
+  project_id                 = var.project_id
+  region                     = var.region
+  name                       = each.value.name
+  description                = each.value.description
+  service_account_id         = local.service_account_ids["${each.key}_runtime"]
+  trigger_service_account_id = lookup(local.service_account_ids, "${each.key}_trigger", null)
+  labels                     = merge(local.labels, { function = each.key })
 
   entry_point           = each.value.entry_point
   runtime               = var.runtime
   source_bucket         = google_storage_bucket_object.source.bucket
   source_object         = google_storage_bucket_object.source.name
-  build_service_account = var.build_service_account
+  build_service_account = local.build_service_account
+  docker_repository     = google_artifact_registry_repository.functions.id
   environment_variables = each.value.environment
 
   available_memory                 = local.function_settings[each.key].available_memory
@@ -205,14 +213,20 @@ module "function" {
   min_instance_count               = local.function_settings[each.key].min_instance_count
   max_instance_count               = local.function_settings[each.key].max_instance_count
   max_instance_request_concurrency = local.function_settings[each.key].max_instance_request_concurrency
-  ingress_settings                 = var.ingress_settings
+  ingress_settings                 = local.function_settings[each.key].ingress_settings
 
-  event_trigger   = each.value.event_trigger
-  invoker_members = each.value.invoker_members
+  event_trigger        = each.value.event_trigger
+  invoker_members      = each.value.invoker_members
+  pubsub_service_agent = local.pubsub_agent
 
   depends_on = [
     google_project_service.enabled,
     # Eventarc's Cloud Storage trigger needs the storage agent to publish before it is created.
     google_project_iam_member.gcs_agent_publisher,
+    # The build runs as the build account as soon as the function is created.
+    google_artifact_registry_repository_iam_member.build_writer,
+    google_project_iam_member.build_log_writer,
+    google_storage_bucket_iam_member.build_source_reader,
+    google_project_iam_member.build_gcf_sources_reader,
   ]
 }

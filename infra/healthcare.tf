@@ -18,10 +18,6 @@ locals {
     ? "${local.dataset_name}/dicomStores/${one(google_healthcare_dicom_store.store[*].name)}"
     : var.existing_dicom_store
   )
-
-  # The IAM resources take "{project}/{location}/{dataset}[/{store}]": the odd path segments.
-  dataset_iam_id     = join("/", [for i, part in split("/", local.dataset_name) : part if i % 2 == 1])
-  dicom_store_iam_id = join("/", [for i, part in split("/", local.dicom_store_name) : part if i % 2 == 1])
 }
 
 resource "google_healthcare_dataset" "dataset" {
@@ -41,4 +37,7 @@ resource "google_healthcare_dicom_store" "store" {
   name    = var.dicom_store_id
   dataset = local.dataset_name
   labels  = local.labels
+
+  # With existing_dataset nothing else orders this after the API is enabled.
+  depends_on = [google_project_service.enabled]
 }

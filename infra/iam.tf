@@ -5,25 +5,29 @@
 # The OIDC identity of the poll job: may invoke the poller, nothing else.
 resource "google_service_account" "scheduler" {
   project      = var.project_id
-  account_id   = "${var.name_prefix}-poll-scheduler"
+  account_id   = local.service_account_ids.poll_invoker
   display_name = "Cloud Scheduler caller of the DICOM poller"
+
+  depends_on = [google_project_service.enabled]
 }
 
 # The OIDC identity of the export push subscription: may invoke the export function, nothing else.
 resource "google_service_account" "export_push" {
   project      = var.project_id
-  account_id   = "${var.name_prefix}-export-push"
+  account_id   = local.service_account_ids.export_push
   display_name = "Pub/Sub push caller of the DICOM export function"
+
+  depends_on = [google_project_service.enabled]
 }
 
 locals {
-  healthcare_agent = "serviceAccount:${google_project_service_identity.agents["healthcare.googleapis.com"].email}"
-  pubsub_agent     = "serviceAccount:${google_project_service_identity.agents["pubsub.googleapis.com"].email}"
+  healthcare_agent = "serviceAccount:${google_project_service_identity.healthcare.email}"
+  pubsub_agent     = "serviceAccount:${google_project_service_identity.pubsub.email}"
   runtime          = { for key, fn in module.function : key => fn.service_account_member }
 }
 
 /******************************************
-  Healthcare API: custom roles (defined on the project, granted on the store or dataset)
+  Healthcare API: custom roles (defined in the store's project, granted on the store or dataset)
  *****************************************/
 
 locals {
@@ -52,15 +56,19 @@ locals {
   }
 }
 
+# In the store's project: a custom role can only be granted on resources of the project (or
+# organization) that defines it, and the store may live in another project (existing_dicom_store).
 resource "google_project_iam_custom_role" "healthcare" {
   for_each = local.healthcare_roles
 
-  project     = var.project_id
+  project     = local.healthcare_project
   role_id     = "${replace(var.name_prefix, "-", "_")}_${each.key}"
   title       = each.value.title
   description = each.value.description
   permissions = each.value.permissions
   stage       = "GA"
+
+  depends_on = [google_project_service.enabled]
 }
 
 locals {
@@ -82,7 +90,8 @@ locals {
 resource "google_healthcare_dicom_store_iam_member" "grants" {
   for_each = local.dicom_store_grants
 
-  dicom_store_id = local.dicom_store_iam_id
+  # The provider's parser takes the full resource name (projects/P/locations/L/datasets/D/dicomStores/S).
+  dicom_store_id = local.dicom_store_name
   role           = google_project_iam_custom_role.healthcare[each.value.role].name
   member         = each.value.member
 }
@@ -90,7 +99,7 @@ resource "google_healthcare_dicom_store_iam_member" "grants" {
 resource "google_healthcare_dataset_iam_member" "grants" {
   for_each = local.dataset_grants
 
-  dataset_id = local.dataset_iam_id
+  dataset_id = local.dataset_name
   role       = google_project_iam_custom_role.healthcare[each.value.role].name
   member     = each.value.member
 }
@@ -162,6 +171,7 @@ resource "google_pubsub_subscription_iam_member" "pubsub_agent_export_subscriber
 
 # The Pub/Sub service agent signs the push subscription's OIDC tokens as the push account.
 # Needed in projects whose Pub/Sub agent predates April 2021; granted on that one account only.
+# (The Eventarc trigger's account gets the same grant inside modules/function.)
 resource "google_service_account_iam_member" "pubsub_agent_mints_push_tokens" {
   service_account_id = google_service_account.export_push.name
   role               = "roles/iam.serviceAccountTokenCreator"
@@ -178,4 +188,83 @@ resource "google_project_iam_member" "gcs_agent_publisher" {
   project = var.project_id
   role    = "roles/pubsub.publisher"
   member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+}
+
+/******************************************
+  Function builds: a build service account of our own (docs/decisions/0402)
+ *****************************************/
+
+# Since mid-2024 new projects give Cloud Build's default account too few roles to build a
+# function (or the organization forbids default accounts); so the build runs as an account
+# that holds exactly the roles the Cloud Run functions documentation lists for one.
+resource "google_service_account" "build" {
+  count = var.build_service_account == null ? 1 : 0
+
+  project      = var.project_id
+  account_id   = local.service_account_ids.build
+  display_name = "Cloud Build builder of the DICOM pipeline's functions"
+
+  depends_on = [google_project_service.enabled]
+}
+
+locals {
+  build_service_account = coalesce(var.build_service_account, one(google_service_account.build[*].id))
+  build_member          = "serviceAccount:${one(google_service_account.build[*].email)}"
+}
+
+# The built images go to a repository of our own, so that the write grant names one repository.
+resource "google_artifact_registry_repository" "functions" {
+  # checkov:skip=CKV_GCP_84:The images hold the functions' code and pinned libraries, no patient data; Google-managed encryption.
+  project       = var.project_id
+  location      = var.region
+  repository_id = "${var.name_prefix}-functions"
+  format        = "DOCKER"
+  description   = "Images of the DICOM pipeline's functions (built by Cloud Build)."
+  labels        = local.labels
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_artifact_registry_repository_iam_member" "build_writer" {
+  count = var.build_service_account == null ? 1 : 0
+
+  project    = var.project_id
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = local.build_member
+}
+
+# Build logs. Project-level on purpose: Logs Writer has no narrower resource to be granted on.
+resource "google_project_iam_member" "build_log_writer" {
+  count = var.build_service_account == null ? 1 : 0
+
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = local.build_member
+}
+
+# The function source: our archive, and the copy Cloud Run functions keeps in its own
+# gcf-v2-sources-PROJECT_NUMBER-REGION bucket, which Google creates on the first deployment (so it
+# cannot be granted on by name). A condition limits the project-level grant to those buckets.
+resource "google_storage_bucket_iam_member" "build_source_reader" {
+  count = var.build_service_account == null ? 1 : 0
+
+  bucket = google_storage_bucket.buckets["source"].name
+  role   = "roles/storage.objectViewer"
+  member = local.build_member
+}
+
+resource "google_project_iam_member" "build_gcf_sources_reader" {
+  count = var.build_service_account == null ? 1 : 0
+
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = local.build_member
+
+  condition {
+    title       = "gcf-v2-sources buckets only"
+    description = "The copies of function source that Cloud Run functions keeps; nothing else in the project."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-\")"
+  }
 }

@@ -61,5 +61,15 @@ output "scheduler_job" {
 
 output "healthcare_service_agent" {
   description = "Cloud Healthcare service agent (reads uploads and filters, writes exports)."
-  value       = google_project_service_identity.agents["healthcare.googleapis.com"].email
+  value       = google_project_service_identity.healthcare.email
+}
+
+output "build_service_account" {
+  description = "Service account Cloud Build builds the functions as (projects/P/serviceAccounts/EMAIL)."
+  value       = local.build_service_account
+}
+
+output "functions_repository" {
+  description = "Artifact Registry repository of the functions' images."
+  value       = google_artifact_registry_repository.functions.id
 }

@@ -24,13 +24,19 @@ variable "region" {
 }
 
 variable "name_prefix" {
-  description = "Prefix of every resource name (service accounts, topics, functions, default bucket names). Keep it short: service account IDs are limited to 30 characters."
+  description = "Prefix of every resource name (service accounts, custom roles, topics, functions, repository, default bucket names), 2-16 characters. Every name derived from it fits its own limit at 16 characters (tests/infra checks each one with the longest prefix)."
   type        = string
   default     = "dicom"
 
   validation {
     condition     = can(regex("^[a-z][a-z0-9-]{0,14}[a-z0-9]$", var.name_prefix))
     error_message = "name_prefix must be 2-16 characters: lowercase letters, digits and hyphens, starting with a letter."
+  }
+
+  # Topic names may not start with "goog"; bucket names may not contain "google".
+  validation {
+    condition     = !can(regex("^goog|google", var.name_prefix))
+    error_message = "name_prefix may not start with \"goog\" or contain \"google\" (Pub/Sub and Cloud Storage refuse such names)."
   }
 }
 
@@ -60,6 +66,11 @@ variable "healthcare_location" {
   description = "Location of the Healthcare dataset created by this configuration. Defaults to `region`. Ignored when an existing dataset or store is used."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.healthcare_location == null || can(regex("^[a-z][a-z0-9-]*[a-z0-9]$", var.healthcare_location))
+    error_message = "healthcare_location must be a location such as europe-west4 or us."
+  }
 }
 
 variable "dataset_id" {
@@ -67,9 +78,10 @@ variable "dataset_id" {
   type        = string
   default     = "dicom-pipeline"
 
+  # The provider's Healthcare IAM id parsers accept only [a-zA-Z0-9_-] (the API would also take '.').
   validation {
-    condition     = can(regex("^[A-Za-z0-9_.-]{1,256}$", var.dataset_id))
-    error_message = "dataset_id may contain letters, digits, '_', '-' and '.' (at most 256 characters)."
+    condition     = can(regex("^[A-Za-z0-9_-]{1,256}$", var.dataset_id))
+    error_message = "dataset_id may contain letters, digits, '_' and '-' (1-256 characters); the Terraform provider cannot grant IAM on a dataset whose ID holds a '.'."
   }
 }
 
@@ -79,30 +91,30 @@ variable "dicom_store_id" {
   default     = "dicom-store"
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_.-]{1,256}$", var.dicom_store_id))
-    error_message = "dicom_store_id may contain letters, digits, '_', '-' and '.' (at most 256 characters)."
+    condition     = can(regex("^[A-Za-z0-9_-]{1,256}$", var.dicom_store_id))
+    error_message = "dicom_store_id may contain letters, digits, '_' and '-' (1-256 characters); the Terraform provider cannot grant IAM on a store whose ID holds a '.'."
   }
 }
 
 variable "existing_dataset" {
-  description = "Full resource name of an existing dataset (projects/P/locations/L/datasets/D) in which to create the DICOM store. Null creates a dataset."
+  description = "Full resource name of an existing dataset (projects/P/locations/L/datasets/D) in which to create the DICOM store. Null creates a dataset. P may be another project: the custom roles are then defined there (see README)."
   type        = string
   default     = null
 
   validation {
-    condition     = var.existing_dataset == null || can(regex("^projects/[^/]+/locations/[^/]+/datasets/[^/]+$", var.existing_dataset))
-    error_message = "existing_dataset must look like projects/P/locations/L/datasets/D."
+    condition     = var.existing_dataset == null || can(regex("^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z][a-z0-9-]*[a-z0-9]/datasets/[A-Za-z0-9_-]{1,256}$", var.existing_dataset))
+    error_message = "existing_dataset must look like projects/PROJECT_ID/locations/L/datasets/D: a project ID (not a number), a dataset ID of letters, digits, '_' and '-'."
   }
 }
 
 variable "existing_dicom_store" {
-  description = "Full resource name of an existing DICOM store (projects/P/locations/L/datasets/D/dicomStores/S). When set, no dataset or store is created and the IAM grants are made on this store and its dataset."
+  description = "Full resource name of an existing DICOM store (projects/P/locations/L/datasets/D/dicomStores/S). When set, no dataset or store is created and the IAM grants are made on this store and its dataset. P may be another project: the custom roles are then defined there (see README)."
   type        = string
   default     = null
 
   validation {
-    condition     = var.existing_dicom_store == null || can(regex("^projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/]+$", var.existing_dicom_store))
-    error_message = "existing_dicom_store must look like projects/P/locations/L/datasets/D/dicomStores/S."
+    condition     = var.existing_dicom_store == null || can(regex("^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z][a-z0-9-]*[a-z0-9]/datasets/[A-Za-z0-9_-]{1,256}/dicomStores/[A-Za-z0-9_-]{1,256}$", var.existing_dicom_store))
+    error_message = "existing_dicom_store must look like projects/PROJECT_ID/locations/L/datasets/D/dicomStores/S: a project ID (not a number), dataset and store IDs of letters, digits, '_' and '-'."
   }
 }
 
@@ -257,25 +269,20 @@ variable "runtime" {
 }
 
 variable "build_service_account" {
-  description = "Service account Cloud Build uses to build the functions (projects/P/serviceAccounts/EMAIL). Null uses the project's default build service account."
+  description = "Service account Cloud Build uses to build the functions (projects/P/serviceAccounts/EMAIL). Null creates one (<prefix>-build) with the roles the Cloud Run functions documentation lists for a build account; an account given here must already hold them."
   type        = string
   default     = null
-}
-
-variable "ingress_settings" {
-  description = "Ingress of the three functions. ALLOW_INTERNAL_ONLY still admits Eventarc, Pub/Sub push and Cloud Scheduler from the same project (they call the run.app URL)."
-  type        = string
-  default     = "ALLOW_INTERNAL_ONLY"
 
   validation {
-    condition     = contains(["ALLOW_INTERNAL_ONLY", "ALLOW_INTERNAL_AND_GCLB", "ALLOW_ALL"], var.ingress_settings)
-    error_message = "ingress_settings must be ALLOW_INTERNAL_ONLY, ALLOW_INTERNAL_AND_GCLB or ALLOW_ALL."
+    condition     = var.build_service_account == null || can(regex("^projects/[^/]+/serviceAccounts/[^/@]+@[^/]+$", var.build_service_account))
+    error_message = "build_service_account must look like projects/PROJECT_ID/serviceAccounts/EMAIL."
   }
 }
 
 variable "function_settings" {
-  description = "Per-function overrides of the sizing defaults (keys: import, export, poll). Request concurrency above 1 needs available_cpu >= 1."
+  description = "Per-function overrides of the defaults (keys: import, export, poll). Request concurrency above 1 needs available_cpu >= 1. ingress_settings defaults: import and poll ALLOW_INTERNAL_ONLY (Eventarc and Cloud Scheduler in the same project are internal), export ALLOW_ALL (Pub/Sub push; see docs/decisions/0404)."
   type = map(object({
+    ingress_settings                 = optional(string)
     available_memory                 = optional(string)
     available_cpu                    = optional(string)
     timeout_seconds                  = optional(number)
@@ -296,6 +303,14 @@ variable "function_settings" {
       s.max_instance_request_concurrency == null || try(s.max_instance_request_concurrency >= 1 && s.max_instance_request_concurrency <= 1000, false)
     ])
     error_message = "max_instance_request_concurrency must be between 1 and 1000."
+  }
+
+  validation {
+    condition = alltrue([
+      for s in values(var.function_settings) :
+      s.ingress_settings == null || contains(["ALLOW_INTERNAL_ONLY", "ALLOW_INTERNAL_AND_GCLB", "ALLOW_ALL"], coalesce(s.ingress_settings, "ALLOW_ALL"))
+    ])
+    error_message = "ingress_settings must be ALLOW_INTERNAL_ONLY, ALLOW_INTERNAL_AND_GCLB or ALLOW_ALL."
   }
 }
 

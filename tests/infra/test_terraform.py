@@ -34,6 +34,10 @@ PROJECT_LEVEL_ALLOWLIST = {
     "roles/eventarc.eventReceiver": "Eventarc trigger identity of the Cloud Storage trigger",
     # Eventarc creates a Cloud Storage trigger's transport topic itself; Terraform cannot name it.
     "roles/pubsub.publisher": "Cloud Storage service agent publishing to Eventarc's topic",
+    # Logs Writer has no narrower resource; the build account writes build logs.
+    "roles/logging.logWriter": "build service account: build logs",
+    # Only with a condition naming the gcf-v2-sources buckets (created by Google, so unnamed here).
+    "roles/storage.objectViewer": "build service account: the function source copies",
 }
 
 # Healthcare API permissions the custom roles may carry (access-control page of the API).
@@ -288,6 +292,14 @@ def test_project_level_grants_are_allowlisted(root: dict[str, Any], module: dict
         publisher["member"]
         == "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
     )
+    # The one project-level storage grant is confined to the function-source buckets.
+    (viewer,) = (
+        body
+        for body in _resources(root, "google_project_iam_member").values()
+        if body["role"] == "roles/storage.objectViewer"
+    )
+    (condition,) = viewer["condition"]
+    assert condition["expression"] == 'resource.name.startsWith("projects/_/buckets/gcf-v2-sources-")'
     # And only an Eventarc trigger identity receives events.
     receiver = _resources(module, "google_project_iam_member")["event_receiver"]
     assert receiver["member"] == "serviceAccount:${google_service_account.trigger[0].email}"
@@ -313,11 +325,11 @@ def test_healthcare_permissions_are_custom_roles_bound_on_the_store_or_dataset(r
     assert granted(store, "poll") == {"dicomImporter", "dicomExporter", "dicomWebReader"}
     assert granted(dataset, "poll") == {"operationReader"}
     assert _resources(root, "google_healthcare_dicom_store_iam_member")["grants"]["dicom_store_id"] == (
-        "${local.dicom_store_iam_id}"
+        "${local.dicom_store_name}"
     )
     assert (
         _resources(root, "google_healthcare_dataset_iam_member")["grants"]["dataset_id"]
-        == "${local.dataset_iam_id}"
+        == "${local.dataset_name}"
     )
 
 
@@ -427,7 +439,7 @@ def test_enumerable_variables_are_validated(root: dict[str, Any]) -> None:
         "log_level",
         "export_bucket_storage_class",
         "storage_class_by_prefix",
-        "ingress_settings",
+        "function_settings",
         "runtime",
         "existing_dicom_store",
     ):
@@ -441,3 +453,12 @@ def test_provider_and_terraform_versions_are_ranges(root: dict[str, Any]) -> Non
     for name in ("google", "google-beta", "archive"):
         version = providers[name]["version"]
         assert ">=" in version and "<" in version.replace(">=", ""), f"{name}: {version}"
+
+
+def test_the_readme_variable_table_matches_variables_tf(root: dict[str, Any]) -> None:
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| `[^`]*` \| [^|]* \| (.*) \|$", readme, re.MULTILINE))
+    variables = root["variable"]
+    assert list(rows) == list(variables), "the table lists the variables of variables.tf, in order"
+    for name, body in variables.items():
+        assert rows[name] == body["description"].replace("|", "\\|"), name

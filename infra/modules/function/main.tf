@@ -28,8 +28,26 @@ resource "google_service_account" "trigger" {
   count = local.has_trigger ? 1 : 0
 
   project      = var.project_id
-  account_id   = "${trimsuffix(var.service_account_id, "-fn")}-trg"
+  account_id   = var.trigger_service_account_id
   display_name = "Eventarc trigger of function ${var.name}"
+
+  lifecycle {
+    precondition {
+      condition     = var.trigger_service_account_id != null
+      error_message = "A function with an event_trigger needs trigger_service_account_id."
+    }
+  }
+}
+
+# Eventarc delivers through a Pub/Sub push subscription whose OIDC token is minted as the trigger's
+# account by the project's Pub/Sub service agent; projects whose agent predates April 2021 need
+# this grant. On this one account only.
+resource "google_service_account_iam_member" "pubsub_agent_mints_trigger_tokens" {
+  count = local.has_trigger && var.pubsub_service_agent != null ? 1 : 0
+
+  service_account_id = google_service_account.trigger[0].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = var.pubsub_service_agent
 }
 
 # Project-level on purpose: roles/eventarc.eventReceiver cannot be granted on anything narrower
@@ -50,9 +68,10 @@ resource "google_cloudfunctions2_function" "function" {
   labels      = var.labels
 
   build_config {
-    runtime         = var.runtime
-    entry_point     = var.entry_point
-    service_account = var.build_service_account
+    runtime           = var.runtime
+    entry_point       = var.entry_point
+    service_account   = var.build_service_account
+    docker_repository = var.docker_repository
 
     source {
       storage_source {
@@ -102,7 +121,10 @@ resource "google_cloudfunctions2_function" "function" {
     }
   }
 
-  depends_on = [google_project_iam_member.event_receiver]
+  depends_on = [
+    google_project_iam_member.event_receiver,
+    google_service_account_iam_member.pubsub_agent_mints_trigger_tokens,
+  ]
 }
 
 # Invocation is granted on the function's Cloud Run service, to named service accounts only.

@@ -25,13 +25,30 @@ variable "description" {
 }
 
 variable "service_account_id" {
-  description = "account_id of the function's runtime service account (6-30 characters). The trigger's service account, if any, gets this ID with the suffix \"-trg\" replacing \"-fn\"."
+  description = "account_id of the function's runtime service account (6-30 characters)."
   type        = string
 
   validation {
     condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.service_account_id))
     error_message = "service_account_id must be 6-30 characters: lowercase letters, digits and hyphens."
   }
+}
+
+variable "trigger_service_account_id" {
+  description = "account_id of the Eventarc trigger's service account (6-30 characters); required with event_trigger, null without."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.trigger_service_account_id == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.trigger_service_account_id))
+    error_message = "trigger_service_account_id must be 6-30 characters: lowercase letters, digits and hyphens."
+  }
+}
+
+variable "pubsub_service_agent" {
+  description = "IAM member of the project's Pub/Sub service agent (\"serviceAccount:service-NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com\"). With event_trigger it gets roles/iam.serviceAccountTokenCreator on the trigger's account: Eventarc delivers through a Pub/Sub push subscription with an OIDC token of that account, which projects whose Pub/Sub agent predates April 2021 need. Null grants nothing."
+  type        = string
+  default     = null
 }
 
 variable "entry_point" {
@@ -56,6 +73,12 @@ variable "source_object" {
 
 variable "build_service_account" {
   description = "Service account used by Cloud Build (projects/P/serviceAccounts/EMAIL); null uses the project default."
+  type        = string
+  default     = null
+}
+
+variable "docker_repository" {
+  description = "Artifact Registry repository (projects/P/locations/L/repositories/R) for the built image; null lets Cloud Run functions use its gcf-artifacts repository."
   type        = string
   default     = null
 }
