@@ -209,7 +209,8 @@ resource "google_service_account" "build" {
 
 locals {
   build_service_account = coalesce(var.build_service_account, one(google_service_account.build[*].id))
-  build_member          = "serviceAccount:${one(google_service_account.build[*].email)}"
+  # "" when an account is passed in (every grant to it then has count = 0); never a null in a template.
+  build_member = join("", [for account in google_service_account.build : "serviceAccount:${account.email}"])
 }
 
 # The built images go to a repository of our own, so that the write grant names one repository.
