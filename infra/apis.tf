@@ -11,6 +11,8 @@ locals {
     "eventarc.googleapis.com",
     "healthcare.googleapis.com",
     "iam.googleapis.com",
+    "logging.googleapis.com",    # log-based metrics (monitoring.tf)
+    "monitoring.googleapis.com", # alert policies, dashboard (monitoring.tf)
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "storage.googleapis.com",

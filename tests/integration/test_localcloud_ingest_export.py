@@ -20,7 +20,7 @@ from localcloud.stack import Stack
 from tests import dicom_factory
 
 INGEST_KEYS = {"uploaded", "imported", "failed", "skipped", "operations"}
-STATUS_KEYS = {"dicomStore", "operations", "jobs", "windows", "events"}
+STATUS_KEYS = {"dicomStore", "operations", "jobs", "windows", "events", "signals"}
 TIMEOUT = "60"
 
 
@@ -165,6 +165,21 @@ def test_status(stack: Stack, imported: synthetic.SyntheticSet) -> None:
     for op in current["operations"]:
         assert set(op) == {"name", "kind", "requestId", "startedAt"}
 
+    signals = current["signals"]
+    assert signals["lastHour"]["import"]["SUCCEEDED"] >= 1
+    assert isinstance(signals["queuedJobs"], int)
+
     human = localcloud(stack, "status")
     assert human.returncode == 0
     assert human.stdout.splitlines()[0] == f"dicom store {stack.endpoints['dicomStore']}"
+    assert any(line.startswith("last hour") and "import SUCCEEDED" in line for line in human.stdout.splitlines())
+
+
+def test_status_counts_dead_letters_and_leaves_them_in_place(stack: Stack) -> None:
+    with LocalCloud(stack.endpoints) as cloud:
+        before = cloud.backlog(stack.endpoints["subscriptions"]["exportDeadLetter"])
+        cloud.publish(stack.endpoints["topics"]["exportDeadLetter"], b'{"requestId": "dead-1"}')
+    for _ in range(2):  # counting twice sees the same message: status hands it back
+        done = localcloud(stack, "status", "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["signals"]["deadLetters"] == before + 1

@@ -251,6 +251,9 @@ def test_status_render() -> None:
         "jobs": [{"id": "j-1", "kind": "import", "state": "PENDING", "requestId": "b", "createdAt": None}],
         "windows": [{"window": "20260101T000000000Z", "uploads": 3}],
         "events": [{"kind": "import", "state": "SUCCEEDED", "counters": {"success": 2}, "endTime": "t"}],
+        "signals": {"lastHour": {"import": {"FAILED": 1, "SUCCEEDED": 4}}, "queuedJobs": 1, "deadLetters": 2,
+                    "oldestRunningOperation": {"name": "projects/p/operations/42", "kind": "export",
+                                               "startedAt": "2026-01-01T00:00:00Z", "ageSeconds": 61.0}},
     })
     assert lines[0] == f"dicom store {STORE}"
     assert "operations  1 tracked" in lines
@@ -258,6 +261,9 @@ def test_status_render() -> None:
     assert "jobs        1 queued" in lines
     assert "            20260101T000000000Z  3 uploads" in lines
     assert "events      latest 1, newest first" in lines
+    assert "last hour   import FAILED 1, import SUCCEEDED 4" in lines
+    assert "oldest op   export 42, 61.0 s" in lines
+    assert "queued jobs 1" in lines and "dlq depth   2" in lines
 
 
 def test_demo_shortens_uids_in_object_names() -> None:
