@@ -127,10 +127,10 @@ class Poller:
         if job.kind == "import" and job.manifest and (status.counters.failure > 0 or status.error is not None):
             failed = self._failed_objects(started)
         record = completion.TrackedOperation(
-            name=started.name, kind=job.kind, dicom_store=self._s.dicom_store, request_id=job.request_id,
-            source=job.import_uri if job.kind == "import" else None,
+            name=started.name, kind="redrive" if job.redrive_of else job.kind, dicom_store=self._s.dicom_store,
+            request_id=job.request_id, source=job.import_uri if job.kind == "import" else None,
             destination=job.destination if job.kind == "export" else None,
-            failed_objects=tuple(failed), failed_objects_total=len(failed))
+            failed_objects=tuple(failed), failed_objects_total=len(failed), redrive_of=job.redrive_of or None)
         data, attributes = completion.build_completion_event(operation, record,
                                                              failed_objects_cap=self._s.failed_objects_cap)
         self._publisher.publish(data, attributes)

@@ -395,7 +395,8 @@ def test_buckets_are_private_uniform_and_expire_state(root: dict[str, Any]) -> N
     for rule in root["locals"]["state_lifecycle_rules"]:
         for prefix in rule["matches_prefix"]:
             prefixes.add(prefix.removeprefix("${local.state_prefix}"))
-    assert {"seen/", "done/", "receipts/", "staging/", "filters/", "exports/", "manifests/", "refusals/"} <= prefixes
+    assert {"seen/", "done/", "receipts/", "staging/", "filters/", "exports/", "manifests/", "refusals/",
+            "redrives/"} <= prefixes
 
 
 def test_source_archive_is_the_repository_root_without_non_runtime_files(root: dict[str, Any]) -> None:
