@@ -44,6 +44,7 @@ def test_env_without_a_running_stack_says_how_to_start_one(
     ["export", "--resources", f"/studies/{STUDY}", "--destination", "gs://dicom-export/x"],
     ["status"],
     ["status", "--json"],
+    ["redrive", "op-123"],
 ])
 def test_commands_without_a_running_stack_say_how_to_start_one(
     args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -52,6 +53,12 @@ def test_commands_without_a_running_stack_say_how_to_start_one(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"no local cloud is running for {tmp_path}; start one with: python -m localcloud up" in captured.err
+
+
+def test_a_redrive_of_something_that_names_no_operation_is_a_usage_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["redrive", "a/b/c", "--state-dir", str(tmp_path)]) == 2
+    assert "invalid redrive request: receipt 'a/b/c' names no operation id" in capsys.readouterr().err
 
 
 def test_ingest_of_a_missing_folder_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
