@@ -346,7 +346,7 @@ def test_healthcare_permissions_are_custom_roles_bound_on_the_store_or_dataset(r
         return {g["role"] for g in grants.values() if g["member"] == f'${{local.runtime["{function_key}"]}}'}
 
     assert granted(store, "import") == {"dicomImporter"}
-    assert granted(store, "export") == {"dicomExporter", "dicomWebReader"}
+    assert granted(store, "export") == {"dicomExporter", "dicomWebReader", "dicomImporter"}  # + redrive
     assert granted(store, "poll") == {"dicomImporter", "dicomExporter", "dicomWebReader"}
     assert granted(dataset, "poll") == {"operationReader"}
     assert _resources(root, "google_healthcare_dicom_store_iam_member")["grants"]["dicom_store_id"] == (
@@ -369,7 +369,7 @@ def test_bucket_grants_follow_the_data_flow(root: dict[str, Any]) -> None:
         "roles/storage.objectAdmin",
     )
     assert by_member['${local.runtime["import"]}'] == {("upload", viewer), ("state", user)}
-    assert by_member['${local.runtime["export"]}'] == {("state", user)}
+    assert by_member['${local.runtime["export"]}'] == {("state", user), ("upload", viewer)}  # upload: redrive staging
     assert by_member['${local.runtime["poll"]}'] == {("upload", viewer), ("state", user)}
     assert by_member["${local.healthcare_agent}"] == {
         ("upload", viewer),
