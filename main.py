@@ -69,16 +69,21 @@ def import_dicom_on_upload(cloud_event: CloudEvent) -> None:
 
 @functions_framework.cloud_event
 def export_dicom_on_message(cloud_event: CloudEvent) -> None:
-    """Pub/Sub message on the export-requests topic: validate it and start a filtered export."""
+    """Pub/Sub message on the export-requests topic: validate it and start a filtered export
+    (or, for `"action": "redrive"`, re-import what a failed import's receipt names)."""
     from functions.events import PubsubMessage
     from functions.export_on_message import ExportOnMessage
+    from functions.redrive import Redriver, is_redrive
 
     attributes = attributes_of(cloud_event)
     deps = _deps("export_dicom_on_message")
 
     def work() -> None:
         message = PubsubMessage.from_cloud_event(attributes, cloud_event.data)
-        ExportOnMessage.from_deps(deps).handle(message)
+        if is_redrive(message.data):
+            Redriver.from_deps(deps).handle(message)
+        else:
+            ExportOnMessage.from_deps(deps).handle(message)
 
     run_event("export_dicom_on_message", str(attributes.get("id", "")), work)
 

@@ -215,7 +215,7 @@ class WindowBatcher:
             jobs.append(job(len(jobs), f"gs://{bucket}/{planned.pattern}", objects))
         if plan.staged:
             staging_prefix = self._s.state_path("staging", f"{batch_id}-{first_index + len(jobs):02d}") + "/"
-            objects = self._stage([names[n] for n in plan.staged], staging_prefix)
+            objects = self.stage([names[n] for n in plan.staged], staging_prefix)
             uri = f"gs://{self._s.state_bucket}/{staging_prefix}**"
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
@@ -250,8 +250,8 @@ class WindowBatcher:
                 break  # the folder scopes are subsets of the root: only needed when it was too big
         return others, incomplete
 
-    def _stage(self, uploads: list[Upload], prefix: str) -> list[dict[str, object]]:
-        """Server-side copies under a batch-unique prefix that one `**` import covers."""
+    def stage(self, uploads: list[Upload], prefix: str) -> list[dict[str, object]]:
+        """Server-side copies under a batch-unique prefix that one `**` import covers; their manifest."""
         entries = []
         for index, upload in enumerate(uploads):
             entry = _manifest_entry(upload)

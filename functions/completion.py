@@ -33,7 +33,7 @@ from typing import Any
 
 from functions.export_request import is_valid_request_id, short_hash
 
-KINDS = ("import", "export")
+KINDS = ("import", "export", "redrive")  # redrive: an import of a receipt's objects (functions.redrive)
 SUCCEEDED = "SUCCEEDED"
 SUCCEEDED_WITH_ERRORS = "SUCCEEDED_WITH_ERRORS"
 FAILED = "FAILED"
@@ -52,7 +52,7 @@ _RFC3339 = re.compile(
 )
 _KEY_ORDER = (
     "eventId", "kind", "state", "operation", "dicomStore", "source", "destination", "requestId",
-    "counters", "createTime", "endTime", "durationSeconds", "logsUrl", "error", "failedObjects",
+    "redriveOf", "counters", "createTime", "endTime", "durationSeconds", "logsUrl", "error", "failedObjects",
     "failedObjectsTotal", "reason",
 )  # fmt: skip
 
@@ -69,6 +69,7 @@ class TrackedOperation:
     destination: str | None = None  # export: the uriPrefix
     failed_objects: tuple[str, ...] = ()  # import: objects that did not land (may be partial)
     failed_objects_total: int = 0  # how many did not land in all
+    redrive_of: str | None = None  # redrive: the operation whose receipt it re-imports
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "dicomStore": self.dicom_store}
@@ -76,6 +77,7 @@ class TrackedOperation:
             ("requestId", self.request_id),
             ("source", self.source),
             ("destination", self.destination),
+            ("redriveOf", self.redrive_of),
         ):
             if value is not None:
                 out[key] = value
@@ -100,6 +102,7 @@ class TrackedOperation:
             destination=data.get("destination"),
             failed_objects=tuple(failed),
             failed_objects_total=int(data.get("failedObjectsTotal") or 0),
+            redrive_of=data.get("redriveOf"),
         )
 
 
@@ -220,9 +223,10 @@ def completion_payload(
         "state": status.state,
         "operation": record.name,
         "dicomStore": record.dicom_store,
-        "source": _echo(record.source) if kind == "import" else None,
+        "source": _echo(record.source) if kind in ("import", "redrive") else None,
         "destination": _echo(record.destination) if kind == "export" else None,
         "requestId": record.request_id or None,
+        "redriveOf": record.redrive_of if kind == "redrive" else None,
         "counters": status.counters.to_dict(),
         "createTime": status.create_time,
         "endTime": status.end_time,
@@ -262,8 +266,9 @@ def rejected_event(
     destination: str | None,
     dicom_store: str,
     now: datetime,
+    kind: str = "export",
 ) -> tuple[bytes, dict[str, str]]:
-    """The `REJECTED` event of an export request that broke the contract.
+    """The `REJECTED` event of an export (or redrive) request that broke the contract.
 
     `eventId` is `rejected-<hash>` of the Pub/Sub message id (a redelivered message yields the
     same id, a new message with the same requestId a new one: it may be rejected for another
@@ -282,7 +287,7 @@ def rejected_event(
     event = _ordered(
         {
             "eventId": f"rejected-{key}",
-            "kind": "export",
+            "kind": kind,
             "state": REJECTED,
             "dicomStore": dicom_store,
             "destination": _echo(destination),
@@ -292,6 +297,29 @@ def rejected_event(
             "reason": _truncate(reason, MAX_REASON_CHARS),
         }
     )
+    return _encode(event)
+
+
+def redrive_noop_event(
+    reason: str, *, request_id: str | None, message_id: str, redrive_of: str, dicom_store: str, now: datetime,
+) -> tuple[bytes, dict[str, str]]:
+    """The event of a redrive that had nothing to import: SUCCEEDED, zero counters, `reason`.
+
+    `eventId` is `redrive-<hash>` of the Pub/Sub message id, so a redelivery repeats it.
+    """
+    stamp = _format_time(now)
+    event = _ordered({
+        "eventId": f"redrive-{short_hash('messageId', message_id)}",
+        "kind": "redrive",
+        "state": SUCCEEDED,
+        "dicomStore": dicom_store,
+        "requestId": request_id if is_valid_request_id(request_id) else None,
+        "redriveOf": _echo(redrive_of),
+        "counters": Counters().to_dict(),
+        "createTime": stamp,
+        "endTime": stamp,
+        "reason": _truncate(reason, MAX_REASON_CHARS),
+    })
     return _encode(event)
 
 

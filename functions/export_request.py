@@ -347,6 +347,15 @@ def _type_name(value: object) -> str:
     return "an object"
 
 
+def decode_request_object(data: bytes) -> dict[str, Any]:
+    """Message data as one JSON object, with the same input rules as an export request.
+
+    Raises:
+        InvalidExportRequestError: not UTF-8, not JSON, duplicate keys, too large, not an object.
+    """
+    return _decode_json_object(data)
+
+
 def _decode_json_object(data: bytes) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray):
         raise _reject(f"message data must be bytes, got {type(data).__name__}")

@@ -46,6 +46,7 @@ class Job:
     mime_type: str | None = None
     filter_uri: str | None = None
     message_id: str = ""
+    redrive_of: str = ""  # import jobs of a redrive: the operation whose receipt they re-import
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, "", 0) or k == "created_at"}

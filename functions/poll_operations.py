@@ -42,6 +42,7 @@ class PollSummary:
     jobs_queued: int = 0
     windows_recovered: int = 0
     slots_freed: int = 0
+    oldest_running_seconds: float | None = None  # age of the oldest operation still running
     errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,6 +66,13 @@ class Poller:
         self._step(summary, "recover windows", lambda: self._recover_windows(summary))
         self._step(summary, "poll operations", lambda: self._poll(summary))
         self._step(summary, "start jobs", lambda: self._start_jobs(summary))
+        # The run's one summary line: infra/monitoring.tf turns it into the poller's heartbeat,
+        # the queue length and the oldest running operation's age.
+        logger.info("poll finished", extra=fields(tracked=summary.tracked, running=summary.running,
+                                                  finished=summary.finished, jobs_started=summary.jobs_started,
+                                                  jobs_queued=summary.jobs_queued,
+                                                  oldest_running_seconds=summary.oldest_running_seconds,
+                                                  errors=len(summary.errors)))
         return summary
 
     @staticmethod
@@ -90,6 +98,8 @@ class Poller:
                 summary.errors.append(f"{started.name}: {type(outcome).__name__}: {str(outcome)[:200]}")
             elif outcome is None:
                 summary.running += 1
+                age = round(max(self._clock() - started.started_at, 0.0), 1)
+                summary.oldest_running_seconds = max(summary.oldest_running_seconds or 0.0, age)
             else:
                 summary.finished += 1
                 summary.published.append(outcome)
@@ -117,10 +127,10 @@ class Poller:
         if job.kind == "import" and job.manifest and (status.counters.failure > 0 or status.error is not None):
             failed = self._failed_objects(started)
         record = completion.TrackedOperation(
-            name=started.name, kind=job.kind, dicom_store=self._s.dicom_store, request_id=job.request_id,
-            source=job.import_uri if job.kind == "import" else None,
+            name=started.name, kind="redrive" if job.redrive_of else job.kind, dicom_store=self._s.dicom_store,
+            request_id=job.request_id, source=job.import_uri if job.kind == "import" else None,
             destination=job.destination if job.kind == "export" else None,
-            failed_objects=tuple(failed), failed_objects_total=len(failed))
+            failed_objects=tuple(failed), failed_objects_total=len(failed), redrive_of=job.redrive_of or None)
         data, attributes = completion.build_completion_event(operation, record,
                                                              failed_objects_cap=self._s.failed_objects_cap)
         self._publisher.publish(data, attributes)

@@ -12,7 +12,8 @@ locals {
     "eventarc.googleapis.com",
     "healthcare.googleapis.com",
     "iam.googleapis.com",
-    "logging.googleapis.com", # build logs of the build service account
+    "logging.googleapis.com",    # build logs; log-based metrics (monitoring.tf)
+    "monitoring.googleapis.com", # alert policies, dashboard (monitoring.tf)
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "storage.googleapis.com",

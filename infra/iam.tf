@@ -75,7 +75,8 @@ locals {
   dicom_store_grants = {
     import-importer = { role = "dicomImporter", member = local.runtime["import"] }
     export-exporter = { role = "dicomExporter", member = local.runtime["export"] }
-    export-dicomweb = { role = "dicomWebReader", member = local.runtime["export"] } # query -> study paths
+    export-dicomweb = { role = "dicomWebReader", member = local.runtime["export"] } # query -> study paths; redrive: what landed
+    export-importer = { role = "dicomImporter", member = local.runtime["export"] }  # redrive requests start an import
     poll-importer   = { role = "dicomImporter", member = local.runtime["poll"] }    # starts queued imports
     poll-exporter   = { role = "dicomExporter", member = local.runtime["poll"] }    # starts queued exports
     poll-dicomweb   = { role = "dicomWebReader", member = local.runtime["poll"] }   # which objects did not land
@@ -118,6 +119,8 @@ locals {
     # Poller: records, slots, receipts; reads uploads to name the objects that did not land.
     poll-state-rw    = { bucket = "state", role = "roles/storage.objectUser", member = local.runtime["poll"] }
     poll-upload-read = { bucket = "upload", role = "roles/storage.objectViewer", member = local.runtime["poll"] }
+    # Export function, for redrive requests: reads the receipt's objects to stage copies of them.
+    export-upload-read = { bucket = "upload", role = "roles/storage.objectViewer", member = local.runtime["export"] }
     # Healthcare service agent: import sources (uploads and staged batches), filter files, export destinations.
     healthcare-upload-read  = { bucket = "upload", role = "roles/storage.objectViewer", member = local.healthcare_agent }
     healthcare-state-read   = { bucket = "state", role = "roles/storage.objectViewer", member = local.healthcare_agent }

@@ -16,11 +16,12 @@ locals {
     {
       age                        = var.state_retention_days
       days_since_noncurrent_time = null
-      # exports/ keeps a requestId deduplicated for this long; manifests/ and refusals/ outlive a
-      # failed import only as long as its receipt does.
+      # exports/ and redrives/ keep a requestId deduplicated for this long; manifests/ and
+      # refusals/ outlive a failed import only as long as its receipt does.
       matches_prefix = [
         "${local.state_prefix}seen/", "${local.state_prefix}done/", "${local.state_prefix}receipts/",
         "${local.state_prefix}exports/", "${local.state_prefix}manifests/", "${local.state_prefix}refusals/",
+        "${local.state_prefix}redrives/",
       ]
       with_state = "ANY"
     },

@@ -522,3 +522,46 @@ variable "poll_paused" {
   type        = bool
   default     = false
 }
+
+/******************************************
+  Monitoring (monitoring.tf)
+ *****************************************/
+
+variable "enable_monitoring" {
+  description = "Create the log-based metrics, alert policies and dashboard of monitoring.tf."
+  type        = bool
+  default     = true
+}
+
+variable "alert_notification_channels" {
+  description = "Notification channels the alert policies notify, as `projects/P/notificationChannels/ID` (create them in the console or with google_monitoring_notification_channel). Empty: the policies open incidents without notifying anyone."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for channel in var.alert_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", channel))])
+    error_message = "alert_notification_channels entries must look like projects/P/notificationChannels/ID."
+  }
+}
+
+variable "alert_operation_running_minutes" {
+  description = "Alert when an import/export operation has been running for longer than this (Healthcare LROs carry minutes of overhead; large imports can take hours)."
+  type        = number
+  default     = 180
+
+  validation {
+    condition     = var.alert_operation_running_minutes >= 10
+    error_message = "alert_operation_running_minutes must be at least 10."
+  }
+}
+
+variable "alert_poller_silent_minutes" {
+  description = "Alert when the poller has not finished a run for this long (it runs every minute)."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = var.alert_poller_silent_minutes >= 5 && var.alert_poller_silent_minutes <= 1440
+    error_message = "alert_poller_silent_minutes must be between 5 and 1440."
+  }
+}

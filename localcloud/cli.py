@@ -17,7 +17,7 @@ from types import FrameType
 import requests
 from google.api_core import exceptions as gexc
 
-from localcloud import demo, export_cli, ingest, status
+from localcloud import demo, export_cli, ingest, redrive_cli, status
 from localcloud.components import ComponentError
 from localcloud.config import LocalConfig
 from localcloud.connect import NOT_RUNNING, LocalCloud, NotRunningError
@@ -180,6 +180,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_redrive(args: argparse.Namespace) -> int:
+    try:
+        request = redrive_cli.build_request(args.receipt, args.request_id)
+    except export_cli.RequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cloud = _connect(args.state_dir)
+    if cloud is None:
+        return 1
+    with cloud:
+        try:
+            result = redrive_cli.run_redrive(cloud, request, timeout=args.timeout,
+                                             reporter=Reporter.for_command(args.json))
+        except _STACK_ERRORS as exc:
+            return _stack_error(exc)
+    lines = export_cli.render_result(result, "redrive")
+    if result.event is not None and result.event.get("reason") and result.ok:
+        lines.append(f"{'':<12}{result.event['reason']}")
+    if not args.json:
+        for line in lines:
+            print(line)
+    elif result.event is None:
+        for line in lines:
+            print(line, file=sys.stderr)
+    else:
+        if result.repeated:  # stdout carries only the event
+            print(lines[0], file=sys.stderr)
+        _print_json(result.event)
+    return 0 if result.ok else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cloud = _connect(args.state_dir)
     if cloud is None:
@@ -259,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
                                metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
     export_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
     state_dir(export_parser)
+
+    redrive_parser = command("redrive", cmd_redrive, "re-import the objects a failed import's receipt names "
+                             "(those still not in the store) and wait for the redrive's completion event")
+    redrive_parser.add_argument("receipt", metavar="RECEIPT",
+                                help="the failed import's operation id, event id (op-ID) or receipts/ID.json")
+    redrive_parser.add_argument("--request-id", metavar="ID", help="default: cli-<uuid>; a repeated id "
+                                "starts nothing new")
+    redrive_parser.add_argument("--timeout", type=_positive, default=export_cli.DEFAULT_TIMEOUT_SECONDS,
+                                metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
+    redrive_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
+    state_dir(redrive_parser)
 
     status_parser = command("status", cmd_status, "tracked operations, queued jobs, open windows and the "
                             "latest completion events")

@@ -166,6 +166,21 @@ class LocalCloud:
                 except gexc.GoogleAPICallError:
                     pass  # the emulator forgets it when it stops
 
+    def backlog(self, subscription: str, limit: int = 1000) -> int:
+        """Messages waiting in `subscription` (up to `limit`), left there for their reader.
+
+        Pub/Sub has no peek: the messages are pulled and at once handed back (ack deadline 0),
+        so they are redelivered as if never pulled. Meant for subscriptions nobody pushes from,
+        such as the dead-letter one.
+        """
+        with provision.subscriber(self.endpoints["pubsub"]) as client:
+            response = client.pull(subscription=subscription, max_messages=limit, timeout=10,
+                                   return_immediately=True)
+            ack_ids = [m.ack_id for m in response.received_messages]
+            if ack_ids:
+                client.modify_ack_deadline(subscription=subscription, ack_ids=ack_ids, ack_deadline_seconds=0)
+        return len(ack_ids)
+
     def publish(self, topic: str, data: bytes) -> str:
         with provision.publisher(self.endpoints["pubsub"]) as client:
             return str(client.publish(topic, data).result(timeout=30))

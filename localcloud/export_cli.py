@@ -95,22 +95,29 @@ class ExportResult:
 def run_export(cloud: LocalCloud, request: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
                reporter: Reporter | None = None) -> ExportResult:
     """Publishes `request` (built by `build_request`) and waits for its completion event."""
+    key = dedup_key(parse_export_request(json.dumps(request).encode()), "")
+    repeated = cloud.gcs.read(cloud.state_bucket, cloud.state_path("exports", f"{key}.json")) is not None
+    return publish_and_wait(cloud, request, kind="export", repeated=repeated, timeout=timeout, reporter=reporter)
+
+
+def publish_and_wait(cloud: LocalCloud, request: dict[str, Any], *, kind: str, repeated: bool,
+                     timeout: float = DEFAULT_TIMEOUT_SECONDS, reporter: Reporter | None = None) -> ExportResult:
+    """Publishes `request` on the export-requests topic and waits for the `kind` event with its
+    requestId; for a `repeated` requestId (no new event comes) the earlier one from `done/`."""
     reporter = reporter or Reporter.off()
     started = time.monotonic()
     request_id = str(request["requestId"])
-    key = dedup_key(parse_export_request(json.dumps(request).encode()), "")
-    repeated = cloud.gcs.read(cloud.state_bucket, cloud.state_path("exports", f"{key}.json")) is not None
     with cloud.event_stream() as stream:
         message_id = cloud.publish(cloud.endpoints["topics"]["exportRequests"], json.dumps(request).encode())
-        reporter.say("export", f"request {request_id} published (message {message_id})")
+        reporter.say(kind, f"request {request_id} published (message {message_id})")
         next_scan = started
         while True:
             for event in stream.pull():
-                if event.get("requestId") == request_id and event.get("kind") == "export":
+                if event.get("requestId") == request_id and event.get("kind") == kind:
                     return ExportResult(request, event, time.monotonic() - started)
             now = time.monotonic()
             if repeated and now >= next_scan:
-                earlier = find_done_event(cloud, request_id)
+                earlier = find_done_event(cloud, request_id, kind)
                 if earlier is not None:
                     return ExportResult(request, earlier, now - started, repeated=True)
                 next_scan = now + _DONE_SCAN_SECONDS
@@ -119,24 +126,24 @@ def run_export(cloud: LocalCloud, request: dict[str, Any], *, timeout: float = D
             time.sleep(_POLL_SECONDS)
 
 
-def find_done_event(cloud: LocalCloud, request_id: str) -> dict[str, Any] | None:
-    """The newest export event with this requestId among the `done/` records, if any."""
+def find_done_event(cloud: LocalCloud, request_id: str, kind: str = "export") -> dict[str, Any] | None:
+    """The newest `kind` event with this requestId among the `done/` records, if any."""
     for blob in cloud.state_objects("done"):
         event = cloud.read_state(blob)
-        if event is not None and event.get("requestId") == request_id and event.get("kind") == "export":
+        if event is not None and event.get("requestId") == request_id and event.get("kind") == kind:
             return event
     return None
 
 
-def render_result(result: ExportResult) -> list[str]:
+def render_result(result: ExportResult, label: str = "export") -> list[str]:
     from localcloud.ingest import describe_event
 
     if result.event is None:
-        return [aligned("export", f"no completion event for {result.request['requestId']} "
-                                  f"after {result.seconds:.0f} s (see: python -m localcloud status)")]
+        return [aligned(label, f"no completion event for {result.request['requestId']} "
+                               f"after {result.seconds:.0f} s (see: python -m localcloud status)")]
     lines = []
     if result.repeated:
-        lines.append(aligned("export", f"requestId {result.request['requestId']} was used before; "
-                                       "its earlier event:"))
+        lines.append(aligned(label, f"requestId {result.request['requestId']} was used before; "
+                                    "its earlier event:"))
     lines.append(aligned("event", describe_event(result.event)))
     return lines

@@ -6,13 +6,17 @@
 - the latest completion events: `done/` records, newest first (the poller writes every event it
   publishes there). REJECTED export events are published by the export function and have no
   `done/` record; `export` prints them.
+- signals, the same as the Cloud Monitoring dashboard of infra/monitoring.tf: completion events of
+  the last hour by kind and state, the oldest running operation, queued jobs, dead letters.
 
-Nothing here pulls a subscription, so `status` never takes an event away from another reader.
+`status` takes no event away from another reader: the dead-letter count pulls and at once hands
+the messages back.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +24,7 @@ from localcloud.connect import LocalCloud
 from localcloud.progress import aligned
 
 DEFAULT_EVENTS = 10
+SIGNAL_WINDOW_SECONDS = 3600
 
 
 def _rfc3339(epoch: Any) -> str | None:
@@ -58,7 +63,35 @@ def gather(cloud: LocalCloud, *, events: int = DEFAULT_EVENTS) -> dict[str, Any]
         if event is not None:
             latest.append(event)
     return {"dicomStore": cloud.dicom_store, "operations": operations, "jobs": jobs, "windows": windows,
-            "events": latest}
+            "events": latest, "signals": signals(cloud, operations, jobs)}
+
+
+def signals(cloud: LocalCloud, operations: list[dict[str, Any]], jobs: list[dict[str, Any]],
+            *, now: float | None = None) -> dict[str, Any]:
+    """What the dashboard shows: events of the last hour by kind and state, oldest running
+    operation, queued jobs (waiting for a slot) and export requests in the dead-letter topic."""
+    now = time.time() if now is None else now
+    by_state: dict[str, Counter[str]] = defaultdict(Counter)
+    for blob in cloud.state_objects("done"):
+        if blob.updated is None or blob.updated.timestamp() < now - SIGNAL_WINDOW_SECONDS:
+            break  # newest first: the rest are older still
+        event = cloud.read_state(blob)
+        if event is not None:
+            by_state[str(event.get("kind"))][str(event.get("state"))] += 1
+    oldest = None
+    if operations:
+        first = operations[0]  # sorted by start time
+        started = datetime.fromisoformat(str(first["startedAt"]).replace("Z", "+00:00")).timestamp() \
+            if first["startedAt"] else None
+        oldest = {"name": first["name"], "kind": first["kind"], "startedAt": first["startedAt"],
+                  "ageSeconds": round(now - started, 1) if started is not None else None}
+    dead_letters = cloud.endpoints.get("subscriptions", {}).get("exportDeadLetter")
+    return {
+        "lastHour": {kind: dict(sorted(counts.items())) for kind, counts in sorted(by_state.items())},
+        "oldestRunningOperation": oldest,
+        "queuedJobs": sum(1 for job in jobs if job["state"] == "PENDING"),
+        "deadLetters": cloud.backlog(dead_letters) if dead_letters else None,
+    }
 
 
 def render(status: dict[str, Any]) -> list[str]:
@@ -75,6 +108,15 @@ def render(status: dict[str, Any]) -> list[str]:
     lines.append(aligned("windows", f"{len(status['windows'])} open"))
     for window in status["windows"]:
         lines.append(aligned("", f"{window['window']}  {window['uploads']} uploads"))
+    sig = status["signals"]
+    last_hour = ", ".join(f"{kind} {state} {count}" for kind, counts in sig["lastHour"].items()
+                          for state, count in counts.items())
+    lines.append(aligned("last hour", last_hour or "no completion events"))
+    oldest = sig["oldestRunningOperation"]
+    lines.append(aligned("oldest op", f"{oldest['kind'] or '?'} {str(oldest['name']).rsplit('/', 1)[-1]}, "
+                                           f"{oldest['ageSeconds']} s" if oldest else "none"))
+    lines.append(aligned("queued jobs", str(sig["queuedJobs"])))
+    lines.append(aligned("dlq depth", "?" if sig["deadLetters"] is None else str(sig["deadLetters"])))
     lines.append(aligned("events", f"latest {len(status['events'])}, newest first"))
     for event in status["events"]:
         ended = str(event.get("endTime") or "")[:19].replace("T", " ")

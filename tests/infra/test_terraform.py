@@ -321,7 +321,7 @@ def test_healthcare_permissions_are_custom_roles_bound_on_the_store_or_dataset(r
         return {g["role"] for g in grants.values() if g["member"] == f'${{local.runtime["{function_key}"]}}'}
 
     assert granted(store, "import") == {"dicomImporter"}
-    assert granted(store, "export") == {"dicomExporter", "dicomWebReader"}
+    assert granted(store, "export") == {"dicomExporter", "dicomWebReader", "dicomImporter"}  # + redrive
     assert granted(store, "poll") == {"dicomImporter", "dicomExporter", "dicomWebReader"}
     assert granted(dataset, "poll") == {"operationReader"}
     assert _resources(root, "google_healthcare_dicom_store_iam_member")["grants"]["dicom_store_id"] == (
@@ -344,7 +344,7 @@ def test_bucket_grants_follow_the_data_flow(root: dict[str, Any]) -> None:
         "roles/storage.objectAdmin",
     )
     assert by_member['${local.runtime["import"]}'] == {("upload", viewer), ("state", user)}
-    assert by_member['${local.runtime["export"]}'] == {("state", user)}
+    assert by_member['${local.runtime["export"]}'] == {("state", user), ("upload", viewer)}  # upload: redrive staging
     assert by_member['${local.runtime["poll"]}'] == {("upload", viewer), ("state", user)}
     assert by_member["${local.healthcare_agent}"] == {
         ("upload", viewer),
@@ -370,7 +370,8 @@ def test_buckets_are_private_uniform_and_expire_state(root: dict[str, Any]) -> N
     for rule in root["locals"]["state_lifecycle_rules"]:
         for prefix in rule["matches_prefix"]:
             prefixes.add(prefix.removeprefix("${local.state_prefix}"))
-    assert {"seen/", "done/", "receipts/", "staging/", "filters/", "exports/", "manifests/", "refusals/"} <= prefixes
+    assert {"seen/", "done/", "receipts/", "staging/", "filters/", "exports/", "manifests/", "refusals/",
+            "redrives/"} <= prefixes
 
 
 def test_source_archive_is_the_repository_root_without_non_runtime_files(root: dict[str, Any]) -> None:

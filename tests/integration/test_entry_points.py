@@ -41,7 +41,7 @@ from tests.integration.harness import (
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 SECRET_PATIENT = "PHI-SECRET-4711"
 POLL_KEYS = {"tracked", "finished", "running", "published", "jobs_started", "jobs_queued", "windows_recovered",
-             "slots_freed", "errors"}
+             "slots_freed", "oldest_running_seconds", "errors"}
 
 
 @pytest.fixture
@@ -202,6 +202,19 @@ def test_pubsub_push_starts_an_export_or_rejects_garbage(d: Deployment, monkeypa
     assert emulator_calls(d, "export") == before + 1
 
 
+def test_a_redrive_message_on_the_requests_topic_reaches_the_redrive_handler(
+        d: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _client(monkeypatch, d, "export_dicom_on_message")
+    before = emulator_calls(d, "import")
+    request = {"action": "redrive", "receipt": "op-4242", "requestId": "redrive-push-1"}
+    response = _push(client, json.dumps(request).encode())
+    assert response.status_code == 200, response.data
+    [event] = d.pull_completions(1, poll=False)
+    assert (event["kind"], event["state"], event["requestId"]) == ("redrive", "REJECTED", "redrive-push-1"), event
+    assert "no receipt for operation 4242" in event["reason"]
+    assert emulator_calls(d, "import") == before
+
+
 # --- poller -----------------------------------------------------------------------------------------
 
 
@@ -225,7 +238,7 @@ def test_the_poller_answers_a_scheduler_post_with_a_json_summary(d: Deployment,
     assert summary["tracked"] == 1 and summary["errors"] == [] and len(summary["published"]) == 1
     [event] = d.pull_completions(1, poll=False)
     assert event["eventId"] == summary["published"][0] and event["requestId"] == "sched"
-    assert tick() == dict.fromkeys(POLL_KEYS, 0) | {"published": [], "errors": []}
+    assert tick() == dict.fromkeys(POLL_KEYS, 0) | {"published": [], "errors": [], "oldest_running_seconds": None}
 
 
 # --- configuration and logs -------------------------------------------------------------------------

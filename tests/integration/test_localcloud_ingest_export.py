@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from localcloud import synthetic
 from localcloud.components import REPO_ROOT
@@ -20,7 +21,7 @@ from localcloud.stack import Stack
 from tests import dicom_factory
 
 INGEST_KEYS = {"uploaded", "imported", "failed", "skipped", "operations"}
-STATUS_KEYS = {"dicomStore", "operations", "jobs", "windows", "events"}
+STATUS_KEYS = {"dicomStore", "operations", "jobs", "windows", "events", "signals"}
 TIMEOUT = "60"
 
 
@@ -165,6 +166,45 @@ def test_status(stack: Stack, imported: synthetic.SyntheticSet) -> None:
     for op in current["operations"]:
         assert set(op) == {"name", "kind", "requestId", "startedAt"}
 
+    signals = current["signals"]
+    assert signals["lastHour"]["import"]["SUCCEEDED"] >= 1
+    assert isinstance(signals["queuedJobs"], int)
+
     human = localcloud(stack, "status")
     assert human.returncode == 0
     assert human.stdout.splitlines()[0] == f"dicom store {stack.endpoints['dicomStore']}"
+    assert any(line.startswith("last hour") and "import SUCCEEDED" in line for line in human.stdout.splitlines())
+
+
+def test_status_counts_dead_letters_and_leaves_them_in_place(stack: Stack) -> None:
+    with LocalCloud(stack.endpoints) as cloud:
+        before = cloud.backlog(stack.endpoints["subscriptions"]["exportDeadLetter"])
+        cloud.publish(stack.endpoints["topics"]["exportDeadLetter"], b'{"requestId": "dead-1"}')
+    for _ in range(2):  # counting twice sees the same message: status hands it back
+        done = localcloud(stack, "status", "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["signals"]["deadLetters"] == before + 1
+
+
+def test_redrive_of_an_import_the_api_failed(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "redrive"
+    folder.mkdir()
+    for index, data in enumerate(dicom_factory.study(1, 2)):
+        (folder / f"IM{index}.dcm").write_bytes(data)
+    faults = f"{stack.endpoints['healthcare']}/_emulator/faults/operations"
+    requests.post(faults, json={"count": 1, "code": 14, "message": "injected: unavailable"}, timeout=10).raise_for_status()
+    done = localcloud(stack, "ingest", str(folder), "--prefix", "redrive", "--json", "--timeout", TIMEOUT)
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [e for e in json.loads(done.stdout)["operations"] if e["state"] == "FAILED"]
+    assert len(failed) == 1, done.stdout  # the fault hit exactly one operation
+    event = failed[0]
+
+    redrive = localcloud(stack, "redrive", event["eventId"], "--json", "--timeout", TIMEOUT)
+    assert redrive.returncode == 0, redrive.stdout + redrive.stderr
+    redriven = json.loads(redrive.stdout)
+    assert (redriven["kind"], redriven["state"], redriven["redriveOf"]) == ("redrive", "SUCCEEDED", event["operation"])
+    assert redriven["counters"]["success"] == event["failedObjectsTotal"]
+
+    again = localcloud(stack, "redrive", event["eventId"], "--timeout", TIMEOUT)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to redrive" in again.stdout

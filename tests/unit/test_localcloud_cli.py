@@ -44,6 +44,7 @@ def test_env_without_a_running_stack_says_how_to_start_one(
     ["export", "--resources", f"/studies/{STUDY}", "--destination", "gs://dicom-export/x"],
     ["status"],
     ["status", "--json"],
+    ["redrive", "op-123"],
 ])
 def test_commands_without_a_running_stack_say_how_to_start_one(
     args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -52,6 +53,12 @@ def test_commands_without_a_running_stack_say_how_to_start_one(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"no local cloud is running for {tmp_path}; start one with: python -m localcloud up" in captured.err
+
+
+def test_a_redrive_of_something_that_names_no_operation_is_a_usage_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["redrive", "a/b/c", "--state-dir", str(tmp_path)]) == 2
+    assert "invalid redrive request: receipt 'a/b/c' names no operation id" in capsys.readouterr().err
 
 
 def test_ingest_of_a_missing_folder_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,6 +258,9 @@ def test_status_render() -> None:
         "jobs": [{"id": "j-1", "kind": "import", "state": "PENDING", "requestId": "b", "createdAt": None}],
         "windows": [{"window": "20260101T000000000Z", "uploads": 3}],
         "events": [{"kind": "import", "state": "SUCCEEDED", "counters": {"success": 2}, "endTime": "t"}],
+        "signals": {"lastHour": {"import": {"FAILED": 1, "SUCCEEDED": 4}}, "queuedJobs": 1, "deadLetters": 2,
+                    "oldestRunningOperation": {"name": "projects/p/operations/42", "kind": "export",
+                                               "startedAt": "2026-01-01T00:00:00Z", "ageSeconds": 61.0}},
     })
     assert lines[0] == f"dicom store {STORE}"
     assert "operations  1 tracked" in lines
@@ -258,6 +268,9 @@ def test_status_render() -> None:
     assert "jobs        1 queued" in lines
     assert "            20260101T000000000Z  3 uploads" in lines
     assert "events      latest 1, newest first" in lines
+    assert "last hour   import FAILED 1, import SUCCEEDED 4" in lines
+    assert "oldest op   export 42, 61.0 s" in lines
+    assert "queued jobs 1" in lines and "dlq depth   2" in lines
 
 
 def test_demo_shortens_uids_in_object_names() -> None:
