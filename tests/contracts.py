@@ -18,7 +18,8 @@ CONTRACTS = Path(__file__).resolve().parents[1] / "contracts"
 EXPORT_REQUEST = "export-request.v1"
 COMPLETION_EVENT = "completion-event.v1"
 COMPLETION_ATTRIBUTES = "completion-attributes.v1"
-SCHEMA_NAMES = (EXPORT_REQUEST, COMPLETION_EVENT, COMPLETION_ATTRIBUTES)
+REDRIVE_REQUEST = "redrive-request.v1"
+SCHEMA_NAMES = (EXPORT_REQUEST, COMPLETION_EVENT, COMPLETION_ATTRIBUTES, REDRIVE_REQUEST)
 
 
 def schema(name: str) -> dict[str, Any]:

@@ -281,6 +281,8 @@ API_OF_TYPE = {
     "google_cloudfunctions2_": "cloudfunctions.googleapis.com",
     "google_cloud_run_v2_": "run.googleapis.com",
     "google_healthcare_": "healthcare.googleapis.com",
+    "google_logging_metric": "logging.googleapis.com",
+    "google_monitoring_": "monitoring.googleapis.com",
     "google_project_iam_custom_role": "iam.googleapis.com",
     "google_service_account": "iam.googleapis.com",
     "google_project_iam_member": "cloudresourcemanager.googleapis.com",

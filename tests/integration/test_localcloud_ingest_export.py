@@ -192,7 +192,8 @@ def test_redrive_of_an_import_the_api_failed(stack: Stack, tmp_path: Path) -> No
     for index, data in enumerate(dicom_factory.study(1, 2)):
         (folder / f"IM{index}.dcm").write_bytes(data)
     faults = f"{stack.endpoints['healthcare']}/_emulator/faults/operations"
-    requests.post(faults, json={"count": 1, "code": 14, "message": "injected: unavailable"}, timeout=10).raise_for_status()
+    fault = {"count": 1, "code": 14, "message": "injected: unavailable"}
+    requests.post(faults, json=fault, timeout=10).raise_for_status()
     done = localcloud(stack, "ingest", str(folder), "--prefix", "redrive", "--json", "--timeout", TIMEOUT)
     assert done.returncode == 1, done.stdout + done.stderr
     failed = [e for e in json.loads(done.stdout)["operations"] if e["state"] == "FAILED"]

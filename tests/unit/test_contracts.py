@@ -18,13 +18,15 @@ from typing import Any
 
 import pytest
 
-from functions.completion import TrackedOperation, build_completion_event, rejected_event
+from functions.completion import TrackedOperation, build_completion_event, redrive_noop_event, rejected_event
 from functions.errors import InvalidExportRequestError
 from functions.export_request import SUPPORTED_MIME_TYPES, parse_export_request
+from functions.redrive import parse_redrive_request
 from tests.contracts import (
     COMPLETION_ATTRIBUTES,
     COMPLETION_EVENT,
     EXPORT_REQUEST,
+    REDRIVE_REQUEST,
     SCHEMA_NAMES,
     errors,
     schema,
@@ -39,6 +41,7 @@ TAGS = {
     "invalid-export-request": EXPORT_REQUEST,
     "completion-event": COMPLETION_EVENT,
     "completion-attributes": COMPLETION_ATTRIBUTES,
+    "redrive-request": REDRIVE_REQUEST,
 }
 
 STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
@@ -73,8 +76,8 @@ def test_every_pattern_is_anchored_against_a_final_line_break() -> None:
         for pattern in patterns(schema(name)):
             if pattern.endswith("$(?!\\n)"):
                 continue
-            assert "$" not in pattern and not pattern.startswith("^") or pattern in ("^gs://", "^op-", "^rejected-"), (
-                name, pattern)
+            prefixes = ("^gs://", "^op-", "^rejected-", "^redrive-")
+            assert "$" not in pattern and not pattern.startswith("^") or pattern in prefixes, (name, pattern)
 
 
 def test_the_mime_types_of_the_schema_are_the_canonical_ones_the_function_produces() -> None:
@@ -112,6 +115,8 @@ def test_every_documented_example_is_what_the_schema_and_the_code_say(tag: str, 
     assert not problems, problems
     if tag == "export-request":
         assert parse_export_request(data).to_dict() == example  # the examples are in canonical form
+    if tag == "redrive-request":
+        assert parse_redrive_request(data).operation_id
     if tag == "completion-event":
         attributes = {key: example[key] for key in ("kind", "state", "dicomStore", "eventId")}
         validate_completion_message(data, attributes)
@@ -158,6 +163,11 @@ def _records() -> list[TrackedOperation]:
                                         failed_objects_total=len(objects) + (5 if objects else 0)))
         records.append(TrackedOperation(name=name, kind="export", dicom_store=STORE, request_id="req:1",
                                         destination="gs://exports/" + "x" * 2000))
+    for name in names:
+        records.append(TrackedOperation(name=name, kind="redrive", dicom_store=STORE, request_id="fix-1",
+                                        source="gs://state/staging/20260101T000000000000Z-redrive-0123/**",
+                                        redrive_of=f"{DATASET}/operations/42", failed_objects=failed[1],
+                                        failed_objects_total=1))
     records.append(TrackedOperation(name=names[0], kind=None, dicom_store=STORE))
     records.append(TrackedOperation(name=names[0], kind="import", dicom_store=STORE, source=None, request_id=""))
     records.append(TrackedOperation(name=names[0], kind="import", dicom_store=STORE, failed_objects_total=3))
@@ -202,6 +212,38 @@ def test_every_rejected_event_is_valid(reason: str, request_id: str | None, mess
             continue
         event = validate_completion_message(data, attributes)
         assert event["state"] == "REJECTED"
+
+
+@pytest.mark.parametrize("request_id", [None, "fix-1", "bad id"])
+def test_every_redrive_event_without_an_operation_is_valid(request_id: str | None) -> None:
+    now = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    data, attributes = redrive_noop_event("all 3 objects of the receipt are in the store; nothing to redrive",
+                                          request_id=request_id, message_id="77", redrive_of=f"{DATASET}/operations/42",
+                                          dicom_store=STORE, now=now)
+    assert validate_completion_message(data, attributes)["state"] == "SUCCEEDED"
+    data, attributes = rejected_event("no receipt for operation 42", request_id=request_id, message_id="77",
+                                      destination=None, dicom_store=STORE, now=now, kind="redrive")
+    assert validate_completion_message(data, attributes)["kind"] == "redrive"
+
+
+@pytest.mark.parametrize("body", [
+    {"action": "redrive", "receipt": "op-1", "requestId": "fix-1"},
+    {"action": "redrive", "receipt": "gs://state/prefix/receipts/123.json"},
+    {"action": "redrive", "receipt": "projects/p/locations/l/datasets/d/operations/9"},
+    {"action": "redrive"},
+    {"action": "redrive", "receipt": "a/b/c"},
+    {"action": "redrive", "receipt": "1", "extra": True},
+    {"action": "export", "receipt": "1"},
+    {"action": "redrive", "receipt": "1", "requestId": "has space"},
+])
+def test_the_redrive_schema_and_parser_agree(body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    try:
+        parse_redrive_request(data)
+        parsed = True
+    except InvalidExportRequestError:
+        parsed = False
+    assert (errors(REDRIVE_REQUEST, body) == []) is parsed, body
 
 
 def test_the_event_schema_refuses_what_the_contract_rules_out() -> None:
