@@ -10,6 +10,7 @@ cannot silently accept a filter it does not understand.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ _CLAUSE = re.compile(r'^(?P<path>[A-Za-z_.]+)=(?:"(?P<value>[^"]*)"|\((?P<values
 _EXTRACT = re.compile(r"^EXTRACT\(jsonPayload\.(?P<field>[A-Za-z_]+)\)$")
 
 
+@functools.cache
 def load(name: str) -> dict[str, Any]:
+    """The parsed file (cached: callers must not change it)."""
     with (INFRA / name).open(encoding="utf-8") as handle:
         parsed: dict[str, Any] = hcl2.load(handle, serialization_options=_OPTIONS)
     return parsed
@@ -56,11 +59,12 @@ def monitoring_resources() -> dict[str, dict[str, Any]]:
     return dict(merged)
 
 
-def function_names() -> list[str]:
+@functools.cache
+def function_names() -> tuple[str, ...]:
     """The deployed function names with the default name_prefix (functions.tf `local.functions`)."""
     prefix = variable_default("name_prefix")
     functions = _merged(load("functions.tf"), "locals")["functions"]
-    return sorted(str(f["name"]).replace("${var.name_prefix}", prefix) for f in functions.values())
+    return tuple(sorted(str(f["name"]).replace("${var.name_prefix}", prefix) for f in functions.values()))
 
 
 @dataclass(frozen=True)

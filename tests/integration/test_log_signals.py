@@ -78,7 +78,8 @@ def test_every_metric_sees_its_lines_with_the_labels_and_values_alerts_use(
 
     service = mc.function_names()[0]
     entries = [mc.log_entry(line, service) for line in printed.lines]
-    for metric in mc.log_metrics().values():
+    metrics = mc.log_metrics()
+    for metric in metrics.values():
         seen = [e for e in entries if mc.matches(metric.filter, e)]
         assert seen, f"metric {metric.key}: no printed line matches {metric.filter}"
         for entry in seen:
@@ -91,13 +92,13 @@ def test_every_metric_sees_its_lines_with_the_labels_and_values_alerts_use(
                 else:
                     assert isinstance(value, str) and value, f"{metric.key}: {expression} gave {value!r}"
 
-    finished = [e for e in entries if mc.matches(mc.log_metrics()["operations_finished"].filter, e)]
+    finished = [e for e in entries if mc.matches(metrics["operations_finished"].filter, e)]
     states = {(mc.extract("EXTRACT(jsonPayload.kind)", e), mc.extract("EXTRACT(jsonPayload.state)", e))
               for e in finished}
     # What the import_failures alert fires on (kind=import, state FAILED or SUCCEEDED_WITH_ERRORS).
     assert states & {("import", "FAILED"), ("import", "SUCCEEDED_WITH_ERRORS")}, states
-    polls = [e for e in entries if mc.matches(mc.log_metrics()["poll_runs"].filter, e)]
+    polls = [e for e in entries if mc.matches(metrics["poll_runs"].filter, e)]
     assert any(e["jsonPayload"]["jobs_queued"] > 0 for e in polls), "the queued job never showed in a poll line"
     assert any(isinstance(e["jsonPayload"].get("oldest_running_seconds"), float) for e in polls)
-    started = [e for e in entries if mc.matches(mc.log_metrics()["operations_started"].filter, e)]
+    started = [e for e in entries if mc.matches(metrics["operations_started"].filter, e)]
     assert {mc.extract("EXTRACT(jsonPayload.kind)", e) for e in started} == {"import"}
