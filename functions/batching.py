@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from functions import planning
-from functions.gcs import Gcs, ObjectInfo
+from functions.clients import ObjectInfo, ObjectStore
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.jobs import Job, JobQueue
 from functions.log import fields
@@ -70,7 +70,7 @@ class WindowResult:
 class WindowBatcher:
     """Plans and queues the imports of a window. Thread-safe; holds no per-window state."""
 
-    def __init__(self, settings: Settings, gcs: Gcs, queue: JobQueue,
+    def __init__(self, settings: Settings, gcs: ObjectStore, queue: JobQueue,
                  clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs

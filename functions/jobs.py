@@ -16,9 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from functions.clients import HealthcareApi, ObjectStore, Record
 from functions.errors import PermanentApiError, RetryableError
-from functions.gcs import Gcs, Record
-from functions.healthcare import HealthcareClient
 from functions.log import fields
 from functions.settings import Settings
 
@@ -103,7 +102,7 @@ class StartResult:
 class JobQueue:
     """Submits and starts jobs under the slot limit. Safe across threads and instances."""
 
-    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient,
+    def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi,
                  clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs

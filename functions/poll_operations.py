@@ -17,12 +17,10 @@ from typing import Any
 
 from functions import completion
 from functions.batching import WindowBatcher
+from functions.clients import EventPublisher, HealthcareApi, ObjectStore
 from functions.failed_objects import FailedObjectFinder
-from functions.gcs import Gcs
-from functions.healthcare import HealthcareClient
 from functions.jobs import Job, JobQueue, StartedOperation
 from functions.log import fields
-from functions.publish import Publisher
 from functions.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,8 +47,8 @@ class PollSummary:
 
 
 class Poller:
-    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient, queue: JobQueue,
-                 batcher: WindowBatcher, publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi, queue: JobQueue,
+                 batcher: WindowBatcher, publisher: EventPublisher, clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs
         self._hc = healthcare
