@@ -104,16 +104,26 @@ class WindowBatcher:
         window_closed = window_close(window, self._s.debounce_seconds)
         covering = self._covering() if uploads else []
         jobs: list[Job] = []
+        adoptions: dict[str, list[Upload]] = defaultdict(list)
         staged = 0
-        adopted = 0
         for (bucket, storage_class), group in _group(uploads, self._s).items():
-            rest = self._adopt(batch_id, bucket, storage_class, group, covering)
-            adopted += len(group) - len(rest)
+            rest = self._adopt(bucket, storage_class, group, covering, adoptions)
             if rest:
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
                                                             storage_class, rest)
                 jobs.extend(group_jobs)
                 staged += group_staged
+        generation = self._fence(window, generation)
+        if generation is None:
+            # Planning outlived the lease and the poller took the window over: it plans the same
+            # uploads, so queueing ours too would import them twice. What we wrote so far (staged
+            # copies, manifests of jobs that never exist) is garbage the lifecycle rules remove.
+            logger.warning("lost the window's claim while planning; its new holder batches it",
+                           extra=fields(window=window, batch=batch_id))
+            return WindowResult(window, claimed=False)
+        for job_id, taken in adoptions.items():
+            self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
+                            {"objects": [_manifest_entry(u) for u in taken]})
         reservations = [self._queue.reserve(job) for job in jobs]
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
@@ -121,10 +131,30 @@ class WindowBatcher:
         self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
         self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
+        adopted = sum(len(taken) for taken in adoptions.values())
         logger.info("window batched", extra=fields(window=window, batch=batch_id, uploads=len(uploads),
                                                     jobs=len(jobs), started=len(started), staged=staged,
                                                     adopted=adopted))
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged)
+
+    def _fence(self, window: str, generation: int) -> int | None:
+        """Checks, before anything of the plan becomes durable, that the claim is still ours.
+
+        Returns the claim's generation, or None when it was taken over (its lease ran out while we
+        planned). With less than `_FENCE_MARGIN` of the lease left the claim is renewed, so the
+        few calls up to the deletion of the records all fall inside the lease. (A pause longer
+        than that margin between the check and the queued jobs can still double a batch: Cloud
+        Storage has no fencing tokens.)
+        """
+        path = self.claim_path(window)
+        current = self._gcs.read(self._s.state_bucket, path)
+        if current is None or current.generation != generation:
+            return None
+        now = self._clock()
+        if float(current.data.get("leaseUntil", 0)) - now >= _fence_margin(self._s.claim_lease_seconds):
+            return generation
+        renewed = dict(current.data, leaseUntil=now + self._s.claim_lease_seconds)
+        return self._gcs.replace(self._s.state_bucket, path, renewed, generation)
 
     def _claim(self, window: str) -> int | None:
         now = self._clock()
@@ -153,9 +183,12 @@ class WindowBatcher:
                 self._gcs.delete(self._s.state_bucket, info.name)
         return uploads
 
-    def _adopt(self, batch_id: str, bucket: str, storage_class: str | None, uploads: list[Upload],
-               covering: list[_Covering]) -> list[Upload]:
+    def _adopt(self, bucket: str, storage_class: str | None, uploads: list[Upload], covering: list[_Covering],
+               adoptions: dict[str, list[Upload]]) -> list[Upload]:
         """Leaves out uploads that an earlier window's wildcard import reads anyway; returns the rest.
+
+        The ones left out go into `adoptions` (job id -> uploads); `run` writes them down once it
+        knows the window is still its own.
 
         A wildcard is evaluated when the LRO lists the bucket, not when it was planned: an import
         still queued, or started after an object was created, reads that object too. Such objects
@@ -167,16 +200,12 @@ class WindowBatcher:
         if not covering:
             return uploads
         rest: list[Upload] = []
-        adopted: dict[str, list[Upload]] = defaultdict(list)
         for upload in uploads:
             cover = next((c for c in covering if c.matches(upload.name) and _listed_after(c, upload)), None)
             if cover is None:
                 rest.append(upload)
             else:
-                adopted[cover.job.job_id].append(upload)
-        for job_id, taken in adopted.items():
-            self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
-                            {"objects": [_manifest_entry(u) for u in taken]})
+                adoptions[cover.job.job_id].append(upload)
         return rest
 
     def _covering(self) -> list[_Covering]:
@@ -272,6 +301,11 @@ class WindowBatcher:
             return
         with ThreadPoolExecutor(max_workers=min(_IO_THREADS, len(items))) as pool:
             list(pool.map(action, items))
+
+
+def _fence_margin(lease_seconds: float) -> float:
+    """Lease that must be left before a leader makes its plan durable (else it renews the claim)."""
+    return min(lease_seconds / 2, 10.0)
 
 
 # Allowance between Cloud Storage's timeCreated and our clock when deciding that an object
