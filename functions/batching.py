@@ -81,6 +81,11 @@ class WindowBatcher:
     def window_prefix(self, window: str) -> str:
         return self._s.state_path("windows", window) + "/"
 
+    def seen_path(self, window: str, key: str) -> str:
+        """The duplicate marker of an upload (`key`: `windows.object_key`), kept per window so that a
+        leader checks all of its window's markers with one listing."""
+        return self._s.state_path("seen", window, key)
+
     def claim_path(self, window: str) -> str:
         return self._s.state_path("claims", f"{window}.json")
 
@@ -121,6 +126,7 @@ class WindowBatcher:
             logger.warning("lost the window's claim while planning; its new holder batches it",
                            extra=fields(window=window, batch=batch_id))
             return WindowResult(window, claimed=False)
+        self._mark_seen(window, uploads)
         for job_id, taken in adoptions.items():
             self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
                             {"objects": [_manifest_entry(u) for u in taken]})
@@ -155,6 +161,18 @@ class WindowBatcher:
             return generation
         renewed = dict(current.data, leaseUntil=now + self._s.claim_lease_seconds)
         return self._gcs.replace(self._s.state_bucket, path, renewed, generation)
+
+    def _mark_seen(self, window: str, uploads: list[Upload]) -> None:
+        """Writes the duplicate markers its recorder did not get to (it died between its two creates).
+
+        Without them a redelivery of such an event after the batch would find neither a window record
+        nor a marker, and import the object a second time.
+        """
+        prefix = self.seen_path(window, "")
+        marked = {info.name[len(prefix):] for info in self._gcs.list(self._s.state_bucket, prefix)}
+        missing = [u for u in uploads if _record_key(u.record) not in marked]
+        self._parallel(lambda u: self._gcs.create(self._s.state_bucket, prefix + _record_key(u.record), b""),
+                       missing)
 
     def _claim(self, window: str) -> int | None:
         now = self._clock()
@@ -318,6 +336,11 @@ def _listed_after(cover: _Covering, upload: Upload) -> bool:
     if cover.started_at is None:
         return True
     return upload.time_created is not None and upload.time_created < cover.started_at - _CLOCK_SKEW_SECONDS
+
+
+def _record_key(record: str) -> str:
+    """`windows/W/{key}.json` -> key."""
+    return record.rsplit("/", 1)[-1].removesuffix(".json")
 
 
 def _manifest_entry(upload: Upload) -> dict[str, object]:

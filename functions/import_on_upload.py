@@ -92,7 +92,7 @@ class ImportOnUpload:
             # creator touches the duplicate marker, so two concurrent deliveries cannot each take
             # the other for the duplicate and drop the object.
             return Outcome("duplicate", "already waiting in its window", window)
-        first_sighting = self._gcs.create(self._s.state_bucket, self._s.state_path("seen", key), b"") is not None
+        first_sighting = self._gcs.create(self._s.state_bucket, self._batcher.seen_path(window, key), b"") is not None
         if not first_sighting:
             # Batched before (its window record is gone): this is a late duplicate.
             self._gcs.delete(self._s.state_bucket, record)
