@@ -94,6 +94,22 @@ class WindowBatcher:
         root = self._s.state_path("windows/")
         return [p[len(root):].rstrip("/") for p in self._gcs.list_prefixes(self._s.state_bucket, root)]
 
+    def drop_stale_claims(self, open_windows: set[str]) -> int:
+        """Deletes claims of windows without records whose lease is over (their leader died after
+        deleting the records, before deleting the claim); how many."""
+        root = self._s.state_path("claims/")
+        dropped = 0
+        for info in self._gcs.list(self._s.state_bucket, root):
+            window = info.name[len(root):].removesuffix(".json")
+            if window in open_windows:
+                continue  # the window's own recovery takes over its claim
+            claim = self._gcs.read(self._s.state_bucket, info.name)
+            if claim is not None and float(claim.data.get("leaseUntil", 0)) < self._clock() \
+                    and self._gcs.delete(self._s.state_bucket, info.name, claim.generation):
+                logger.warning("deleted the claim of a dead leader", extra=fields(window=window))
+                dropped += 1
+        return dropped
+
     def is_orphaned(self, window: str) -> bool:
         """True once a live leader would long have claimed the window."""
         deadline = window_close(window, self._s.debounce_seconds) + self._s.settle_seconds

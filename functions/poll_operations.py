@@ -60,9 +60,14 @@ class Poller:
 
     def run(self) -> PollSummary:
         summary = PollSummary()
+        tracked_jobs: set[str] = set()
         self._step(summary, "recover windows", lambda: self._recover_windows(summary))
-        self._step(summary, "poll operations", lambda: self._poll(summary))
-        self._step(summary, "start jobs", lambda: self._start_jobs(summary))
+        self._step(summary, "poll operations", lambda: tracked_jobs.update(self._poll(summary)))
+        if any(error.startswith("poll operations:") for error in summary.errors):
+            # Without the tracked operations a job whose starter died after starting it cannot be
+            # told from one that never started: starting jobs waits for the next run.
+            return summary
+        self._step(summary, "start jobs", lambda: self._start_jobs(summary, tracked_jobs))
         return summary
 
     @staticmethod
@@ -74,11 +79,14 @@ class Poller:
             summary.errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
 
     def _recover_windows(self, summary: PollSummary) -> None:
-        for window in self._batcher.open_windows():
+        windows = self._batcher.open_windows()
+        for window in windows:
             if self._batcher.is_orphaned(window) and self._batcher.run(window).claimed:
                 summary.windows_recovered += 1
+        self._batcher.drop_stale_claims(set(windows))
 
-    def _poll(self, summary: PollSummary) -> None:
+    def _poll(self, summary: PollSummary) -> set[str]:
+        """Polls every tracked operation; returns the ids of their jobs (finished ones included)."""
         tracked = self._queue.tracked()
         summary.tracked = len(tracked)
         with ThreadPoolExecutor(max_workers=self._s.poll_concurrency) as pool:
@@ -93,6 +101,7 @@ class Poller:
                 summary.published.append(outcome)
         live = {t.job.job_id for t, o in zip(tracked, outcomes, strict=True) if o is None or isinstance(o, Exception)}
         summary.slots_freed = self._queue.reclaim_slots(live)
+        return {t.job.job_id for t in tracked}
 
     def _poll_one(self, started: StartedOperation) -> str | Exception | None:
         """The published eventId when the operation finished; None while it runs."""
@@ -163,10 +172,10 @@ class Poller:
             for name in self._manifests(job):
                 self._gcs.delete(self._s.state_bucket, name)
 
-    def _start_jobs(self, summary: PollSummary) -> None:
+    def _start_jobs(self, summary: PollSummary, tracked_jobs: set[str]) -> None:
         pending = self._queue.pending_job_ids()
         for index, job_id in enumerate(pending):
-            result = self._queue.try_start(job_id)
+            result = self._queue.try_start(job_id, tracked_jobs)
             if result.started:
                 summary.jobs_started += 1
             elif result.queued:
