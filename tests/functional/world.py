@@ -74,7 +74,7 @@ class World:
         self.polls: list[Task] = []
         self.sops: dict[str, str] = {}  # object name -> SOP instance UID of what was uploaded there
         self._names = itertools.count(1)
-        self._cap_by_slots = 0
+        self._replacements: dict[str, Instance] = {}
 
     # -- the deployment ----------------------------------------------------------------------
     def instance(self, name: str | None = None) -> Instance:
@@ -116,7 +116,10 @@ class World:
                                   event_time=created)
 
     def deliver(self, event: StorageObjectEvent, to: Instance) -> Delivery:
-        """Queues the delivery of `event` to instance `to` (it runs when time next moves)."""
+        """Queues the delivery of `event` to instance `to` (it runs when time next moves); the
+        platform sends it to a new instance instead when `to` has died."""
+        while to.process.dead:
+            to = self._replacements.setdefault(to.process.name, self.instance(f"{to.process.name}'"))
         task = self.sim.spawn(lambda: to.handler.handle(event), name=f"{to.process.name}:{event.name}",
                               process=to.process)
         delivery = Delivery(event, to, task)
