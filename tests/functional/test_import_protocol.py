@@ -91,7 +91,7 @@ def test_an_event_delivered_long_after_its_window_closed_is_imported(world: Worl
     world.check_invariants()
 
 
-def test_uploads_that_a_queued_wildcard_import_will_read_join_it(world: World) -> None:
+def test_uploads_that_a_queued_wildcard_import_will_read_join_it() -> None:
     w = World(max_concurrent_operations=1)
     a = w.instance()
     w.deliver(w.upload("blocker/one.dcm"), a)
@@ -114,7 +114,7 @@ def test_uploads_that_a_queued_wildcard_import_will_read_join_it(world: World) -
     assert bulk.data["counters"]["success"] == 3
 
 
-def test_the_cap_holds_while_five_windows_queue_and_drain(world: World) -> None:
+def test_the_cap_holds_while_five_windows_queue_and_drain() -> None:
     w = World(max_concurrent_operations=2)
     instances = [w.instance() for _ in range(5)]
     for n, instance in enumerate(instances):
@@ -132,7 +132,7 @@ def test_the_cap_holds_while_five_windows_queue_and_drain(world: World) -> None:
     assert w.hc.max_running == 2 and len(w.hc.operations) == 5
 
 
-def test_a_slot_leaked_by_a_dead_starter_is_freed_after_the_lease(world: World) -> None:
+def test_a_slot_leaked_by_a_dead_starter_is_freed_after_the_lease() -> None:
     w = World(max_concurrent_operations=1)
     a = w.instance()
     # The leader takes the only slot, then dies before its job exists: the slot names a job
@@ -192,6 +192,7 @@ def test_a_leader_stalled_within_its_lease_keeps_the_window(world: World) -> Non
     world.faults.stall(world.settings.claim_lease_seconds / 2, method="list", name="windows/", nth=2)
     world.upload_burst(_names("pause", 3), to=[a])
     world.sim.run_until(T0 + world.settings.debounce_seconds + world.settings.settle_seconds + 1)
+    assert world.faults.fired == ["before store.list windows/20260101T000000000Z/"]
     summary = world.poll().value()
     assert summary.windows_recovered == 0
     world.settle()
@@ -243,3 +244,21 @@ def test_a_leader_close_to_the_end_of_its_lease_renews_its_claim_before_queueing
     world.settle()
     world.check_invariants()
     assert len(world.hc.operations) == 1
+
+
+def test_a_poller_that_cannot_read_the_tracked_operations_starts_no_job() -> None:
+    w = World(max_concurrent_operations=1, claim_lease_seconds=10.0)
+    a = w.instance()
+    # The starter of the only job dies right after recording its operation, before deleting the job.
+    w.faults.kill(method="delete", name="jobs/")
+    w.upload_burst(_names("blind", 2), to=[a])
+    w.sim.run_until_idle()
+    assert len(w.state("jobs/")) == 1 and len(w.state("operations/")) == 1
+    w.sim.advance(w.settings.claim_lease_seconds + 1)  # the job's STARTING lease is over
+    w.faults.fail(ConnectionError("storage unavailable"), method="list", name="operations/")
+    summary = w.poll().value()
+    assert summary.jobs_started == 0 and any(e.startswith("poll operations:") for e in summary.errors)
+    assert len(w.hc.operations) == 1
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 1
