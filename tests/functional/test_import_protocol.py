@@ -247,7 +247,7 @@ def test_a_leader_close_to_the_end_of_its_lease_renews_its_claim_before_queueing
 
 
 def test_a_poller_that_cannot_read_the_tracked_operations_starts_no_job() -> None:
-    w = World(max_concurrent_operations=1, claim_lease_seconds=10.0)
+    w = World(claim_lease_seconds=10.0)
     a = w.instance()
     # The starter of the only job dies right after recording its operation, before deleting the job.
     w.faults.kill(method="delete", name="jobs/")
