@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: install demo test test-unit test-integration test-infra bench lint clean
+.PHONY: install demo test test-unit test-functional test-integration test-infra bench lint clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: install $(CHECKOV_VENV)/.installed lint
 
 test-unit: install
 	$(PY) -m pytest tests/unit
+
+test-functional: install
+	$(PY) -m pytest tests/functional
 
 test-integration: install
 	$(PY) -m pytest tests/integration

@@ -7,6 +7,8 @@ Runs, each in its own interpreter so that one failing does not stop the others:
   bench.import_patterns   upload patterns through the pipeline vs one import per file (--quick: < 2 min)
   bench.cold_start        what importing main.py adds to a bare functions-framework import
   bench.poller_scale      one poller run with 1,000 tracked operations in flight
+  bench.export_request    validating an export request of 100,000 paths
+  bench.local_stack       start-up of the local cloud, and the demo end to end
 Exits non-zero when any of them failed.
 """
 
@@ -24,6 +26,8 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("bench.import_patterns", [], ["--quick"]),
     ("bench.cold_start", [], ["--runs", "5"]),
     ("bench.poller_scale", [], ["--operations", "300"]),
+    ("bench.export_request", [], ["--runs", "3"]),
+    ("bench.local_stack", [], ["--starts", "1"]),
 ]
 
 

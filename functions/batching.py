@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from functions import planning
-from functions.gcs import Gcs, ObjectInfo
+from functions.clients import ObjectInfo, ObjectStore
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.jobs import Job, JobQueue
 from functions.log import fields
@@ -69,7 +69,7 @@ class WindowResult:
 class WindowBatcher:
     """Plans and queues the imports of a window. Thread-safe; holds no per-window state."""
 
-    def __init__(self, settings: Settings, gcs: Gcs, queue: JobQueue,
+    def __init__(self, settings: Settings, gcs: ObjectStore, queue: JobQueue,
                  clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs
@@ -80,6 +80,11 @@ class WindowBatcher:
     def window_prefix(self, window: str) -> str:
         return self._s.state_path("windows", window) + "/"
 
+    def seen_path(self, window: str, key: str) -> str:
+        """The duplicate marker of an upload (`key`: `windows.object_key`), kept per window so that a
+        leader checks all of its window's markers with one listing."""
+        return self._s.state_path("seen", window, key)
+
     def claim_path(self, window: str) -> str:
         return self._s.state_path("claims", f"{window}.json")
 
@@ -87,6 +92,22 @@ class WindowBatcher:
         """Windows that hold records (the poller's view of unfinished work)."""
         root = self._s.state_path("windows/")
         return [p[len(root):].rstrip("/") for p in self._gcs.list_prefixes(self._s.state_bucket, root)]
+
+    def drop_stale_claims(self, open_windows: set[str]) -> int:
+        """Deletes claims of windows without records whose lease is over (their leader died after
+        deleting the records, before deleting the claim); how many."""
+        root = self._s.state_path("claims/")
+        dropped = 0
+        for info in self._gcs.list(self._s.state_bucket, root):
+            window = info.name[len(root):].removesuffix(".json")
+            if window in open_windows:
+                continue  # the window's own recovery takes over its claim
+            claim = self._gcs.read(self._s.state_bucket, info.name)
+            if claim is not None and float(claim.data.get("leaseUntil", 0)) < self._clock() \
+                    and self._gcs.delete(self._s.state_bucket, info.name, claim.generation):
+                logger.warning("deleted the claim of a dead leader", extra=fields(window=window))
+                dropped += 1
+        return dropped
 
     def is_orphaned(self, window: str) -> bool:
         """True once a live leader would long have claimed the window."""
@@ -103,16 +124,27 @@ class WindowBatcher:
         window_closed = window_close(window, self._s.debounce_seconds)
         covering = self._covering() if uploads else []
         jobs: list[Job] = []
+        adoptions: dict[str, list[Upload]] = defaultdict(list)
         staged = 0
-        adopted = 0
         for (bucket, storage_class), group in _group(uploads, self._s).items():
-            rest = self._adopt(batch_id, bucket, storage_class, group, covering)
-            adopted += len(group) - len(rest)
+            rest = self._adopt(bucket, storage_class, group, covering, adoptions)
             if rest:
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
                                                             storage_class, rest)
                 jobs.extend(group_jobs)
                 staged += group_staged
+        generation = self._fence(window, generation)
+        if generation is None:
+            # Planning outlived the lease and the poller took the window over: it plans the same
+            # uploads, so queueing ours too would import them twice. What we wrote so far (staged
+            # copies, manifests of jobs that never exist) is garbage the lifecycle rules remove.
+            logger.warning("lost the window's claim while planning; its new holder batches it",
+                           extra=fields(window=window, batch=batch_id))
+            return WindowResult(window, claimed=False)
+        self._mark_seen(window, uploads)
+        for job_id, taken in adoptions.items():
+            self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
+                            {"objects": [_manifest_entry(u) for u in taken]})
         reservations = [self._queue.reserve(job) for job in jobs]
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
@@ -120,10 +152,42 @@ class WindowBatcher:
         self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
         self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
+        adopted = sum(len(taken) for taken in adoptions.values())
         logger.info("window batched", extra=fields(window=window, batch=batch_id, uploads=len(uploads),
                                                     jobs=len(jobs), started=len(started), staged=staged,
                                                     adopted=adopted))
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged)
+
+    def _fence(self, window: str, generation: int) -> int | None:
+        """Checks, before anything of the plan becomes durable, that the claim is still ours.
+
+        Returns the claim's generation, or None when it was taken over (its lease ran out while we
+        planned). With less than `_FENCE_MARGIN` of the lease left the claim is renewed, so the
+        few calls up to the deletion of the records all fall inside the lease. (A pause longer
+        than that margin between the check and the queued jobs can still double a batch: Cloud
+        Storage has no fencing tokens.)
+        """
+        path = self.claim_path(window)
+        current = self._gcs.read(self._s.state_bucket, path)
+        if current is None or current.generation != generation:
+            return None
+        now = self._clock()
+        if float(current.data.get("leaseUntil", 0)) - now >= _fence_margin(self._s.claim_lease_seconds):
+            return generation
+        renewed = dict(current.data, leaseUntil=now + self._s.claim_lease_seconds)
+        return self._gcs.replace(self._s.state_bucket, path, renewed, generation)
+
+    def _mark_seen(self, window: str, uploads: list[Upload]) -> None:
+        """Writes the duplicate markers its recorder did not get to (it died between its two creates).
+
+        Without them a redelivery of such an event after the batch would find neither a window record
+        nor a marker, and import the object a second time.
+        """
+        prefix = self.seen_path(window, "")
+        marked = {info.name[len(prefix):] for info in self._gcs.list(self._s.state_bucket, prefix)}
+        missing = [u for u in uploads if _record_key(u.record) not in marked]
+        self._parallel(lambda u: self._gcs.create(self._s.state_bucket, prefix + _record_key(u.record), b""),
+                       missing)
 
     def _claim(self, window: str) -> int | None:
         now = self._clock()
@@ -152,9 +216,12 @@ class WindowBatcher:
                 self._gcs.delete(self._s.state_bucket, info.name)
         return uploads
 
-    def _adopt(self, batch_id: str, bucket: str, storage_class: str | None, uploads: list[Upload],
-               covering: list[_Covering]) -> list[Upload]:
+    def _adopt(self, bucket: str, storage_class: str | None, uploads: list[Upload], covering: list[_Covering],
+               adoptions: dict[str, list[Upload]]) -> list[Upload]:
         """Leaves out uploads that an earlier window's wildcard import reads anyway; returns the rest.
+
+        The ones left out go into `adoptions` (job id -> uploads); `run` writes them down once it
+        knows the window is still its own.
 
         A wildcard is evaluated when the LRO lists the bucket, not when it was planned: an import
         still queued, or started after an object was created, reads that object too. Such objects
@@ -166,16 +233,12 @@ class WindowBatcher:
         if not covering:
             return uploads
         rest: list[Upload] = []
-        adopted: dict[str, list[Upload]] = defaultdict(list)
         for upload in uploads:
             cover = next((c for c in covering if c.matches(upload.name) and _listed_after(c, upload)), None)
             if cover is None:
                 rest.append(upload)
             else:
-                adopted[cover.job.job_id].append(upload)
-        for job_id, taken in adopted.items():
-            self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
-                            {"objects": [_manifest_entry(u) for u in taken]})
+                adoptions[cover.job.job_id].append(upload)
         return rest
 
     def _covering(self) -> list[_Covering]:
@@ -277,6 +340,11 @@ class WindowBatcher:
             list(pool.map(action, items))
 
 
+def _fence_margin(lease_seconds: float) -> float:
+    """Lease that must be left before a leader makes its plan durable (else it renews the claim)."""
+    return min(lease_seconds / 2, 10.0)
+
+
 # Allowance between Cloud Storage's timeCreated and our clock when deciding that an object
 # existed before an import was started.
 _CLOCK_SKEW_SECONDS = 2.0
@@ -287,6 +355,11 @@ def _listed_after(cover: _Covering, upload: Upload) -> bool:
     if cover.started_at is None:
         return True
     return upload.time_created is not None and upload.time_created < cover.started_at - _CLOCK_SKEW_SECONDS
+
+
+def _record_key(record: str) -> str:
+    """`windows/W/{key}.json` -> key."""
+    return record.rsplit("/", 1)[-1].removesuffix(".json")
 
 
 def _manifest_entry(upload: Upload) -> dict[str, object]:

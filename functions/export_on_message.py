@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from functions.clients import EventPublisher, HealthcareApi, ObjectStore
 from functions.completion import rejected_event
 from functions.errors import InvalidExportRequestError
 from functions.events import PubsubMessage
@@ -29,11 +30,8 @@ from functions.export_request import (
     is_valid_request_id,
     parse_export_request,
 )
-from functions.gcs import Gcs
-from functions.healthcare import HealthcareClient
 from functions.jobs import Job, JobQueue
 from functions.log import fields
-from functions.publish import Publisher
 from functions.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,8 +50,8 @@ class ExportOutcome:
 
 
 class ExportOnMessage:
-    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient, queue: JobQueue,
-                 publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi, queue: JobQueue,
+                 publisher: EventPublisher, clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs
         self._hc = healthcare

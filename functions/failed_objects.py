@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from functions.gcs import Gcs
-from functions.healthcare import HealthcareClient
+from functions.clients import HealthcareApi, ObjectStore
 from functions.log import fields
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def read_uids(data: bytes) -> tuple[str, str, str] | None:
 class FailedObjectFinder:
     """Compares a batch's objects with the store."""
 
-    def __init__(self, gcs: Gcs, healthcare: HealthcareClient) -> None:
+    def __init__(self, gcs: ObjectStore, healthcare: HealthcareApi) -> None:
         self._gcs = gcs
         self._hc = healthcare
 

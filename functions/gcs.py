@@ -10,36 +10,18 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 from google.cloud.storage.retry import DEFAULT_RETRY
+
+from functions.clients import ObjectInfo, Record
 
 if TYPE_CHECKING:
     from google.cloud import storage
 
 
 _POOL_SIZE = 64
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """The listing fields the planner and the failure report need."""
-
-    name: str
-    generation: int
-    size: int
-    metadata: dict[str, str] = field(default_factory=dict)
-    time_created: float = 0.0  # epoch seconds
-
-
-@dataclass(frozen=True)
-class Record:
-    """A JSON state object and the generation it was read at (for compare-and-swap)."""
-
-    data: dict[str, Any]
-    generation: int
 
 
 def _dumps(data: dict[str, Any]) -> str:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from functions.batching import WindowBatcher, WindowResult
+from functions.clients import ObjectStore
 from functions.errors import StaleEventError
 from functions.events import StorageObjectEvent
-from functions.gcs import Gcs
 from functions.log import fields
 from functions.selection import ignore_reason
 from functions.settings import Settings
@@ -58,7 +58,7 @@ class _ProcessWindows:
 class ImportOnUpload:
     """The finalize handler. One instance per process, shared by concurrent requests."""
 
-    def __init__(self, settings: Settings, gcs: Gcs, batcher: WindowBatcher,
+    def __init__(self, settings: Settings, gcs: ObjectStore, batcher: WindowBatcher,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self._s = settings
         self._gcs = gcs
@@ -92,7 +92,7 @@ class ImportOnUpload:
             # creator touches the duplicate marker, so two concurrent deliveries cannot each take
             # the other for the duplicate and drop the object.
             return Outcome("duplicate", "already waiting in its window", window)
-        first_sighting = self._gcs.create(self._s.state_bucket, self._s.state_path("seen", key), b"") is not None
+        first_sighting = self._gcs.create(self._s.state_bucket, self._batcher.seen_path(window, key), b"") is not None
         if not first_sighting:
             # Batched before (its window record is gone): this is a late duplicate.
             self._gcs.delete(self._s.state_bucket, record)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from functions.clients import HealthcareApi, ObjectStore, Record
 from functions.errors import PermanentApiError, RetryableError
-from functions.gcs import Gcs, Record
-from functions.healthcare import HealthcareClient
 from functions.log import fields
 from functions.settings import Settings
 
@@ -104,7 +103,7 @@ class StartResult:
 class JobQueue:
     """Submits and starts jobs under the slot limit. Safe across threads and instances."""
 
-    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient,
+    def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi,
                  clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs
@@ -163,8 +162,12 @@ class JobQueue:
         prefix = self._s.state_path("jobs/")
         return sorted(o.name[len(prefix):-len(".json")] for o in self._gcs.list(self._s.state_bucket, prefix))
 
-    def try_start(self, job_id: str) -> StartResult:
+    def try_start(self, job_id: str, tracked_jobs: Collection[str] = ()) -> StartResult:
         """Starts the job if a slot is free and nobody else is starting it.
+
+        `tracked_jobs`: jobs whose operation is tracked (read before the job list). Such a job's
+        starter died after it recorded the operation, before it deleted the job: the job record
+        is dropped, not started a second time.
 
         A transient API failure puts the job back in the queue (the poller tries again); a
         permanent one finishes it as a failed operation so that its completion event says why.
@@ -172,6 +175,10 @@ class JobQueue:
         record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
         if record is None:
             return StartResult(None, queued=False)  # started (or finished) by somebody else
+        if job_id in tracked_jobs:
+            logger.warning("dropping a job whose operation is already tracked", extra=fields(job=job_id))
+            self._gcs.delete(self._s.state_bucket, self.job_path(job_id), record.generation)
+            return StartResult(None, queued=False)
         now = self._clock()
         if record.data.get("state") == "STARTING" and float(record.data.get("leaseUntil", 0)) > now:
             return StartResult(None, queued=False)

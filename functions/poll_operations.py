@@ -17,12 +17,10 @@ from typing import Any
 
 from functions import completion
 from functions.batching import WindowBatcher
+from functions.clients import EventPublisher, HealthcareApi, ObjectStore
 from functions.failed_objects import FailedObjectFinder
-from functions.gcs import Gcs
-from functions.healthcare import HealthcareClient
 from functions.jobs import Job, JobQueue, StartedOperation
 from functions.log import fields
-from functions.publish import Publisher
 from functions.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,8 +48,8 @@ class PollSummary:
 
 
 class Poller:
-    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient, queue: JobQueue,
-                 batcher: WindowBatcher, publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi, queue: JobQueue,
+                 batcher: WindowBatcher, publisher: EventPublisher, clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs
         self._hc = healthcare
@@ -63,9 +61,13 @@ class Poller:
 
     def run(self) -> PollSummary:
         summary = PollSummary()
+        tracked_jobs: set[str] = set()
         self._step(summary, "recover windows", lambda: self._recover_windows(summary))
-        self._step(summary, "poll operations", lambda: self._poll(summary))
-        self._step(summary, "start jobs", lambda: self._start_jobs(summary))
+        self._step(summary, "poll operations", lambda: tracked_jobs.update(self._poll(summary)))
+        # Without the tracked operations a job whose starter died after starting it cannot be told
+        # from one that never started: then starting jobs waits for the next run.
+        if not any(error.startswith("poll operations:") for error in summary.errors):
+            self._step(summary, "start jobs", lambda: self._start_jobs(summary, tracked_jobs))
         # The run's one summary line: infra/monitoring.tf turns it into the poller's heartbeat,
         # the queue length and the oldest running operation's age.
         logger.info("poll finished", extra=fields(tracked=summary.tracked, running=summary.running,
@@ -84,11 +86,14 @@ class Poller:
             summary.errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
 
     def _recover_windows(self, summary: PollSummary) -> None:
-        for window in self._batcher.open_windows():
+        windows = self._batcher.open_windows()
+        for window in windows:
             if self._batcher.is_orphaned(window) and self._batcher.run(window).claimed:
                 summary.windows_recovered += 1
+        self._batcher.drop_stale_claims(set(windows))
 
-    def _poll(self, summary: PollSummary) -> None:
+    def _poll(self, summary: PollSummary) -> set[str]:
+        """Polls every tracked operation; returns the ids of their jobs (finished ones included)."""
         tracked = self._queue.tracked()
         summary.tracked = len(tracked)
         with ThreadPoolExecutor(max_workers=self._s.poll_concurrency) as pool:
@@ -105,6 +110,7 @@ class Poller:
                 summary.published.append(outcome)
         live = {t.job.job_id for t, o in zip(tracked, outcomes, strict=True) if o is None or isinstance(o, Exception)}
         summary.slots_freed = self._queue.reclaim_slots(live)
+        return {t.job.job_id for t in tracked}
 
     def _poll_one(self, started: StartedOperation) -> str | Exception | None:
         """The published eventId when the operation finished; None while it runs."""
@@ -175,10 +181,10 @@ class Poller:
             for name in self._manifests(job):
                 self._gcs.delete(self._s.state_bucket, name)
 
-    def _start_jobs(self, summary: PollSummary) -> None:
+    def _start_jobs(self, summary: PollSummary, tracked_jobs: set[str]) -> None:
         pending = self._queue.pending_job_ids()
         for index, job_id in enumerate(pending):
-            result = self._queue.try_start(job_id)
+            result = self._queue.try_start(job_id, tracked_jobs)
             if result.started:
                 summary.jobs_started += 1
             elif result.queued:

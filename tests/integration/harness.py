@@ -27,15 +27,18 @@ from tests.contracts import validate_completion_message
 PROJECT = "local-project"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
-    """Polls `condition` until it returns something truthy; fails the test with `what` after `timeout`."""
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
+             what: str | Callable[[], str] = "") -> Any:
+    """Polls `condition` until it returns something truthy; fails the test with `what` (a string, or a
+    function that describes the state at the time) after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {described or condition}")
         time.sleep(interval)
 
 
@@ -103,7 +106,8 @@ class Deployment:
     completions_subscription: str
     storage_client: storage.Client
     deps: Deps
-    seen_event_ids: list[str] = field(default_factory=list)
+    seen_event_ids: set[str] = field(default_factory=set)  # every eventId pulled from the completions topic
+    poll_summaries: list[Any] = field(default_factory=list)
 
     @classmethod
     def create(cls, healthcare_url: str, **overrides: Any) -> Deployment:
@@ -165,30 +169,67 @@ class Deployment:
         return response.json() if response.content else None
 
     def pull_completions(self, expected: int, timeout: float = 60.0, *, poll: bool = True) -> list[dict[str, Any]]:
-        """Runs the poller until `expected` completion events arrived; returns them (data + attributes)."""
+        """Runs the poller until `expected` completion events arrived; returns them (data + attributes).
+
+        Only for work whose number of events does not depend on timing (one upload, one export
+        request); for batches use `completions_until_quiet`.
+        """
         subscriber = pubsub_v1.SubscriberClient()
         events: list[dict[str, Any]] = []
 
         def more() -> bool:
             if poll:
                 self.poller().run()
-            response = subscriber.pull(subscription=self.completions_subscription, max_messages=100,
-                                       timeout=5, return_immediately=True)
-            if response.received_messages:
-                subscriber.acknowledge(subscription=self.completions_subscription,
-                                       ack_ids=[m.ack_id for m in response.received_messages])
-            for received in response.received_messages:
-                event = validate_completion_message(received.message.data, received.message.attributes)
-                event["_attributes"] = dict(received.message.attributes)
-                events.append(event)
+            events.extend(self._pull(subscriber))
             return len(events) >= expected
 
         wait_for(more, timeout=timeout, interval=0.3, what=f"{expected} completion events (got {len(events)})")
         return events
 
-    def completions_for(self, events: Iterable[StorageObjectEvent], timeout: float = 60.0) -> list[dict[str, Any]]:
-        """The completion events of these uploads: one per debounce window they fell into."""
-        return self.pull_completions(len(windows_of(self, events)), timeout=timeout)
+    def completions_until_quiet(self, timeout: float = 60.0,
+                                until: Callable[[list[dict[str, Any]]], bool] | None = None) -> list[dict[str, Any]]:
+        """Runs the poller until no import or export work is left, and returns every completion event
+        published meanwhile (a republished one as often as it came).
+
+        How many windows, imports and events an upload makes depends on timing; this does not:
+        quiet means no window record, no job and no tracked operation (read in that order: each is
+        deleted only after the next exists), and every event the poller recorded in `done/` has
+        arrived (now or in an earlier call). `until`, if given, must hold for the events as well.
+        """
+        subscriber = pubsub_v1.SubscriberClient()
+        events: list[dict[str, Any]] = []
+
+        def done() -> bool:
+            self.poll_summaries.append(self.poller().run())
+            events.extend(self._pull(subscriber))
+            if any(self.state_objects(prefix) for prefix in ("windows/", "jobs/", "operations/")):
+                return False
+            bucket = self.storage_client.bucket(self.settings.state_bucket)
+            reported = {json.loads(bucket.blob(name).download_as_bytes())["eventId"]
+                        for name in self.state_objects("done/")}
+            return reported <= self.seen_event_ids and (until is None or until(events))
+
+        def state() -> str:
+            left = {p: self.state_objects(p) for p in ("windows/", "claims/", "jobs/", "slots/", "operations/")}
+            return (f"the pipeline to go quiet: left {({p: n for p, n in left.items() if n})}, "
+                    f"{len(events)} events, last poll {self.poll_summaries[-1] if self.poll_summaries else None}")
+
+        wait_for(done, timeout=timeout, interval=0.3, what=state)
+        return events
+
+    def _pull(self, subscriber: Any) -> list[dict[str, Any]]:
+        response = subscriber.pull(subscription=self.completions_subscription, max_messages=100,
+                                   timeout=5, return_immediately=True)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=self.completions_subscription,
+                                   ack_ids=[m.ack_id for m in response.received_messages])
+        pulled = []
+        for received in response.received_messages:
+            event = validate_completion_message(received.message.data, received.message.attributes)
+            event["_attributes"] = dict(received.message.attributes)
+            pulled.append(event)
+            self.seen_event_ids.add(str(event.get("eventId")))
+        return pulled
 
     def stored_instances(self) -> list[dict[str, Any]]:
         """QIDO-RS instances search over the whole store."""
@@ -232,6 +273,17 @@ def upload_and_deliver(d: Deployment, files: Iterable[tuple[str, bytes]], thread
             events.append(event)
             futures.append(pool.submit(handler.handle, event))
         return events, [f.result() for f in futures]
+
+
+def distinct(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One event per eventId (consumers drop republished copies by it)."""
+    return list({e["eventId"]: e for e in events}.values())
+
+
+def successes(events: Iterable[dict[str, Any]]) -> int:
+    """Instances the operations reported done, each event counted once. For imports: the uploads,
+    plus any older object a planned glob read again."""
+    return sum(e["counters"]["success"] for e in distinct(events))
 
 
 def windows_of(d: Deployment, events: Iterable[StorageObjectEvent]) -> set[str]:

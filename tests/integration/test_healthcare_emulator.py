@@ -661,10 +661,10 @@ def test_injected_delay_slows_a_call(emulator: Emulator, store: Store) -> None:
     emulator.control("POST", "faults", json={"method": "operations.list", "count": 1, "delaySeconds": 0.4})
     started = time.monotonic()
     store.api.operations().list(name=store.dataset).execute()
-    assert time.monotonic() - started >= 0.4
-    started = time.monotonic()
-    store.api.operations().list(name=store.dataset).execute()
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started >= 0.4  # a lower bound: a slow machine only adds to it
+    # The delay was for one call: it is used up (no upper bound on the next call's time, which
+    # would depend on the machine's speed).
+    assert emulator.control("GET", "faults") == {"methods": [], "operations": []}
 
 
 def test_operations_can_be_made_to_fail(emulator: Emulator, store: Store) -> None:

@@ -1,9 +1,13 @@
 """The import function and the poller against fake-gcs-server, the Pub/Sub emulator and our
-Healthcare emulator: batching, duplicates, crashes, faults, odd names, failures by name."""
+Healthcare emulator: batching, duplicates, crashes, faults, odd names, failures by name.
+
+How many debounce windows a burst of uploads falls into depends on the machine's speed, so these
+tests never assume one: they wait until the pipeline is quiet and check what holds for any number
+of windows (every object imported and reported once, one eventId per operation). The protocol
+itself, step by step and at every crash point, is tested in tests/functional."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +16,15 @@ import pytest
 
 from functions.events import StorageObjectEvent
 from tests import dicom_factory
-from tests.integration.harness import Deployment, deliver_all, upload_and_deliver, wait_for, windows_of
+from tests.integration.harness import (
+    Deployment,
+    deliver_all,
+    distinct,
+    successes,
+    upload_and_deliver,
+    wait_for,
+    windows_of,
+)
 
 
 @pytest.fixture
@@ -49,14 +61,20 @@ def test_a_burst_of_study_folders_is_one_import_per_window(healthcare_emulator: 
     assert [o.action for o in outcomes].count("ignored") == 1  # the sidecar
     windows = windows_of(d, events[:-1])
     led = [o.led for o in outcomes if o.led is not None]
-    assert len(led) == len(windows) and sum(r.uploads for r in led) == 12
-    assert _import_calls(d) - before == len(windows)
-    completions = d.pull_completions(len(windows))
+    # Every record is batched by exactly one leader (a slow machine may re-lead a window for late events).
+    assert len(led) >= len(windows) and sum(r.uploads for r in led) == 12
+    completions = distinct(d.completions_until_quiet())
+    assert _import_calls(d) - before == len(completions) <= sum(len(r.jobs) for r in led)
     assert all(e["state"] == "SUCCEEDED" and e["kind"] == "import" for e in completions), completions
-    assert sum(e["counters"]["success"] for e in completions) == 12
+    # A later window's glob may read an earlier window's objects again (the planner's choice).
+    assert len(_stored_uids(d)) == 12 <= successes(completions)
     assert all(e["counters"]["failure"] == 0 for e in completions)
-    if len(windows) == 1:
-        assert completions[0]["source"] == f"gs://{d.upload_bucket}/inbox/**.dcm"
+    if len(windows) == len(led) == 1:
+        assert [e["source"] for e in completions] == [f"gs://{d.upload_bucket}/inbox/**.dcm"]
+        assert successes(completions) == 12
+    else:  # uploads that spilled into the next window: globs inside inbox/, or staged copies
+        assert all(e["source"].startswith((f"gs://{d.upload_bucket}/inbox/", f"gs://{d.settings.state_bucket}/"))
+                   for e in completions), completions
     assert all(e["_attributes"]["eventId"] == e["eventId"] for e in completions)
     assert len(_stored_uids(d)) == 12
     # The window's state is gone once the operation is reported.
@@ -70,14 +88,16 @@ def test_every_event_delivered_twice_starts_one_import(deployment: Deployment) -
     events = _upload_study_folders(d, ["dup/s1", "dup/s2"])
     outcomes = deliver_all(d.handler(), events + events)
     assert [o.action for o in outcomes].count("recorded") == len(events)
-    windows = windows_of(d, events)
-    completions = d.pull_completions(len(windows))
-    assert sum(e["counters"]["success"] for e in completions) == len(events)
-    assert _import_calls(d) - before == len(windows)
+    completions = distinct(d.completions_until_quiet())
+    assert len(_stored_uids(d)) == len(events) <= successes(completions)
+    imports = _import_calls(d) - before
+    assert imports == len(completions) <= len(windows_of(d, events))
+    if len(windows_of(d, events)) == 1:
+        assert successes(completions) == len(events)
     # A redelivery long after the batch is done is still a duplicate.
     late = d.handler().handle(events[0])
     assert (late.action, late.reason) == ("duplicate", "already batched")
-    assert _import_calls(d) - before == len(windows)
+    assert _import_calls(d) - before == imports
 
 
 def test_trickle_into_one_folder_stages_and_reads_each_object_at_most_twice(deployment: Deployment) -> None:
@@ -85,13 +105,19 @@ def test_trickle_into_one_folder_stages_and_reads_each_object_at_most_twice(depl
     handler = d.handler()
     first = [d.upload(f"ward/{name}.dcm", dicom_factory.instance()) for name in ("k3x", "a9q")]
     deliver_all(handler, first)
-    d.pull_completions(1)
+    assert successes(d.completions_until_quiet()) == 2
     second = [d.upload(f"ward/{name}.dcm", dicom_factory.instance()) for name in ("m1z", "b7c")]
     deliver_all(handler, second)
-    [event] = d.pull_completions(1)
-    assert event["counters"]["success"] == 2
-    # The old objects of the folder were not imported again: the new ones were staged.
-    assert "/staging/" in event["source"]
+    completions = distinct(d.completions_until_quiet())
+    assert successes(completions) == 2
+    # The old objects of the folder were not imported again: the new ones were staged (or, if
+    # they fell into two windows, each imported by its own name).
+    new_uris = {f"gs://{d.upload_bucket}/{e.name}" for e in second}
+    if len(windows_of(d, second)) == 1:
+        [event] = completions
+        assert "/staging/" in event["source"]
+    else:
+        assert all("/staging/" in e["source"] or e["source"] in new_uris for e in completions), completions
     reads = d.emulator("stats")["objectReads"]
     ward = {uri: n for uri, n in reads.items() if f"/{d.upload_bucket}/ward/" in uri}
     assert ward and max(ward.values()) == 1
@@ -107,8 +133,8 @@ def test_odd_names_and_upper_case_extensions_are_imported(deployment: Deployment
     events.append(d.upload("odd/notes.txt", b"not dicom"))
     outcomes = deliver_all(d.handler(), events)
     assert sum(o.action == "recorded" for o in outcomes) == len(names)
-    completions = d.pull_completions(1)
-    assert sum(e["counters"]["success"] for e in completions) == len(names)
+    completions = distinct(d.completions_until_quiet())
+    assert len(_stored_uids(d)) == len(names) <= successes(completions)
     assert all(e["state"] == "SUCCEEDED" for e in completions)
     assert len(_stored_uids(d)) == len(names)
 
@@ -118,12 +144,14 @@ def test_a_non_dicom_dcm_is_named_in_failed_objects(deployment: Deployment) -> N
     good = [d.upload(f"mixed/ok{i}.dcm", dicom_factory.instance()) for i in range(3)]
     bad = d.upload("mixed/broken.dcm", b"this is not DICOM at all")
     deliver_all(d.handler(), [*good, bad])
-    [event] = d.pull_completions(1)
-    assert event["counters"]["success"] == 3
-    assert event["counters"]["failure"] == 1
+    completions = distinct(d.completions_until_quiet())
+    assert len(_stored_uids(d)) == 3 <= successes(completions)
+    # The import whose batch held it names it (a later glob that read it again only counts it).
+    [event] = [e for e in completions if e.get("failedObjects")]
     assert event["state"] in ("SUCCEEDED_WITH_ERRORS", "FAILED")
     assert event["failedObjects"] == [f"gs://{d.upload_bucket}/mixed/broken.dcm"]
     assert event["failedObjectsTotal"] == 1
+    assert all(e["counters"]["failure"] <= 1 for e in completions)
     receipts = d.state_objects("receipts/")
     assert len(receipts) == 1
 
@@ -137,23 +165,28 @@ def test_a_leader_that_dies_after_claiming_is_replaced_by_the_poller(deployment:
         d.deps.gcs.create(d.settings.state_bucket,
                           d.deps.batcher.window_prefix(_window(d, event)) + f"{event.generation}.json", {},
                           metadata={"bucket": event.bucket, "name": event.name, "generation": str(event.generation)})
-    window = _window(d, events[0])
-    assert d.deps.batcher._claim(window) is not None
-    assert d.poller().run().windows_recovered == 0  # the dead leader's lease still runs
-    time.sleep(d.settings.claim_lease_seconds + d.settings.debounce_seconds + d.settings.settle_seconds)
-    [event] = d.pull_completions(1)
-    assert event["counters"]["success"] == len(events)
+    windows = {_window(d, event) for event in events}
+    for window in windows:
+        assert d.deps.batcher._claim(window) is not None
+    # The poller takes each window over once the dead leader's lease is over (that it waits for
+    # the lease, and not longer, is tested on a fake clock in tests/functional).
+    completions = distinct(d.completions_until_quiet())
+    assert len(_stored_uids(d)) == len(events) <= successes(completions)
+    assert sum(s.windows_recovered for s in d.poll_summaries) == len(windows)
 
 
 def test_503_bursts_are_retried_until_the_import_starts(deployment: Deployment) -> None:
     d = deployment
+    before = _import_calls(d)
     d.emulator("faults", {"method": "import", "count": 3, "status": 503})
     events = _upload_study_folders(d, ["flaky/s1"])
     outcomes = deliver_all(d.handler(), events)
     led = [o.led for o in outcomes if o.led]
+    # The first leader met the three 503s; the retries inside its budget started the import.
     assert led and led[0].started, "the import should start after the retried 503s"
-    [event] = d.pull_completions(1)
-    assert event["counters"]["success"] == len(events)
+    completions = distinct(d.completions_until_quiet())
+    assert len(_stored_uids(d)) == len(events) <= successes(completions)
+    assert _import_calls(d) - before == 3 + len(completions)
 
 
 def test_a_poller_killed_between_publish_and_mark_republishes_the_same_event_id(deployment: Deployment) -> None:
@@ -170,8 +203,18 @@ def test_a_poller_killed_between_publish_and_mark_republishes_the_same_event_id(
         original(tracked)
 
     queue.forget = crash_once  # type: ignore[method-assign]
-    events = d.pull_completions(2)
-    assert events[0]["eventId"] == events[1]["eventId"]
+
+    def republished(events: list[dict[str, Any]]) -> bool:
+        return len(events) > len(distinct(events))
+
+    events = d.completions_until_quiet(until=republished)
+    by_operation: dict[str, list[str]] = {}
+    for event in events:
+        by_operation.setdefault(event["operation"], []).append(event["eventId"])
+    assert all(len(set(ids)) == 1 for ids in by_operation.values()), by_operation  # the same eventId again
+    deliveries = sorted(len(ids) for ids in by_operation.values())
+    assert deliveries[-1] == 2 and deliveries[:-1] == [1] * (len(deliveries) - 1)  # one crash, one republish
+    assert len(_stored_uids(d)) == 4 <= successes(events)
     assert d.state_objects("operations/") == []
 
 
@@ -181,21 +224,19 @@ def test_never_more_than_the_cap_of_operations_run_at_once(healthcare_emulator: 
     d.emulator("reset", {})
     d.emulator("config", {"operationDelaySeconds": 1.5})
     try:
-        # Five windows, one folder each, pushed through quickly.
-        handler = d.handler()
-        threads, uploaded = [], []
-        for n in range(5):
-            events = _upload_study_folders(d, [f"cap/w{n}"], series=1, per_series=2)
-            uploaded.extend(events)
-            thread = threading.Thread(target=deliver_all, args=(handler, events))
-            thread.start()
-            threads.append(thread)
-            time.sleep(d.settings.debounce_seconds)
-        for thread in threads:
-            thread.join()
-        completions = d.completions_for(uploaded, timeout=120)
+        # One import per bucket: five buckets give five jobs, in one window or in several.
+        buckets = [d.upload_bucket] + [f"{d.upload_bucket}-{n}" for n in range(1, 5)]
+        for bucket in buckets[1:]:
+            d.storage_client.create_bucket(bucket)
+        uploaded = [d.upload(f"cap/IM{i}.dcm", data, bucket=bucket) for bucket in buckets
+                    for i, data in enumerate(dicom_factory.study(1, 2))]
+        led = [o.led for o in deliver_all(d.handler(), uploaded) if o.led]
+        jobs, started = sum(len(r.jobs) for r in led), sum(len(r.started) for r in led)
+        # Slots are released by the poller only, which has not run yet: the rest is queued.
+        assert jobs >= len(buckets) and started == 2, (jobs, started)
+        completions = distinct(d.completions_until_quiet(timeout=120))
         assert all(e["state"] == "SUCCEEDED" for e in completions)
-        assert sum(e["counters"]["success"] for e in completions) == len(uploaded)
+        assert successes(completions) == len(uploaded)
         assert d.emulator("stats")["maxConcurrentOperations"] <= 2
     finally:
         d.emulator("config", {"operationDelaySeconds": 0})
@@ -208,8 +249,8 @@ def test_no_state_object_is_written_more_than_about_once_a_second(healthcare_emu
     counting = d.counting()
     files = [(f"hot/f{folder}/IM{index:03d}.dcm", data) for folder in range(10)
              for index, data in enumerate(dicom_factory.study(2, 10))]
-    events, _ = upload_and_deliver(d, files, threads=32)
-    d.pull_completions(len(windows_of(d, events)), timeout=60)
+    upload_and_deliver(d, files, threads=32)
+    assert successes(d.completions_until_quiet(timeout=60)) >= len(files) == len(_stored_uids(d))
     most, name = counting.max_writes_per_second()
     assert most <= 2, f"{name} was written {most} times within one second"
 
@@ -245,12 +286,18 @@ def test_uploads_a_queued_wildcard_import_will_read_are_not_imported_again(healt
         outcome = handler.handle(later)
         # The first window's leader returned after its window closed, so this is a later window.
         assert outcome.window not in windows_of(d, first)
-        assert outcome.led is not None and outcome.led.jobs == ()  # adopted by the queued import
-        completions = d.pull_completions(2, timeout=60)  # the blocker and the bulk import
-        reported = sum(e["counters"]["success"] for e in completions if "/bulk/" in e.get("source", ""))
-        assert reported == 3
-        assert len(_stored_uids(d)) == 4
-        assert _import_calls(d) - before == 2
+        completions = distinct(d.completions_until_quiet(timeout=60))
+        # Every object stored; each import reported (a glob may read an older object again).
+        assert successes(completions) >= 4 == len(_stored_uids(d))
+        assert _import_calls(d) - before == len(completions)
+        if len(windows_of(d, first)) == 1:
+            # One queued wildcard import for a0 and a1, which reads a2 too: a2 joins it.
+            assert outcome.led is not None and outcome.led.jobs == ()
+            bulk = [e for e in completions if "/bulk/" in e.get("source", "")]
+            assert [e["counters"]["success"] for e in bulk] == [3]
+            assert _import_calls(d) - before == 2
+        else:  # a0 and a1 fell into two windows: no single glob was queued for all of them
+            assert outcome.led is not None and len(outcome.led.jobs) <= 1
     finally:
         d.emulator("config", {"operationDelaySeconds": 0})
 

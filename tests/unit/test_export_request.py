@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -563,16 +562,12 @@ def test_uid_problem(uid: str, problem: str | None) -> None:
     assert uid_problem(uid) == problem
 
 
-# --- speed ---------------------------------------------------------------------------------------
+# --- size ----------------------------------------------------------------------------------------
 
 
-def test_100k_paths_validate_fast() -> None:
-    """A guard against an accidental quadratic, not a benchmark: the limit is generous."""
+def test_100k_paths_validate() -> None:
+    """How long this takes is measured by bench.export_request (no timing assertion here)."""
     paths = [f"/studies/1.2.840.{i}/series/1.2.{i}.1/instances/1.2.{i}.1.{i % 7}" for i in range(100_000)]
-    data = request(resources=paths)
-    started = time.perf_counter()
-    parsed = parse_export_request(data)
-    elapsed = time.perf_counter() - started
+    parsed = parse_export_request(request(resources=paths))
     assert isinstance(parsed.selector, ResourcesSelector)
-    assert len(parsed.selector.paths) == 100_000
-    assert elapsed < 5.0, f"100,000 paths took {elapsed:.2f} s"
+    assert parsed.selector.paths == tuple(paths)

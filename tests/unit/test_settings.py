@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+from dataclasses import fields
+
 import pytest
 
 from functions.errors import ConfigurationError
@@ -60,9 +63,75 @@ def test_a_function_reads_only_its_own_variables() -> None:
         Settings.from_env(env, "poll_dicom_operations")
 
 
-def test_every_function_variable_is_known() -> None:
+# A valid value for every variable that differs from its default (and from BASE).
+NON_DEFAULT = {
+    "DICOM_STORE": "projects/p/locations/europe-west4/datasets/d2/dicomStores/s2",
+    "DICOM_STATE_BUCKET": "other-state-bucket",
+    "DICOM_COMPLETION_TOPIC": "projects/p/topics/other-completions",
+    "DICOM_STATE_PREFIX": "pipeline",
+    "HEALTHCARE_API_URL": "http://127.0.0.1:8090",
+    "DICOM_MAX_CONCURRENT_OPERATIONS": "3",
+    "DICOM_CLAIM_LEASE_SECONDS": "45",
+    "DICOM_HTTP_TIMEOUT_SECONDS": "20",
+    "DICOM_RETRY_DEADLINE_SECONDS": "12",
+    "LOG_LEVEL": "DEBUG",
+    "DICOM_IMPORT_PREFIXES": "inbox/",
+    "DICOM_IMPORT_NAME_PATTERN": r"\.dicom$",
+    "DICOM_DEBOUNCE_SECONDS": "9",
+    "DICOM_SETTLE_SECONDS": "4",
+    "DICOM_STORAGE_CLASS_BY_PREFIX": "archive/=ARCHIVE",
+    "DICOM_MAX_EVENT_AGE_SECONDS": "60",
+    "DICOM_EXPORT_ALLOWED_DESTINATIONS": "gs://exports",
+    "DICOM_POLL_CONCURRENCY": "4",
+    "DICOM_FAILED_OBJECTS_CAP": "7",
+}
+
+
+class RecordingEnv(dict[str, str]):
+    """An environment that remembers which variables were looked up."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def test_the_table_covers_every_variable_and_names_real_functions() -> None:
+    assert set(NON_DEFAULT) == ALL_VARIABLES
     assert set(FUNCTION_VARIABLES) == {"import_dicom_on_upload", "export_dicom_on_message", "poll_dicom_operations"}
-    assert all(names <= ALL_VARIABLES for names in FUNCTION_VARIABLES.values())
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTION_VARIABLES))
+def test_each_function_reads_exactly_the_variables_it_declares(function: str) -> None:
+    env = RecordingEnv(NON_DEFAULT)
+    Settings.from_env(env, function)
+    assert env.read == FUNCTION_VARIABLES[function]
+
+
+def test_every_variable_sets_one_field_and_every_field_has_its_variable() -> None:
+    base = Settings.from_env(BASE)
+    changed = {}
+    for name, value in NON_DEFAULT.items():
+        settings = Settings.from_env({**BASE, name: value})
+        changed[name] = [f.name for f in fields(Settings) if getattr(settings, f.name) != getattr(base, f.name)]
+    assert all(len(names) == 1 for names in changed.values()), changed
+    assert sorted(names[0] for names in changed.values()) == sorted(f.name for f in fields(Settings))
+
+
+def test_the_readme_documents_every_variable() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = {name for line in readme.splitlines() if line.startswith("| `")
+                  if re.fullmatch(r"[A-Z][A-Z_]+", name := line.split("`")[1])}
+    assert documented == ALL_VARIABLES
 
 
 def test_lists_and_storage_classes_parse() -> None:

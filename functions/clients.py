@@ -1,0 +1,123 @@
+"""What the handlers need from Cloud Storage, the Healthcare API and Pub/Sub, as small Protocols.
+
+The handlers (`ImportOnUpload`, `WindowBatcher`, `JobQueue`, `Poller`, `ExportOnMessage`) are
+typed against these, not against the concrete clients (`functions.gcs.Gcs`,
+`functions.healthcare.HealthcareClient`, `functions.publish.Publisher`). So the functional tests
+run the real handler code on in-memory fakes with a fake clock (tests/functional), and a wrapper
+around a client (an error boundary, a call counter, a crash injector) is a drop-in.
+
+The semantics every implementation keeps are the ones the protocol of windows, claims, slots and
+queued jobs rests on (docs/state.md):
+- `create` is atomic create-if-absent (`ifGenerationMatch=0`): exactly one of several concurrent
+  creators gets a generation, the others get None (a 412).
+- `replace` and `delete` with a generation succeed only while the object is at that generation.
+- `list` is strongly consistent and ordered by name; `metadata` and `time_created` come with it.
+- `HealthcareApi` starts return the operation name once the LRO exists; errors are the leaves of
+  `functions.errors.ApiError` (transient: may be retried; permanent: the API refused the call).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """The listing fields the planner and the failure report need."""
+
+    name: str
+    generation: int
+    size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    time_created: float = 0.0  # epoch seconds
+
+
+@dataclass(frozen=True)
+class Record:
+    """A JSON state object and the generation it was read at (for compare-and-swap)."""
+
+    data: dict[str, Any]
+    generation: int
+
+
+class ObjectStore(Protocol):
+    """Cloud Storage as the pipeline uses it: state records with generations, listings, copies."""
+
+    def create(self, bucket: str, name: str, data: dict[str, Any] | bytes | str,
+               metadata: dict[str, str] | None = None) -> int | None:
+        """Creates the object if absent; its generation, or None when it already exists."""
+        ...
+
+    def read(self, bucket: str, name: str) -> Record | None:
+        """A JSON object with its generation; None when it does not exist."""
+        ...
+
+    def replace(self, bucket: str, name: str, data: dict[str, Any], generation: int) -> int | None:
+        """Overwrites only at `generation`; the new generation, or None (changed or gone)."""
+        ...
+
+    def write(self, bucket: str, name: str, data: dict[str, Any] | bytes | str) -> None:
+        """Unconditional write (objects only one writer ever produces)."""
+        ...
+
+    def delete(self, bucket: str, name: str, generation: int | None = None) -> bool:
+        """Deletes (only at `generation` when given); False when it was gone or had changed."""
+        ...
+
+    def list(self, bucket: str, prefix: str, *, recursive: bool = True,
+             max_results: int | None = None) -> Iterator[ObjectInfo]:
+        """Objects under `prefix` by name (direct children only when not recursive)."""
+        ...
+
+    def list_prefixes(self, bucket: str, prefix: str) -> builtins.list[str]:
+        """The "folders" directly under `prefix`, sorted."""
+        ...
+
+    def copy(self, src_bucket: str, src_name: str, generation: int, dst_bucket: str, dst_name: str) -> None:
+        """Server-side copy of one generation."""
+        ...
+
+    def download(self, bucket: str, name: str, *, generation: int | None = None,
+                 end: int | None = None) -> bytes:
+        """Object bytes (the first `end + 1` bytes when `end` is given)."""
+        ...
+
+    def open_writer(self, bucket: str, name: str, content_type: str = "text/plain") -> Any:
+        """A text file-like writer (a context manager) that streams a large object."""
+        ...
+
+
+class HealthcareApi(Protocol):
+    """The DICOM store calls of one store."""
+
+    def import_dicom(self, uri: str, *, storage_class: str | None = None) -> str:
+        """Starts `dicomStores.import` of `uri`; the operation name."""
+        ...
+
+    def export_dicom(self, uri_prefix: str, *, mime_type: str | None = None,
+                     filter_uri: str | None = None) -> str:
+        """Starts `dicomStores.export` to `uri_prefix`; the operation name."""
+        ...
+
+    def get_operation(self, name: str) -> dict[str, Any]:
+        """`operations.get`: the operation JSON as the API returns it."""
+        ...
+
+    def search(self, level: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        """QIDO-RS search at `level` (studies, series or instances, optionally nested)."""
+        ...
+
+    def instance_exists(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
+        """True when the store holds the instance."""
+        ...
+
+
+class EventPublisher(Protocol):
+    """The completions topic."""
+
+    def publish(self, data: bytes, attributes: dict[str, str]) -> str:
+        """Publishes and waits for the acknowledgement; the message id."""
+        ...

@@ -1,0 +1,428 @@
+"""In-memory fakes of the three clients (functions.clients), with the semantics the protocol needs.
+
+- `FakeObjectStore`: Cloud Storage objects with generations; create-if-absent, compare-and-swap
+  replace and delete answer like `ifGenerationMatch` (None / False for a 412); listings are
+  ordered by name, with prefix, delimiter (non-recursive), max_results, metadata and
+  timeCreated; `copy` and `download` of a generation that is gone raise NotFound. Its behaviour
+  is held against fake-gcs-server by tests/integration/test_object_store_contract.py.
+- `FakeHealthcare`: imports and exports are operations that run until the test finishes them
+  (`finish`, `finish_all`). An import resolves its `gcsSource.uri` when it starts (the emulator's
+  own wildcard rules), and on finishing reads each object: Part 10 bytes land (pydicom reads the
+  UIDs), anything else counts as a failure. It keeps what the test asks about: how often each
+  instance was imported, how many operations ran at once.
+- `FakePublisher`: the published completion events, decoded.
+
+Every call goes through `Faults` (tests/functional/faults.py) before and after it takes effect.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import itertools
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from google.api_core import exceptions as gexc
+
+from functions.clients import ObjectInfo, Record
+from functions.errors import PermanentApiError, api_error
+from tests.functional.faults import Faults
+
+Clock = Callable[[], float]
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Object:
+    data: bytes
+    generation: int
+    time_created: float
+    metadata: dict[str, str]
+
+
+class FakeObjectStore:
+    """Buckets spring into existence on first use."""
+
+    def __init__(self, clock: Clock, faults: Faults) -> None:
+        self._clock = clock
+        self._faults = faults
+        self._lock = threading.RLock()
+        self._buckets: dict[str, dict[str, _Object]] = {}
+        self._generations = itertools.count(1_700_000_000_000_001)
+        self.writes: Counter[str] = Counter()  # object name -> successful writes and deletes
+
+    # -- helpers for tests -------------------------------------------------------------------
+    def put(self, bucket: str, name: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """An upload by a user (no fault injection): the new generation."""
+        with self._lock:
+            obj = self._store(bucket, name, data, metadata)
+        return ObjectInfo(name, obj.generation, len(data), dict(obj.metadata), obj.time_created)
+
+    def names(self, bucket: str, prefix: str = "") -> builtins.list[str]:
+        with self._lock:
+            return sorted(n for n in self._buckets.get(bucket, {}) if n.startswith(prefix))
+
+    def json(self, bucket: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(json.loads(self._buckets[bucket][name].data))
+
+    def peek(self, bucket: str, name: str, generation: int | None = None) -> bytes | None:
+        """The bytes (of `generation`, when given) or None; for the other fakes, no fault injection."""
+        with self._lock:
+            obj = self._buckets.get(bucket, {}).get(name)
+            if obj is None or (generation is not None and obj.generation != generation):
+                return None
+            return obj.data
+
+    def get(self, bucket: str, name: str) -> ObjectInfo | None:
+        with self._lock:
+            obj = self._buckets.get(bucket, {}).get(name)
+            if obj is None:
+                return None
+            return ObjectInfo(name, obj.generation, len(obj.data), dict(obj.metadata), obj.time_created)
+
+    # -- ObjectStore -------------------------------------------------------------------------
+    def create(self, bucket: str, name: str, data: dict[str, Any] | bytes | str,
+               metadata: dict[str, str] | None = None) -> int | None:
+        with self._call("create", name):
+            if name in self._objects(bucket):
+                return None
+            return self._store(bucket, name, _encode(data), metadata).generation
+
+    def read(self, bucket: str, name: str) -> Record | None:
+        with self._call("read", name):
+            obj = self._objects(bucket).get(name)
+            return None if obj is None else Record(json.loads(obj.data), obj.generation)
+
+    def replace(self, bucket: str, name: str, data: dict[str, Any], generation: int) -> int | None:
+        with self._call("replace", name):
+            obj = self._objects(bucket).get(name)
+            if obj is None or obj.generation != generation:
+                return None
+            return self._store(bucket, name, _encode(data), None).generation
+
+    def write(self, bucket: str, name: str, data: dict[str, Any] | bytes | str) -> None:
+        with self._call("write", name):
+            self._store(bucket, name, _encode(data), None)
+
+    def delete(self, bucket: str, name: str, generation: int | None = None) -> bool:
+        with self._call("delete", name):
+            objects = self._objects(bucket)
+            obj = objects.get(name)
+            if obj is None or (generation is not None and obj.generation != generation):
+                return False
+            del objects[name]
+            self.writes[name] += 1
+            return True
+
+    def list(self, bucket: str, prefix: str, *, recursive: bool = True,
+             max_results: int | None = None) -> Iterator[ObjectInfo]:
+        with self._call("list", prefix):
+            found = []
+            for name, obj in sorted(self._objects(bucket).items()):
+                if not name.startswith(prefix) or (not recursive and "/" in name[len(prefix):]):
+                    continue
+                found.append(ObjectInfo(name, obj.generation, len(obj.data), dict(obj.metadata), obj.time_created))
+                if max_results is not None and len(found) >= max_results:
+                    break
+        return iter(found)
+
+    def list_prefixes(self, bucket: str, prefix: str) -> builtins.list[str]:
+        with self._call("list_prefixes", prefix):
+            folders = set()
+            for name in self._objects(bucket):
+                rest = name[len(prefix):] if name.startswith(prefix) else None
+                if rest is not None and "/" in rest:
+                    folders.add(prefix + rest[:rest.index("/") + 1])
+            return sorted(folders)
+
+    def copy(self, src_bucket: str, src_name: str, generation: int, dst_bucket: str, dst_name: str) -> None:
+        with self._call("copy", dst_name):
+            source = self._objects(src_bucket).get(src_name)
+            if source is None or source.generation != generation:
+                raise gexc.NotFound(f"gs://{src_bucket}/{src_name}#{generation}")
+            self._store(dst_bucket, dst_name, source.data, dict(source.metadata))
+
+    def download(self, bucket: str, name: str, *, generation: int | None = None,
+                 end: int | None = None) -> bytes:
+        with self._call("download", name):
+            obj = self._objects(bucket).get(name)
+            if obj is None or (generation is not None and obj.generation != generation):
+                raise gexc.NotFound(f"gs://{bucket}/{name}")
+            return obj.data if end is None else obj.data[:end + 1]
+
+    def open_writer(self, bucket: str, name: str, content_type: str = "text/plain") -> Any:
+        return _Writer(lambda text: self.write(bucket, name, text.encode()))
+
+    # -- internals ---------------------------------------------------------------------------
+    def _objects(self, bucket: str) -> dict[str, _Object]:
+        return self._buckets.setdefault(bucket, {})
+
+    def _store(self, bucket: str, name: str, data: bytes, metadata: dict[str, str] | None) -> _Object:
+        obj = _Object(data, next(self._generations), self._clock(), dict(metadata or {}))
+        self._objects(bucket)[name] = obj
+        self.writes[name] += 1
+        return obj
+
+    def _call(self, method: str, name: str) -> _Checked:
+        return _Checked(self._faults, self._lock, "store", method, name)
+
+
+class _Checked:
+    """Runs the fault checks around a call; the call itself holds the fake's lock."""
+
+    def __init__(self, faults: Faults, lock: Any, client: str, method: str, name: str) -> None:
+        self._faults, self._lock, self._client, self._method, self._name = faults, lock, client, method, name
+
+    def __enter__(self) -> None:
+        self._faults.check(self._client, self._method, self._name, "before")
+        self._lock.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        self._lock.release()
+        if kind is None:
+            self._faults.check(self._client, self._method, self._name, "after")
+
+
+class _Writer(io.StringIO):
+    def __init__(self, on_close: Callable[[str], None]) -> None:
+        super().__init__()
+        self._on_close = on_close
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        if kind is None:
+            self._on_close(self.getvalue())
+        super().__exit__(kind, *rest)
+
+
+def _encode(data: dict[str, Any] | bytes | str) -> bytes:
+    if isinstance(data, dict):
+        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+# -- Healthcare API ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    study: str
+    series: str
+    sop: str
+    patient_id: str = ""
+
+
+@dataclass
+class FakeOperation:
+    name: str
+    kind: str  # import | export
+    uri: str
+    created: float
+    objects: list[tuple[str, str, int]] = field(default_factory=list)  # import: bucket, name, generation
+    done: bool = False
+    ended: float | None = None
+    success: int = 0
+    failure: int = 0
+    error: dict[str, Any] | None = None
+
+
+class FakeHealthcare:
+    def __init__(self, store: FakeObjectStore, clock: Clock, dataset: str, faults: Faults) -> None:
+        self._store = store
+        self._clock = clock
+        self._dataset = dataset
+        self._faults = faults
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self.operations: dict[str, FakeOperation] = {}
+        self.instances: dict[str, Instance] = {}
+        self.imported: Counter[str] = Counter()  # SOP instance UID -> times an import stored it
+        self.max_running = 0
+
+    # -- helpers for tests -------------------------------------------------------------------
+    @property
+    def running(self) -> builtins.list[FakeOperation]:
+        with self._lock:
+            return [op for op in self.operations.values() if not op.done]
+
+    def finish(self, name: str, *, error: dict[str, Any] | None = None) -> FakeOperation:
+        """Runs the operation to its end now: reads its objects (import) or counts the export."""
+        with self._lock:
+            op = self.operations[name]
+            assert not op.done, f"{name} finished already"
+            if op.kind == "import":
+                self._run_import(op)
+            else:
+                self._run_export(op)
+            op.done, op.ended, op.error = True, self._clock(), error
+            return op
+
+    def finish_all(self) -> int:
+        """Finishes every running operation; how many there were."""
+        running = self.running
+        for op in running:
+            self.finish(op.name)
+        return len(running)
+
+    def imports_of(self, sop: str) -> int:
+        return self.imported[sop]
+
+    # -- HealthcareApi -----------------------------------------------------------------------
+    def import_dicom(self, uri: str, *, storage_class: str | None = None) -> str:
+        from localcloud.healthcare.errors import ApiError as EmulatorError
+        from localcloud.healthcare.wildcards import parse_source_uri
+
+        with self._call("import_dicom", uri):
+            try:
+                pattern = parse_source_uri(uri)
+            except EmulatorError as exc:
+                raise api_error(400, str(exc), status="INVALID_ARGUMENT", resource=uri) from None
+            # The LRO lists the bucket as it starts: objects uploaded later are not read.
+            matched = self._matching(pattern)
+            return self._start("import", uri, matched)
+
+    def export_dicom(self, uri_prefix: str, *, mime_type: str | None = None,
+                     filter_uri: str | None = None) -> str:
+        with self._call("export_dicom", uri_prefix):
+            return self._start("export", filter_uri or "", [])
+
+    def get_operation(self, name: str) -> dict[str, Any]:
+        with self._call("get_operation", name):
+            op = self.operations.get(name)
+            if op is None:
+                raise api_error(404, f"{name} not found", status="NOT_FOUND", resource=name)
+            return _operation_json(op)
+
+    def search(self, level: str, params: Mapping[str, str]) -> builtins.list[dict[str, Any]]:
+        with self._call("search", level):
+            if level != "studies":
+                raise PermanentApiError(400, f"the fake searches studies only, not {level}")
+            wanted = {k: v for k, v in params.items() if k in ("PatientID", "StudyInstanceUID")}
+            studies = sorted({i.study for i in self.instances.values()
+                              if all(getattr(i, _FIELDS[k]) == v for k, v in wanted.items())})
+            offset, limit = int(params.get("offset", 0)), int(params.get("limit", 1000))
+            return [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in studies[offset:offset + limit]]
+
+    def instance_exists(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
+        with self._call("instance_exists", sop_uid):
+            found = self.instances.get(sop_uid)
+            return found is not None and (found.study, found.series) == (study_uid, series_uid)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _matching(self, pattern: Any) -> builtins.list[tuple[str, str, int]]:
+        matched = []
+        for name in self._store.names(pattern.bucket, pattern.literal_prefix):
+            info = self._store.get(pattern.bucket, name)
+            if info is not None and pattern.matches(name):
+                matched.append((pattern.bucket, name, info.generation))
+        return matched
+
+    def _start(self, kind: str, uri: str, objects: builtins.list[tuple[str, str, int]]) -> str:
+        with self._lock:
+            name = f"{self._dataset}/operations/{next(self._ids):06d}"
+            self.operations[name] = FakeOperation(name, kind, uri, self._clock(), objects)
+            self.max_running = max(self.max_running, len(self.running))
+            return name
+
+    def _run_import(self, op: FakeOperation) -> None:
+        for bucket, name, generation in op.objects:
+            data = self._store.peek(bucket, name, generation)
+            instance = _parse(data) if data is not None else None
+            if instance is None:
+                op.failure += 1
+                continue
+            self.instances[instance.sop] = instance
+            self.imported[instance.sop] += 1
+            op.success += 1
+
+    def _run_export(self, op: FakeOperation) -> None:
+        selected = list(self.instances.values())
+        if op.uri:  # a filter file: /studies/S[/series/X[/instances/I]] per line
+            bucket, _, name = op.uri[len("gs://"):].partition("/")
+            lines = (self._store.peek(bucket, name) or b"").decode().split()
+            selected = [i for i in selected if any(_selects(line, i) for line in lines)]
+        op.success = len(selected)
+
+    def _call(self, method: str, name: str) -> _Checked:
+        return _Checked(self._faults, self._lock, "healthcare", method, name)
+
+
+def _parse(data: bytes) -> Instance | None:
+    """The instance a Part 10 byte string holds; None when it is not DICOM."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+        return Instance(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                        str(ds.get("PatientID", "")))
+    except (InvalidDicomError, AttributeError, EOFError, ValueError, OSError, KeyError, TypeError):
+        return None
+
+
+_FIELDS = {"PatientID": "patient_id", "StudyInstanceUID": "study"}
+
+
+def _selects(path: str, instance: Instance) -> bool:
+    parts = path.strip("/").split("/")
+    wanted = dict(zip(parts[::2], parts[1::2], strict=False))
+    return (wanted.get("studies") == instance.study
+            and wanted.get("series", instance.series) == instance.series
+            and wanted.get("instances", instance.sop) == instance.sop)
+_METHODS = {"import": "ImportDicomData", "export": "ExportDicomData"}
+
+
+def _operation_json(op: FakeOperation) -> dict[str, Any]:
+    """The shape of `operations.get`: int64 counters as strings, zeros left out."""
+    counter = {k: str(v) for k, v in (("success", op.success), ("failure", op.failure)) if v}
+    metadata: dict[str, Any] = {
+        "@type": "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata",
+        "apiMethodName": f"google.cloud.healthcare.v1.dicom.DicomService.{_METHODS[op.kind]}",
+        "createTime": rfc3339(op.created),
+    }
+    if counter:
+        metadata["counter"] = counter
+    body: dict[str, Any] = {"name": op.name, "metadata": metadata}
+    if op.done:
+        metadata["endTime"] = rfc3339(op.ended or op.created)
+        body["done"] = True
+        if op.error is not None:
+            body["error"] = op.error
+        else:
+            body["response"] = {"@type": f"type.googleapis.com/google.cloud.healthcare.v1.dicom."
+                                         f"{_METHODS[op.kind]}Response"}
+    return body
+
+
+# -- Pub/Sub -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published:
+    data: dict[str, Any]
+    attributes: dict[str, str]
+
+    @property
+    def event_id(self) -> str:
+        return self.attributes["eventId"]
+
+
+class FakePublisher:
+    def __init__(self, faults: Faults) -> None:
+        self._faults = faults
+        self._lock = threading.Lock()
+        self.events: builtins.list[Published] = []
+
+    def publish(self, data: bytes, attributes: dict[str, str]) -> str:
+        with _Checked(self._faults, self._lock, "publisher", "publish", attributes.get("eventId", "")):
+            self.events.append(Published(json.loads(data), dict(attributes)))
+            return str(len(self.events))

@@ -1,0 +1,264 @@
+"""The window / claim / slot / queue protocol of the import, step by step on fakes and a fake clock.
+
+Each test drives the real handlers (ImportOnUpload, WindowBatcher, JobQueue, Poller) through one
+situation of docs/state.md and checks the invariants: nothing lost, nothing imported twice, one
+eventId per operation, never more LROs than the cap, no work left in the state bucket.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from functions.errors import PermanentApiError, TransientApiError
+from functions.windows import window_id
+from tests.functional.world import T0, World
+
+
+def _names(folder: str, count: int) -> list[str]:
+    return [f"{folder}/IM{i:04d}.dcm" for i in range(count)]
+
+
+def test_one_window_on_two_instances_is_led_once_and_imported_once(world: World) -> None:
+    a, b = world.instance(), world.instance()
+    deliveries = world.upload_burst(_names("inbox/s1", 6), to=[a, b])
+    world.sim.run_until_idle()
+    led = [d.outcome.led for d in deliveries if d.outcome.led is not None]
+    assert len(led) == 1 and led[0].claimed and led[0].uploads == 6 and len(led[0].started) == 1
+    assert [d.outcome.action for d in deliveries] == ["recorded"] * 6
+    [op] = world.hc.operations.values()
+    assert op.uri.startswith("gs://uploads/inbox/s1/") and len(op.objects) == 6
+    # The leader waited for the window to close plus the settle time, not longer.
+    assert world.sim.clock() == T0 + world.settings.debounce_seconds + world.settings.settle_seconds
+    world.settle()
+    world.check_invariants()
+    [event] = world.completions()
+    assert (event.data["state"], event.data["counters"]["success"]) == ("SUCCEEDED", 6)
+
+
+def test_every_event_delivered_twice_at_once_is_recorded_once(world: World) -> None:
+    a, b = world.instance(), world.instance()
+    events = [world.upload(name) for name in _names("dup", 4)]
+    first = [world.deliver(e, a) for e in events]
+    again = [world.deliver(e, b) for e in events]
+    world.sim.run_until_idle()
+    assert [d.outcome.action for d in first] == ["recorded"] * 4
+    assert {(d.outcome.action, d.outcome.reason) for d in again} == {("duplicate", "already waiting in its window")}
+    assert len(world.hc.operations) == 1
+    world.settle()
+    world.check_invariants()
+
+
+def test_a_duplicate_after_the_batch_is_dropped(world: World) -> None:
+    a = world.instance()
+    event = world.upload("late/one.dcm")
+    world.deliver(event, a)
+    world.settle()
+    again = world.deliver(event, world.instance())
+    world.sim.run_until_idle()
+    assert (again.outcome.action, again.outcome.reason) == ("duplicate", "already batched")
+    assert world.state("windows/") == []
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1
+
+
+def test_events_delivered_in_reverse_order_and_across_windows_lose_nothing(world: World) -> None:
+    a, b = world.instance(), world.instance()
+    first = [world.upload(n) for n in _names("rev/w1", 3)]
+    world.sim.advance(world.settings.debounce_seconds)  # the next window
+    second = [world.upload(n) for n in _names("rev/w2", 3)]
+    assert window_id_of(world, first[0]) != window_id_of(world, second[0])
+    for event in reversed(second + first):  # the later window's events arrive first
+        world.deliver(event, a if event.name.endswith(("0.dcm", "2.dcm")) else b)
+    world.sim.run_until_idle()
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 2
+
+
+def test_an_event_delivered_long_after_its_window_closed_is_imported(world: World) -> None:
+    a = world.instance()
+    on_time = world.upload("slow/on-time.dcm")
+    late = world.upload("slow/late.dcm")
+    world.deliver(on_time, a)
+    world.settle()
+    world.sim.advance(600)  # Eventarc retried the second event for ten minutes
+    delivery = world.deliver(late, world.instance())
+    world.sim.run_until_idle()
+    assert delivery.outcome.action == "recorded" and delivery.outcome.led is not None
+    assert delivery.outcome.window == window_id_of(world, on_time)  # its own (long closed) window
+    world.settle()
+    world.check_invariants()
+
+
+def test_uploads_that_a_queued_wildcard_import_will_read_join_it() -> None:
+    w = World(max_concurrent_operations=1)
+    a = w.instance()
+    w.deliver(w.upload("blocker/one.dcm"), a)
+    w.sim.run_until_idle()
+    [blocker] = w.hc.running  # holds the only slot until the test finishes it
+    first = w.upload_burst(["bulk/a0.dcm", "bulk/a1.dcm"], to=[a])
+    w.sim.run_until_idle()
+    [queued] = [d.outcome.led for d in first if d.outcome.led]
+    assert queued.jobs and not queued.started
+    w.sim.advance(w.settings.debounce_seconds)
+    later = w.deliver(w.upload("bulk/a2.dcm"), a)
+    w.sim.run_until_idle()
+    assert later.outcome.led is not None and later.outcome.led.jobs == ()  # adopted, no job of its own
+    assert len(w.state("manifests/")) == 2 + 1  # blocker, bulk, and the adoption
+    w.hc.finish(blocker.name)
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2
+    bulk = next(e for e in w.completions() if "/bulk/" in e.data["source"])
+    assert bulk.data["counters"]["success"] == 3
+
+
+def test_the_cap_holds_while_five_windows_queue_and_drain() -> None:
+    w = World(max_concurrent_operations=2)
+    instances = [w.instance() for _ in range(5)]
+    for n, instance in enumerate(instances):
+        w.upload_burst(_names(f"cap/w{n}", 2), to=[instance])
+        w.sim.advance(w.settings.debounce_seconds)
+    w.sim.run_until_idle()
+    assert len(w.hc.running) == 2 and len(w.state("jobs/")) == 3
+    # Operations finish one at a time; each tick starts a queued job in the freed slot.
+    while w.hc.running:
+        w.hc.finish(w.hc.running[0].name)
+        w.poll()
+        assert len(w.hc.running) <= 2
+    w.settle()
+    w.check_invariants()
+    assert w.hc.max_running == 2 and len(w.hc.operations) == 5
+
+
+def test_a_slot_leaked_by_a_dead_starter_is_freed_after_the_lease() -> None:
+    w = World(max_concurrent_operations=1)
+    a = w.instance()
+    # The leader takes the only slot, then dies before its job exists: the slot names a job
+    # nobody will ever start.
+    w.faults.kill(method="create", name="jobs/")
+    deliveries = w.upload_burst(_names("leak", 2), to=[a])
+    w.sim.run_until_idle()
+    assert any(d.task.killed for d in deliveries)
+    assert len(w.state("slots/")) == 1 and w.state("jobs/") == []
+    # The window still has its records and a live claim: within the lease, nothing moves.
+    w.poll()
+    assert w.hc.operations == {} and len(w.state("slots/")) == 1
+    w.settle()
+    w.check_invariants()
+    assert any(s.slots_freed for s in w.summaries())
+
+
+def test_a_start_refused_for_a_transient_fault_stays_queued_until_the_poller_starts_it(world: World) -> None:
+    a = world.instance()
+    world.faults.fail(lambda: TransientApiError(503, "unavailable"), method="import_dicom")
+    [delivery] = world.upload_burst(["flaky/one.dcm"], to=[a])
+    world.sim.run_until_idle()
+    assert delivery.outcome.led is not None and delivery.outcome.led.started == ()
+    assert len(world.state("jobs/")) == 1 and world.state("slots/") == []
+    world.settle()
+    world.check_invariants()
+
+
+def test_a_start_the_api_refuses_becomes_a_failed_event_and_leaves_no_state(world: World) -> None:
+    a = world.instance()
+    world.faults.fail(PermanentApiError(400, "bad uri", status="INVALID_ARGUMENT"), method="import_dicom")
+    world.upload_burst(["refused/one.dcm"], to=[a])
+    world.settle()
+    [event] = world.completions()
+    assert (event.data["state"], event.data["error"]["code"]) == ("FAILED", 3)
+    assert event.event_id.startswith("op-refused-")
+    assert world.quiet()
+
+
+def test_a_non_dicom_upload_is_named_in_the_event_and_its_receipt(world: World) -> None:
+    a = world.instance()
+    events = [world.upload(n) for n in _names("mixed", 2)]
+    events.append(world.upload("mixed/broken.dcm", b"not DICOM at all"))
+    for event in events:
+        world.deliver(event, a)
+    world.settle()
+    [event] = world.completions()
+    assert event.data["counters"] == {"success": 2, "failure": 1, "pending": 0}
+    assert event.data["failedObjects"] == ["gs://uploads/mixed/broken.dcm"]
+    assert len(world.state("receipts/")) == 1
+    world.check_invariants()
+
+
+def test_a_leader_stalled_within_its_lease_keeps_the_window(world: World) -> None:
+    a = world.instance()
+    # The leader pauses right after claiming for less than its lease; the poller runs meanwhile.
+    world.faults.stall(world.settings.claim_lease_seconds / 2, method="list", name="windows/", nth=2)
+    world.upload_burst(_names("pause", 3), to=[a])
+    world.sim.run_until(T0 + world.settings.debounce_seconds + world.settings.settle_seconds + 1)
+    assert world.faults.fired == ["before store.list windows/20260101T000000000Z/"]
+    summary = world.poll().value()
+    assert summary.windows_recovered == 0
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1
+
+
+def window_id_of(world: World, event: object) -> str:
+    return window_id(event.time_created, world.settings.debounce_seconds)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("method", "name"), [
+    ("list", "operations/"),  # looking for imports that will read its uploads anyway
+    ("list", "stall/"),  # listing the upload bucket to plan
+    ("write", "manifests/"),  # planned
+], ids=["covering", "listing", "manifest"])
+def test_a_leader_stalled_past_its_lease_loses_the_window_to_the_poller_and_backs_off(
+        world: World, method: str, name: str) -> None:
+    a = world.instance()
+    lease = world.settings.claim_lease_seconds
+    # The leader pauses (a long GC, slow staging copies) past its lease; the poller takes the
+    # window over meanwhile.
+    world.faults.stall(lease * 3, method=method, name=name, nth=1)
+    deliveries = world.upload_burst(_names("stall", 3), to=[a])
+    closed = T0 + world.settings.debounce_seconds + world.settings.settle_seconds
+    world.sim.run_until(closed + lease + 1)
+    assert world.faults.fired, "the stall did not happen"
+    taken = world.poll().value()
+    assert taken.windows_recovered == 1
+    world.sim.run_until_idle()  # the stalled leader wakes up
+    assert all(d.task.done and d.task.error is None for d in deliveries)
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1
+
+
+def test_a_leader_close_to_the_end_of_its_lease_renews_its_claim_before_queueing(world: World) -> None:
+    a = world.instance()
+    lease = world.settings.claim_lease_seconds
+    # Planning took most of the lease: the leader renews the claim, so the poller, running while
+    # the leader queues its jobs, finds a live claim.
+    world.faults.stall(lease * 0.9, method="write", name="manifests/", nth=1)
+    world.faults.stall(lease * 0.5, method="list", name="slots/", nth=1)
+    world.upload_burst(_names("renew", 3), to=[a])
+    closed = T0 + world.settings.debounce_seconds + world.settings.settle_seconds
+    world.sim.run_until(closed + lease + 1)
+    assert len(world.faults.fired) == 2, world.faults.fired  # in the second pause, past the first lease
+    assert world.poll().value().windows_recovered == 0
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1
+
+
+def test_a_poller_that_cannot_read_the_tracked_operations_starts_no_job() -> None:
+    w = World(claim_lease_seconds=10.0)
+    a = w.instance()
+    # The starter of the only job dies right after recording its operation, before deleting the job.
+    w.faults.kill(method="delete", name="jobs/")
+    w.upload_burst(_names("blind", 2), to=[a])
+    w.sim.run_until_idle()
+    assert len(w.state("jobs/")) == 1 and len(w.state("operations/")) == 1
+    w.sim.advance(w.settings.claim_lease_seconds + 1)  # the job's STARTING lease is over
+    w.faults.fail(ConnectionError("storage unavailable"), method="list", name="operations/")
+    summary = w.poll().value()
+    assert summary.jobs_started == 0 and any(e.startswith("poll operations:") for e in summary.errors)
+    assert len(w.hc.operations) == 1
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 1
