@@ -7,6 +7,7 @@ not see each other's objects or events. Events are built from the real uploaded 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
