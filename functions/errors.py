@@ -41,6 +41,13 @@ class RetryableError(DicomPipelineError):
     """A transient fault outlived the in-process retries: let the platform redeliver."""
 
 
+class UnknownOutcomeError(DicomPipelineError):
+    """A call that is not idempotent (an LRO start) failed after the server may have acted on it.
+
+    Sending it again could do the work twice; the caller must find out what happened instead.
+    """
+
+
 class ApiError(DicomPipelineError):
     """A Google API answered with an error status."""
 
