@@ -64,11 +64,12 @@ class Poller:
         summary = PollSummary()
         self._step(summary, "recover windows", lambda: self._recover_windows(summary))
         self._step(summary, "poll operations", lambda: self._poll(summary))
+        self._step(summary, "resolve unconfirmed starts", self._queue.resolve_unconfirmed)
         self._step(summary, "start jobs", lambda: self._start_jobs(summary))
         return summary
 
     @staticmethod
-    def _step(summary: PollSummary, name: str, action: Callable[[], None]) -> None:
+    def _step(summary: PollSummary, name: str, action: Callable[[], object]) -> None:
         try:
             action()
         except Exception as exc:  # one failing step must not stop the others
