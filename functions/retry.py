@@ -64,7 +64,10 @@ class Fault:
 def classify(exc: BaseException) -> Fault:
     """Retry or drop, for any exception a client call (or our own code) raised."""
     if isinstance(exc, ApiError):
-        return Fault(exc.status_code in RETRYABLE_HTTP_STATUSES, exc.status_code, exc.resource, exc.message)
+        # The leaf class decided already (publish.py maps gRPC codes onto it); a bare ApiError by status.
+        retry = isinstance(exc, RetryableError) or (not isinstance(exc, DropEventError)
+                                                    and exc.status_code in RETRYABLE_HTTP_STATUSES)
+        return Fault(retry, exc.status_code, exc.resource, exc.message)
     if isinstance(exc, DicomPipelineError):
         if isinstance(exc, (RetryableError, DropEventError)):
             return Fault(isinstance(exc, RetryableError), message=str(exc))
