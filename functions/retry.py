@@ -17,6 +17,7 @@ Starting an LRO is not idempotent, so it has its own rule (`start_outcome`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -54,11 +55,13 @@ class Fault:
     resource: str = ""  # the bucket/object, topic, store or operation the call was about
     message: str = ""
     known: bool = True  # False: an exception nobody classified (a bug?): redelivered, not retried in-process
+    ours: bool = False  # one of our own decisions (functions.errors), not a client's fault
 
     @property
     def refusal(self) -> bool:
-        """An API answered "no" (4xx): a configuration or permission problem worth an error log."""
-        return not self.retry and self.status is not None
+        """A call was refused for good (an API's 4xx, a malformed URL): a configuration or permission
+        problem worth an error log, unlike our own decisions to drop an event."""
+        return not self.retry and not self.ours
 
 
 def classify(exc: BaseException) -> Fault:
@@ -70,7 +73,7 @@ def classify(exc: BaseException) -> Fault:
         return Fault(retry, exc.status_code, exc.resource, exc.message)
     if isinstance(exc, DicomPipelineError):
         if isinstance(exc, (RetryableError, DropEventError)):
-            return Fault(isinstance(exc, RetryableError), message=str(exc))
+            return Fault(isinstance(exc, RetryableError), message=str(exc), ours=True)
         return Fault(True, message=str(exc), known=False)  # e.g. ConfigurationError: a redelivery, no loop
     if isinstance(exc, gexc.RetryError):
         # An in-process retry budget ran out: the last fault decides (it was a transient one).
@@ -109,9 +112,11 @@ def _google_api_fault(exc: gexc.GoogleAPICallError) -> Fault:
 
 
 def _grpc_code_name(exc: BaseException) -> str | None:
-    """The status name of a raw `grpc.RpcError` (duck-typed: grpc is not imported at cold start)."""
+    """The status name of a raw `grpc.RpcError` (grpc is never imported for this: if it is not
+    loaded, no gRPC error can exist)."""
+    grpc = sys.modules.get("grpc")
     code_method = getattr(exc, "code", None)
-    if not callable(code_method) or type(exc).__module__.split(".")[0] != "grpc":
+    if grpc is None or not isinstance(exc, grpc.RpcError) or not callable(code_method):
         return None
     try:
         name = getattr(code_method(), "name", None)
