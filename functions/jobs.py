@@ -169,6 +169,24 @@ class JobQueue:
                 jobs.append(Job.from_json(record.data["job"]))
         return jobs
 
+    def pending_jobs_since(self) -> list[tuple[Job, float | None]]:
+        """The queued jobs, each with the time its start was attempted: None while it has not been
+        (a job STARTING or UNCONFIRMED may already have an operation that read its source)."""
+        jobs: list[tuple[Job, float | None]] = []
+        for job_id in self.pending_job_ids():
+            record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
+            if record is None:
+                continue
+            state = record.data.get("state")
+            attempted: float | None = None
+            if state == "UNCONFIRMED":
+                attempted = float(record.data["attemptedAt"])
+            elif state == "STARTING":
+                attempted = float(record.data.get("claimedAt", float(record.data.get("leaseUntil", 0))
+                                                  - self._s.claim_lease_seconds))
+            jobs.append((Job.from_json(record.data["job"]), attempted))
+        return jobs
+
     def pending_job_ids(self) -> list[str]:
         prefix = self._s.state_path("jobs/")
         return sorted(o.name[len(prefix):-len(".json")] for o in self._gcs.list(self._s.state_bucket, prefix))
