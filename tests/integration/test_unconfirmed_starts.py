@@ -11,6 +11,7 @@ poller may run before or after the emulator created the operation.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -21,7 +22,7 @@ from pydicom.uid import generate_uid
 
 from functions.export_on_message import ExportOnMessage
 from functions.healthcare import HealthcareClient
-from functions.jobs import JobQueue
+from functions.jobs import Job, JobQueue
 from functions.unconfirmed_starts import unknown_outcome_seconds
 from tests import dicom_factory
 from tests.integration.harness import (
@@ -67,8 +68,6 @@ def _handler(d: Deployment, queue: JobQueue) -> ExportOnMessage:
 def _short_timeout_queue(d: Deployment, offset: list[float] | None = None) -> JobQueue:
     """A job queue whose Healthcare client gives up after CLIENT_TIMEOUT_SECONDS (and whose clock
     runs `offset[0]` seconds ahead, when given)."""
-    import time
-
     client = HealthcareClient(replace(d.settings, http_timeout_seconds=CLIENT_TIMEOUT_SECONDS))
     clock = (lambda: time.time() + offset[0]) if offset is not None else time.time
     return JobQueue(d.settings, d.deps.gcs, client, clock=clock)
@@ -163,3 +162,58 @@ def test_a_start_that_began_nothing_waits_out_the_window_then_starts_once(d: Dep
     assert emulator_calls(d, "export") == 2  # the 500 and the one real start
     assert len(_export_operations(d)) == 1
     assert no_more_completions(d) == []
+
+
+class _ResolverRunsMidStart(HealthcareClient):
+    """Runs a resolver between the API's answer to an export start and the starter tracking it:
+    the moment a resolver can mistake another job's fresh operation for an unconfirmed start's."""
+
+    def __init__(self, d: Deployment, resolver: JobQueue) -> None:
+        super().__init__(d.settings)
+        self.resolver = resolver
+        self.resolutions: list[dict[str, str]] = []
+
+    def export_dicom(self, uri_prefix: str, *, mime_type: str | None = None, filter_uri: str | None = None) -> str:
+        name = super().export_dicom(uri_prefix, mime_type=mime_type, filter_uri=filter_uri)
+        self.resolutions.append(self.resolver.resolve_unconfirmed())
+        return name
+
+
+def _export_job(d: Deployment, name: str) -> Job:
+    return Job(job_id=f"20260101T000000Z-export-{name}", kind="export", request_id=name, created_at=time.time(),
+               destination=f"gs://{d.export_bucket}/{name}")
+
+
+def test_a_starter_that_knows_its_operation_takes_it_back_from_a_wrong_adoption(d: Deployment) -> None:
+    _studies(d, 1)
+    d = Deployment.create(d.healthcare_url, dicom_store=d.settings.dicom_store, max_concurrent_operations=2)
+    offset = [0.0]
+    resolver = _short_timeout_queue(d, offset)
+    d.emulator("faults", {"method": "export", "count": 1, "status": 500})
+    lost = resolver.submit(_export_job(d, "lost"))  # a 500: unconfirmed, and in fact nothing started
+    assert lost.unconfirmed and lost.started is None
+
+    client = _ResolverRunsMidStart(d, resolver)
+    known = JobQueue(d.settings, d.deps.gcs, client).submit(_export_job(d, "known"))
+    assert known.started is not None
+    # The resolver saw the fresh, still untracked operation and took it for the lost start's...
+    assert client.resolutions == [{_export_job(d, "lost").job_id: known.started}]
+    # ...but the starter that received it in its answer owns it; the lost job is unconfirmed again.
+    [record] = _state(d, "operations/").values()
+    assert (record["name"], record["job"]["request_id"]) == (known.started, "known")
+    assert _unconfirmed_or_any_slot(d, _export_job(d, "lost").job_id)
+
+    offset[0] = unknown_outcome_seconds(d.settings.http_timeout_seconds, d.settings.retry_deadline_seconds) + 1
+    assert resolver.resolve_unconfirmed() == {_export_job(d, "lost").job_id: "requeued"}
+    events = {e["requestId"]: e for e in d.pull_completions(2, timeout=90)}
+    assert events["known"]["operation"] == known.started
+    assert {e["state"] for e in events.values()} == {"SUCCEEDED"}
+    assert emulator_calls(d, "export") == 3  # the 500, "known" and the requeued "lost"
+    assert len(_export_operations(d)) == 2
+    assert no_more_completions(d) == []
+
+
+def _unconfirmed_or_any_slot(d: Deployment, job_id: str) -> bool:
+    jobs = {record["job"]["job_id"]: record for record in _state(d, "jobs/").values()}
+    slots = {record["job"] for record in _state(d, "slots/").values()}
+    return jobs[job_id]["state"] == "UNCONFIRMED" and job_id in slots and d.state_objects("unconfirmed/") != []
