@@ -423,7 +423,7 @@ class JobQueue:
         for index, record in self.slots().items():
             holder = str(record.data.get("job", ""))
             stale = float(record.data.get("acquiredAt", 0)) + self._s.claim_lease_seconds < now
-            if holder in live_jobs or not stale or self._holds_its_slot(holder, now):
+            if holder in live_jobs or not stale or self._holds_its_slot(holder, index, now):
                 continue
             if self._gcs.delete(self._s.state_bucket, self.slot_path(index), record.generation):
                 logger.warning("freed a slot whose holder died", extra=fields(slot=index,
@@ -431,9 +431,9 @@ class JobQueue:
                 freed += 1
         return freed
 
-    def _holds_its_slot(self, job_id: str, now: float) -> bool:
+    def _holds_its_slot(self, job_id: str, index: int, now: float) -> bool:
         record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
-        if record is None:
+        if record is None or record.data.get("slot") != index:
             return False
         state = record.data.get("state")
         if state == "STARTING" and float(record.data.get("leaseUntil", 0)) <= now:
