@@ -118,8 +118,10 @@ def test_a_non_dicom_dcm_is_named_in_failed_objects(deployment: Deployment) -> N
     good = [d.upload(f"mixed/ok{i}.dcm", dicom_factory.instance()) for i in range(3)]
     bad = d.upload("mixed/broken.dcm", b"this is not DICOM at all")
     deliver_all(d.handler(), [*good, bad])
-    [event] = d.pull_completions(1)
-    assert event["counters"]["success"] == 3
+    # The uploads may straddle two windows (a slow machine): the broken object's event names it.
+    completions = d.completions_for([*good, bad])
+    assert sum(e["counters"]["success"] for e in completions) == 3
+    [event] = [e for e in completions if e["counters"]["failure"]]
     assert event["counters"]["failure"] == 1
     assert event["state"] in ("SUCCEEDED_WITH_ERRORS", "FAILED")
     assert event["failedObjects"] == [f"gs://{d.upload_bucket}/mixed/broken.dcm"]
@@ -141,8 +143,9 @@ def test_a_leader_that_dies_after_claiming_is_replaced_by_the_poller(deployment:
     assert d.deps.batcher._claim(window) is not None
     assert d.poller().run().windows_recovered == 0  # the dead leader's lease still runs
     time.sleep(d.settings.claim_lease_seconds + d.settings.debounce_seconds + d.settings.settle_seconds)
-    [event] = d.pull_completions(1)
-    assert event["counters"]["success"] == len(events)
+    # The uploads may straddle two windows (a slow machine): one event per window.
+    completions = d.completions_for(events)
+    assert sum(e["counters"]["success"] for e in completions) == len(events)
 
 
 def test_503_bursts_are_retried_until_the_import_starts(deployment: Deployment) -> None:
