@@ -217,3 +217,25 @@ def _unconfirmed_or_any_slot(d: Deployment, job_id: str) -> bool:
     jobs = {record["job"]["job_id"]: record for record in _state(d, "jobs/").values()}
     slots = {record["job"] for record in _state(d, "slots/").values()}
     return jobs[job_id]["state"] == "UNCONFIRMED" and job_id in slots and d.state_objects("unconfirmed/") != []
+
+
+def test_a_starter_that_died_mid_call_is_adopted_even_behind_a_full_queue(d: Deployment) -> None:
+    _studies(d, 1)
+    queue = d.deps.queue
+    dead = queue.reserve(_export_job(d, "dead"))  # STARTING with the only slot...
+    assert dead.slot == 0
+    # ...its POST reached the API, then its process died before it could track the operation.
+    landed = d.deps.healthcare.export_dicom(dead.job.destination)
+    # An older job waits in front of it: the poller's start loop stops there (no free slot).
+    waiting = Job(job_id="20250101T000000Z-export-waiting", kind="export", request_id="waiting",
+                  created_at=time.time(), destination=f"gs://{d.export_bucket}/waiting")
+    assert queue.reserve(waiting).slot is None
+
+    events = {e["requestId"]: e for e in d.pull_completions(2, timeout=90)}
+    assert events["dead"]["operation"] == landed  # adopted once its lease ran out, not started again
+    assert {e["state"] for e in events.values()} == {"SUCCEEDED"}
+    stats = d.emulator("stats")
+    assert stats["calls"]["export"] == 2 and stats["maxConcurrentOperations"] == 1, stats
+    assert no_more_completions(d) == []
+    for prefix in ("jobs/", "unconfirmed/", "operations/", "slots/"):
+        assert d.state_objects(prefix) == [], prefix
