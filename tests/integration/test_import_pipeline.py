@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,8 +108,8 @@ def test_odd_names_and_upper_case_extensions_are_imported(deployment: Deployment
     events.append(d.upload("odd/notes.txt", b"not dicom"))
     outcomes = deliver_all(d.handler(), events)
     assert sum(o.action == "recorded" for o in outcomes) == len(names)
-    completions = d.pull_completions(1)
-    assert sum(e["counters"]["success"] for e in completions) == len(names)
+    completions = d.completions_for(events[:-1])
+    _check_success_counts(completions, len(names))
     assert all(e["state"] == "SUCCEEDED" for e in completions)
     assert len(_stored_uids(d)) == len(names)
 
@@ -120,7 +121,7 @@ def test_a_non_dicom_dcm_is_named_in_failed_objects(deployment: Deployment) -> N
     deliver_all(d.handler(), [*good, bad])
     # The uploads may straddle two windows (a slow machine): the broken object's event names it.
     completions = d.completions_for([*good, bad])
-    assert sum(e["counters"]["success"] for e in completions) == 3
+    _check_success_counts(completions, 3)
     [event] = [e for e in completions if e["counters"]["failure"]]
     assert event["counters"]["failure"] == 1
     assert event["state"] in ("SUCCEEDED_WITH_ERRORS", "FAILED")
@@ -128,6 +129,13 @@ def test_a_non_dicom_dcm_is_named_in_failed_objects(deployment: Deployment) -> N
     assert event["failedObjectsTotal"] == 1
     receipts = d.state_objects("receipts/")
     assert len(receipts) == 1
+
+
+def _check_success_counts(completions: list[dict[str, Any]], objects: int) -> None:
+    """Every object imported: read once with one window; an upload of a second window created
+    within the clock-skew allowance of the first window's import start is read by both."""
+    total = sum(e["counters"]["success"] for e in completions)
+    assert total == objects if len(completions) == 1 else objects <= total <= 2 * objects, completions
 
 
 def test_a_leader_that_dies_after_claiming_is_replaced_by_the_poller(deployment: Deployment) -> None:
@@ -144,8 +152,7 @@ def test_a_leader_that_dies_after_claiming_is_replaced_by_the_poller(deployment:
     assert d.poller().run().windows_recovered == 0  # the dead leader's lease still runs
     time.sleep(d.settings.claim_lease_seconds + d.settings.debounce_seconds + d.settings.settle_seconds)
     # The uploads may straddle two windows (a slow machine): one event per window.
-    completions = d.completions_for(events)
-    assert sum(e["counters"]["success"] for e in completions) == len(events)
+    _check_success_counts(d.completions_for(events), len(events))
 
 
 def test_503_bursts_are_retried_until_the_import_starts(deployment: Deployment) -> None:
@@ -155,13 +162,13 @@ def test_503_bursts_are_retried_until_the_import_starts(deployment: Deployment) 
     outcomes = deliver_all(d.handler(), events)
     led = [o.led for o in outcomes if o.led]
     assert led and led[0].started, "the import should start after the retried 503s"
-    [event] = d.pull_completions(1)
-    assert event["counters"]["success"] == len(events)
+    _check_success_counts(d.completions_for(events), len(events))
 
 
 def test_a_poller_killed_between_publish_and_mark_republishes_the_same_event_id(deployment: Deployment) -> None:
     d = deployment
-    deliver_all(d.handler(), _upload_study_folders(d, ["twice/s1"]))
+    uploads = _upload_study_folders(d, ["twice/s1"])
+    deliver_all(d.handler(), uploads)
     queue = d.deps.queue
     original = queue.forget
     calls = {"n": 0}
@@ -173,8 +180,10 @@ def test_a_poller_killed_between_publish_and_mark_republishes_the_same_event_id(
         original(tracked)
 
     queue.forget = crash_once  # type: ignore[method-assign]
-    events = d.pull_completions(2)
-    assert events[0]["eventId"] == events[1]["eventId"]
+    # One event per window (the uploads may straddle two), and the crashed one's again.
+    events = d.pull_completions(len(windows_of(d, uploads)) + 1)
+    published = Counter(e["eventId"] for e in events)
+    assert sorted(published.values())[-1] == 2 and sum(published.values()) == len(published) + 1, published
     assert d.state_objects("operations/") == []
 
 
