@@ -17,6 +17,7 @@ Starting an LRO is not idempotent, so it has its own rule (`start_outcome`).
 
 from __future__ import annotations
 
+import http.client
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.auth.exceptions import GoogleAuthError
@@ -43,6 +45,13 @@ _GRPC_HTTP = {"OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 4
 _PERMANENT_REQUEST_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
     requests.exceptions.InvalidHeader, requests.exceptions.InvalidJSONError,
+)
+
+
+# Broken or cut-off answers below requests (google-cloud-storage's media transfers meet them raw).
+_TRANSPORT_FAULTS: tuple[type[BaseException], ...] = (
+    http.client.HTTPException, urllib3.exceptions.PoolError, urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.SSLError, urllib3.exceptions.TimeoutError,
 )
 
 
@@ -88,6 +97,12 @@ def classify(exc: BaseException) -> Fault:
         return Fault(status in RETRYABLE_HTTP_STATUSES, status, _url_resource(exc.response.url), str(exc))
     if isinstance(exc, _PERMANENT_REQUEST_ERRORS):
         return Fault(False, message=str(exc))
+    answered = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(answered, int):
+        # Media errors of google-cloud-storage (InvalidResponse) carry the HTTP answer.
+        return Fault(answered in RETRYABLE_HTTP_STATUSES, answered, message=str(exc))
+    if isinstance(exc, _TRANSPORT_FAULTS):
+        return Fault(True, message=str(exc))
     # Connection errors and timeouts (requests', urllib3's, sockets', futures'), google-auth
     # transport and token refresh faults: another try may succeed.
     if isinstance(exc, (OSError, GoogleAuthError)):

@@ -4,6 +4,7 @@ in-process retry predicates that must agree with it."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 from typing import Any
 
 import grpc
@@ -12,7 +13,8 @@ import requests
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exceptions
 from google.cloud.pubsub_v1.publisher.exceptions import PublishError
-from urllib3.exceptions import MaxRetryError, NewConnectionError
+from google.cloud.storage.exceptions import InvalidResponse
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from functions import gcs
 from functions.errors import (
@@ -50,6 +52,12 @@ def _http_error(status: int, url: str = "https://storage.googleapis.com/storage/
     return requests.HTTPError(f"{status} error", response=response)
 
 
+def _response(status: int) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    return response
+
+
 def _google(status: int) -> gexc.GoogleAPICallError:
     response = requests.Response()
     response.status_code = status
@@ -72,6 +80,9 @@ RETRY: list[BaseException] = [
     TimeoutError("t"), concurrent.futures.TimeoutError(), ConnectionResetError("r"),
     OSError("network unreachable"),
     auth_exceptions.TransportError("metadata server"), auth_exceptions.RefreshError("token"),
+    http.client.IncompleteRead(b"partial"), http.client.BadStatusLine("x"), ProtocolError("Connection aborted"),
+    ReadTimeoutError(None, "/o", "read timed out"),  # type: ignore[arg-type]
+    InvalidResponse(_response(503), "media download failed"),
 ]
 
 DROP: list[BaseException] = [
@@ -82,7 +93,7 @@ DROP: list[BaseException] = [
     gexc.RetryError("deadline", cause=gexc.NotFound("x")),
     _http_error(403), _http_error(404), requests.exceptions.InvalidURL("x"), requests.exceptions.MissingSchema("x"),
     _RpcError(grpc.StatusCode.NOT_FOUND), _RpcError(grpc.StatusCode.PERMISSION_DENIED),
-    _RpcError(grpc.StatusCode.INVALID_ARGUMENT),
+    _RpcError(grpc.StatusCode.INVALID_ARGUMENT), InvalidResponse(_response(404), "media download failed"),
 ]
 
 
