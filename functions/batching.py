@@ -244,7 +244,7 @@ class WindowBatcher:
     def _covering(self) -> list[_Covering]:
         """Wildcard imports that are queued or running: they may read uploads of later windows."""
         candidates: list[tuple[Job, float | None]] = [(t.job, t.started_at) for t in self._queue.tracked()]
-        candidates += [(job, None) for job in self._queue.pending_jobs()]
+        candidates += self._queue.pending_jobs_since()
         covering = []
         for job, started_at in candidates:
             pattern = job.import_uri.split("/", 3)[3] if job.import_uri.count("/") >= 3 else ""

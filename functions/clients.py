@@ -106,6 +106,10 @@ class HealthcareApi(Protocol):
         """`operations.get`: the operation JSON as the API returns it."""
         ...
 
+    def list_operations(self, dataset: str) -> Iterator[dict[str, Any]]:
+        """`operations.list` of a dataset, every page (what an unconfirmed start may have begun)."""
+        ...
+
     def search(self, level: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
         """QIDO-RS search at `level` (studies, series or instances, optionally nested)."""
         ...

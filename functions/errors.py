@@ -1,9 +1,12 @@
 """One base class; one leaf per decision the functions take about an error.
 
-The boundary in `functions.boundary` maps them to an outcome:
+The boundary in `functions.boundary` maps them (and every client library's exceptions, through
+`functions.retry.classify`) to an outcome:
 - `RetryableError` (and its children): raise -> HTTP 500 -> the platform redelivers the event.
 - `DropEventError` (and its children): log one clear line, acknowledge (no retry can help).
 - `ConfigurationError`: raised at cold start, so a bad deployment never serves.
+- `UnknownOutcomeError`: a non-idempotent call (an LRO start) may have acted; `functions.jobs`
+  finds out instead of sending it again.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ class InvalidExportRequestError(DropEventError):
 
 class RetryableError(DicomPipelineError):
     """A transient fault outlived the in-process retries: let the platform redeliver."""
+
+
+class UnknownOutcomeError(DicomPipelineError):
+    """A call that is not idempotent (an LRO start) failed after the server may have acted on it.
+
+    Sending it again could do the work twice; the caller must find out what happened instead.
+    """
 
 
 class ApiError(DicomPipelineError):

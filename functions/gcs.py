@@ -13,15 +13,19 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
-from google.cloud.storage.retry import DEFAULT_RETRY
+from google.cloud.storage.retry import DEFAULT_RETRY as _STORAGE_RETRY
 
 from functions.clients import ObjectInfo, Record
+from functions.retry import is_transient
 
 if TYPE_CHECKING:
     from google.cloud import storage
 
 
 _POOL_SIZE = 64
+# google-cloud-storage's backoff and deadline, with our classification of what is transient (the
+# same one the event boundary uses, so a fault retried here is one the platform would redeliver).
+DEFAULT_RETRY = _STORAGE_RETRY.with_predicate(is_transient)
 
 
 def _dumps(data: dict[str, Any]) -> str:

@@ -2,19 +2,22 @@
 
 It speaks plain REST through `requests` (an authorised session against Google, an anonymous one
 against the local emulator at `HEALTHCARE_API_URL`), maps error answers onto our error classes,
-and retries transient faults with the shared policy.
+and retries transient faults with the shared policy. Starting an import or export is not
+idempotent: such a POST is only sent again after a fault that certainly started nothing (see
+`functions.retry.start_outcome`); any other failure raises `UnknownOutcomeError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import requests
 from google.api_core.exceptions import RetryError
+from google.api_core.retry import Retry
 
 from functions import retry
-from functions.errors import ApiError, TransientApiError, api_error
+from functions.errors import ApiError, TransientApiError, UnknownOutcomeError, api_error
 from functions.settings import DEFAULT_HEALTHCARE_API_URL, Settings
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -38,6 +41,7 @@ class HealthcareClient:
         self._store = settings.dicom_store
         self._timeout = settings.http_timeout_seconds
         self._retry = retry.policy(settings.retry_deadline_seconds)
+        self._start_retry = retry.policy(settings.retry_deadline_seconds, retry.is_refused_start)
         self._session = session or _session(self._base)
 
     @property
@@ -45,7 +49,8 @@ class HealthcareClient:
         return self._store
 
     def _call(self, method: str, url: str, *, json_body: Any = None,
-              params: Mapping[str, str] | None = None, resource: str = "") -> requests.Response:
+              params: Mapping[str, str] | None = None, resource: str = "",
+              policy: Retry | None = None) -> requests.Response:
         def once() -> requests.Response:
             response = self._session.request(method, url, json=json_body, params=params, timeout=self._timeout)
             if response.status_code >= 400:
@@ -53,7 +58,7 @@ class HealthcareClient:
             return response
 
         try:
-            result: requests.Response = self._retry(once)()
+            result: requests.Response = (policy or self._retry)(once)()
         except RetryError as exc:
             # The budget is spent: surface the last fault itself, so callers see a transient
             # error (and let the platform redeliver) rather than a generic one.
@@ -63,28 +68,55 @@ class HealthcareClient:
             raise TransientApiError(503, f"{type(cause).__name__}: {cause}", resource=resource) from exc
         return result
 
+    def _start_operation(self, url: str, body: dict[str, Any]) -> str:
+        """POSTs an LRO start; re-sent only after faults that certainly started nothing."""
+        try:
+            response = self._call("POST", url, json_body=body, resource=self._store, policy=self._start_retry)
+            return str(response.json()["name"])
+        except Exception as exc:
+            if retry.start_outcome(exc) == "refused":
+                raise
+            raise UnknownOutcomeError(f"starting an operation on {self._store} failed after the request was "
+                                      f"sent ({type(exc).__name__}: {str(exc)[:200]}); it may have started") from exc
+
     def import_dicom(self, uri: str, *, storage_class: str | None = None) -> str:
-        """Starts `dicomStores.import` of `uri`; returns the operation name."""
+        """Starts `dicomStores.import` of `uri`; returns the operation name.
+
+        Raises `UnknownOutcomeError` when the operation may or may not have started.
+        """
         body: dict[str, Any] = {"gcsSource": {"uri": uri}}
         version = "v1"
         if storage_class:
             # blobStorageSettings is only on the v1beta1 surface.
             version = "v1beta1"
             body["blobStorageSettings"] = {"blobStorageClass": storage_class}
-        url = f"{self._base}/{version}/{self._store}:import"
-        return str(self._call("POST", url, json_body=body, resource=self._store).json()["name"])
+        return self._start_operation(f"{self._base}/{version}/{self._store}:import", body)
 
     def export_dicom(self, uri_prefix: str, *, mime_type: str | None = None,
                      filter_uri: str | None = None) -> str:
-        """Starts `dicomStores.export` to `uri_prefix`; returns the operation name."""
+        """Starts `dicomStores.export` to `uri_prefix`; returns the operation name.
+
+        Raises `UnknownOutcomeError` when the operation may or may not have started.
+        """
         destination: dict[str, str] = {"uriPrefix": uri_prefix}
         if mime_type:
             destination["mimeType"] = mime_type
         body: dict[str, Any] = {"gcsDestination": destination}
         if filter_uri:
             body["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
-        url = f"{self._base}/v1/{self._store}:export"
-        return str(self._call("POST", url, json_body=body, resource=self._store).json()["name"])
+        return self._start_operation(f"{self._base}/v1/{self._store}:export", body)
+
+    def list_operations(self, dataset: str) -> Iterator[dict[str, Any]]:
+        """`operations.list` of a dataset, every page (no server-side filter: its syntax is undocumented)."""
+        url = f"{self._base}/v1/{dataset}/operations"
+        token = ""
+        while True:
+            params = {"pageSize": "100", **({"pageToken": token} if token else {})}
+            page: dict[str, Any] = self._call("GET", url, params=params, resource=dataset).json()
+            yield from page.get("operations", [])
+            token = str(page.get("nextPageToken") or "")
+            if not token:
+                return
 
     def get_operation(self, name: str) -> dict[str, Any]:
         """`operations.get`: the operation JSON as the API returns it."""

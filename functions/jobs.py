@@ -4,6 +4,11 @@ A job is one `dicomStores.import` or `dicomStores.export` call waiting to be mad
 durable objects (`jobs/`), started by whoever holds a free slot (`slots/i`, at most
 `DICOM_MAX_CONCURRENT_OPERATIONS` of them); a started job becomes a tracked operation
 (`operations/`) that the poller watches. See docs/state.md.
+
+Starting an LRO is not idempotent. A start whose outcome is unknown (the POST failed after it was
+sent, or its starter died mid-call) is never sent again blindly: the job turns UNCONFIRMED, keeps
+its slot, and the poller looks for the operation it may have started (`resolve_unconfirmed`); see
+docs/decisions/0300-ambiguous-lro-starts.md.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from functions import unconfirmed_starts
 from functions.clients import HealthcareApi, ObjectStore, Record
-from functions.errors import PermanentApiError, RetryableError
+from functions.errors import PermanentApiError, RetryableError, UnknownOutcomeError
 from functions.log import fields
 from functions.settings import Settings
 
@@ -98,6 +104,7 @@ class Reservation:
 class StartResult:
     started: str | None  # operation name
     queued: bool  # no free slot: the job waits for the poller
+    unconfirmed: bool = False  # the outcome is unknown: the job holds its slot until the poller knows
 
 
 class JobQueue:
@@ -120,6 +127,9 @@ class JobQueue:
     def operation_path(self, operation_id: str) -> str:
         return self._s.state_path("operations", f"{operation_id}.json")
 
+    def unconfirmed_path(self, job_id: str) -> str:
+        return self._s.state_path("unconfirmed", f"{job_id}.json")
+
     # -- queue -------------------------------------------------------------------------------
     def reserve(self, job: Job) -> Reservation:
         """Queues the job durably, taking a free slot for it when there is one.
@@ -131,7 +141,8 @@ class JobQueue:
         slot = self._acquire_slot(job.job_id)
         state: dict[str, Any] = {"job": job.to_json(), "state": "PENDING"}
         if slot is not None:
-            state.update(state="STARTING", slot=slot, leaseUntil=self._clock() + self._s.claim_lease_seconds)
+            now = self._clock()
+            state.update(state="STARTING", slot=slot, claimedAt=now, leaseUntil=now + self._s.claim_lease_seconds)
         generation = self._gcs.create(self._s.state_bucket, self.job_path(job.job_id), state)
         if generation is None and slot is not None:
             self.release_slot(slot, job.job_id)
@@ -158,6 +169,24 @@ class JobQueue:
                 jobs.append(Job.from_json(record.data["job"]))
         return jobs
 
+    def pending_jobs_since(self) -> list[tuple[Job, float | None]]:
+        """The queued jobs, each with the time its start was attempted: None while it has not been
+        (a job STARTING or UNCONFIRMED may already have an operation that read its source)."""
+        jobs: list[tuple[Job, float | None]] = []
+        for job_id in self.pending_job_ids():
+            record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
+            if record is None:
+                continue
+            state = record.data.get("state")
+            attempted: float | None = None
+            if state == "UNCONFIRMED":
+                attempted = float(record.data["attemptedAt"])
+            elif state == "STARTING":
+                attempted = float(record.data.get("claimedAt", float(record.data.get("leaseUntil", 0))
+                                                  - self._s.claim_lease_seconds))
+            jobs.append((Job.from_json(record.data["job"]), attempted))
+        return jobs
+
     def pending_job_ids(self) -> list[str]:
         prefix = self._s.state_path("jobs/")
         return sorted(o.name[len(prefix):-len(".json")] for o in self._gcs.list(self._s.state_bucket, prefix))
@@ -170,7 +199,9 @@ class JobQueue:
         is dropped, not started a second time.
 
         A transient API failure puts the job back in the queue (the poller tries again); a
-        permanent one finishes it as a failed operation so that its completion event says why.
+        permanent one finishes it as a failed operation so that its completion event says why. A
+        job whose starter died mid-call is not started again: its operation may exist, so it turns
+        UNCONFIRMED (see `resolve_unconfirmed`).
         """
         record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
         if record is None:
@@ -180,45 +211,169 @@ class JobQueue:
             self._gcs.delete(self._s.state_bucket, self.job_path(job_id), record.generation)
             return StartResult(None, queued=False)
         now = self._clock()
-        if record.data.get("state") == "STARTING" and float(record.data.get("leaseUntil", 0)) > now:
-            return StartResult(None, queued=False)
+        state = record.data.get("state")
+        if state == "UNCONFIRMED":
+            return StartResult(None, queued=False, unconfirmed=True)
+        if state == "STARTING":
+            if float(record.data.get("leaseUntil", 0)) > now:
+                return StartResult(None, queued=False)
+            self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
+            return StartResult(None, queued=False, unconfirmed=True)
         job = Job.from_json(record.data["job"])
         slot = self._acquire_slot(job.job_id)
         if slot is None:
             return StartResult(None, queued=True)
-        starting = {"job": job.to_json(), "state": "STARTING", "slot": slot,
+        starting = {"job": job.to_json(), "state": "STARTING", "slot": slot, "claimedAt": now,
                     "leaseUntil": now + self._s.claim_lease_seconds}
         generation = self._gcs.replace(self._s.state_bucket, self.job_path(job_id), starting, record.generation)
         if generation is None:
             self.release_slot(slot, job.job_id)
             return StartResult(None, queued=False)
-        if record.data.get("state") == "STARTING":
-            # The previous starter died mid-way; its LRO may exist. A second import/export of the
-            # same data is harmless (duplicates are ignored / files rewritten), losing it is not.
-            logger.warning("restarting a job whose starter died", extra=fields(job=job_id))
         return self._start_claimed(job, slot, generation)
 
     def _start_claimed(self, job: Job, slot: int, generation: int) -> StartResult:
         """Makes the API call for a job this caller holds (state STARTING, slot taken)."""
         job_id = job.job_id
+        attempted_at = self._clock()
         try:
             name = self._start(job)
         except PermanentApiError as exc:
             logger.error("the API refused to start the job", extra=fields(job=job_id, status=exc.status_code,
                                                                           error=exc.message))
             name = self._record_refusal(job, exc)
+        except UnknownOutcomeError as exc:
+            logger.warning("the start's outcome is unknown; the job keeps its slot until the poller finds out",
+                           extra=fields(job=job_id, slot=slot, error=str(exc)[:300]))
+            unconfirmed = {"job": job.to_json(), "state": "UNCONFIRMED", "slot": slot, "attemptedAt": attempted_at}
+            self._gcs.create(self._s.state_bucket, self.unconfirmed_path(job_id), {"job": job_id})
+            # A failed replace: the poller took the job over already (it is UNCONFIRMED there too).
+            self._gcs.replace(self._s.state_bucket, self.job_path(job_id), unconfirmed, generation)
+            return StartResult(None, queued=False, unconfirmed=True)
         except RetryableError as exc:
             logger.warning("could not start the job; it stays queued",
                            extra=fields(job=job_id, error=str(exc)))
-            self._gcs.replace(self._s.state_bucket, self.job_path(job_id),
-                              {"job": job.to_json(), "state": "PENDING"}, generation)
-            self.release_slot(slot, job.job_id)
+            if self._gcs.replace(self._s.state_bucket, self.job_path(job_id),
+                                 {"job": job.to_json(), "state": "PENDING"}, generation) is not None:
+                self.release_slot(slot, job.job_id)
+            # else: taken over as UNCONFIRMED while we called (our lease ran out); its slot stays.
             return StartResult(None, queued=True)
-        tracked = StartedOperation(name=name, job=job, slot=slot, started_at=self._clock())
-        self._gcs.write(self._s.state_bucket, self.operation_path(tracked.operation_id), tracked.to_json())
+        tracked = StartedOperation(name=name, job=job, slot=slot, started_at=attempted_at)
+        self._track(tracked)
         self._gcs.delete(self._s.state_bucket, self.job_path(job_id))
         logger.info("operation started", extra=fields(job=job_id, kind=job.kind, operation=name, slot=slot))
         return StartResult(name, queued=False)
+
+    def _track(self, started: StartedOperation) -> None:
+        """Tracks an operation this caller certainly started.
+
+        Created, not overwritten: if the poller adopted the operation for an unconfirmed job in the
+        meantime (it could only guess by time), the operation is ours and that job goes back to
+        UNCONFIRMED, holding its slot, to be resolved again.
+        """
+        path = self.operation_path(started.operation_id)
+        if self._gcs.create(self._s.state_bucket, path, started.to_json()) is not None:
+            return
+        existing = self._gcs.read(self._s.state_bucket, path)
+        if existing is not None:
+            other = StartedOperation.from_json(existing.data)
+            if other.job.job_id != started.job.job_id:
+                logger.warning("an unconfirmed job had adopted an operation another job started; "
+                               "it is unconfirmed again",
+                               extra=fields(job=other.job.job_id, operation=started.name))
+                self._gcs.write(self._s.state_bucket, self.job_path(other.job.job_id),
+                                {"job": other.job.to_json(), "state": "UNCONFIRMED", "slot": other.slot,
+                                 "attemptedAt": float(other.extra.get("attemptedAt", other.started_at))})
+                self._gcs.write(self._s.state_bucket, self.unconfirmed_path(other.job.job_id),
+                                {"job": other.job.job_id})
+        self._gcs.write(self._s.state_bucket, path, started.to_json())
+
+    def _mark_unconfirmed(self, record: Record, why: str) -> bool:
+        """Turns a STARTING job whose lease ran out into UNCONFIRMED (it keeps its slot)."""
+        job = Job.from_json(record.data["job"])
+        claimed_at = float(record.data.get("claimedAt",
+                                           float(record.data.get("leaseUntil", 0)) - self._s.claim_lease_seconds))
+        unconfirmed = {"job": job.to_json(), "state": "UNCONFIRMED", "slot": record.data.get("slot"),
+                       "attemptedAt": claimed_at}
+        self._gcs.create(self._s.state_bucket, self.unconfirmed_path(job.job_id), {"job": job.job_id})
+        if self._gcs.replace(self._s.state_bucket, self.job_path(job.job_id), unconfirmed, record.generation) is None:
+            return False
+        logger.warning("a job's start has an unknown outcome; it keeps its slot until the poller finds out",
+                       extra=fields(job=job.job_id, reason=why))
+        return True
+
+    # -- unconfirmed starts ----------------------------------------------------------------------
+    def resolve_unconfirmed(self) -> dict[str, str]:
+        """Finds the operations unconfirmed starts began (or decides they began none).
+
+        Returns {job id: adopted operation name | "requeued" | "waiting"}. One `operations.list`
+        of the dataset per call, and only when a start is unconfirmed.
+        """
+        prefix = self._s.state_path("unconfirmed/")
+        job_ids = [info.name[len(prefix):-len(".json")] for info in self._gcs.list(self._s.state_bucket, prefix)]
+        if not job_ids:
+            return {}
+        records: dict[str, Record] = {}
+        for job_id in job_ids:
+            record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
+            if record is None or record.data.get("state") != "UNCONFIRMED":
+                # Resolved meanwhile (tracked, refused or requeued by its starter): nothing to find.
+                self._gcs.delete(self._s.state_bucket, self.unconfirmed_path(job_id))
+            else:
+                records[job_id] = record
+        if not records:
+            return {}
+        starts = [unconfirmed_starts.UnconfirmedStart(job_id, str(r.data["job"]["kind"]), float(r.data["attemptedAt"]))
+                  for job_id, r in records.items()]
+        since = min(s.attempted_at for s in starts) - unconfirmed_starts.CLOCK_SKEW_SECONDS
+        tracked_prefix = self._s.state_path("operations/")
+        tracked = {info.name[len(tracked_prefix):-len(".json")]
+                   for info in self._gcs.list(self._s.state_bucket, tracked_prefix)}
+        found = [c for c in unconfirmed_starts.candidates(self._hc.list_operations(self._s.dataset),
+                                                           tracked=tracked, since=since)
+                 if self._gcs.read(self._s.state_bucket, self._s.state_path(
+                     "done", f"{c.name.rsplit('/', 1)[-1]}.json")) is None]  # reported and forgotten
+        window = unconfirmed_starts.unknown_outcome_seconds(self._s.http_timeout_seconds,
+                                                            self._s.retry_deadline_seconds)
+        outcome: dict[str, str] = {}
+        for resolution in unconfirmed_starts.resolve(starts, found, now=self._clock(), unknown_outcome_seconds=window):
+            record = records[resolution.job_id]
+            if resolution.action == "adopt":
+                outcome[resolution.job_id] = self._adopt(record, resolution.operation)
+            elif resolution.action == "requeue":
+                outcome[resolution.job_id] = self._requeue_unconfirmed(record)
+            else:
+                outcome[resolution.job_id] = "waiting"
+        return outcome
+
+    def _adopt(self, record: Record, name: str) -> str:
+        job = Job.from_json(record.data["job"])
+        attempted_at = float(record.data["attemptedAt"])
+        # started_at is the attempt's start: no later than the operation's (batching relies on that).
+        adopted = StartedOperation(name=name, job=job, slot=int(record.data["slot"]), started_at=attempted_at,
+                                   extra={"adopted": True, "attemptedAt": attempted_at})
+        path = self.operation_path(adopted.operation_id)
+        generation = self._gcs.create(self._s.state_bucket, path, adopted.to_json())
+        if generation is None:
+            return "waiting"  # somebody tracked it just now; the next run looks again
+        if not self._gcs.delete(self._s.state_bucket, self.job_path(job.job_id), record.generation):
+            # The job changed under us (its own starter finished after all): withdraw the guess,
+            # unless that starter has made the record its own meanwhile.
+            self._gcs.delete(self._s.state_bucket, path, generation)
+            return "waiting"
+        self._gcs.delete(self._s.state_bucket, self.unconfirmed_path(job.job_id))
+        logger.info("adopted the operation an unconfirmed start began", extra=fields(job=job.job_id, operation=name))
+        return name
+
+    def _requeue_unconfirmed(self, record: Record) -> str:
+        job = Job.from_json(record.data["job"])
+        if self._gcs.replace(self._s.state_bucket, self.job_path(job.job_id),
+                             {"job": job.to_json(), "state": "PENDING"}, record.generation) is None:
+            return "waiting"
+        self.release_slot(int(record.data["slot"]), job.job_id)
+        self._gcs.delete(self._s.state_bucket, self.unconfirmed_path(job.job_id))
+        logger.warning("an unconfirmed start began no operation; the job is queued again",
+                       extra=fields(job=job.job_id))
+        return "requeued"
 
     def _start(self, job: Job) -> str:
         if job.kind == "import":
@@ -266,23 +421,33 @@ class JobQueue:
         return held
 
     def reclaim_slots(self, live_jobs: set[str]) -> int:
-        """Frees slots whose holder neither runs an operation nor is starting one (it died)."""
+        """Frees slots whose holder neither runs an operation nor may have started one (it died).
+
+        A holder whose start has an unknown outcome keeps its slot: a job STARTING past its lease
+        turns UNCONFIRMED here, so the poller resolves it even when the queue in front of it is full.
+        """
         freed = 0
         now = self._clock()
         for index, record in self.slots().items():
             holder = str(record.data.get("job", ""))
             stale = float(record.data.get("acquiredAt", 0)) + self._s.claim_lease_seconds < now
-            if holder not in live_jobs and stale and not self._being_started(holder, now):
-                if self._gcs.delete(self._s.state_bucket, self.slot_path(index), record.generation):
-                    logger.warning("freed a slot whose holder died", extra=fields(slot=index,
-                                                                                  job=record.data.get("job")))
-                    freed += 1
+            if holder in live_jobs or not stale or self._holds_its_slot(holder, index, now):
+                continue
+            if self._gcs.delete(self._s.state_bucket, self.slot_path(index), record.generation):
+                logger.warning("freed a slot whose holder died", extra=fields(slot=index,
+                                                                              job=record.data.get("job")))
+                freed += 1
         return freed
 
-    def _being_started(self, job_id: str, now: float) -> bool:
+    def _holds_its_slot(self, job_id: str, index: int, now: float) -> bool:
         record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
-        return bool(record and record.data.get("state") == "STARTING"
-                    and float(record.data.get("leaseUntil", 0)) > now)
+        if record is None or record.data.get("slot") != index:
+            return False
+        state = record.data.get("state")
+        if state == "STARTING" and float(record.data.get("leaseUntil", 0)) <= now:
+            self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
+            return True
+        return state in ("STARTING", "UNCONFIRMED")
 
     # -- tracked operations --------------------------------------------------------------------
     def tracked(self) -> list[StartedOperation]:

@@ -67,6 +67,7 @@ class Poller:
         # Without the tracked operations a job whose starter died after starting it cannot be told
         # from one that never started: then starting jobs waits for the next run.
         if not any(error.startswith("poll operations:") for error in summary.errors):
+            self._step(summary, "resolve unconfirmed starts", self._queue.resolve_unconfirmed)
             self._step(summary, "start jobs", lambda: self._start_jobs(summary, tracked_jobs))
         # The run's one summary line: infra/monitoring.tf turns it into the poller's heartbeat,
         # the queue length and the oldest running operation's age.
@@ -78,7 +79,7 @@ class Poller:
         return summary
 
     @staticmethod
-    def _step(summary: PollSummary, name: str, action: Callable[[], None]) -> None:
+    def _step(summary: PollSummary, name: str, action: Callable[[], object]) -> None:
         try:
             action()
         except Exception as exc:  # one failing step must not stop the others

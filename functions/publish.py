@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from functions.errors import PermanentApiError, TransientApiError
+from functions.retry import classify
+
 
 class Publisher:
     """Lazily creates one PublisherClient per process: its import and channel cost ~0.3 s."""
@@ -24,6 +27,17 @@ class Publisher:
             return self._client
 
     def publish(self, data: bytes, attributes: dict[str, str]) -> str:
-        """Publishes and waits for the server's acknowledgement; returns the message id."""
-        future = self._publisher().publish(self._topic, data, **attributes)
-        return str(future.result(timeout=self._timeout))
+        """Publishes and waits for the server's acknowledgement; returns the message id.
+
+        An error answer becomes our ApiError naming the topic (retry or drop as `classify` says), so
+        a missing topic or permission is one clear error line at the boundary.
+        """
+        try:
+            future = self._publisher().publish(self._topic, data, **attributes)
+            return str(future.result(timeout=self._timeout))
+        except Exception as exc:
+            fault = classify(exc)
+            if fault.status is None:
+                raise  # no answer (a timeout, a dropped channel): as it is
+            cls = TransientApiError if fault.retry else PermanentApiError
+            raise cls(fault.status, fault.message, status=type(exc).__name__, resource=self._topic) from exc

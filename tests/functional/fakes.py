@@ -302,6 +302,13 @@ class FakeHealthcare:
                 raise api_error(404, f"{name} not found", status="NOT_FOUND", resource=name)
             return _operation_json(op)
 
+    def list_operations(self, dataset: str) -> Iterator[dict[str, Any]]:
+        with self._call("list_operations", dataset):
+            with self._lock:
+                listed = [_operation_json(op) for op in self.operations.values()
+                          if op.name.startswith(f"{dataset}/operations/")]
+        yield from listed
+
     def search(self, level: str, params: Mapping[str, str]) -> builtins.list[dict[str, Any]]:
         with self._call("search", level):
             if level != "studies":

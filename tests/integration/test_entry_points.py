@@ -277,3 +277,40 @@ def test_function_logs_are_json_lines_without_tag_values(d: Deployment, monkeypa
         messages.add(entry["message"])
     assert "export request accepted" in messages and "export request rejected" in messages, messages
     assert SECRET_PATIENT not in logs.getvalue()
+
+
+# --- faults of Cloud Storage and Pub/Sub: drop with one error line, not a redelivery loop ------------
+
+
+def _error_lines(logs: io.StringIO) -> list[dict[str, Any]]:
+    entries = [json.loads(line) for line in logs.getvalue().splitlines() if line.strip()]
+    return [e for e in entries if e["severity"] == "ERROR"]
+
+
+def test_a_state_bucket_that_does_not_exist_drops_the_event_with_an_error(d: Deployment,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = f"no-such-state-{uuid.uuid4().hex[:8]}"
+    client = _client(monkeypatch, d, "import_dicom_on_upload", DICOM_STATE_BUCKET=missing)
+    with _function_logs() as logs:
+        response = _upload_event(d, client, "inbox/lost.dcm",
+                                 dicom_factory.instance(patient_id=SECRET_PATIENT))
+    assert response.status_code == 200, response.data  # acknowledged: a redelivery meets the same 404
+    [error] = _error_lines(logs)
+    assert error["message"] == "dropping the event: the API refused the call", error
+    assert error["status"] == 404 and missing in error["resource"], error
+    assert error["function"] == "import_dicom_on_upload"
+    assert SECRET_PATIENT not in logs.getvalue()
+
+
+def test_a_completion_topic_that_does_not_exist_drops_the_event_with_an_error(
+        d: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = f"projects/{PROJECT}/topics/no-such-topic-{uuid.uuid4().hex[:8]}"
+    client = _client(monkeypatch, d, "export_dicom_on_message", DICOM_COMPLETION_TOPIC=missing)
+    with _function_logs() as logs:
+        # Rejected (no such destination allowed): the REJECTED event cannot be published.
+        response = _push(client, json.dumps({"destination": "gs://elsewhere/out"}).encode())
+    assert response.status_code == 200, response.data
+    [error] = _error_lines(logs)
+    assert error["message"] == "dropping the event: the API refused the call", error
+    assert error["status"] == 404 and error["resource"] == missing, error
+    assert error["function"] == "export_dicom_on_message"

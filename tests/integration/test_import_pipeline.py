@@ -191,7 +191,8 @@ def test_503_bursts_are_retried_until_the_import_starts(deployment: Deployment) 
 
 def test_a_poller_killed_between_publish_and_mark_republishes_the_same_event_id(deployment: Deployment) -> None:
     d = deployment
-    deliver_all(d.handler(), _upload_study_folders(d, ["twice/s1"]))
+    uploads = _upload_study_folders(d, ["twice/s1"])
+    deliver_all(d.handler(), uploads)
     queue = d.deps.queue
     original = queue.forget
     calls = {"n": 0}

@@ -86,3 +86,6 @@ def test_a_function_killed_between_claim_and_import_loses_nothing(stack: Stack) 
     wait_for(lambda: _stored(stack) == 4 and _completions(stack, events) >= 1, timeout=90,
              what="the batch imported after the crash")
     assert any(e["kind"] == "import" and e["state"] == "SUCCEEDED" for e in events)
+    # The dead leader's import started (late): the poller adopted it instead of starting a second one.
+    stats = requests.get(f"{healthcare}/_emulator/stats", timeout=5).json()
+    assert stats["calls"]["import"] == 1, stats
