@@ -68,8 +68,8 @@ def test_a_call_the_api_refused_is_acknowledged_with_an_error_line(
     refused = PermanentApiError(403, "permission denied", status="PERMISSION_DENIED", resource="projects/p/x")
     assert run_event("poll_dicom_operations", "e-3", _raise(refused)) is None
     [line] = lines()
-    assert (line["severity"], line["status"], line["error"], line["resource"]) == (
-        "ERROR", 403, "permission denied", "projects/p/x")
+    assert (line["severity"], line["status"], line["error"], line["reason"], line["resource"]) == (
+        "ERROR", 403, "PermanentApiError", "permission denied", "projects/p/x")
 
 
 def test_a_transient_fault_is_raised_so_the_platform_redelivers(lines: Callable[[], list[dict[str, object]]]) -> None:
