@@ -9,8 +9,8 @@ When is the ingest done? The import function batches uploads into debounce windo
 import operations (and completion events) an upload causes is not known up front. The rule:
 
 1. **Seen**: every expected object has its duplicate marker `seen/{window}/{key}` in the state
-   bucket (`key` = `functions.windows.object_key(bucket, name, generation)`, `window` the debounce
-   window of its timeCreated). The function writes it
+   bucket (`key` = `functions.windows.object_key(bucket, name, generation)`; matched by key alone,
+   so the function's debounce length need not be known here). The function writes it
    right after the object's window record, so from then on the object is in the pipeline's
    durable state.
 2. **Quiet**: then, read in this order, there is no import work left in the state bucket: no
@@ -50,7 +50,7 @@ from functions.failed_objects import read_uids
 from functions.gcs_wildcards import api_wildcard_match
 from functions.selection import ignore_reason
 from functions.settings import Settings
-from functions.windows import object_key, window_id
+from functions.windows import object_key
 from localcloud.connect import EventStream, LocalCloud
 from localcloud.progress import Reporter, aligned
 
@@ -69,7 +69,6 @@ class UploadedObject:
     size: int
     skip_reason: str | None  # None: the import function takes it
     uids: tuple[str, str, str] | None  # study, series, instance; None: not DICOM
-    time_created: float = 0.0  # epoch seconds, as Cloud Storage says
 
     @property
     def uri(self) -> str:
@@ -200,11 +199,9 @@ def upload(cloud: LocalCloud, files: Sequence[tuple[Path, str]], settings: Setti
             mimetypes.guess_type(path.name)[0] or "application/octet-stream")
         blob.upload_from_filename(str(path), content_type=content_type)
         generation, size = int(blob.generation or 0), int(blob.size or 0)
-        created = blob.time_created.timestamp() if blob.time_created else 0.0
         reason = classify(cloud.upload_bucket, name, generation, size, settings)
         return UploadedObject(path=path, name=name, bucket=cloud.upload_bucket, generation=generation,
-                              size=size, skip_reason=reason, uids=None if reason else local_uids(path),
-                              time_created=created)
+                              size=size, skip_reason=reason, uids=None if reason else local_uids(path))
 
     uploaded: list[UploadedObject] = []
     with reporter.bar("upload", len(files), "files") as bar, ThreadPoolExecutor(_THREADS) as pool:
@@ -212,11 +209,6 @@ def upload(cloud: LocalCloud, files: Sequence[tuple[Path, str]], settings: Setti
             uploaded.append(obj)
             bar.update_to(len(uploaded))
     return uploaded
-
-
-def _seen_marker(obj: UploadedObject, settings: Settings) -> str:
-    window = window_id(datetime.fromtimestamp(obj.time_created, UTC), settings.debounce_seconds)
-    return settings.state_path("seen", window, object_key(obj.bucket, obj.name, obj.generation))
 
 
 class _Waiter:
@@ -228,7 +220,7 @@ class _Waiter:
         self.gcs = cloud.gcs
         self.s = settings
         self.expected = expected
-        self.unseen = {_seen_marker(o, settings): o for o in expected}
+        self.unseen = {object_key(o.bucket, o.name, o.generation): o for o in expected}
         self.stored: set[str] = set()
         self.named_failed: set[str] = set()
         self.events: list[dict[str, Any]] = []
@@ -250,9 +242,10 @@ class _Waiter:
 
     def check_seen(self) -> None:
         if self.unseen:
-            seen = {info.name for info in self.gcs.list(self.s.state_bucket, self.s.state_path("seen/"))}
-            for path in [p for p in self.unseen if p in seen]:
-                del self.unseen[path]
+            seen = {info.name.rsplit("/", 1)[-1] for info in self.gcs.list(self.s.state_bucket,
+                                                                              self.s.state_path("seen/"))}
+            for key in [k for k in self.unseen if k in seen]:
+                del self.unseen[key]
 
     def check_store(self, pool: ThreadPoolExecutor) -> None:
         todo = [o for o in self.expected if o.uri not in self.stored and o.uids is not None]

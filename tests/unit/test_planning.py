@@ -358,7 +358,8 @@ def test_random_batches_hold_the_invariants(seed: int) -> None:
     eligible = rng.choice([dcm_any_case, dcm_lower_only])
     names = {_random_name(rng) for _ in range(rng.randint(1, 120))}
     candidates = sorted(n for n in names if eligible(n))
-    if not candidates:
+    if not candidates:  # nothing eligible to import: the planner plans nothing
+        assert plan_import([], sorted(names), eligible=eligible) == ImportPlan(uris=(), staged=(), cost=0.0)
         return
     new = rng.sample(candidates, rng.randint(1, len(candidates)))
     others = sorted(names - set(new))
