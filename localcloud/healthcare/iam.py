@@ -38,8 +38,7 @@ def get_policy(store: Store, resource: str, requested_version: str | None) -> di
     policy = store.get_policy(resource) or {"etag": EMPTY_ETAG}
     if _has_conditions(policy) and version < 3:
         raise invalid_argument(
-            f"The policy of {resource} has conditional role bindings: request it with "
-            "options.requestedPolicyVersion=3."
+            f"The policy of {resource} has conditional role bindings: request it with options.requestedPolicyVersion=3."
         )
     return policy
 

@@ -89,9 +89,7 @@ def checked_store_fields(body: dict[str, Any]) -> tuple[dict[str, str], dict[str
             problems.append((f"labels[{key!r}]", f"Invalid label {key!r}: {value!r}"))
     legacy = body.get("notificationConfig") or {}
     if legacy.get("pubsubTopic") and not _TOPIC.fullmatch(legacy["pubsubTopic"]):
-        problems.append(
-            ("notification_config.pubsub_topic", "pubsub_topic must be projects/{project}/topics/{topic}")
-        )
+        problems.append(("notification_config.pubsub_topic", "pubsub_topic must be projects/{project}/topics/{topic}"))
     for i, config in enumerate(body.get("notificationConfigs", [])):
         if not _TOPIC.fullmatch(config.get("pubsubTopic", "")):
             problems.append(
@@ -100,9 +98,7 @@ def checked_store_fields(body: dict[str, Any]) -> tuple[dict[str, str], dict[str
                     "pubsub_topic is required: projects/{project}/topics/{topic}",
                 )
             )
-    destinations = [
-        (c.get("bigqueryDestination") or {}).get("tableUri") for c in body.get("streamConfigs", [])
-    ]
+    destinations = [(c.get("bigqueryDestination") or {}).get("tableUri") for c in body.get("streamConfigs", [])]
     if len(destinations) != len(set(destinations)):
         problems.append(("stream_configs", "Each stream config must contain a unique destination"))
     if problems:
@@ -128,9 +124,7 @@ def patched_store(current: dict[str, Any], body: dict[str, Any], update_mask: st
     updated = {k: v for k, v in current.items() if k != "name"}
     for path in paths:
         parts = [_camel(p) for p in path.split(".")]
-        if parts[0] not in ("labels", *STORE_CONFIG_FIELDS) or (
-            len(parts) > 1 and parts[0] != "notificationConfig"
-        ):
+        if parts[0] not in ("labels", *STORE_CONFIG_FIELDS) or (len(parts) > 1 and parts[0] != "notificationConfig"):
             raise invalid_argument(f"updateMask: field {path!r} cannot be updated")
         if len(parts) == 1:
             if parts[0] in body:

@@ -22,9 +22,7 @@ class SystemParameters:
     access_token: str | None = None  # `access_token` / `oauth_token` query parameters
 
 
-def split(
-    args: MultiDict[str, str], names: frozenset[str]
-) -> tuple[SystemParameters, ImmutableMultiDict[str, str]]:
+def split(args: MultiDict[str, str], names: frozenset[str]) -> tuple[SystemParameters, ImmutableMultiDict[str, str]]:
     """(the system parameters, the method's own query parameters)."""
     own: MultiDict[str, str] = MultiDict()
     system: dict[str, str] = {}
