@@ -471,7 +471,7 @@ def _dispatch(emu: Emulator, version: str, path: str) -> Response:
     known = api.match(request.method, path)
     if known is not None:
         raise unimplemented(
-            f"healthcare.projects.locations.{known.id} is not emulated (see {_README}, 'deliberately not emulated')"
+            f"{known.full_id} is not emulated (see {_README}, 'deliberately not emulated')"
         )
     if path_matched:
         raise ApiError(405, f"method {request.method} is not allowed on /{version}/{path}")

@@ -23,7 +23,8 @@ _PREFIX = "healthcare.projects.locations."
 class Method:
     """One REST method of the discovery document."""
 
-    id: str  # e.g. "datasets.dicomStores.import" (without "healthcare.projects.locations.")
+    id: str  # e.g. "datasets.dicomStores.import", "locations.get" (short: no "healthcare.projects.")
+    full_id: str  # e.g. "healthcare.projects.locations.datasets.dicomStores.import"
     http_method: str
     path: re.Pattern[str]  # matches the URL path after /{version}/
     request: str | None  # schema name of the body, if any
@@ -35,6 +36,7 @@ class Discovery:
         self.version = version
         self.schemas: dict[str, dict[str, Any]] = document["schemas"]
         self.system_parameters = frozenset(document["parameters"])
+        self.resources: dict[str, Any] = document["resources"]
         self.methods: list[Method] = []
         self._collect(document["resources"], "")
 
@@ -42,9 +44,11 @@ class Discovery:
         for name, resource in resources_.items():
             for method_name, method in resource.get("methods", {}).items():
                 full = f"{prefix}{name}.{method_name}"
+                rest = full.removeprefix("projects.locations.")
                 self.methods.append(
                     Method(
-                        id=full.removeprefix("projects.locations."),
+                        id=rest if "." in rest else full.removeprefix("projects."),
+                        full_id=f"healthcare.{full}",
                         http_method=method["httpMethod"],
                         path=_flat_path_regex(method["flatPath"], self.version),
                         request=(method.get("request") or {}).get("$ref"),
@@ -60,18 +64,18 @@ class Discovery:
         raise KeyError(f"no method {method_id} in healthcare {self.version}")
 
     def match(self, http_method: str, path: str) -> Method | None:
-        """The discovery method a request would reach on Google, if any."""
-        for method in self.methods:
-            if method.http_method == http_method and method.path.fullmatch(path):
-                return method
-        return None
+        """The discovery method a request would reach on Google, if any: a literal segment beats a
+        placeholder (POST fhir/_search is search, not create of a resource type "_search")."""
+        found = [m for m in self.methods if m.http_method == http_method and m.path.fullmatch(path)]
+        return max(found, key=lambda m: len(m.path.pattern.replace("[^/:]+", "")), default=None)
 
 
 def _flat_path_regex(flat_path: str, version: str) -> re.Pattern[str]:
     # "v1/projects/{projectsId}/.../dicomStores/{dicomStoresId}:import": each {x} is one segment.
     path = flat_path.removeprefix(f"{version}/")
     parts = re.split(r"\{[^}]+\}", path)
-    return re.compile(r"[^/]+".join(re.escape(part) for part in parts))
+    # Ids never contain ":" (it starts a custom verb: {name}:getIamPolicy is not {name}).
+    return re.compile(r"[^/:]+".join(re.escape(part) for part in parts))
 
 
 @cache
