@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -14,6 +15,7 @@ import pytest
 import requests
 from google.cloud import storage
 
+from localcloud.healthcare.app import create_app
 from tests.conformance.api.conftest import (
     LOCATION,
     PROJECT,
@@ -431,3 +433,33 @@ def test_require_auth_answers_401_as_google_does(emulators: Emulators) -> None:
     assert basic.status_code == 401 and basic.json()["error"]["message"].startswith("Request had invalid")
     assert bearer.status_code == 200 and query_token.status_code == 200
     assert control.status_code == 200
+
+
+def test_notification_configs_survive_a_restart(tmp_path: Path, new_subscription: NewSubscription) -> None:
+    subscription = new_subscription()
+    store = "projects/p/locations/l/datasets/d/dicomStores/s"
+    first = create_app(tmp_path).test_client()
+    first.post("/v1/projects/p/locations/l/datasets?datasetId=d", json={})
+    created = first.post(
+        "/v1/projects/p/locations/l/datasets/d/dicomStores?dicomStoreId=s",
+        json={"notificationConfigs": [{"pubsubTopic": subscription.topic}]},
+    )
+    assert created.status_code == 200
+
+    restarted = create_app(tmp_path).test_client()  # same data directory, new process state
+    data = instance()
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    )
+    stored = restarted.post(
+        f"/v1/{store}/dicomWeb/studies",
+        data=body,
+        content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
+
+    assert stored.status_code == 200
+    assert restarted.get(f"/v1/{store}").get_json()["notificationConfigs"] == [{"pubsubTopic": subscription.topic}]
+    [message] = subscription.pull(1)
+    study, series, sop = uids(data)
+    assert message.data.decode() == f"{store}/dicomWeb/studies/{study}/series/{series}/instances/{sop}"
