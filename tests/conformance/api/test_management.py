@@ -307,6 +307,19 @@ def test_dataset_and_store_lists_page_with_tokens(emulators: Emulators) -> None:
     assert bad.status_code == 400
 
 
+def test_dicom_store_list_pages_with_tokens(store: StoreRef) -> None:
+    url = f"{store.base}/v1/{store.dataset}/dicomStores"
+    for store_id in ("s1", "s2"):
+        requests.post(url, params={"dicomStoreId": store_id}, json={}, timeout=10).raise_for_status()
+
+    first = requests.get(url, params={"pageSize": "2"}, timeout=10).json()
+    second = requests.get(url, params={"pageSize": "2", "pageToken": first["nextPageToken"]}, timeout=10).json()
+
+    names = [s["name"] for s in first["dicomStores"] + second["dicomStores"]]
+    assert sorted(names) == sorted([store.name, f"{store.dataset}/dicomStores/s1", f"{store.dataset}/dicomStores/s2"])
+    assert len(first["dicomStores"]) == 2 and "nextPageToken" not in second
+
+
 def test_dicom_store_list_filters_on_labels(emulators: Emulators) -> None:
     store = create_store(emulators.healthcare, labels={"env": "prod"})
     other = f"{store.dataset}/dicomStores/other"
