@@ -19,7 +19,7 @@ import secrets
 from typing import Any
 
 from .body import bad_request
-from .errors import ApiError, aborted, invalid_argument
+from .errors import aborted, invalid_argument
 from .store import PolicyConflict, Store
 
 EMPTY_ETAG = "ACAB"
@@ -69,9 +69,11 @@ def set_policy(store: Store, resource: str, body: dict[str, Any]) -> dict[str, A
     requested_version = int(request.get("version") or 0)
     if requested_version not in (0, 1, 3):
         raise invalid_argument(f"Invalid policy version {requested_version}: one of 0, 1, 3")
-    if any("condition" in b for b in bindings) and requested_version < 3:
+    conditional = any("condition" in b for b in bindings)
+    if conditional and requested_version < 3:
         raise invalid_argument("Policies with conditional role bindings must set version 3")
-    stored: dict[str, Any] = {"version": 3 if requested_version == 3 else 1}
+    # "if you specify version 3, but the policy has no conditional role bindings, the response uses version 1"
+    stored: dict[str, Any] = {"version": 3 if conditional else 1}
     if bindings:
         stored["bindings"] = bindings
     if policy.get("auditConfigs"):
@@ -136,6 +138,3 @@ def _checked_bindings(bindings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _new_etag() -> str:
     # Google's policy etags are 8 opaque bytes, base64 ("BwX..."); callers must treat them as opaque.
     return base64.b64encode(b"\x07\x05" + secrets.token_bytes(6)).decode()
-
-
-__all__ = ["ApiError", "EMPTY_ETAG", "get_policy", "set_policy", "test_permissions"]
