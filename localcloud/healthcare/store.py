@@ -248,15 +248,7 @@ class Store:
         ops = [(r["id"], r["dataset"], json.loads(r["body"])) for r in rows]
         return [op for op in ops if not op[2].get("done")]
 
-    def clear(self) -> None:
-        """Drop all data (control API reset with data=true)."""
-        with self._tx() as db:
-            for table in ("instances", "dicom_stores", "datasets", "operations"):
-                db.execute(f"DELETE FROM {table}")
-        for path in self.blob_dir.glob("*/*"):
-            path.unlink()
-
-    # --- management state (appended: store configuration, IAM policies, metrics) -----------------
+    # --- management state (store configuration, IAM policies, metrics) -----------------
 
     def _announce(self, store: str, info: InstanceInfo, storage_class: str, action: str) -> bool:
         for listener in self._instance_listeners:
@@ -358,6 +350,14 @@ class Store:
                 "INSERT INTO iam_policies VALUES (?, ?) ON CONFLICT (resource) DO UPDATE SET policy = excluded.policy",
                 (resource, json.dumps(policy)),
             )
+
+    def clear(self) -> None:
+        """Drop all data (control API reset with data=true)."""
+        with self._tx() as db:
+            for table in ("instances", "dicom_stores", "datasets", "operations"):
+                db.execute(f"DELETE FROM {table}")
+        for path in self.blob_dir.glob("*/*"):
+            path.unlink()
 
 
 def _store_json(row: sqlite3.Row) -> dict[str, Any]:
