@@ -248,7 +248,8 @@ def gcloud_without_credentials(emulators: Emulators, tmp_path_factory: pytest.Te
 
 
 def stow(store: StoreRef, *instances: bytes, headers: dict[str, str] | None = None) -> requests.Response:
-    """STOW-RS of the instances in one multipart/related request (asserts success)."""
+    """STOW-RS of the instances in one multipart/related request (asserts success; the answer in
+    DICOM JSON, asked for explicitly since Google's default is XML)."""
     boundary = uuid.uuid4().hex
     body = (
         b"".join(
@@ -260,7 +261,7 @@ def stow(store: StoreRef, *instances: bytes, headers: dict[str, str] | None = No
     response = requests.post(
         store.url("/dicomWeb/studies"),
         data=body,
-        headers={"Content-Type": content_type, **(headers or {})},
+        headers={"Content-Type": content_type, "Accept": "application/dicom+json", **(headers or {})},
         timeout=30,
     )
     assert response.status_code == 200, response.text

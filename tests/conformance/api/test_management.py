@@ -113,21 +113,27 @@ def test_import_notifies_notification_configs_always_and_the_legacy_topic_only_w
     assert message.data.decode() == resource_name(store, stored) and not dict(message.attributes)
 
 
-def test_identical_duplicates_are_not_notified_again(store: StoreRef, new_subscription: NewSubscription) -> None:
+def test_identical_duplicates_are_not_notified_again(
+    store: StoreRef, bucket: storage.Bucket, new_subscription: NewSubscription
+) -> None:
     subscription = new_subscription()
-    assert patch(store, "notificationConfig", {"notificationConfig": {"pubsubTopic": subscription.topic}}).ok
+    assert patch(store, "notificationConfigs", {"notificationConfigs": [{"pubsubTopic": subscription.topic}]}).ok
     data = instance()
     stow(store, data)
-    stow(store, instance())
-    first = subscription.pull(2)
+    [first] = subscription.pull(1)
 
-    stow(store, data)  # the same bytes again: ignored, nothing changed
+    # Importing the same bytes again: Google ignores the duplicate ("does not overwrite").
+    bucket.blob("again.dcm").upload_from_string(data)
+    again = requests.post(
+        store.url(":import"), json={"gcsSource": {"uri": f"gs://{bucket.name}/again.dcm"}}, timeout=10
+    )
+    assert "error" not in store.wait(again.json()["name"])
     marker = instance()
     stow(store, marker)
 
     [after] = subscription.pull(1)
+    assert first.data.decode() == resource_name(store, data)
     assert after.data.decode() == resource_name(store, marker)
-    assert len({m.data for m in first}) == 2
 
 
 # --- patch ---------------------------------------------------------------------------------------

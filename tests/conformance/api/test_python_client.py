@@ -13,6 +13,7 @@ are the emulator's declared coverage (see localcloud/healthcare/README.md).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import uuid
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httplib2
+import pydicom
 import pytest
 import requests
 from google.cloud import storage
@@ -147,9 +149,9 @@ class Context:
 def context(request: pytest.FixtureRequest, emulators: Emulators) -> Iterator[Context]:
     store = create_store(emulators.healthcare)
     data = instance()
-    body = json.loads(stow(store, data).text)
-    url = body["00081199"]["Value"][0]["00081190"]["Value"][0]
-    study, series, sop = url.split("/studies/")[1].replace("/series/", "/").replace("/instances/", "/").split("/")
+    stow(store, data)
+    stored = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    study, series, sop = (str(stored.StudyInstanceUID), str(stored.SeriesInstanceUID), str(stored.SOPInstanceUID))
     bucket = emulators.storage().create_bucket(f"b-{uuid.uuid4().hex[:12]}")
     bucket.blob("in/a.dcm").upload_from_string(data)
     bucket.blob("filter.txt").upload_from_string(f"/studies/{study}\n")
