@@ -283,6 +283,8 @@ def recipe(ctx: Context, method_id: str) -> Any:
 def _with_body(request: Any, study: str | None = None) -> Any:
     # The client sends HttpBody requests as they come: the multipart body and its type set here.
     request.body, request.headers["content-type"] = _multipart(instance(study))
+    request.body_size = len(request.body)
+    request.headers["accept"] = "application/dicom+json"
     return request
 
 
