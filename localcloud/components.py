@@ -314,18 +314,31 @@ def start_fake_gcs(
 # --- Healthcare API emulator ------------------------------------------------------------------
 
 
-def start_healthcare_emulator(workdir: Path, storage_host: str, port: int | None = None) -> Component:
-    """`python -m localcloud.healthcare`; `storage_host` is the STORAGE_EMULATOR_HOST value (http://...)."""
+def start_healthcare_emulator(
+    workdir: Path,
+    storage_host: str,
+    port: int | None = None,
+    pubsub_host: str | None = None,
+    require_auth: bool = False,
+    name: str = "healthcare-emulator",
+) -> Component:
+    """`python -m localcloud.healthcare`; `storage_host` is the STORAGE_EMULATOR_HOST value (http://...),
+    `pubsub_host` (host:port, default: this process's PUBSUB_EMULATOR_HOST) receives the DICOM
+    stores' Pub/Sub notifications; `require_auth` answers 401 without a bearer token."""
     port = port or free_port()
-    data_dir = Path(workdir) / "healthcare"
+    data_dir = Path(workdir) / ("healthcare" if name == "healthcare-emulator" else name)
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, STORAGE_EMULATOR_HOST=storage_host, PYTHONPATH=_pythonpath())
+    if pubsub_host:
+        env["PUBSUB_EMULATOR_HOST"] = pubsub_host
     argv = [
         sys.executable, "-m", "localcloud.healthcare",
         "--host", LOOPBACK, "--port", str(port), "--data-dir", str(data_dir),
     ]  # fmt: skip
+    if require_auth:
+        argv.append("--require-auth")
     return launch(
-        "healthcare-emulator",
+        name,
         argv,
         workdir=workdir,
         port=port,

@@ -214,7 +214,9 @@ class Stack:
             return [broker, gcs]
 
         def healthcare_api() -> list[Component]:
-            emulator = components.start_healthcare_emulator(self.state_dir, storage, port=ports["healthcare"])
+            emulator = components.start_healthcare_emulator(
+                self.state_dir, storage, port=ports["healthcare"], pubsub_host=pubsub
+            )
             try:
                 provision.create_dicom_store(healthcare, config)
             except BaseException:

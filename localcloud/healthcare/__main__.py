@@ -32,6 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--storage-host", default=None, help="Cloud Storage endpoint (default: $STORAGE_EMULATOR_HOST)"
     )
+    parser.add_argument(
+        "--pubsub-host",
+        default=None,
+        help="Pub/Sub emulator host:port for store notifications (default: $PUBSUB_EMULATOR_HOST)",
+    )
+    parser.add_argument(
+        "--require-auth",
+        action="store_true",
+        help="answer 401 UNAUTHENTICATED to API calls without a bearer token, as Google does",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -40,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Request lines would carry DICOM UIDs from QIDO/WADO paths; keep werkzeug to warnings.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = create_app(args.data_dir, storage_host=args.storage_host, operation_delay=args.operation_delay)
+    app = create_app(
+        args.data_dir,
+        storage_host=args.storage_host,
+        operation_delay=args.operation_delay,
+        pubsub_host=args.pubsub_host,
+        require_auth=args.require_auth,
+    )
     server = make_server(args.host, args.port, app, threaded=True)
     # SIGTERM ends serve_forever() via SystemExit, so the finally block closes the socket.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import zoneinfo
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import dicomweb, errors
-from .errors import ApiError, already_exists, invalid_argument, not_found
+from . import dicomweb, errors, iam, management, sysparams
+from .body import parse_json, parse_request
+from .discovery import VERSIONS, discovery
+from .errors import ApiError, already_exists, invalid_argument, not_found, unimplemented
 from .exporter import export_worker, parse_export_request
 from .faults import Faults, MethodFault, OperationFault
 from .gcs import GcsClient
 from .importer import import_worker, parse_import_request
+from .listfilter import compile_filter
+from .notifications import Notifier
 from .operations import Operations
 from .stats import Stats
 from .store import Store
@@ -29,28 +35,48 @@ _LOCATION = rf"projects/(?P<project>{_ID})/locations/(?P<location>{_ID})"
 _DATASET = rf"{_LOCATION}/datasets/(?P<dataset>{_ID})"
 _STORE = rf"{_DATASET}/dicomStores/(?P<store>{_ID})"
 _OPERATION = rf"{_DATASET}/operations/(?P<operation>{_ID})"
-_DEFAULT_PAGE_SIZE = 100
-_MAX_PAGE_SIZE = 1000
+_README = "localcloud/healthcare/README.md"
+_MISSING_CREDENTIALS = (
+    "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or "
+    "other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_INVALID_CREDENTIALS = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid "
+    "authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
 
 
 class Emulator:
     """Everything a request handler needs; one per app."""
 
-    def __init__(self, data_dir: Path, storage_host: str | None, operation_delay: float) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        storage_host: str | None,
+        operation_delay: float,
+        pubsub_host: str | None = None,
+        require_auth: bool = False,
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(data_dir)
         self.gcs = GcsClient(storage_host)
         self.stats = Stats()
         self.faults = Faults()
         self.operations = Operations(self.store, self.stats, self.faults, operation_delay)
+        self.require_auth = require_auth
+        self.notifier = Notifier(pubsub_host)
+        for name, config in self.store.all_store_configs():
+            self.notifier.configure(name, config)
+        self.store.add_instance_listener(self.notifier.instance_stored)
 
 
 @dataclass(frozen=True)
 class Call:
-    """One matched API request: its version, path parameters and names."""
+    """One matched API request: its version, path parameters, checked JSON body and names."""
 
     version: str
     params: dict[str, str]
+    body: dict[str, Any] = field(default_factory=dict)
 
     @property
     def location(self) -> str:
@@ -66,14 +92,27 @@ class Call:
 
 
 Handler = Callable[[Emulator, Call], Any]
-_ROUTES: list[tuple[str, re.Pattern[str], str, Handler]] = []
 
 
-def route(http_method: str, pattern: str, method: str) -> Callable[[Handler], Handler]:
-    """Register an API handler; `method` names it for stats and fault injection."""
+@dataclass(frozen=True)
+class Route:
+    http_method: str
+    pattern: re.Pattern[str]
+    method: str  # name for stats and fault injection
+    handler: Handler
+    api: str | None  # discovery method id: its request schema and query parameters are checked
+
+
+_ROUTES: list[Route] = []
+
+
+def route(http_method: str, pattern: str, method: str, api: str | None = None) -> Callable[[Handler], Handler]:
+    """Register an API handler; `method` names it for stats and fault injection; `api` is the
+    discovery method (e.g. "datasets.dicomStores.import") whose request body and query parameters
+    Google's front end checks before the method runs. DICOMweb routes (HttpBody) have none."""
 
     def register(handler: Handler) -> Handler:
-        _ROUTES.append((http_method, re.compile(pattern), method, handler))
+        _ROUTES.append(Route(http_method, re.compile(pattern), method, handler, api))
         return handler
 
     return register
@@ -90,25 +129,17 @@ def _need_store(emu: Emulator, call: Call) -> None:
 
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True, force=True) if request.get_data() else {}
+    """The control API's body (lenient JSON, no schema)."""
+    body = parse_json(request.get_data())
     if not isinstance(body, dict):
         raise invalid_argument("the request body must be a JSON object")
     return body
 
 
-def _page(args: Any) -> tuple[int, int]:
-    """(offset, page size) from pageToken/pageSize; our page tokens are plain offsets."""
-    token = args.get("pageToken") or "0"
-    size = args.get("pageSize") or str(_DEFAULT_PAGE_SIZE)
-    if not token.isdigit() or not size.isdigit():
-        raise invalid_argument("invalid pageToken or pageSize")
-    return int(token), min(int(size) or _DEFAULT_PAGE_SIZE, _MAX_PAGE_SIZE)
-
-
 # --- datasets ------------------------------------------------------------------------------------
 
 
-@route("POST", rf"{_LOCATION}/datasets", "datasets.create")
+@route("POST", rf"{_LOCATION}/datasets", "datasets.create", api="datasets.create")
 def create_dataset(emu: Emulator, call: Call) -> Any:
     dataset_id = request.args.get("datasetId", "")
     if not re.fullmatch(r"[\w.-]{1,256}", dataset_id):
@@ -116,8 +147,9 @@ def create_dataset(emu: Emulator, call: Call) -> Any:
             "datasetId is required: letters, digits, '_', '-' and '.', up to 256 characters"
         )
     name = f"{call.location}/datasets/{dataset_id}"
-    dataset = {"name": name, "timeZone": str(_body().get("timeZone") or "UTC")}
-    if not emu.store.create_dataset(name, dataset["timeZone"]):
+    time_zone = _checked_time_zone(call.body.get("timeZone") or "UTC")
+    dataset = {"name": name, "timeZone": time_zone}
+    if not emu.store.create_dataset(name, time_zone):
         raise already_exists(f"dataset {name} already exists")
     # The real API answers datasets.create with an Operation; this one is already done.
     return emu.operations.completed(
@@ -125,21 +157,84 @@ def create_dataset(emu: Emulator, call: Call) -> Any:
     )
 
 
-@route("GET", rf"{_LOCATION}/datasets", "datasets.list")
+def _checked_time_zone(time_zone: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(time_zone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise invalid_argument(f"invalid time_zone {time_zone!r}: an IANA time zone name") from None
+    return time_zone
+
+
+@route("GET", rf"{_LOCATION}/datasets", "datasets.list", api="datasets.list")
 def list_datasets(emu: Emulator, call: Call) -> Any:
-    return {"datasets": emu.store.list_datasets(call.location)}
+    offset, size = management.page_request(request.args)
+    return management.page(emu.store.list_datasets(call.location), offset, size, "datasets")
 
 
-@route("GET", _DATASET, "datasets.get")
+@route("GET", _DATASET, "datasets.get", api="datasets.get")
 def get_dataset(emu: Emulator, call: Call) -> Any:
     _need_dataset(emu, call)
     return emu.store.get_dataset(call.dataset)
 
 
+@route("PATCH", _DATASET, "datasets.patch", api="datasets.patch")
+def patch_dataset(emu: Emulator, call: Call) -> Any:
+    _need_dataset(emu, call)
+    paths = [p.strip() for p in request.args.get("updateMask", "").split(",") if p.strip()]
+    if not paths:
+        raise invalid_argument("updateMask is required: the Dataset fields to update")
+    for path in paths:
+        if path not in ("timeZone", "time_zone"):
+            raise invalid_argument(f"updateMask: field {path!r} cannot be updated")
+    emu.store.set_dataset_time_zone(call.dataset, _checked_time_zone(call.body.get("timeZone") or "UTC"))
+    return emu.store.get_dataset(call.dataset)
+
+
+@route("DELETE", _DATASET, "datasets.delete", api="datasets.delete")
+def delete_dataset(emu: Emulator, call: Call) -> Any:
+    stores = [s["name"] for s in emu.store.list_dicom_stores(call.dataset)]
+    if not emu.store.delete_dataset(call.dataset):
+        raise not_found(f"dataset {call.dataset} not found")
+    for store in stores:
+        emu.notifier.forget(store)
+    return {}
+
+
+# --- IAM policies (datasets and DICOM stores) -----------------------------------------------------
+
+
+def _iam_resource(emu: Emulator, call: Call) -> str:
+    if "store" in call.params:
+        _need_store(emu, call)
+        return call.store
+    _need_dataset(emu, call)
+    return call.dataset
+
+
+@route("GET", rf"{_DATASET}:getIamPolicy", "getIamPolicy", api="datasets.getIamPolicy")
+@route("GET", rf"{_STORE}:getIamPolicy", "getIamPolicy", api="datasets.dicomStores.getIamPolicy")
+def get_iam_policy(emu: Emulator, call: Call) -> Any:
+    resource = _iam_resource(emu, call)
+    return iam.get_policy(emu.store, resource, request.args.get("options.requestedPolicyVersion"))
+
+
+@route("POST", rf"{_DATASET}:setIamPolicy", "setIamPolicy", api="datasets.setIamPolicy")
+@route("POST", rf"{_STORE}:setIamPolicy", "setIamPolicy", api="datasets.dicomStores.setIamPolicy")
+def set_iam_policy(emu: Emulator, call: Call) -> Any:
+    return iam.set_policy(emu.store, _iam_resource(emu, call), call.body)
+
+
+@route("POST", rf"{_DATASET}:testIamPermissions", "testIamPermissions", api="datasets.testIamPermissions")
+@route("POST", rf"{_STORE}:testIamPermissions", "testIamPermissions", api="datasets.dicomStores.testIamPermissions")
+def test_iam_permissions(emu: Emulator, call: Call) -> Any:
+    _iam_resource(emu, call)
+    return iam.test_permissions(call.body)
+
+
 # --- DICOM stores --------------------------------------------------------------------------------
 
 
-@route("POST", rf"{_DATASET}/dicomStores", "dicomStores.create")
+@route("POST", rf"{_DATASET}/dicomStores", "dicomStores.create", api="datasets.dicomStores.create")
 def create_dicom_store(emu: Emulator, call: Call) -> Any:
     _need_dataset(emu, call)
     store_id = request.args.get("dicomStoreId", "")
@@ -148,44 +243,139 @@ def create_dicom_store(emu: Emulator, call: Call) -> Any:
             "dicomStoreId is required: letters, digits, '_', '-' and '.', up to 256 characters"
         )
     name = f"{call.dataset}/dicomStores/{store_id}"
-    labels = _body().get("labels") or {}
+    labels, config = management.checked_store_fields(call.body)
     if not emu.store.create_dicom_store(name, call.dataset, labels):
         raise already_exists(f"DICOM store {name} already exists")
-    return emu.store.get_dicom_store(name)
+    return _save_store(emu, name, labels, config)
 
 
-@route("GET", rf"{_DATASET}/dicomStores", "dicomStores.list")
+def _save_store(emu: Emulator, name: str, labels: dict[str, str], config: dict[str, Any]) -> Any:
+    emu.store.set_store_config(name, config, labels)
+    if config.get("streamConfigs"):
+        log.warning("%s: streamConfigs are kept but nothing is streamed (no BigQuery locally)", name)
+    resource = management.store_resource(emu.store, name)
+    assert resource is not None
+    emu.notifier.configure(name, resource)
+    return management.proto3_json(resource)
+
+
+@route("GET", rf"{_DATASET}/dicomStores", "dicomStores.list", api="datasets.dicomStores.list")
 def list_dicom_stores(emu: Emulator, call: Call) -> Any:
     _need_dataset(emu, call)
-    return {"dicomStores": emu.store.list_dicom_stores(call.dataset)}
+    offset, size = management.page_request(request.args)
+    stores = [management.store_resource(emu.store, s["name"]) for s in emu.store.list_dicom_stores(call.dataset)]
+    if request.args.get("filter"):
+        predicate = compile_filter(
+            request.args["filter"], lambda path: len(path) == 2 and path[0] == "labels", contains_text=False
+        )
+        stores = [s for s in stores if s is not None and predicate(s)]
+    return management.page([management.proto3_json(s) for s in stores], offset, size, "dicomStores")
 
 
-@route("GET", _STORE, "dicomStores.get")
+@route("GET", _STORE, "dicomStores.get", api="datasets.dicomStores.get")
 def get_dicom_store(emu: Emulator, call: Call) -> Any:
-    _need_store(emu, call)
-    return emu.store.get_dicom_store(call.store)
+    resource = management.store_resource(emu.store, call.store)
+    if resource is None:
+        raise not_found(f"DICOM store {call.store} not found")
+    return management.proto3_json(resource)
 
 
-@route("DELETE", _STORE, "dicomStores.delete")
+@route("PATCH", _STORE, "dicomStores.patch", api="datasets.dicomStores.patch")
+def patch_dicom_store(emu: Emulator, call: Call) -> Any:
+    current = management.store_resource(emu.store, call.store)
+    if current is None:
+        raise not_found(f"DICOM store {call.store} not found")
+    updated = management.patched_store(current, call.body, request.args.get("updateMask", ""))
+    labels, config = management.checked_store_fields(updated)
+    return _save_store(emu, call.store, labels, config)
+
+
+@route("DELETE", _STORE, "dicomStores.delete", api="datasets.dicomStores.delete")
 def delete_dicom_store(emu: Emulator, call: Call) -> Any:
     if not emu.store.delete_dicom_store(call.store):
         raise not_found(f"DICOM store {call.store} not found")
+    emu.store.forget_resource(call.store)
+    emu.notifier.forget(call.store)
     return {}
 
 
-@route("POST", rf"{_STORE}:import", "import")
+@route("POST", rf"{_STORE}:import", "import", api="datasets.dicomStores.import")
 def import_dicom(emu: Emulator, call: Call) -> Any:
     _need_store(emu, call)
-    pattern, storage_class = parse_import_request(_body())
+    pattern, storage_class = parse_import_request(call.body)
     worker = import_worker(emu.store, emu.gcs, emu.stats, call.store, pattern, storage_class)
     return emu.operations.start(call.dataset, call.version, "ImportDicomData", worker)
 
 
-@route("POST", rf"{_STORE}:export", "export")
+@route("POST", rf"{_STORE}:export", "export", api="datasets.dicomStores.export")
 def export_dicom(emu: Emulator, call: Call) -> Any:
     _need_store(emu, call)
-    worker = export_worker(emu.store, emu.gcs, call.store, parse_export_request(_body()))
+    worker = export_worker(emu.store, emu.gcs, call.store, parse_export_request(call.body))
     return emu.operations.start(call.dataset, call.version, "ExportDicomData", worker)
+
+
+@route(
+    "GET", rf"{_STORE}:getDICOMStoreMetrics", "getDICOMStoreMetrics", api="datasets.dicomStores.getDICOMStoreMetrics"
+)
+def dicom_store_metrics(emu: Emulator, call: Call) -> Any:
+    _need_store(emu, call)
+    return {"name": call.store, **management.metrics_json(emu.store.metrics(call.store))}
+
+
+_STUDY = rf"{_STORE}/dicomWeb/studies/(?P<study>[^/:]+)"
+
+
+@route(
+    "GET", rf"{_STUDY}:getStudyMetrics", "getStudyMetrics", api="datasets.dicomStores.dicomWeb.studies.getStudyMetrics"
+)
+def study_metrics(emu: Emulator, call: Call) -> Any:
+    _need_store(emu, call)
+    study = call.params["study"]
+    counts = emu.store.metrics(call.store, study)
+    if not counts["instances"]:
+        raise not_found(f"study {study} not found in {call.store}")
+    body = management.metrics_json(counts, with_studies=False)
+    return {"study": f"{call.store}/dicomWeb/studies/{study}", **body}
+
+
+@route(
+    "GET",
+    rf"{_STUDY}/series/(?P<series>[^/:]+):getSeriesMetrics",
+    "getSeriesMetrics",
+    api="datasets.dicomStores.dicomWeb.studies.series.getSeriesMetrics",
+)
+def series_metrics(emu: Emulator, call: Call) -> Any:
+    _need_store(emu, call)
+    study, series = call.params["study"], call.params["series"]
+    counts = emu.store.metrics(call.store, study, series)
+    if not counts["instances"]:
+        raise not_found(f"series {series} of study {study} not found in {call.store}")
+    body = management.metrics_json(counts, with_studies=False, with_series=False)
+    return {"series": f"{call.store}/dicomWeb/studies/{study}/series/{series}", **body}
+
+
+@route(
+    "POST",
+    rf"{_STORE}:setBlobStorageSettings",
+    "setBlobStorageSettings",
+    api="datasets.dicomStores.setBlobStorageSettings",
+)
+@route(
+    "POST",
+    rf"{_STUDY}:setBlobStorageSettings",
+    "setBlobStorageSettings",
+    api="datasets.dicomStores.dicomWeb.studies.setBlobStorageSettings",
+)
+def set_blob_storage_settings(emu: Emulator, call: Call) -> Any:
+    _need_store(emu, call)
+    study = call.params.get("study")
+    storage_class, filter_uri = management.parse_blob_settings(call.body, store_level=study is None)
+    if study is not None and not emu.store.metrics(call.store, study)["instances"]:
+        raise not_found(f"study {study} not found in {call.store}")
+    worker = management.blob_settings_worker(
+        emu.store, emu.gcs, emu.notifier, call.store, study, storage_class, filter_uri
+    )
+    return emu.operations.start(call.dataset, call.version, "SetBlobStorageSettings", worker)
 
 
 @route("GET", rf"{_STORE}/dicomWeb/(?P<rest>.+)", "dicomWeb")
@@ -198,19 +388,45 @@ def dicom_web(emu: Emulator, call: Call) -> Any:
 # --- operations ----------------------------------------------------------------------------------
 
 
-@route("GET", rf"{_DATASET}/operations", "operations.list")
+@route("GET", rf"{_DATASET}/operations", "operations.list", api="datasets.operations.list")
 def list_operations(emu: Emulator, call: Call) -> Any:
     _need_dataset(emu, call)
-    offset, size = _page(request.args)
-    # One extra row tells whether another page exists.
-    operations = emu.operations.list_page(call.dataset, offset, size + 1)
-    body: dict[str, Any] = {"operations": operations[:size]}
-    if len(operations) > size:
-        body["nextPageToken"] = str(offset + size)
-    return body
+    offset, size = management.page_request(request.args)
+    expression = request.args.get("filter", "")
+    if not expression:
+        # One extra row tells whether another page exists.
+        operations = emu.operations.list_page(call.dataset, offset, size + 1)
+        body: dict[str, Any] = {"operations": operations[:size]} if operations else {}
+        if len(operations) > size:
+            body["nextPageToken"] = management.page_token(offset + size)
+        return body
+    schema = discovery(call.version).schemas
+    predicate = compile_filter(expression, lambda path: _is_operation_field(schema, path))
+    matching = [op for op in emu.operations.list_page(call.dataset, 0, 1 << 62) if predicate(op)]
+    return management.page(matching, offset, size, "operations")
 
 
-@route("GET", _OPERATION, "operations.get")
+def _is_operation_field(schemas: dict[str, Any], path: list[str]) -> bool:
+    """A path into Operation (and its OperationMetadata), in either proto3 spelling."""
+    schema = schemas["Operation"]
+    for depth, name in enumerate(path):
+        properties = schema.get("properties", {})
+        camel = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
+        if camel not in properties:
+            return False
+        prop = properties[camel]
+        if camel == "metadata" and depth == 0:
+            schema = schemas["OperationMetadata"]
+        elif "$ref" in prop:
+            schema = schemas[prop["$ref"]]
+        elif depth < len(path) - 1 and prop.get("type") not in ("object", "any"):
+            return False
+        else:
+            schema = {}
+    return True
+
+
+@route("GET", _OPERATION, "operations.get", api="datasets.operations.get")
 def get_operation(emu: Emulator, call: Call) -> Any:
     operation = emu.operations.get(call.dataset, call.params["operation"])
     if operation is None:
@@ -218,7 +434,7 @@ def get_operation(emu: Emulator, call: Call) -> Any:
     return operation
 
 
-@route("POST", rf"{_OPERATION}:cancel", "operations.cancel")
+@route("POST", rf"{_OPERATION}:cancel", "operations.cancel", api="datasets.operations.cancel")
 def cancel_operation(emu: Emulator, call: Call) -> Any:
     if not emu.operations.cancel(call.dataset, call.params["operation"]):
         raise not_found(f"operation {call.dataset}/operations/{call.params['operation']} not found")
@@ -229,33 +445,105 @@ def cancel_operation(emu: Emulator, call: Call) -> Any:
 
 
 def _dispatch(emu: Emulator, version: str, path: str) -> Response:
+    api = discovery(version)
+    system, own_args = sysparams.split(request.args, api.system_parameters)
+    # Google's front end consumes the system parameters; methods see only their own.
+    request.args = own_args  # type: ignore[misc]
+    if emu.require_auth:
+        _authenticate(system)
     path_matched = False
-    for http_method, pattern, method, handler in _ROUTES:
-        match = pattern.fullmatch(path)
+    for route_ in _ROUTES:
+        match = route_.pattern.fullmatch(path)
         if match is None:
             continue
         path_matched = True
-        if http_method != request.method:
+        if route_.http_method != request.method:
             continue
         params = match.groupdict()
+        method = route_.method
         if method == "dicomWeb":
             method = dicomweb.method_for(request.method, params["rest"])
+        body = _checked_request(api.method(route_.api), version) if route_.api else {}
         emu.stats.count_call(method)
         emu.faults.before_call(method)
-        result = handler(emu, Call(version, params))
-        return result if isinstance(result, Response) else jsonify(result)
+        result = route_.handler(emu, Call(version, params, body))
+        return result if isinstance(result, Response) else _json(result, system)
+    known = api.match(request.method, path)
+    if known is not None:
+        raise unimplemented(
+            f"{known.full_id} is not emulated (see {_README}, 'deliberately not emulated')"
+        )
     if path_matched:
         raise ApiError(405, f"method {request.method} is not allowed on /{version}/{path}")
     raise not_found(f"unknown path /{version}/{path}")
 
 
-def create_app(data_dir: Path, *, storage_host: str | None = None, operation_delay: float = 0.0) -> Flask:
-    """The emulator as a WSGI app. `storage_host` defaults to STORAGE_EMULATOR_HOST."""
-    emu = Emulator(Path(data_dir), storage_host, operation_delay)
+def _checked_request(method: Any, version: str) -> dict[str, Any]:
+    """What Google's front end checks before the method runs: query parameters the method does not
+    declare, and the body against the method's request message."""
+    unknown = [key for key in request.args if key not in method.parameters]
+    if unknown:
+        key = unknown[0]
+        raise invalid_argument(
+            f'Invalid JSON payload received. Unknown name "{key}": Cannot bind query parameter. '
+            f"Field '{key}' could not be found in request message."
+        )
+    if method.request is None:
+        return {}
+    return parse_request(request.get_data(), discovery(version), method.request)
+
+
+def _authenticate(system: sysparams.SystemParameters) -> None:
+    header = request.headers.get("Authorization", "")
+    if not header and not system.access_token:
+        raise ApiError(
+            401,
+            _MISSING_CREDENTIALS,
+            details=[_error_info("CREDENTIALS_MISSING")],
+            headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
+        )
+    scheme, _, token = header.partition(" ")
+    if header and (scheme.lower() != "bearer" or not token.strip()):
+        raise ApiError(
+            401,
+            _INVALID_CREDENTIALS,
+            details=[_error_info("ACCESS_TOKEN_TYPE_UNSUPPORTED")],
+            headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", error="invalid_token"'},
+        )
+
+
+def _error_info(reason: str) -> dict[str, Any]:
+    return {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": "googleapis.com",
+        "metadata": {"service": "healthcare.googleapis.com"},
+    }
+
+
+def _json(result: Any, system: sysparams.SystemParameters) -> Response:
+    if system.fields is not None:
+        result = sysparams.select(result, system.fields)
+    text = json.dumps(result, indent=2 if system.pretty_print else None)
+    return Response(text + "\n", 200, content_type="application/json; charset=UTF-8")
+
+
+def create_app(
+    data_dir: Path,
+    *,
+    storage_host: str | None = None,
+    operation_delay: float = 0.0,
+    pubsub_host: str | None = None,
+    require_auth: bool = False,
+) -> Flask:
+    """The emulator as a WSGI app. `storage_host` defaults to STORAGE_EMULATOR_HOST, `pubsub_host`
+    (where store notifications go) to PUBSUB_EMULATOR_HOST; `require_auth` answers 401 to API
+    calls without a bearer token, as Google does."""
+    emu = Emulator(Path(data_dir), storage_host, operation_delay, pubsub_host, require_auth)
     app = Flask("localcloud.healthcare")
     app.extensions["healthcare_emulator"] = emu
 
-    @app.route("/<any(v1, v1beta1):version>/<path:path>", methods=["GET", "POST", "DELETE", "PATCH", "PUT"])
+    @app.route(f"/<any({', '.join(VERSIONS)}):version>/<path:path>", methods=["GET", "POST", "DELETE", "PATCH", "PUT"])
     def api(version: str, path: str) -> Response:
         return _dispatch(emu, version, path)
 
@@ -274,7 +562,12 @@ def create_app(data_dir: Path, *, storage_host: str | None = None, operation_del
         emu.faults.clear()
         if body.get("data"):
             emu.store.clear()
+            emu.store.clear_management()
         return {}
+
+    @app.get("/_emulator/notifications")
+    def notifications() -> Any:
+        return emu.notifier.snapshot()
 
     @app.get("/_emulator/config")
     def get_config() -> Any:
@@ -345,4 +638,5 @@ def create_app(data_dir: Path, *, storage_host: str | None = None, operation_del
 def _error_response(exc: ApiError) -> Response:
     response = jsonify(exc.body())
     response.status_code = exc.http_code
+    response.headers.update(exc.headers)
     return response

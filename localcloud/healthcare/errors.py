@@ -39,14 +39,27 @@ def status_name(http_code: int) -> str:
 class ApiError(Exception):
     """An error answered to the caller as Google's error JSON."""
 
-    def __init__(self, http_code: int, message: str, status: str | None = None) -> None:
+    def __init__(
+        self,
+        http_code: int,
+        message: str,
+        status: str | None = None,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.http_code = http_code
         self.message = message
         self.status = status or status_name(http_code)
+        self.details = details or []
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.http_code, "message": self.message, "status": self.status}}
+        error: dict[str, Any] = {"code": self.http_code, "message": self.message, "status": self.status}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
 
 
 def invalid_argument(message: str) -> ApiError:
@@ -59,3 +72,16 @@ def not_found(message: str) -> ApiError:
 
 def already_exists(message: str) -> ApiError:
     return ApiError(HTTPStatus.CONFLICT, message, "ALREADY_EXISTS")
+
+
+def unimplemented(message: str) -> ApiError:
+    return ApiError(HTTPStatus.NOT_IMPLEMENTED, message)
+
+
+def aborted(message: str) -> ApiError:
+    """409 ABORTED: a concurrency conflict (e.g. an IAM policy etag that is no longer current)."""
+    return ApiError(HTTPStatus.CONFLICT, message, "ABORTED")
+
+
+def failed_precondition(message: str) -> ApiError:
+    return ApiError(HTTPStatus.BAD_REQUEST, message, "FAILED_PRECONDITION")

@@ -65,7 +65,7 @@ def import_worker(
             return
         try:
             info = read_instance(data)
-            store.put_instance(store_name, info, data, storage_class)
+            store.put_instance(store_name, info, data, storage_class, action="ImportDicomData")
         except NotDicomError as exc:
             ctx.failed(uri, errors.RPC_INVALID_ARGUMENT, str(exc))
             return

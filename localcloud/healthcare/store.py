@@ -13,7 +13,7 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,6 +87,8 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._db.executescript(_MANAGEMENT_SCHEMA)
+        self._instance_listeners: list[InstanceListener] = []
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -150,9 +152,13 @@ class Store:
 
     # --- instances -------------------------------------------------------------------------------
 
-    def put_instance(self, store: str, info: InstanceInfo, data: bytes, storage_class: str) -> bool:
+    def put_instance(
+        self, store: str, info: InstanceInfo, data: bytes, storage_class: str, action: str = "StoreInstances"
+    ) -> bool:
         """Store an instance. Returns False for an identical duplicate (kept as is, not
-        overwritten); raises ConflictError for the same SOP Instance UID with different bytes."""
+        overwritten); raises ConflictError for the same SOP Instance UID with different bytes.
+        A newly stored instance is announced to the instance listeners (`action` names the API
+        method that stored it, as Pub/Sub notifications do)."""
         sha = hashlib.sha256(data).hexdigest()
         self._write_blob(sha, data)
         with self._tx() as db:
@@ -179,7 +185,7 @@ class Store:
                 == 1
             )
             if inserted:
-                return True
+                return self._announce(store, info, storage_class, action)
             existing = db.execute(
                 "SELECT sha256 FROM instances WHERE store = ? AND sop = ?", (store, info.sop)
             )
@@ -242,6 +248,109 @@ class Store:
         ops = [(r["id"], r["dataset"], json.loads(r["body"])) for r in rows]
         return [op for op in ops if not op[2].get("done")]
 
+    # --- management state (store configuration, IAM policies, metrics) -----------------
+
+    def _announce(self, store: str, info: InstanceInfo, storage_class: str, action: str) -> bool:
+        for listener in self._instance_listeners:
+            listener(store, info, storage_class, action)
+        return True
+
+    def add_instance_listener(self, listener: InstanceListener) -> None:
+        """`listener(store, info, storage_class, action)` for every newly stored instance."""
+        self._instance_listeners.append(listener)
+
+    def get_store_config(self, name: str) -> dict[str, Any]:
+        """The DicomStore fields besides name and labels (notificationConfig(s), streamConfigs)."""
+        rows = self._query("SELECT body FROM dicom_store_configs WHERE name = ?", (name,))
+        return json.loads(rows[0]["body"]) if rows else {}
+
+    def all_store_configs(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._query("SELECT name, body FROM dicom_store_configs")
+        return [(r["name"], json.loads(r["body"])) for r in rows]
+
+    def set_store_config(self, name: str, config: dict[str, Any], labels: dict[str, str]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO dicom_store_configs VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                (name, json.dumps(config)),
+            )
+            db.execute("UPDATE dicom_stores SET labels = ? WHERE name = ?", (json.dumps(labels), name))
+
+    def forget_resource(self, name: str) -> None:
+        """Drop the configuration and IAM policy of a deleted store or dataset."""
+        with self._tx() as db:
+            db.execute("DELETE FROM dicom_store_configs WHERE name = ?", (name,))
+            db.execute("DELETE FROM iam_policies WHERE resource = ?", (name,))
+
+    def set_dataset_time_zone(self, name: str, time_zone: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE datasets SET time_zone = ? WHERE name = ?", (time_zone, name))
+
+    def delete_dataset(self, name: str) -> bool:
+        """Delete a dataset with its stores, instances, operations and policies."""
+        stores = [r["name"] for r in self._query("SELECT name FROM dicom_stores WHERE dataset = ?", (name,))]
+        for store in stores:
+            self.delete_dicom_store(store)
+            self.forget_resource(store)
+        with self._tx() as db:
+            db.execute("DELETE FROM operations WHERE dataset = ?", (name,))
+            deleted = db.execute("DELETE FROM datasets WHERE name = ?", (name,)).rowcount == 1
+        self.forget_resource(name)
+        return bool(deleted)
+
+    def clear_management(self) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM dicom_store_configs")
+            db.execute("DELETE FROM iam_policies")
+
+    def metrics(self, store: str, study: str | None = None, series: str | None = None) -> dict[str, int]:
+        """Counts and sizes of a store, study or series (structured size: the stored attributes)."""
+        sql = (
+            "SELECT COUNT(DISTINCT study) AS studies, COUNT(DISTINCT series) AS series, COUNT(*) AS instances,"
+            " COALESCE(SUM(LENGTH(attrs)), 0) AS structured, COALESCE(SUM(size), 0) AS blob"
+            " FROM instances WHERE store = ?"
+        )
+        args: list[Any] = [store]
+        for column, value in (("study", study), ("series", series)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        return dict(self._query(sql, tuple(args))[0])
+
+    def set_storage_class(self, store: str, sops: list[str], storage_class: str) -> dict[str, str]:
+        """Move instances to `storage_class`; returns {sop: previous class} of those that changed."""
+        changed: dict[str, str] = {}
+        with self._tx() as db:
+            for sop in sops:
+                row = db.execute(
+                    "SELECT storage_class FROM instances WHERE store = ? AND sop = ?", (store, sop)
+                ).fetchone()
+                if row is None or row["storage_class"] == storage_class:
+                    continue
+                db.execute(
+                    "UPDATE instances SET storage_class = ? WHERE store = ? AND sop = ?", (storage_class, store, sop)
+                )
+                changed[sop] = row["storage_class"]
+        return changed
+
+    def get_policy(self, resource: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT policy FROM iam_policies WHERE resource = ?", (resource,))
+        return json.loads(rows[0]["policy"]) if rows else None
+
+    def replace_policy(
+        self, resource: str, policy: dict[str, Any], expected_etag: str | None, empty_etag: str
+    ) -> None:
+        """Store `policy` if the current etag is `expected_etag` (None: unconditionally), atomically."""
+        with self._tx() as db:
+            row = db.execute("SELECT policy FROM iam_policies WHERE resource = ?", (resource,)).fetchone()
+            current = json.loads(row["policy"])["etag"] if row else empty_etag
+            if expected_etag is not None and expected_etag != current:
+                raise PolicyConflict(expected_etag, current)
+            db.execute(
+                "INSERT INTO iam_policies VALUES (?, ?) ON CONFLICT (resource) DO UPDATE SET policy = excluded.policy",
+                (resource, json.dumps(policy)),
+            )
+
     def clear(self) -> None:
         """Drop all data (control API reset with data=true)."""
         with self._tx() as db:
@@ -254,3 +363,23 @@ class Store:
 def _store_json(row: sqlite3.Row) -> dict[str, Any]:
     labels = json.loads(row["labels"])
     return {"name": row["name"], **({"labels": labels} if labels else {})}
+
+
+# --- management state --------------------------------------------------------------------------
+
+_MANAGEMENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dicom_store_configs (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS iam_policies (resource TEXT PRIMARY KEY, policy TEXT NOT NULL);
+"""
+
+# Called inside the storing transaction: must be quick and must not write to the index.
+InstanceListener = Callable[[str, InstanceInfo, str, str], None]
+
+
+class PolicyConflict(Exception):
+    """setIamPolicy with an etag that is no longer the policy's."""
+
+    def __init__(self, requested: str, current: str) -> None:
+        super().__init__(requested)
+        self.requested = requested
+        self.current = current
