@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import dicomweb, errors
+from . import deletion, dicomweb, errors
 from .errors import ApiError, already_exists, invalid_argument, not_found
 from .exporter import export_worker, parse_export_request
 from .faults import Faults, MethodFault, OperationFault
@@ -193,6 +193,12 @@ def export_dicom(emu: Emulator, call: Call) -> Any:
 def dicom_web(emu: Emulator, call: Call) -> Any:
     _need_store(emu, call)
     return dicomweb.handle(emu.store, call.store, call.params["rest"], request)
+
+
+@route("DELETE", rf"{_STORE}/dicomWeb/(?P<rest>.+)", "dicomWeb")
+def delete_dicom_web(emu: Emulator, call: Call) -> Any:
+    _need_store(emu, call)
+    return deletion.delete(emu.store, emu.operations, call.store, call.dataset, call.version, call.params["rest"])
 
 
 # --- operations ----------------------------------------------------------------------------------
