@@ -13,6 +13,7 @@ from . import search, stow, wado
 from .deletion import is_delete_path
 from .errors import ApiError, not_found
 from .store import InstanceRow, Store
+from .urls import dicomweb_root
 
 _UID = r"([0-9.]+)"
 _INSTANCE = rf"studies/{_UID}/series/{_UID}/instances/{_UID}"
@@ -59,7 +60,7 @@ def handle(store: Store, store_name: str, rest: str, request: Request) -> Respon
         if is_delete_path(rest):
             raise ApiError(405, f"{request.method} is not supported on DICOMweb path {rest!r}")
         raise not_found(f"unknown DICOMweb path {rest!r}")
-    base = f"{request.host_url.rstrip('/')}{request.path.rsplit('/dicomWeb/', 1)[0]}/dicomWeb"
+    base = dicomweb_root(request)
 
     def bulk_base(row: InstanceRow) -> str:
         return f"{base}/studies/{row.study}/series/{row.series}/instances/{row.sop}/bulkdata"

@@ -30,6 +30,7 @@ from .importer import STORAGE_CLASSES
 from .multipart import decode_parts
 from .store import ConflictError, Store
 from .stow_json import JsonInstanceError, instances_from_json
+from .urls import dicomweb_root
 
 PROCESSING_FAILURE = 0x0110
 _GOOGLE = "GOOGLE"
@@ -46,7 +47,7 @@ def store_instances(store: Store, store_name: str, study: str | None, request: R
     storage_class = (request.headers.get("Storage-Class") or "STANDARD").strip().upper()
     if storage_class not in STORAGE_CLASSES:
         raise invalid_argument(f"unknown Storage-Class {storage_class!r}; use one of {', '.join(STORAGE_CLASSES)}")
-    base = f"{request.host_url.rstrip('/')}{request.path.rsplit('/dicomWeb/', 1)[0]}/dicomWeb"
+    base = dicomweb_root(request)
     stored: list[InstanceInfo] = []
     failed: list[Failure] = []
     for item in _instances(request):
