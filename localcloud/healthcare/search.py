@@ -121,6 +121,8 @@ def _result(
     if level in _AVAILABLE:
         available = _AVAILABLE[level]
         wanted |= available if query.include_all else available & set(query.include_tags)
+    else:  # instances: every attribute of the instance is available
+        wanted |= set(query.include_tags)
     result = {tag: value for tag, value in row.attrs.items() if tag in wanted}
     # The UIDs are indexed as columns; older index rows may lack them in attrs.
     result["0020000D"] = {"vr": "UI", "Value": [row.study]}

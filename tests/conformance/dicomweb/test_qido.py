@@ -254,8 +254,9 @@ def test_includefield(rich: tuple[Store, str]) -> None:
     assert {"ImageComments", "InstitutionName", "SeriesNumber"} <= _keywords(inst)
     assert inst["00091001"]["Value"] == ["private value"]
     assert inst["7FE00010"]["BulkDataURI"].endswith("/bulkdata/7FE00010")
-    [inst] = client.search_for_instances(fields=["ImageComments", "00091001"])
+    [inst] = client.search_for_instances(fields=["ImageComments", "00091001", "InstitutionName"])
     assert inst[_tag("ImageComments")]["Value"] == ["not a default of any level"]
+    assert inst[_tag("InstitutionName")]["Value"] == ["Clinic"]
     assert "00091001" in inst
     assert store.get("studies", includefield="NoSuchKeyword").status_code == 400
 
