@@ -218,3 +218,5 @@ def test_rendered_instances_and_frames(multiframe: tuple[Store, pydicom.Dataset,
     assert requests.get(f"{url}/rendered", params={"quality": "90"}, timeout=10).status_code == 400
     assert requests.get(f"{url}/rendered", headers={"Accept": "image/gif"}, timeout=10).status_code == 406
     assert requests.get(f"{store.url}/studies/{ctds.StudyInstanceUID}/rendered", timeout=10).status_code == 404
+    # "It does not support Thumbnail resources."
+    assert requests.get(f"{url}/thumbnail", timeout=10).status_code == 404
