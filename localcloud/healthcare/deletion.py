@@ -56,10 +56,6 @@ def guard_for(store: Store) -> DeleteGuard:
         return _GUARDS.setdefault(store, DeleteGuard())
 
 
-def is_delete_path(rest: str) -> bool:
-    return _DELETE.fullmatch(rest) is not None
-
-
 def delete(store: Store, operations: Operations, store_name: str, dataset: str, version: str, rest: str) -> Any:
     match = _DELETE.fullmatch(rest)
     if match is None:

@@ -10,7 +10,6 @@ import re
 from flask import Request, Response
 
 from . import search, stow, wado
-from .deletion import is_delete_path
 from .errors import ApiError, not_found
 from .store import InstanceRow, Store
 from .urls import dicomweb_root
@@ -56,10 +55,8 @@ def handle(store: Store, store_name: str, rest: str, request: Request) -> Respon
         if match is None:
             raise not_found(f"unknown DICOMweb path {rest!r}")
         return stow.store_instances(store, store_name, match.group(1), request)
-    if request.method != "GET":
-        if is_delete_path(rest):
-            raise ApiError(405, f"{request.method} is not supported on DICOMweb path {rest!r}")
-        raise not_found(f"unknown DICOMweb path {rest!r}")
+    if request.method != "GET":  # app.py routes only GET, POST and DELETE (deletion.py) here
+        raise ApiError(405, f"{request.method} is not supported on DICOMweb path {rest!r}")
     base = dicomweb_root(request)
 
     def bulk_base(row: InstanceRow) -> str:

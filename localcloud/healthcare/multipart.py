@@ -9,9 +9,6 @@ from dataclasses import dataclass, field
 from .accept import parse_media_type
 from .errors import invalid_argument
 
-# Kept for callers that parse Content-Type headers through this module.
-media_params = parse_media_type
-
 
 @dataclass(frozen=True)
 class Part:

@@ -59,11 +59,10 @@ class DateRange:
         low, sep, high = text.partition("-")
         for part in (low, high):
             if part and not re.fullmatch(r"\d{8}", part):
-                raise invalid_argument(
-                    f"invalid StudyDate {text!r}: dates are YYYYMMDD, ranges A-B, A- or -B"
-                )
+                # The value is patient data: the message does not repeat it.
+                raise invalid_argument("invalid StudyDate: dates are YYYYMMDD, ranges A-B, A- or -B")
         if sep and not low and not high:
-            raise invalid_argument(f"invalid StudyDate range {text!r}")
+            raise invalid_argument("invalid StudyDate range: a range needs at least one date")
         return cls(low, low) if not sep else cls(low or None, high or None)
 
     def contains(self, value: str | None) -> bool:
