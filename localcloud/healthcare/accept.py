@@ -100,6 +100,11 @@ def parse_media_type(text: str) -> tuple[str, dict[str, str]]:
     return media_type.lower(), parsed
 
 
+# google-api-python-client asks every method for `application/json`; Google answers its DICOMweb
+# searches and metadata to it (the JSON it means is DICOM JSON).
+_ALIASES = {"application/json": "application/dicom+json"}
+
+
 def parse_accept(header: str | None) -> list[MediaRange]:
     """Media ranges, most preferred first (stable for equal q); no header means `*/*`."""
     ranges = []
@@ -107,6 +112,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         if not item.strip():
             continue
         media_type, params = parse_media_type(item)
+        media_type = _ALIASES.get(media_type, media_type)
         q_text = params.pop("q", "1")
         try:
             q = float(q_text)

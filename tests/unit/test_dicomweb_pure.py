@@ -215,6 +215,7 @@ def test_name_tokens() -> None:
         (None, FRAMES, "multipart/related", "application/octet-stream", "1.2.840.10008.1.2.1"),
         ('multipart/related; type="*/*"', BULKDATA, "multipart/related", "application/octet-stream", "*"),
         ("application/dicom+json, application/json", SEARCH, "application/dicom+json", None, None),
+        ("application/json", SEARCH, "application/dicom+json", None, None),  # google-api-python-client
         ("multipart/related; type=application/dicom+xml", SEARCH, "multipart/related", "application/dicom+xml", None),
         ("*/*", STORE_RESPONSE, "application/dicom+xml", None, None),
         ("application/dicom+json", STORE_RESPONSE, "application/dicom+json", None, None),
@@ -233,7 +234,7 @@ def test_accept_negotiation(
         ("application/dicom", DICOM_OBJECTS),  # single part: instances only
         ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.2', DICOM_OBJECTS),
         ("text/html", SEARCH),
-        ("application/json", SEARCH),
+        ("application/json", RENDERED),
         ("image/gif", RENDERED),
         ('multipart/related; type="image/jpeg"; transfer-syntax=*', FRAMES),
         ("image/jpeg;q=0", RENDERED),
