@@ -66,6 +66,7 @@ def catalog(store: Store) -> tuple[Store, dict[str, str]]:
         ({"StudyDate": "-20200101"}, {"A"}),
         ({"PatientID": "P1", "StudyDate": "20200601-"}, {"B"}),
         ({"PatientID": "nobody"}, set()),
+        ({"PatientID": ""}, {"A", "B", "C"}),  # an empty value matches everything
     ],
 )
 def test_study_level_matching_keys(catalog: tuple[Store, dict[str, str]], filters: dict, expected: set[str]) -> None:

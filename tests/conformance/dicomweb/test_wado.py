@@ -214,6 +214,9 @@ def test_rendered_instances_and_frames(multiframe: tuple[Store, pydicom.Dataset,
     assert Image.open(io.BytesIO(small)).size == (32, 32)
     frame = store.client.retrieve_instance_frames_rendered(*_uids(rgb), frame_numbers=[2], media_types=("image/png",))
     assert (np.asarray(Image.open(io.BytesIO(frame))) == rgb.pixel_array[1]).all()
+    # A multi-frame instance renders as its first frame.
+    first = store.client.retrieve_instance_rendered(*_uids(rgb), media_types=("image/png",))
+    assert (np.asarray(Image.open(io.BytesIO(first))) == rgb.pixel_array[0]).all()
     url = store.instance_url(ctds)
     assert requests.get(f"{url}/rendered", params={"quality": "90"}, timeout=10).status_code == 400
     assert requests.get(f"{url}/rendered", headers={"Accept": "image/gif"}, timeout=10).status_code == 406
