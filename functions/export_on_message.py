@@ -141,14 +141,23 @@ class ExportOnMessage:
             yield from request.selector.paths
             return
         assert isinstance(request.selector, QuerySelector)
+        criteria = dict(request.selector.params)
+        # Google's QIDO-RS has no ModalitiesInStudy key: the studies with a series of that modality
+        # are the studies of a series search on Modality (series searches take every study key).
+        modality = criteria.pop("ModalitiesInStudy", None)
+        level = "series" if modality else "studies"
+        if modality:
+            criteria["Modality"] = modality
+        seen: set[str] = set()  # a study comes back once per matching series
         offset = 0
         while True:
-            params = dict(request.selector.params) | {"limit": str(_QIDO_PAGE), "offset": str(offset),
-                                                       "includefield": _STUDY_UID_TAG}
-            page = self._hc.search("studies", params)
-            for study in page:
-                uid = (study.get(_STUDY_UID_TAG) or {}).get("Value") or []
-                if uid:
+            params = criteria | {"limit": str(_QIDO_PAGE), "offset": str(offset), "includefield": _STUDY_UID_TAG}
+            page = self._hc.search(level, params)
+            for result in page:
+                uid = (result.get(_STUDY_UID_TAG) or {}).get("Value") or []
+                if uid and uid[0] not in seen:
+                    if modality:
+                        seen.add(uid[0])
                     yield f"/studies/{uid[0]}"
             if len(page) < _QIDO_PAGE:
                 return

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import dicomweb, errors, iam, management, sysparams
+from . import deletion, dicomweb, errors, iam, management, sysparams
 from .body import parse_json, parse_request
 from .discovery import VERSIONS, discovery
 from .errors import ApiError, already_exists, invalid_argument, not_found, unimplemented
@@ -383,6 +383,12 @@ def set_blob_storage_settings(emu: Emulator, call: Call) -> Any:
 def dicom_web(emu: Emulator, call: Call) -> Any:
     _need_store(emu, call)
     return dicomweb.handle(emu.store, call.store, call.params["rest"], request)
+
+
+@route("DELETE", rf"{_STORE}/dicomWeb/(?P<rest>.+)", "dicomWeb")
+def delete_dicom_web(emu: Emulator, call: Call) -> Any:
+    _need_store(emu, call)
+    return deletion.delete(emu.store, emu.operations, call.store, call.dataset, call.version, call.params["rest"])
 
 
 # --- operations ----------------------------------------------------------------------------------

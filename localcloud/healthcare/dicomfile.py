@@ -11,32 +11,80 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-# Attributes kept in the index to answer QIDO-RS without reading blobs (DICOM JSON, per level).
+# What QIDO-RS returns per level, from Google's DICOM conformance statement ("Returned results"):
+# the default attributes, and the ones `includefield=all` adds (instances: every attribute).
 STUDY_KEYWORDS = (
+    "SpecificCharacterSet",
     "StudyDate",
     "StudyTime",
     "AccessionNumber",
+    "InstanceAvailability",
     "ReferringPhysicianName",
+    "TimezoneOffsetFromUTC",
     "PatientName",
     "PatientID",
     "PatientBirthDate",
     "PatientSex",
     "StudyInstanceUID",
     "StudyID",
-    "StudyDescription",
 )
-SERIES_KEYWORDS = ("Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber")
+STUDY_ALL_KEYWORDS = (
+    "PersonIdentificationCodeSequence",
+    "PersonAddress",
+    "PersonTelephoneNumbers",
+    "PersonTelecomInformation",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionCodeSequence",
+    "ReferringPhysicianIdentificationSequence",
+    "ConsultingPhysicianName",
+    "ConsultingPhysicianIdentificationSequence",
+    "IssuerOfAccessionNumberSequence",
+    "LocalNamespaceEntityID",
+    "UniversalEntityID",
+    "UniversalEntityIDType",
+    "StudyDescription",
+    "PhysiciansOfRecord",
+    "PhysiciansOfRecordIdentificationSequence",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence",
+    "RequestingServiceCodeSequence",
+    "ReferencedStudySequence",
+    "ProcedureCodeSequence",
+    "ReasonForPerformedProcedureCodeSequence",
+)
+SERIES_KEYWORDS = (
+    "SpecificCharacterSet",
+    "Modality",
+    "TimezoneOffsetFromUTC",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "RequestAttributesSequence",
+)
+SERIES_ALL_KEYWORDS = ("SeriesNumber", "Laterality", "SeriesDate", "SeriesTime")
 INSTANCE_KEYWORDS = (
+    "SpecificCharacterSet",
     "SOPClassUID",
     "SOPInstanceUID",
+    "InstanceAvailability",
+    "TimezoneOffsetFromUTC",
     "InstanceNumber",
     "Rows",
     "Columns",
     "BitsAllocated",
     "NumberOfFrames",
+)
+# Kept in the index (DICOM JSON) so that searches never read blobs, except for instance-level
+# attributes outside these lists.
+_INDEXED_TAGS: frozenset[int] = frozenset(
+    int(tag_for_keyword(k) or 0)
+    for k in STUDY_KEYWORDS + STUDY_ALL_KEYWORDS + SERIES_KEYWORDS + SERIES_ALL_KEYWORDS + INSTANCE_KEYWORDS
 )
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
@@ -82,9 +130,9 @@ def info_from_dataset(ds: Dataset) -> InstanceInfo:
         if missing:
             raise NotDicomError(f"missing required attribute(s): {', '.join(missing)}")
         subset = Dataset()
-        for keyword in STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS:
-            if keyword in ds:
-                subset[keyword] = ds[keyword]
+        # Intersecting tags converts only the wanted raw elements (iterating would convert all).
+        for tag in sorted(_INDEXED_TAGS.intersection(ds.keys())):
+            subset[tag] = ds[tag]
         attrs = subset.to_json_dict()
         return InstanceInfo(
             study=uids["StudyInstanceUID"],

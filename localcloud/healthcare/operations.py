@@ -89,7 +89,9 @@ class Operation:
                 if self.error is not None:
                     body["error"] = self.error
                 else:
-                    response_type = f"google.cloud.healthcare.{self.version}.{self.response_type}"
+                    response_type = self.response_type
+                    if not response_type.startswith("google."):  # e.g. google.protobuf.Empty
+                        response_type = f"google.cloud.healthcare.{self.version}.{response_type}"
                     body["response"] = {
                         "@type": f"type.googleapis.com/{response_type}",
                         **(self.response or {}),
@@ -174,8 +176,17 @@ class Operations:
         self._store.save_operation(op.op_id, dataset, body)
         return body
 
-    def start(self, dataset: str, version: str, method: str, worker: Worker) -> dict[str, Any]:
-        op = self._new(dataset, version, "dicom.DicomService", method, f"dicom.{method}Response")
+    def start(
+        self,
+        dataset: str,
+        version: str,
+        method: str,
+        worker: Worker,
+        *,
+        service: str = "dicom.DicomService",
+        response_type: str | None = None,
+    ) -> dict[str, Any]:
+        op = self._new(dataset, version, service, method, response_type or f"dicom.{method}Response")
         with self._lock:
             self._live[op.op_id] = op
         self._stats.operation_started(op.name)

@@ -1,55 +1,69 @@
-"""QIDO-RS query parameters: matching keys, date ranges, paging and includefield."""
+"""QIDO-RS query parameters, as Google's DICOM conformance statement defines them.
+
+Search parameters per level (studies: StudyInstanceUID, PatientName, PatientID, AccessionNumber,
+ReferringPhysicianName, StudyDate; series add SeriesInstanceUID and Modality; instances add
+SOPInstanceUID). "Only single value, exact matching is supported, except for StudyDate which
+supports range queries and PatientName which supports fuzzy matching." Anything else is a 400.
+`limit` defaults to 100 (studies, series) / 1,000 (instances) and is capped at 5,000 / 50,000;
+`offset` goes up to 1,000,000. Pure logic: no I/O, no Flask.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from .errors import invalid_argument
 
-MAX_LIMIT = 5000
-T = TypeVar("T")
-
-# Attributes the emulator can match on, by keyword. Study-level ones are constant within a study.
-MATCH_KEYWORDS = (
-    "PatientID",
+STUDY_MATCH_KEYS = (
     "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
+    "PatientName",
+    "PatientID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
     "StudyDate",
-    "Modality",
-    "ModalitiesInStudy",
 )
-# Query keys that are accepted but do not change the result.
-_IGNORED_KEYS = {"fuzzymatching"}
+SERIES_MATCH_KEYS = (*STUDY_MATCH_KEYS, "SeriesInstanceUID", "Modality")
+INSTANCE_MATCH_KEYS = (*SERIES_MATCH_KEYS, "SOPInstanceUID")
+MATCH_KEYS = {"studies": STUDY_MATCH_KEYS, "series": SERIES_MATCH_KEYS, "instances": INSTANCE_MATCH_KEYS}
+
+# (default, maximum) number of results per level.
+LIMITS = {"studies": (100, 5000), "series": (100, 5000), "instances": (1000, 50000)}
+MAX_OFFSET = 1_000_000
+
+# Google's system parameters: every Google API accepts them on every path (google-api-python-client
+# sends alt=json); they never select DICOM data, so a search ignores them.
+SYSTEM_PARAMETERS = frozenset(
+    {"alt", "prettyPrint", "fields", "key", "access_token", "oauth_token", "callback", "quotaUser",
+     "userIp", "upload_protocol", "uploadType", "$.xgafv"}
+)
+_CONTROL_KEYS = ("limit", "offset", "includefield", "fuzzymatching")
 
 
 @dataclass(frozen=True)
 class DateRange:
-    """A DICOM DA range: exact `A`, `A-B`, `A-` or `-B` (inclusive bounds, YYYYMMDD)."""
+    """A DICOM DA value or range: `A`, `A-B`, `A-` or `-B` (inclusive bounds, YYYYMMDD)."""
 
     low: str | None
     high: str | None
 
     @classmethod
     def parse(cls, text: str) -> DateRange:
+        if not text:
+            raise invalid_argument("StudyDate must not be empty")
         low, sep, high = text.partition("-")
         for part in (low, high):
             if part and not re.fullmatch(r"\d{8}", part):
-                raise invalid_argument(
-                    f"invalid StudyDate {text!r}: dates are YYYYMMDD, ranges A-B, A- or -B"
-                )
-        if not sep:
-            if not low:
-                raise invalid_argument("StudyDate must not be empty")
-            return cls(low, low)
-        if not low and not high:
-            raise invalid_argument(f"invalid StudyDate range {text!r}")
-        return cls(low or None, high or None)
+                # The value is patient data: the message does not repeat it.
+                raise invalid_argument("invalid StudyDate: dates are YYYYMMDD, ranges A-B, A- or -B")
+        if sep and not low and not high:
+            raise invalid_argument("invalid StudyDate range: a range needs at least one date")
+        return cls(low, low) if not sep else cls(low or None, high or None)
 
     def contains(self, value: str | None) -> bool:
         if not value:
@@ -57,44 +71,72 @@ class DateRange:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
 
-def value_matches(pattern: str, value: str | None) -> bool:
-    """Single-value matching with the DICOM wildcards `*` and `?`; UID lists are `\\`- or `,`-separated."""
-    if value is None:
+def name_tokens(text: str) -> list[str]:
+    """Fuzzy-matching tokens of a person name: case-folded, accents removed, split at anything
+    that is not a letter or digit (`^`, `=`, spaces, punctuation)."""
+    plain = "".join(_without_accent(c) for c in unicodedata.normalize("NFKC", text))
+    return re.findall(r"[^\W_]+", plain.casefold())
+
+
+def _without_accent(char: str) -> str:
+    """`é` -> `e`; characters whose base is not ASCII (e.g. kana with voicing marks) stay as they are."""
+    base = unicodedata.normalize("NFKD", char)
+    return base[0] if base[0].isascii() else char
+
+
+def fuzzy_name_matches(query: str, stored: str | None) -> bool:
+    """Google: "It will match if any search token is a prefix of any stored token"."""
+    if stored is None:
         return False
-    if "*" in pattern or "?" in pattern:
-        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-        return re.fullmatch(regex, value, re.DOTALL) is not None
-    return value == pattern
+    stored_tokens = name_tokens(stored)
+    return any(s.startswith(q) for q in name_tokens(query) for s in stored_tokens)
 
 
 @dataclass
 class QidoQuery:
-    criteria: dict[str, str] = field(default_factory=dict)
+    level: str  # studies | series | instances
+    criteria: dict[str, str] = field(default_factory=dict)  # keyword -> value, exact unless noted
     study_date: DateRange | None = None
-    limit: int | None = None
+    fuzzy: bool = False
+    limit: int = 0
     offset: int = 0
     include_all: bool = False
     include_tags: list[str] = field(default_factory=list)  # 8-hex-digit tags, DICOM JSON keys
 
     @classmethod
-    def from_args(cls, args: Iterable[tuple[str, str]]) -> QidoQuery:
-        query = cls()
+    def parse(cls, level: str, args: Iterable[tuple[str, str]]) -> QidoQuery:
+        query = cls(level, limit=LIMITS[level][0])
+        seen: set[str] = set()
         for key, value in args:
-            name = _keyword(key)
-            if key == "limit":
-                query.limit = min(_non_negative(key, value), MAX_LIMIT)
-            elif key == "offset":
-                query.offset = _non_negative(key, value)
-            elif key == "includefield":
-                query._add_includefields(value)
-            elif key in _IGNORED_KEYS:
+            if key in SYSTEM_PARAMETERS:
                 continue
+            if key == "includefield":
+                query._add_includefields(value)
+                continue
+            name = key if key in _CONTROL_KEYS else _keyword(key)
+            if name is None:
+                raise invalid_argument(f"unsupported QIDO-RS query parameter {key!r}")
+            if name in seen:
+                raise invalid_argument(f"QIDO-RS query parameter {key!r} is given more than once")
+            seen.add(name)
+            if name == "limit":
+                # 0 is "not set", as everywhere in Google's proto3 APIs.
+                query.limit = min(_non_negative(key, value, None) or LIMITS[level][0], LIMITS[level][1])
+            elif name == "offset":
+                query.offset = _non_negative(key, value, MAX_OFFSET)
+            elif name == "fuzzymatching":
+                if value.lower() not in ("true", "false"):
+                    raise invalid_argument(f"fuzzymatching must be true or false, got {value!r}")
+                query.fuzzy = value.lower() == "true"
+            elif name not in MATCH_KEYS[level]:
+                supported = ", ".join(MATCH_KEYS[level])
+                raise invalid_argument(f"{key!r} is not a supported {level} search parameter ({supported})")
+            elif not value:
+                continue  # PS3.4 C.2.2.2.3 universal matching: an empty value matches everything
             elif name == "StudyDate":
                 query.study_date = DateRange.parse(value)
-            elif name in MATCH_KEYWORDS:
-                query.criteria[name] = value
             else:
-                raise invalid_argument(f"unsupported QIDO-RS query parameter {key!r}")
+                query.criteria[name] = value
         return query
 
     def _add_includefields(self, value: str) -> None:
@@ -102,33 +144,27 @@ class QidoQuery:
             if item == "all":
                 self.include_all = True
                 continue
-            name = _keyword(item)
-            tag = tag_for_keyword(name) if name else None
+            if re.fullmatch(r"[0-9A-Fa-f]{8}", item):
+                self.include_tags.append(item.upper())
+                continue
+            tag = tag_for_keyword(item)
             if tag is None:
                 raise invalid_argument(f"unknown includefield {item!r}")
             self.include_tags.append(f"{tag:08X}")
 
-    def matches(self, row: Mapping[str, str | None], *, with_modality: bool) -> bool:
-        """Does one instance row satisfy the criteria? Modality is checked only when asked, because
-        at study level it means "some series of the study has it"."""
-        for name, pattern in self.criteria.items():
-            if name in ("Modality", "ModalitiesInStudy"):
-                if with_modality and not value_matches(pattern, row["Modality"]):
+    def matches(self, values: Mapping[str, str | None]) -> bool:
+        """Does one instance satisfy the criteria? `values` maps each matching keyword to the
+        instance's value as a string (person names in their DICOM string form)."""
+        for name, wanted in self.criteria.items():
+            if name == "PatientName" and self.fuzzy:
+                if not fuzzy_name_matches(wanted, values.get(name)):
                     return False
-            elif name.endswith("UID"):
-                if row[name] not in re.split(r"[\\,]", pattern):
-                    return False
-            elif not value_matches(pattern, row[name]):
+            elif values.get(name) != wanted:
                 return False
-        return self.study_date is None or self.study_date.contains(row["StudyDate"])
+        return self.study_date is None or self.study_date.contains(values.get("StudyDate"))
 
-    @property
-    def modality(self) -> str | None:
-        return self.criteria.get("Modality") or self.criteria.get("ModalitiesInStudy")
-
-    def page(self, items: list[T]) -> list[T]:
-        end = None if self.limit is None else self.offset + self.limit
-        return items[self.offset : end]
+    def page(self, items: list[Any]) -> list[Any]:
+        return items[self.offset : self.offset + self.limit]
 
 
 def _keyword(key: str) -> str | None:
@@ -138,7 +174,10 @@ def _keyword(key: str) -> str | None:
     return key if tag_for_keyword(key) is not None else None
 
 
-def _non_negative(key: str, value: str) -> int:
+def _non_negative(key: str, value: str, maximum: int | None) -> int:
     if not value.isdigit():
         raise invalid_argument(f"{key} must be a non-negative integer, got {value!r}")
-    return int(value)
+    number = int(value)
+    if maximum is not None and number > maximum:
+        raise invalid_argument(f"{key} must be at most {maximum:,}, got {number:,}")
+    return number

@@ -28,18 +28,58 @@ def load_with_pixels(data: bytes) -> Dataset:
     return ds
 
 
-def render_frames(data: bytes, media_type: str) -> list[bytes]:
-    """One consumer image per frame, 8 bits per sample, with the modality and VOI LUTs applied."""
-    ds = load_with_pixels(data)
+def _pixel_frames(ds: Dataset) -> np.ndarray:
+    """The decoded frames, frame axis first."""
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - missing decoder, corrupt pixel data
         raise TranscodeError(f"cannot decode pixel data ({type(exc).__name__})") from None
-    frames = pixels if frame_count(ds) > 1 else pixels[np.newaxis, ...]
+    return pixels if frame_count(ds) > 1 else pixels[np.newaxis, ...]
+
+
+def render_frames(data: bytes, media_type: str) -> list[bytes]:
+    """One consumer image per frame, 8 bits per sample, with the modality and VOI LUTs applied."""
+    ds = load_with_pixels(data)
     out = []
-    for frame in frames:
+    for frame in _pixel_frames(ds):
         buffer = io.BytesIO()
         Image.fromarray(_to_uint8(ds, frame)).save(buffer, _PIL_FORMATS[media_type])
+        out.append(buffer.getvalue())
+    return out
+
+
+def render_frame(data: bytes, media_type: str, index: int, viewport: tuple[int, ...] | None) -> bytes:
+    """Frame `index` (0-based) as a consumer image. `viewport` is DICOMweb's `vw,vh[,sx,sy,sw,sh]`:
+    the (optional) source region scaled to fit vw x vh, keeping the aspect ratio."""
+    ds = load_with_pixels(data)
+    frames = _pixel_frames(ds)
+    if not 0 <= index < len(frames):
+        raise IndexError(index)
+    image = Image.fromarray(_to_uint8(ds, frames[index]))
+    if viewport is not None:
+        width, height = viewport[0], viewport[1]
+        if len(viewport) == 6:
+            sx, sy, sw, sh = viewport[2:]
+            image = image.crop((sx, sy, sx + (sw or image.width - sx), sy + (sh or image.height - sy)))
+        image.thumbnail((width or image.width, height or image.height))
+    buffer = io.BytesIO()
+    image.save(buffer, _PIL_FORMATS[media_type])
+    return buffer.getvalue()
+
+
+def png_frames(data: bytes, numbers: list[int]) -> list[bytes]:
+    """Frames (1-based `numbers`) as lossless PNG of the stored sample values (no LUTs)."""
+    ds = load_with_pixels(data)
+    frames = _pixel_frames(ds)
+    out = []
+    for number in numbers:
+        frame = frames[number - 1]
+        if frame.dtype != np.uint8:
+            if frame.ndim != 2 or frame.dtype.kind not in "iu" or frame.min() < 0 or frame.max() > 0xFFFF:
+                raise TranscodeError("PNG holds 8 or 16-bit unsigned samples; this frame has others")
+            frame = frame.astype(np.uint16)
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, "PNG")
         out.append(buffer.getvalue())
     return out
 

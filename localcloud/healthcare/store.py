@@ -359,6 +359,32 @@ class Store:
         for path in self.blob_dir.glob("*/*"):
             path.unlink()
 
+    # --- DICOMweb deletes (appended) -------------------------------------------------------------
+
+    def delete_instances(
+        self, store: str, study: str, series: str | None = None, sop: str | None = None
+    ) -> int:
+        """Delete a study, series or instance; returns how many instances went. Blobs no other row
+        uses are removed after the rows (a crash in between leaves an orphan blob, never a row
+        without its bytes)."""
+        sql = "FROM instances WHERE store = ? AND study = ?"
+        args: list[Any] = [store, study]
+        for column, value in (("series", series), ("sop", sop)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        with self._tx() as db:
+            shas = {r["sha256"] for r in db.execute(f"SELECT sha256 {sql}", args)}
+            deleted = db.execute(f"DELETE {sql}", args).rowcount
+            still_used = {
+                r["sha256"]
+                for sha in shas
+                for r in db.execute("SELECT sha256 FROM instances WHERE sha256 = ? LIMIT 1", (sha,))
+            }
+        for sha in shas - still_used:
+            self._blob_path(sha).unlink(missing_ok=True)
+        return int(deleted)
+
 
 def _store_json(row: sqlite3.Row) -> dict[str, Any]:
     labels = json.loads(row["labels"])

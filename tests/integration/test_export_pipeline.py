@@ -143,6 +143,8 @@ def test_each_selector_exports_exactly_what_it_selects(d: Deployment, store: Sto
         "filterUri": ({"filterUri": f"gs://{d.upload_bucket}/{filter_name}"}, [*b, *c]),
         "patient": ({"query": {"PatientID": PATIENT_A}}, [*a, *c]),
         "dates": ({"query": {"StudyDate": "20240101-20241231"}}, [*a, *b]),
+        # Google's QIDO-RS has no ModalitiesInStudy: the function searches series by Modality.
+        "modality": ({"query": {"ModalitiesInStudy": "OT", "PatientID": PATIENT_A}}, [*a, *c]),
         "whole": ({}, store.everything),
     }
     handler = export_handler(d)
@@ -167,7 +169,7 @@ def test_each_selector_exports_exactly_what_it_selects(d: Deployment, store: Sto
     assert emulator_calls(d, "export") - before == len(cases)
     # The request's own filter file was used as is; query and resources got one written for them.
     filters = d.state_objects("filters/")
-    assert len(filters) == 6, filters
+    assert len(filters) == 7, filters
     assert d.state_objects("jobs/") == [] and d.state_objects("slots/") == [] and d.state_objects("operations/") == []
 
 

@@ -1,5 +1,5 @@
-"""Pure pieces of the Healthcare API emulator: import URI wildcards, export filter files, QIDO-RS
-query parsing and date ranges, export mimeType parsing, multipart bodies."""
+"""Pure pieces of the Healthcare API emulator: import URI wildcards, export filter files, export
+mimeType parsing, multipart bodies. (DICOMweb's pure pieces: test_dicomweb_pure.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from localcloud.healthcare.errors import ApiError
 from localcloud.healthcare.exporter import parse_export_request, parse_mime_type
 from localcloud.healthcare.filters import FilterFileError, ResourcePath, parse_filter_file
 from localcloud.healthcare.multipart import decode, encode
-from localcloud.healthcare.qido import DateRange, QidoQuery, value_matches
 from localcloud.healthcare.wildcards import parse_source_uri
 
 # --- import source URIs --------------------------------------------------------------------------
@@ -140,98 +139,6 @@ def test_malformed_filter_line_names_its_number(text: str, line: int) -> None:
 )
 def test_resource_path_selection(path: ResourcePath, uids: tuple[str, str, str], expected: bool) -> None:
     assert path.selects(*uids) is expected
-
-
-# --- QIDO-RS -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("query", "value", "expected"),
-    [
-        ("20200105", "20200105", True),
-        ("20200105", "20200106", False),
-        ("20200101-20200131", "20200101", True),
-        ("20200101-20200131", "20200131", True),
-        ("20200101-20200131", "20200201", False),
-        ("20200101-20200131", "20191231", False),
-        ("20200101-", "29991231", True),
-        ("20200101-", "20191231", False),
-        ("-20200101", "19000101", True),
-        ("-20200101", "20200102", False),
-        ("20200101-", "", False),  # no StudyDate never matches a date criterion
-    ],
-)
-def test_study_date_ranges(query: str, value: str, expected: bool) -> None:
-    assert DateRange.parse(query).contains(value) is expected
-
-
-@pytest.mark.parametrize("query", ["2020-01-01", "2020010", "-", "", "20200101-2020", "abcdefgh"])
-def test_bad_study_dates_are_invalid_argument(query: str) -> None:
-    with pytest.raises(ApiError) as caught:
-        DateRange.parse(query)
-    assert caught.value.http_code == 400
-
-
-@pytest.mark.parametrize(
-    ("pattern", "value", "expected"),
-    [
-        ("ID1", "ID1", True),
-        ("ID1", "ID10", False),
-        ("ID*", "ID10", True),
-        ("I?1", "ID1", True),
-        ("I?1", "I1", False),
-    ],
-)
-def test_value_matching_with_dicom_wildcards(pattern: str, value: str, expected: bool) -> None:
-    assert value_matches(pattern, value) is expected
-
-
-ROW = {
-    "PatientID": "P1",
-    "StudyInstanceUID": "1.1",
-    "SeriesInstanceUID": "1.1.1",
-    "SOPInstanceUID": "1.1.1.1",
-    "StudyDate": "20200115",
-    "Modality": "CT",
-}
-
-
-@pytest.mark.parametrize(
-    ("args", "with_modality", "expected"),
-    [
-        ([], True, True),
-        ([("PatientID", "P1")], True, True),
-        ([("00100020", "P2")], True, False),  # tags work like keywords
-        ([("StudyInstanceUID", "1.2,1.1")], True, True),  # UID list
-        ([("StudyInstanceUID", "1.11")], True, False),
-        ([("StudyDate", "20200101-20200131")], True, True),
-        ([("StudyDate", "-20200114")], True, False),
-        ([("Modality", "MR")], True, False),
-        ([("Modality", "MR")], False, True),  # study level: decided over the whole study
-        ([("ModalitiesInStudy", "CT")], True, True),
-        ([("PatientID", "P1"), ("SOPInstanceUID", "1.1.1.2")], True, False),
-    ],
-)
-def test_qido_criteria(args: list[tuple[str, str]], with_modality: bool, expected: bool) -> None:
-    assert QidoQuery.from_args(args).matches(ROW, with_modality=with_modality) is expected
-
-
-def test_qido_paging_and_includefield() -> None:
-    query = QidoQuery.from_args(
-        [("limit", "2"), ("offset", "1"), ("includefield", "PatientName,00080020"), ("includefield", "all")]
-    )
-    assert query.page(list(range(5))) == [1, 2]
-    assert query.include_tags == ["00100010", "00080020"]
-    assert query.include_all
-
-
-@pytest.mark.parametrize(
-    "args", [[("limit", "-1")], [("offset", "x")], [("NoSuchKeyword", "1")], [("includefield", "Nope")]]
-)
-def test_bad_qido_parameters_are_invalid_argument(args: list[tuple[str, str]]) -> None:
-    with pytest.raises(ApiError) as caught:
-        QidoQuery.from_args(args)
-    assert caught.value.http_code == 400
 
 
 # --- export request ------------------------------------------------------------------------------
