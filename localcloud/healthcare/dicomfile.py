@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 
 # Attributes kept in the index to answer QIDO-RS without reading blobs (DICOM JSON, per level).
 STUDY_KEYWORDS = (
@@ -39,6 +41,12 @@ INSTANCE_KEYWORDS = (
     "NumberOfFrames",
 )
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_INDEX_TAGS = tuple(
+    BaseTag(tag_for_keyword(kw) or 0) for kw in STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS
+)
+_BULK_DATA_THRESHOLD = 1024  # Dataset.to_json_dict()'s default; no index attribute is binary
+# Converting an element's raw bytes is most of the cost of a small instance: convert only these.
+_READ_TAGS = [*_INDEX_TAGS, BaseTag(tag_for_keyword("SOPClassUID") or 0)]
 
 
 class NotDicomError(ValueError):
@@ -63,7 +71,7 @@ def read_instance(data: bytes) -> InstanceInfo:
         raise NotDicomError("empty DICOM instance found")
     try:
         # Pixel data is not needed for the index; skipping it keeps large instances cheap.
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_READ_TAGS)
     except InvalidDicomError:
         raise NotDicomError("not a DICOM Part 10 file (no DICM prefix or file meta)") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure means "not importable"
@@ -81,11 +89,8 @@ def info_from_dataset(ds: Dataset) -> InstanceInfo:
         missing = [kw for kw, value in uids.items() if not value]
         if missing:
             raise NotDicomError(f"missing required attribute(s): {', '.join(missing)}")
-        subset = Dataset()
-        for keyword in STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS:
-            if keyword in ds:
-                subset[keyword] = ds[keyword]
-        attrs = subset.to_json_dict()
+        # Element by element, as Dataset.to_json_dict() writes them, without copying into a subset.
+        attrs = {f"{tag:08X}": ds[tag].to_json_dict(None, _BULK_DATA_THRESHOLD) for tag in _INDEX_TAGS if tag in ds}
         return InstanceInfo(
             study=uids["StudyInstanceUID"],
             series=uids["SeriesInstanceUID"],
