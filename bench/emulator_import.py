@@ -6,12 +6,18 @@ Generates N small (16x16) and a few large multi-frame instances with unique UIDs
 a fake-gcs-server process, imports each set with one `:import` operation through an emulator
 process, and prints instances/s next to reading the same files from disk and parsing them with
 pydicom.dcmread in one thread.
+
+Wall-clock rates move with whatever else runs on the machine; the CPU columns (milliseconds of
+CPU per instance used by the emulator process and by fake-gcs-server during the import, from
+/proc) move much less, so compare those between runs under different load. The load average is
+printed with the results.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +74,15 @@ def pydicom_seconds(paths: list[Path]) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_import(base: str, uri: str) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     op = requests.post(f"{base}/v1/{STORE}:import", json={"gcsSource": {"uri": uri}}, timeout=30).json()
@@ -114,15 +129,19 @@ def main() -> None:
             requests.post(f"{base}/v1/projects/bench/locations/local/datasets?datasetId=bench", timeout=10)
             requests.post(f"{base}/v1/{DATASET}/dicomStores?dicomStoreId=bench", timeout=10)
 
+            print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             print(
                 f"{'set':<6} {'instances':>9} {'MB':>8} {'emulator s':>10} {'inst/s':>9} {'MB/s':>7}"
-                f" {'pydicom s':>9} {'inst/s':>9} {'ratio':>6}"
+                f" {'pydicom s':>9} {'inst/s':>9} {'ratio':>6} {'emu cpu ms':>10} {'gcs cpu ms':>10}"
             )
             for name, paths in sets.items():
                 if not paths:
                     continue
                 megabytes = sum(p.stat().st_size for p in paths) / 1e6
+                cpu_before = cpu_seconds(emulator.pid), cpu_seconds(gcs_component.pid)
                 seconds, op = run_import(base, f"gs://bench-src/{name}/*.dcm")
+                emu_cpu = (cpu_seconds(emulator.pid) - cpu_before[0]) * 1000 / len(paths)
+                gcs_cpu = (cpu_seconds(gcs_component.pid) - cpu_before[1]) * 1000 / len(paths)
                 counter = op["metadata"].get("counter", {})
                 if "error" in op or counter.get("success") != str(len(paths)):
                     raise SystemExit(f"import of {name} did not fully succeed: {op}")
@@ -131,12 +150,15 @@ def main() -> None:
                 print(
                     f"{name:<6} {count:>9} {megabytes:>8.1f} {seconds:>10.2f} {count / seconds:>9.1f}"
                     f" {megabytes / seconds:>7.1f} {raw:>9.3f} {count / raw:>9.1f} {seconds / raw:>6.1f}"
+                    f" {emu_cpu:>10.2f} {gcs_cpu:>10.2f}"
                 )
             stats = requests.get(f"{base}/_emulator/stats", timeout=10).json()
             print(f"objects read more than once: {len(stats['objectsReadMoreThanOnce'])}")
             print("emulator s: POST :import until operations.get says done (includes Cloud Storage reads);")
             print("pydicom s: the same files from local disk + pydicom.dcmread, one thread")
             print("ratio: emulator s / pydicom s")
+            print("emu/gcs cpu ms: CPU milliseconds per instance of the emulator / fake-gcs-server process")
+            print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         finally:
             emulator.stop()
             gcs_component.stop()

@@ -19,7 +19,7 @@ from google.api_core import exceptions as gexc
 
 from localcloud import demo, export_cli, ingest, redrive_cli, status
 from localcloud.components import ComponentError
-from localcloud.config import LocalConfig
+from localcloud.config import FUNCTION_TARGETS, LocalConfig
 from localcloud.connect import NOT_RUNNING, LocalCloud, NotRunningError
 from localcloud.progress import Reporter, aligned
 from localcloud.stack import Stack, StackError, env_exports, read_endpoints
@@ -39,7 +39,8 @@ def _print_endpoints(stack: Stack) -> None:
     say("healthcare", endpoints["healthcare"])
     say("dicom store", endpoints["dicomStore"])
     for role, url in endpoints["functions"].items():
-        say(f"fn {role}", url)
+        count = len(stack.instances.get(role, ()))
+        say(f"fn {role}", url + (f" ({count} instances)" if count > 1 else ""))
     say("logs", endpoints["logs"])
 
 
@@ -51,8 +52,15 @@ def _wait_for_signal(stack: Stack) -> int:
         stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    restarts = stack.restarts()
     try:
         while not stopping.wait(1.0):
+            now = stack.restarts()
+            for role, count in now.items():
+                if count > restarts.get(role, 0):
+                    say("restarted", f"fn {role}: an instance died and was replaced ({count} so far); "
+                        f"{stack.logs_dir / 'router.log'}")
+            restarts = now
             dead = stack.dead_components()
             if dead:
                 for component in dead:
@@ -73,7 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     # A SIGTERM while starting must still stop what has started: make it an exception.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        stack = Stack.start(args.state_dir, config=config)
+        stack = Stack.start(args.state_dir, config=config, instances=instance_counts(args.instances))
     except (StackError, ComponentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -91,6 +99,28 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.stop()
     say("local cloud", "stopped")
     return status
+
+
+def instance_counts(values: Sequence[tuple[str | None, int]] | None) -> dict[str, int]:
+    """`--instances N` (every function) and `--instances ROLE=N` (one), later ones winning."""
+    counts: dict[str, int] = {}
+    for role, count in values or ():
+        for each in FUNCTION_TARGETS if role is None else (role,):
+            counts[each] = count
+    return counts
+
+
+def _instances(text: str) -> tuple[str | None, int]:
+    role, _, number = text.rpartition("=")
+    if role and role not in FUNCTION_TARGETS:
+        raise argparse.ArgumentTypeError(f"unknown function {role!r}; one of {', '.join(FUNCTION_TARGETS)}")
+    try:
+        count = int(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {number!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return (role or None), count
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -253,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=LocalConfig.poll_interval_seconds,
         help="seconds between Cloud Scheduler calls of the poller (default %(default)s)",
+    )
+    up.add_argument(
+        "--instances",
+        type=_instances,
+        action="append",
+        metavar="N|FUNCTION=N",
+        help="processes per function, as Cloud Run scales out (default 1): N for every function, or "
+        "e.g. import=2 for one (repeatable). Deliveries are spread over the instances, a failed one "
+        "is tried on another, and an instance that dies is replaced",
     )
     env = command("env", cmd_env, "print shell exports for the running local cloud")
     env.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)

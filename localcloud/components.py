@@ -362,8 +362,10 @@ def start_function(
     env: Mapping[str, str],
     port: int | None = None,
     source: Path = REPO_ROOT / "main.py",
+    name: str | None = None,
 ) -> Component:
     """One function target of `source` under functions-framework, with exactly `env` added.
+    `name` (default `function-TARGET`) names the component and its log file.
 
     Readiness is any HTTP answer on /robots.txt: functions-framework answers that path itself
     (404 or 405), whereas any other path of an HTTP function would run it: a readiness probe
@@ -379,7 +381,7 @@ def start_function(
         "--host", LOOPBACK, "--port", str(port),
     ]  # fmt: skip
     return launch(
-        f"function-{target}",
+        name or f"function-{target}",
         argv,
         workdir=workdir,
         port=port,

@@ -3,28 +3,40 @@
 Start-up runs in parallel where nothing depends on order: ports are reserved first, so each
 process knows every address before its peers answer. Only two orders matter: the notification
 topic must exist before fake-gcs-server publishes to it, and each resource needs its emulator.
+
+A function may run as several instances (processes), as Cloud Run scales a service out: a
+`Balancer` then stands in front of them under one URL. A supervisor thread replaces an instance
+whose process dies by a new one on the same port and counts the restarts in endpoints.json.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from localcloud import components, provision
-from localcloud.components import Component
+from localcloud.balancer import Balancer
+from localcloud.components import Component, ComponentError
 from localcloud.config import FUNCTION_TARGETS, LocalConfig
 from localcloud.router import Router
 
 ENDPOINTS_FILE = "endpoints.json"
+# How often the supervisor looks for dead function instances.
+SUPERVISE_INTERVAL_SECONDS = 0.5
 logger = logging.getLogger(__name__)
+# Restarts go to router.log, next to the deliveries they explain.
+supervisor_log = logging.getLogger("localcloud.router.supervisor")
 
 
 class StackError(RuntimeError):
@@ -110,6 +122,10 @@ def read_endpoints(state_dir: Path) -> dict[str, Any] | None:
     return endpoints
 
 
+def _as_list(launch: Callable[[], Component]) -> Callable[[], list[Component]]:
+    return lambda: [launch()]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -120,6 +136,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@dataclass
+class FunctionInstance:
+    """One process of a function; `start` launches a replacement on the same port."""
+
+    role: str
+    component: Component
+    start: Callable[[], Component]
+    restarts: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.component.name, "url": self.component.url, "pid": self.component.pid,
+                "restarts": self.restarts}
+
+
 class Stack:
     """A running local cloud. Use `Stack.start(...)` as a context manager, or call `stop()`."""
 
@@ -128,8 +158,14 @@ class Stack:
         self.config = config
         self.components: list[Component] = []
         self.endpoints: dict[str, Any] = {}
+        self.instances: dict[str, list[FunctionInstance]] = {}
+        self.balancers: dict[str, Balancer] = {}  # role -> the front of its instances (2 or more)
         self._router: Router | None = None
         self._log_handler: logging.Handler | None = None
+        self._lock = threading.Lock()  # components, instances, endpoints.json
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._render: Callable[[dict[str, int]], dict[str, Any]] = lambda processes: {}
 
     @property
     def logs_dir(self) -> Path:
@@ -148,24 +184,32 @@ class Stack:
         source: Path = components.REPO_ROOT / "main.py",
         roles: Collection[str] | None = None,
         external_functions: Mapping[str, str] | None = None,
+        instances: Mapping[str, int] | None = None,
     ) -> Stack:
         """Starts everything; raises StackError (after stopping what started) if a part fails.
 
         `roles` limits which functions ("import", "export", "poll") run locally; by default every
         one whose target `source` defines. `external_functions` maps a role to the URL of a
         function served elsewhere (a test's receiver, a debugger); the router and the push
-        subscription deliver there instead.
+        subscription deliver there instead. `instances` maps a role to its number of processes
+        (default 1).
         """
         stack = cls(state_dir, config or LocalConfig())
         wanted = set(FUNCTION_TARGETS) if roles is None else set(roles)
+        unknown = set(instances or {}) - set(FUNCTION_TARGETS)
+        if unknown or any(n < 1 for n in (instances or {}).values()):
+            raise StackError(f"instances: roles are {', '.join(FUNCTION_TARGETS)}, counts at least 1; "
+                             f"got {dict(instances or {})}")
         try:
-            stack._start(source, wanted, dict(external_functions or {}))
+            stack._start(source, wanted, dict(external_functions or {}), dict(instances or {}))
         except BaseException:
             stack.stop()
             raise
         return stack
 
-    def _start(self, source: Path, wanted: set[str], external: dict[str, str]) -> None:
+    def _start(
+        self, source: Path, wanted: set[str], external: dict[str, str], instances: dict[str, int]
+    ) -> None:
         started = time.monotonic()
         running = read_endpoints(self.state_dir)
         if running is not None:
@@ -183,11 +227,22 @@ class Stack:
             for role, target in FUNCTION_TARGETS.items()
             if role in wanted and role not in external and target in available
         ]
-        ports = {name: components.free_port() for name in ("pubsub", "storage", "healthcare", *local_roles)}
+        ports = {name: components.free_port() for name in ("pubsub", "storage", "healthcare")}
         pubsub = f"{components.LOOPBACK}:{ports['pubsub']}"
         storage = f"http://{components.LOOPBACK}:{ports['storage']}"
         healthcare = f"http://{components.LOOPBACK}:{ports['healthcare']}"
-        functions = {role: f"http://{components.LOOPBACK}:{ports[role]}" for role in local_roles}
+        # role -> the port of each of its instances
+        instance_ports = {role: [components.free_port() for _ in range(instances.get(role, 1))] for role in local_roles}
+        functions: dict[str, str] = {}
+        for role, role_ports in instance_ports.items():
+            urls = [f"http://{components.LOOPBACK}:{port}" for port in role_ports]
+            if len(urls) == 1:
+                functions[role] = urls[0]
+                continue
+            balancer = Balancer(role, urls)
+            balancer.start()
+            self.balancers[role] = balancer
+            functions[role] = balancer.url
         functions.update(external)
 
         def messaging_and_storage() -> list[Component]:
@@ -224,17 +279,26 @@ class Stack:
                 raise
             return [emulator]
 
-        def function(role: str) -> Callable[[], list[Component]]:
+        launchers: dict[str, tuple[str, Callable[[], Component]]] = {}  # task name -> (role, launcher)
+        for role, role_ports in instance_ports.items():
             target = FUNCTION_TARGETS[role]
             env = config.function_env(target, storage=storage, pubsub=pubsub, healthcare=healthcare)
-            return lambda: [components.start_function(target, self.state_dir, env, port=ports[role], source=source)]
+            for number, port in enumerate(role_ports, start=1):
+                name = f"function-{target}" if len(role_ports) == 1 else f"function-{target}-{number}"
+                task = f"function {target}" if len(role_ports) == 1 else f"function {target} #{number}"
+                launchers[task] = (role, functools.partial(
+                    components.start_function, target, self.state_dir, env, port=port, source=source, name=name
+                ))
 
         tasks: dict[str, Callable[[], list[Component]]] = {
             "pubsub-emulator + fake-gcs": messaging_and_storage,
             "healthcare-emulator": healthcare_api,
-            **{f"function {FUNCTION_TARGETS[role]}": function(role) for role in local_roles},
+            **{task: _as_list(start) for task, (_, start) in launchers.items()},
         }
-        self._run_in_parallel(tasks)
+        launched = self._run_in_parallel(tasks)
+        for task, (role, start) in launchers.items():
+            (component,) = launched[task]
+            self.instances.setdefault(role, []).append(FunctionInstance(role, component, start))
 
         self._router = Router(
             pubsub,
@@ -244,9 +308,7 @@ class Stack:
             poll_interval=config.poll_interval_seconds,
         )
         self._router.start()
-        processes = {c.name: c.pid for c in self.components}
-        processes["up"] = os.getpid()
-        self.endpoints = render_endpoints(
+        self._render = lambda processes: render_endpoints(
             config,
             storage=storage,
             pubsub=pubsub,
@@ -255,22 +317,72 @@ class Stack:
             logs=self.logs_dir,
             processes=processes,
         )
-        self.endpoints["startupSeconds"] = round(time.monotonic() - started, 2)
-        tmp = self.endpoints_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.endpoints, indent=2) + "\n")
-        tmp.replace(self.endpoints_file)  # readers never see a half-written file
+        self._write_endpoints(startup_seconds=round(time.monotonic() - started, 2))
+        self._supervisor = threading.Thread(target=self._supervise, name="function-supervisor", daemon=True)
+        self._supervisor.start()
 
-    def _run_in_parallel(self, tasks: Mapping[str, Callable[[], list[Component]]]) -> None:
+    def _write_endpoints(self, startup_seconds: float | None = None) -> None:
+        with self._lock:
+            processes = {c.name: c.pid for c in self.components}
+            processes["up"] = os.getpid()
+            previous = self.endpoints.get("startupSeconds")
+            self.endpoints = self._render(processes)
+            self.endpoints["startupSeconds"] = startup_seconds if startup_seconds is not None else previous
+            self.endpoints["functionInstances"] = {
+                role: [i.to_json() for i in group] for role, group in self.instances.items()
+            }
+            tmp = self.endpoints_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.endpoints, indent=2) + "\n")
+            tmp.replace(self.endpoints_file)  # readers never see a half-written file
+
+    def _supervise(self) -> None:
+        """Replace function instances whose process died, as Cloud Run replaces a crashed instance."""
+        while not self._stopping.wait(SUPERVISE_INTERVAL_SECONDS):
+            for group in list(self.instances.values()):
+                for instance in group:
+                    if not self._stopping.is_set() and not instance.component.running():
+                        self._replace(instance)
+
+    def _replace(self, instance: FunctionInstance) -> None:
+        old = instance.component
+        supervisor_log.warning("%s (pid %s) exited with %s; starting a new instance on %s",
+                               old.name, old.pid, old.process.returncode, old.url)
+        old.stop(grace=1.0)  # what is left of its process group (gunicorn workers) frees the port
+        try:
+            new = instance.start()
+        except ComponentError as exc:
+            supervisor_log.error("%s: the new instance did not start (will try again): %s", old.name, exc)
+            return
+        if self._stopping.is_set():  # stop() began meanwhile and will not see this process
+            new.stop()
+            return
+        with self._lock:
+            self.components[self.components.index(old)] = new
+            instance.component = new
+            instance.restarts += 1
+        supervisor_log.warning("%s: new instance pid %s on %s (restart %d)",
+                               new.name, new.pid, new.url, instance.restarts)
+        self._write_endpoints()
+
+    def restarts(self) -> dict[str, int]:
+        """Function instances replaced so far, per role."""
+        with self._lock:
+            return {role: sum(i.restarts for i in group) for role, group in self.instances.items()}
+
+    def _run_in_parallel(self, tasks: Mapping[str, Callable[[], list[Component]]]) -> dict[str, list[Component]]:
         failures: list[str] = []
+        started: dict[str, list[Component]] = {}
         with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
             futures = {name: pool.submit(task) for name, task in tasks.items()}
             for name, future in futures.items():
                 try:
-                    self.components.extend(future.result())
+                    started[name] = future.result()
+                    self.components.extend(started[name])
                 except Exception as exc:  # each failure is reported, not just the first
                     failures.append(f"{name}: {exc}")
         if failures:
             raise StackError("the local cloud did not start:\n" + "\n".join(failures))
+        return started
 
     def _attach_router_log(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -282,16 +394,27 @@ class Stack:
         self._log_handler = handler
 
     def dead_components(self) -> list[Component]:
-        return [c for c in self.components if not c.running()]
+        """Dead emulators (function instances are not listed: the supervisor replaces them)."""
+        with self._lock:
+            supervised = {id(i.component) for group in self.instances.values() for i in group}
+            return [c for c in self.components if not c.running() and id(c) not in supervised]
 
     def stop(self) -> None:
-        """Stops the router, then every process group (in parallel), and removes endpoints.json."""
+        """Stops the supervisor and the router, then every process group (in parallel), and
+        removes endpoints.json."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()  # at most one instance start (its own timeout) away
+            self._supervisor = None
         if self._router is not None:
             try:
                 self._router.stop()
             except Exception:  # a stuck subscriber must not keep processes alive
                 logger.exception("router did not stop cleanly")
             self._router = None
+        for balancer in self.balancers.values():
+            balancer.stop()
+        self.balancers = {}
         if self.components:
             with ThreadPoolExecutor(max_workers=len(self.components)) as pool:
                 list(pool.map(lambda c: c.stop(), self.components))

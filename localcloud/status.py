@@ -3,6 +3,7 @@
 - tracked operations: `operations/` records (started LROs whose completion event is not out yet);
 - queued jobs: `jobs/` records (LRO starts waiting for a slot, or being started);
 - open windows: `windows/{W}/` records (uploads waiting for their debounce window to be batched);
+- function instances and how many were restarted (from endpoints.json, kept by `up`);
 - the latest completion events: `done/` records, newest first (the poller writes every event it
   publishes there). REJECTED export events are published by the export function and have no
   `done/` record; `export` prints them.
@@ -62,8 +63,10 @@ def gather(cloud: LocalCloud, *, events: int = DEFAULT_EVENTS) -> dict[str, Any]
         event = cloud.read_state(blob)
         if event is not None:
             latest.append(event)
-    return {"dicomStore": cloud.dicom_store, "operations": operations, "jobs": jobs, "windows": windows,
-            "events": latest, "signals": signals(cloud, operations, jobs)}
+    functions = {role: {"instances": len(group), "restarts": sum(int(i.get("restarts", 0)) for i in group)}
+                 for role, group in (cloud.endpoints.get("functionInstances") or {}).items()}
+    return {"dicomStore": cloud.dicom_store, "functions": functions, "operations": operations, "jobs": jobs,
+            "windows": windows, "events": latest, "signals": signals(cloud, operations, jobs)}
 
 
 def signals(cloud: LocalCloud, operations: list[dict[str, Any]], jobs: list[dict[str, Any]],
@@ -98,6 +101,8 @@ def render(status: dict[str, Any]) -> list[str]:
     from localcloud.ingest import describe_event
 
     lines = [aligned("dicom store", status["dicomStore"])]
+    for role, counts in status.get("functions", {}).items():
+        lines.append(aligned(f"fn {role}", f"{counts['instances']} instance(s), {counts['restarts']} restart(s)"))
     lines.append(aligned("operations", f"{len(status['operations'])} tracked"))
     for op in status["operations"]:
         lines.append(aligned("", f"{op['kind'] or '?':<7}{str(op['name']).rsplit('/', 1)[-1]:<38}"

@@ -1,21 +1,24 @@
-"""Persistent state: a SQLite index (datasets, stores, instances, operations) plus blobs on disk.
+"""Persistent state: a SQLite index (datasets, stores, instances, operations) plus blobs.
 
 One connection shared under a lock: SQLite serialises writers anyway, and a single connection
 avoids SQLITE_BUSY between request threads and operation workers. Blobs are content-addressed
-(sha256), written before the index row, so a crash never leaves a row without its bytes.
+(sha256). Small ones live in the index database itself, written in the transaction of their
+index row (creating a file costs more than a millisecond of CPU here, an insert microseconds);
+larger ones are files, written before the index row. Either way a crash never leaves a row
+without its bytes.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
 import sqlite3
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,10 +36,16 @@ CREATE TABLE IF NOT EXISTS instances (
     sha256 TEXT NOT NULL, size INTEGER NOT NULL, storage_class TEXT NOT NULL, stored_at TEXT NOT NULL,
     PRIMARY KEY (store, sop));
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances (store, study, series);
+CREATE TABLE IF NOT EXISTS small_blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS operations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, dataset TEXT NOT NULL,
     body TEXT NOT NULL);
 """
+
+
+# Blobs up to this size are kept in the database (SQLite reads and writes blobs of up to about
+# 100 KB faster than separate files: https://www.sqlite.org/intern-v-extern-blob.html).
+SMALL_BLOB_BYTES = 128 * 1024
 
 
 def now_rfc3339() -> str:
@@ -45,6 +54,24 @@ def now_rfc3339() -> str:
 
 class ConflictError(Exception):
     """Same SOP Instance UID already stored with different bytes."""
+
+
+class Indexed(enum.Enum):
+    """What indexing one instance did."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: kept as is, not overwritten
+    CONFLICT = "conflict"  # same SOP Instance UID, other bytes: not stored
+
+
+@dataclass(frozen=True)
+class Blob:
+    """The bytes of an instance, ready to index: `inline` for a small blob (stored with its
+    index row), None once a large blob's file is written."""
+
+    sha256: str
+    size: int
+    inline: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,7 @@ class Store:
         self.blob_dir = data_dir / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._blob_dirs: set[str] = set()  # blob subfolders known to exist (saves a mkdir per blob)
         self._db = sqlite3.connect(data_dir / "index.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -146,6 +174,7 @@ class Store:
                 for sha in shas
                 for r in db.execute("SELECT sha256 FROM instances WHERE sha256 = ?", (sha,))
             }
+            db.executemany("DELETE FROM small_blobs WHERE sha256 = ?", [(sha,) for sha in shas - still_used])
         for sha in shas - still_used:
             self._blob_path(sha).unlink(missing_ok=True)
         return deleted
@@ -159,39 +188,60 @@ class Store:
         overwritten); raises ConflictError for the same SOP Instance UID with different bytes.
         A newly stored instance is announced to the instance listeners (`action` names the API
         method that stored it, as Pub/Sub notifications do)."""
+        outcome = self.index_instances(store, [(info, self.write_blob(data))], storage_class, action)[0]
+        if outcome is Indexed.CONFLICT:
+            raise ConflictError(info.sop)
+        return outcome is Indexed.NEW
+
+    def write_blob(self, data: bytes) -> Blob:
+        """Prepare the bytes of an instance for index_instances(): a large blob's file is
+        written now (before its index row), a small blob travels with its row."""
         sha = hashlib.sha256(data).hexdigest()
+        if len(data) <= SMALL_BLOB_BYTES:
+            return Blob(sha, len(data), data)
         self._write_blob(sha, data)
+        return Blob(sha, len(data))
+
+    def index_instances(
+        self, store: str, items: Sequence[tuple[InstanceInfo, Blob]], storage_class: str,
+        action: str = "StoreInstances",
+    ) -> list[Indexed]:
+        """Index instances whose blobs are written, all in one transaction, in order (a later
+        item with the SOP Instance UID of an earlier one is its duplicate or conflict)."""
+        outcomes = []
+        stored_at = now_rfc3339()
         with self._tx() as db:
-            inserted = (
-                db.execute(
-                    "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        store,
-                        info.study,
-                        info.series,
-                        info.sop,
-                        info.sop_class,
-                        info.transfer_syntax,
-                        info.patient_id,
-                        info.study_date,
-                        info.modality,
-                        json.dumps(info.attrs),
-                        sha,
-                        len(data),
-                        storage_class,
-                        now_rfc3339(),
-                    ),
-                ).rowcount
-                == 1
-            )
-            if inserted:
-                return self._announce(store, info, storage_class, action)
-            existing = db.execute(
-                "SELECT sha256 FROM instances WHERE store = ? AND sop = ?", (store, info.sop)
-            )
-            if existing.fetchone()["sha256"] != sha:
-                raise ConflictError(info.sop)
-            return False
+            for info, blob in items:
+                row = (
+                    store,
+                    info.study,
+                    info.series,
+                    info.sop,
+                    info.sop_class,
+                    info.transfer_syntax,
+                    info.patient_id,
+                    info.study_date,
+                    info.modality,
+                    json.dumps(info.attrs),
+                    blob.sha256,
+                    blob.size,
+                    storage_class,
+                    stored_at,
+                )
+                if db.execute("INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row).rowcount:
+                    if blob.inline is not None:
+                        db.execute("INSERT OR IGNORE INTO small_blobs VALUES (?, ?)", (blob.sha256, blob.inline))
+                    outcomes.append(Indexed.NEW)
+                    continue
+                existing = db.execute(
+                    "SELECT sha256 FROM instances WHERE store = ? AND sop = ?", (store, info.sop)
+                ).fetchone()
+                outcomes.append(Indexed.DUPLICATE if existing["sha256"] == blob.sha256 else Indexed.CONFLICT)
+        # Announced once committed: a listener never sees an instance a rollback takes back.
+        for (info, _), outcome in zip(items, outcomes, strict=True):
+            if outcome is Indexed.NEW:
+                self._announce(store, info, storage_class, action)
+        return outcomes
 
     def instances(
         self, store: str, study: str | None = None, series: str | None = None, sop: str | None = None
@@ -206,6 +256,11 @@ class Store:
         return [InstanceRow(**{**dict(r), "attrs": json.loads(r["attrs"])}) for r in rows]
 
     def read_blob(self, row: InstanceRow) -> bytes:
+        if row.size <= SMALL_BLOB_BYTES:
+            found = self._query("SELECT data FROM small_blobs WHERE sha256 = ?", (row.sha256,))
+            if found:
+                return bytes(found[0]["data"])
+            # else: stored as a file by an emulator version before small blobs moved into the index
         return self._blob_path(row.sha256).read_bytes()
 
     def _blob_path(self, sha: str) -> Path:
@@ -215,10 +270,13 @@ class Store:
         path = self._blob_path(sha)
         if path.exists():
             return
-        path.parent.mkdir(exist_ok=True)
-        # Write-then-rename: a concurrent writer of the same bytes or a crash never leaves a torn blob.
-        fd, tmp = tempfile.mkstemp(dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
+        if path.parent.name not in self._blob_dirs:
+            path.parent.mkdir(exist_ok=True)
+            self._blob_dirs.add(path.parent.name)
+        # Write-then-rename: a concurrent writer of the same bytes or a crash never leaves a torn
+        # blob. The temporary name is per thread, so concurrent writers never share one.
+        tmp = path.parent / f".{sha}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
 
@@ -354,7 +412,7 @@ class Store:
     def clear(self) -> None:
         """Drop all data (control API reset with data=true)."""
         with self._tx() as db:
-            for table in ("instances", "dicom_stores", "datasets", "operations"):
+            for table in ("instances", "small_blobs", "dicom_stores", "datasets", "operations"):
                 db.execute(f"DELETE FROM {table}")
         for path in self.blob_dir.glob("*/*"):
             path.unlink()

@@ -21,7 +21,7 @@ from localcloud.stack import Stack
 from tests import dicom_factory
 
 INGEST_KEYS = {"uploaded", "imported", "failed", "skipped", "operations"}
-STATUS_KEYS = {"dicomStore", "operations", "jobs", "windows", "events", "signals"}
+STATUS_KEYS = {"dicomStore", "functions", "operations", "jobs", "windows", "events", "signals"}
 TIMEOUT = "60"
 
 
@@ -158,6 +158,7 @@ def test_status(stack: Stack, imported: synthetic.SyntheticSet) -> None:
     current = json.loads(done.stdout)
     assert set(current) == STATUS_KEYS
     assert current["dicomStore"] == stack.endpoints["dicomStore"]
+    assert current["functions"] == {role: {"instances": 1, "restarts": 0} for role in ("import", "export", "poll")}
     assert all(isinstance(current[key], list) for key in ("operations", "jobs", "windows", "events"))
     assert 1 <= len(current["events"]) <= 3
     assert all(e["eventId"].startswith("op-") for e in current["events"])
