@@ -13,7 +13,9 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from localcloud.healthcare.dicomfile import (
     INSTANCE_KEYWORDS,
+    SERIES_ALL_KEYWORDS,
     SERIES_KEYWORDS,
+    STUDY_ALL_KEYWORDS,
     STUDY_KEYWORDS,
     NotDicomError,
     read_instance,
@@ -26,7 +28,7 @@ def reference_attrs(data: bytes) -> dict[str, object]:
     """The straightforward way: parse everything, copy the index keywords, let pydicom write JSON."""
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     subset = Dataset()
-    for keyword in STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS:
+    for keyword in STUDY_KEYWORDS + STUDY_ALL_KEYWORDS + SERIES_KEYWORDS + SERIES_ALL_KEYWORDS + INSTANCE_KEYWORDS:
         if keyword in ds:
             subset[keyword] = ds[keyword]
     return subset.to_json_dict()
