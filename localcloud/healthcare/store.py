@@ -209,6 +209,7 @@ class Store:
         """Index instances whose blobs are written, all in one transaction, in order (a later
         item with the SOP Instance UID of an earlier one is its duplicate or conflict)."""
         outcomes = []
+        new: list[InstanceInfo] = []
         stored_at = now_rfc3339()
         with self._tx() as db:
             for info, blob in items:
@@ -232,15 +233,15 @@ class Store:
                     if blob.inline is not None:
                         db.execute("INSERT OR IGNORE INTO small_blobs VALUES (?, ?)", (blob.sha256, blob.inline))
                     outcomes.append(Indexed.NEW)
+                    new.append(info)
                     continue
                 existing = db.execute(
                     "SELECT sha256 FROM instances WHERE store = ? AND sop = ?", (store, info.sop)
                 ).fetchone()
                 outcomes.append(Indexed.DUPLICATE if existing["sha256"] == blob.sha256 else Indexed.CONFLICT)
         # Announced once committed: a listener never sees an instance a rollback takes back.
-        for (info, _), outcome in zip(items, outcomes, strict=True):
-            if outcome is Indexed.NEW:
-                self._announce(store, info, storage_class, action)
+        for info in new:
+            self._announce(store, info, storage_class, action)
         return outcomes
 
     def instances(

@@ -20,7 +20,7 @@ import requests
 from functions.log import JsonFormatter
 from tests import dicom_factory
 from tests.infra import monitoring_config as mc
-from tests.integration.harness import Deployment, deliver_all, export_handler, pubsub_message
+from tests.integration.harness import Deployment, deliver_all, distinct, export_handler, pubsub_message
 
 
 class _JsonLines(logging.Handler):
@@ -56,7 +56,7 @@ def test_every_metric_sees_its_lines_with_the_labels_and_values_alerts_use(
     failing = [d.upload(f"signals/a/ok{i}.dcm", dicom_factory.instance()) for i in range(2)]
     failing.append(d.upload("signals/a/broken.dcm", b"not DICOM at all"))
     deliver_all(d.handler(), failing)
-    events = d.completions_for(failing)
+    events = distinct(d.completions_until_quiet())
     assert any(e["state"] in ("FAILED", "SUCCEEDED_WITH_ERRORS") for e in events)
     # 2. An operation held running (the emulator's start delay) and a second batch queued behind
     #    it (one slot): the poller's line then carries the oldest running age and the queue.
@@ -72,7 +72,7 @@ def test_every_metric_sees_its_lines_with_the_labels_and_values_alerts_use(
         d.emulator("config", {"operationDelaySeconds": 0})
     for operation in d.deps.queue.tracked():
         requests.post(f"{d.healthcare_url}/v1/{operation.name}:cancel", timeout=10).raise_for_status()
-    d.completions_for([*running, *queued])
+    d.completions_until_quiet()
     # 3. A rejected export request.
     export_handler(d).handle(pubsub_message(json.dumps({"destination": "gs://not-allowed/x"}).encode()))
 

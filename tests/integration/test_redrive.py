@@ -17,7 +17,14 @@ import pytest
 from functions.failed_objects import read_uids
 from functions.redrive import Redriver
 from tests import dicom_factory
-from tests.integration.harness import Deployment, clear_faults, deliver_all, emulator_calls, pubsub_message
+from tests.integration.harness import (
+    Deployment,
+    clear_faults,
+    deliver_all,
+    distinct,
+    emulator_calls,
+    pubsub_message,
+)
 
 
 @pytest.fixture
@@ -42,7 +49,7 @@ def test_a_failed_import_is_redriven_after_the_fix_and_a_second_redrive_does_not
     uploads.append(d.upload("redrive/broken.dcm", b"this is not DICOM"))
     d.emulator("faults/operations", {"count": 1, "code": 14, "message": "injected: backend unavailable"})
     deliver_all(d.handler(), uploads)
-    events = d.completions_for(uploads)
+    events = distinct(d.completions_until_quiet())
     failed = [e for e in events if e.get("failedObjectsTotal")]
     assert failed, f"the import was meant to fail: {events}"
     assert any(e["state"] == "FAILED" for e in failed)
@@ -77,7 +84,7 @@ def test_a_failed_import_is_redriven_after_the_fix_and_a_second_redrive_does_not
 def test_a_repeated_redrive_request_starts_one_import(d: Deployment) -> None:
     uploads = [d.upload("again/ok.dcm", dicom_factory.instance()), d.upload("again/bad.dcm", b"nope")]
     deliver_all(d.handler(), uploads)
-    failed = [e for e in d.completions_for(uploads) if e.get("failedObjectsTotal")]
+    failed = [e for e in distinct(d.completions_until_quiet()) if e.get("failedObjectsTotal")]
     assert failed
     receipt = failed[0]["operation"]  # the full operation name works as a receipt reference
     imports_before = emulator_calls(d, "import")
