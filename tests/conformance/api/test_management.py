@@ -482,3 +482,16 @@ def test_notification_configs_survive_a_restart(tmp_path: Path, new_subscription
     [message] = subscription.pull(1)
     study, series, sop = uids(data)
     assert message.data.decode() == f"{store}/dicomWeb/studies/{study}/series/{series}/instances/{sop}"
+
+
+def test_faults_can_target_the_management_methods(emulators: Emulators, store: StoreRef) -> None:
+    control = f"{emulators.healthcare}/_emulator/faults"
+    requests.post(
+        control, json={"method": "getDICOMStoreMetrics", "status": 503, "count": 1}, timeout=10
+    ).raise_for_status()
+
+    failed = requests.get(store.url(":getDICOMStoreMetrics"), timeout=10)
+    recovered = requests.get(store.url(":getDICOMStoreMetrics"), timeout=10)
+
+    assert failed.status_code == 503 and failed.json()["error"]["status"] == "UNAVAILABLE"
+    assert recovered.status_code == 200
