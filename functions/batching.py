@@ -162,7 +162,7 @@ class WindowBatcher:
         """Checks, before anything of the plan becomes durable, that the claim is still ours.
 
         Returns the claim's generation, or None when it was taken over (its lease ran out while we
-        planned). With less than `_FENCE_MARGIN` of the lease left the claim is renewed, so the
+        planned). With less than `_fence_margin` of the lease left the claim is renewed, so the
         few calls up to the deletion of the records all fall inside the lease. (A pause longer
         than that margin between the check and the queued jobs can still double a batch: Cloud
         Storage has no fencing tokens.)

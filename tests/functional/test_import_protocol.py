@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from functions.errors import PermanentApiError, TransientApiError
+from functions.events import StorageObjectEvent
 from functions.windows import window_id
 from tests.functional.world import T0, World
 
@@ -176,12 +177,12 @@ def test_a_non_dicom_upload_is_named_in_the_event_and_its_receipt(world: World) 
     a = world.instance()
     events = [world.upload(n) for n in _names("mixed", 2)]
     events.append(world.upload("mixed/broken.dcm", b"not DICOM at all"))
-    for event in events:
-        world.deliver(event, a)
+    for upload in events:
+        world.deliver(upload, a)
     world.settle()
-    [event] = world.completions()
-    assert event.data["counters"] == {"success": 2, "failure": 1, "pending": 0}
-    assert event.data["failedObjects"] == ["gs://uploads/mixed/broken.dcm"]
+    [completion] = world.completions()
+    assert completion.data["counters"] == {"success": 2, "failure": 1, "pending": 0}
+    assert completion.data["failedObjects"] == ["gs://uploads/mixed/broken.dcm"]
     assert len(world.state("receipts/")) == 1
     world.check_invariants()
 
@@ -200,8 +201,8 @@ def test_a_leader_stalled_within_its_lease_keeps_the_window(world: World) -> Non
     assert len(world.hc.operations) == 1
 
 
-def window_id_of(world: World, event: object) -> str:
-    return window_id(event.time_created, world.settings.debounce_seconds)  # type: ignore[attr-defined]
+def window_id_of(world: World, event: StorageObjectEvent) -> str:
+    return window_id(event.time_created, world.settings.debounce_seconds)
 
 
 @pytest.mark.parametrize(("method", "name"), [

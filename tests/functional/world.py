@@ -119,7 +119,9 @@ class World:
         """Queues the delivery of `event` to instance `to` (it runs when time next moves); the
         platform sends it to a new instance instead when `to` has died."""
         while to.process.dead:
-            to = self._replacements.setdefault(to.process.name, self.instance(f"{to.process.name}'"))
+            if to.process.name not in self._replacements:
+                self._replacements[to.process.name] = self.instance(f"{to.process.name}'")
+            to = self._replacements[to.process.name]
         task = self.sim.spawn(lambda: to.handler.handle(event), name=f"{to.process.name}:{event.name}",
                               process=to.process)
         delivery = Delivery(event, to, task)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -240,9 +239,7 @@ def test_100000_resource_paths_stream_a_filter_file_and_export_the_ones_that_exi
     body = {"requestId": "big", "destination": f"gs://{d.export_bucket}/big", "resources": paths}
     data = json.dumps(body).encode()
     assert len(data) < 10 * 1024 * 1024  # fits in one Pub/Sub message
-    started = time.monotonic()
     outcome = export_handler(d).handle(_msg(data))
-    handled = time.monotonic() - started
     assert outcome.action == "started", outcome
     [event] = d.pull_completions(1, timeout=90)
     _check_succeeded(d, event, "big", f"gs://{d.export_bucket}/big", len(real))
@@ -252,8 +249,7 @@ def test_100000_resource_paths_stream_a_filter_file_and_export_the_ones_that_exi
     text = d.storage_client.bucket(d.settings.state_bucket).blob(name).download_as_text()
     lines = text.split("\n")
     assert lines[-1] == "" and len(lines) - 1 == 100_000
-    assert lines[:-1] == paths
-    print(f"\n100,000 paths: handler {handled:.2f} s, until the completion event {time.monotonic() - started:.2f} s")
+    assert lines[:-1] == paths  # how long this takes: bench.export_request
 
 
 # --- bad messages ---------------------------------------------------------------------------------
@@ -391,7 +387,10 @@ def test_a_repeated_request_id_starts_one_export_even_when_delivered_concurrentl
 # --- faults and the LRO cap -------------------------------------------------------------------------
 
 
-def test_a_503_burst_on_export_is_retried_and_the_export_starts(d: Deployment, store: Store) -> None:
+def test_a_503_burst_on_export_is_retried_and_the_export_starts(store: Store, healthcare_emulator: str) -> None:
+    # A retry budget no loaded machine runs out of during three backoffs (the budget itself is
+    # unit-tested on a fake clock).
+    d = Deployment.create(healthcare_emulator, dicom_store=store.name, retry_deadline_seconds=60.0)
     before = emulator_calls(d, "export")
     d.emulator("faults", {"method": "export", "count": 3, "status": 503})
     try:

@@ -175,8 +175,11 @@ def test_a_leader_that_dies_after_claiming_is_replaced_by_the_poller(deployment:
     assert sum(s.windows_recovered for s in d.poll_summaries) == len(windows)
 
 
-def test_503_bursts_are_retried_until_the_import_starts(deployment: Deployment) -> None:
-    d = deployment
+def test_503_bursts_are_retried_until_the_import_starts(healthcare_emulator: str, fake_gcs: str,
+                                                        pubsub_emulator: str) -> None:
+    # A retry budget no loaded machine runs out of during three backoffs (the budget itself is
+    # unit-tested on a fake clock).
+    d = Deployment.create(healthcare_emulator, retry_deadline_seconds=60.0)
     before = _import_calls(d)
     d.emulator("faults", {"method": "import", "count": 3, "status": 503})
     events = _upload_study_folders(d, ["flaky/s1"])

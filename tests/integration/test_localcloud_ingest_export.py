@@ -22,7 +22,7 @@ from tests import dicom_factory
 
 INGEST_KEYS = {"uploaded", "imported", "failed", "skipped", "operations"}
 STATUS_KEYS = {"dicomStore", "functions", "operations", "jobs", "windows", "events", "signals"}
-TIMEOUT = "60"
+TIMEOUT = "120"  # the commands' own failure deadline; they return as soon as the work is done
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def localcloud(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "localcloud", *args, "--state-dir", str(stack.state_dir)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
 
 
@@ -114,7 +114,7 @@ def test_export_by_resources(stack: Stack, imported: synthetic.SyntheticSet) -> 
 
     # The same requestId again starts no second export: the earlier event is reported.
     again = localcloud(stack, "export", "--resources", f"/studies/{study.uid}", "--destination", destination,
-                       "--request-id", "cli-test-resources", "--json", "--timeout", "20")
+                       "--request-id", "cli-test-resources", "--json", "--timeout", TIMEOUT)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["eventId"] == event["eventId"]
     assert "was used before" in again.stderr
