@@ -9,6 +9,8 @@ Runs, each in its own interpreter so that one failing does not stop the others:
   bench.poller_scale      one poller run with 1,000 tracked operations in flight
   bench.export_request    validating an export request of 100,000 paths
   bench.local_stack       start-up of the local cloud, and the demo end to end
+  bench.chaos             10,000 files (--quick: 1,000) through the local cloud while instances
+                          are SIGKILLed and the API answers 429/503; checks nothing is lost
 Exits non-zero when any of them failed.
 """
 
@@ -28,6 +30,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("bench.poller_scale", [], ["--operations", "300"]),
     ("bench.export_request", [], ["--runs", "3"]),
     ("bench.local_stack", [], ["--starts", "1"]),
+    ("bench.chaos", [], ["--quick"]),
 ]
 
 

@@ -46,6 +46,8 @@ from typing import Any
 import requests
 from pydicom.uid import generate_uid
 
+from bench.common import dicom_instance, stored_sops
+from bench.common import session as http_session
 from localcloud import components
 
 # Production values (functions/settings.py defaults); the harness's fast test values are overridden.
@@ -96,13 +98,6 @@ class Pattern:
 
 # -- file generation ----------------------------------------------------------------------------
 
-def _dicom(study: str, series: str) -> tuple[bytes, str]:
-    from tests import dicom_factory
-
-    sop = generate_uid()
-    return dicom_factory.instance(study, series, sop, patient_id="BENCH"), sop
-
-
 def _studies(count: int, series: int, instances: int, sidecar: bool) -> list[File]:
     files = []
     for _ in range(count):
@@ -111,7 +106,7 @@ def _studies(count: int, series: int, instances: int, sidecar: bool) -> list[Fil
         for s in range(series):
             series_uid = generate_uid()
             for i in range(instances):
-                data, sop = _dicom(study, series_uid)
+                data, sop = dicom_instance(study, series_uid)
                 files.append(File(f"{folder}/S{s + 1}/IM{i + 1:04d}.dcm", data, sop))
         if sidecar:
             files.append(File(f"{folder}/study.json", b'{"source": "bench"}', ""))
@@ -129,7 +124,7 @@ def patterns(sizes: Sizes, chosen: list[str]) -> Iterator[Pattern]:
         study, series = generate_uid(), generate_uid()
         files = []
         for i in range(count):
-            data, sop = _dicom(study, series)
+            data, sop = dicom_instance(study, series)
             files.append(File(f"ward/{uuid.uuid4().hex}.dcm", data, sop, at=i / sizes.trickle_rate))
         yield Pattern("trickle", f"{count} random names into ward/ at {sizes.trickle_rate:g}/s",
                       [], files, threads=1)
@@ -140,7 +135,7 @@ def patterns(sizes: Sizes, chosen: list[str]) -> Iterator[Pattern]:
             for b in range(sizes.bulk_b):
                 series = generate_uid()
                 for n in range(sizes.bulk_per_folder):
-                    data, sop = _dicom(study, series)
+                    data, sop = dicom_instance(study, series)
                     files.append(File(f"bulk/{a:02d}/{b:03d}/{n:04d}.dcm", data, sop))
         yield Pattern("bulk", f"{len(files)} files in bulk/<{sizes.bulk_a}>/<{sizes.bulk_b}>/, 16 upload threads",
                       [], files, threads=16)
@@ -280,29 +275,6 @@ class Emulators:
         self.control("config", {"operationDelaySeconds": self.operation_delay})
 
 
-def _session() -> requests.Session:
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
-    session.mount("http://", adapter)
-    return session
-
-
-def _stored_sops(healthcare_url: str, store: str) -> set[str]:
-    sops: set[str] = set()
-    session = _session()
-    offset = 0
-    while True:
-        response = session.get(f"{healthcare_url}/v1/{store}/dicomWeb/instances",
-                               params={"limit": "5000", "offset": str(offset), "includefield": "00080018"},
-                               timeout=60)
-        response.raise_for_status()
-        page = response.json() if response.content.strip() else []
-        sops.update(item["00080018"]["Value"][0] for item in page)
-        if len(page) < 5000:
-            return sops
-        offset += len(page)
-
-
 def _seed_old(d: Any, emu: Emulators, old: list[File]) -> None:
     """Old objects sit in the bucket and are already in the store (one import, before the run)."""
     if not old:
@@ -311,7 +283,7 @@ def _seed_old(d: Any, emu: Emulators, old: list[File]) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda f: bucket.blob(f.name).upload_from_string(f.data), old))
     folder = old[0].name.split("/", 1)[0]
-    session = _session()
+    session = http_session()
     op = session.post(f"{emu.healthcare_url}/v1/{d.settings.dicom_store}:import",
                       json={"gcsSource": {"uri": f"gs://{d.upload_bucket}/{folder}/**.dcm"}}, timeout=60).json()
     while not session.get(f"{emu.healthcare_url}/v1/{op['name']}", timeout=60).json().get("done"):
@@ -499,7 +471,7 @@ def run_pipeline(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
         delivery.operation = op_of.get(f"gs://{d.upload_bucket}/{delivery.file.name}", "")
         delivery.create_time = created.get(delivery.operation)
     expected = {f.sop for f in pattern.files + pattern.old if f.sop}
-    stored = _stored_sops(emu.healthcare_url, d.settings.dicom_store)
+    stored = stored_sops(http_session(), emu.healthcare_url, d.settings.dicom_store)
     dicom = [x for x in deliveries if x.file.sop]
     by_role: dict[str, list[Delivery]] = {}
     for delivery in deliveries:
@@ -573,7 +545,7 @@ def run_naive(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
     d = Deployment.create(emu.healthcare_url, **PRODUCTION)
     _seed_old(d, emu, pattern.old)
     emu.quiet_reset()
-    session = _session()
+    session = http_session()
     url = f"{emu.healthcare_url}/v1/{d.settings.dicom_store}:import"
 
     def handle(instance: int, event: Any, delivery: Delivery) -> None:
@@ -598,7 +570,7 @@ def run_naive(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
     drained = time.monotonic()
     stats = emu.control("stats")
     expected = {f.sop for f in pattern.files + pattern.old if f.sop}
-    stored = _stored_sops(emu.healthcare_url, d.settings.dicom_store)
+    stored = stored_sops(http_session(), emu.healthcare_url, d.settings.dicom_store)
     dicom = [x for x in deliveries if x.file.sop]
     return {
         "approach": "naive",

@@ -47,6 +47,7 @@ from typing import Any
 
 from functions.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.failed_objects import read_uids
+from functions.gcs import Gcs
 from functions.gcs_wildcards import api_wildcard_match
 from functions.selection import ignore_reason
 from functions.settings import Settings
@@ -211,6 +212,20 @@ def upload(cloud: LocalCloud, files: Sequence[tuple[Path, str]], settings: Setti
     return uploaded
 
 
+def import_work_left(gcs: Gcs, settings: Settings) -> bool:
+    """Is there import work in the state bucket: a window, an import job or operation? (The
+    listing order is step 2 of the module docstring.)"""
+    bucket, path = settings.state_bucket, settings.state_path
+    if gcs.list_prefixes(bucket, path("windows/")):
+        return True
+    for folder in ("jobs/", "operations/"):
+        for info in gcs.list(bucket, path(folder)):
+            record = gcs.read(bucket, info.name)
+            if record is not None and (record.data.get("job") or {}).get("kind") == "import":
+                return True
+    return False
+
+
 class _Waiter:
     """Tracks the expected objects until the rule of the module docstring says done."""
 
@@ -254,15 +269,7 @@ class _Waiter:
                 self.stored.add(obj.uri)
 
     def quiet(self) -> bool:
-        bucket, path = self.s.state_bucket, self.s.state_path
-        if self.gcs.list_prefixes(bucket, path("windows/")):
-            return False
-        for folder in ("jobs/", "operations/"):
-            for info in self.gcs.list(bucket, path(folder)):
-                record = self.gcs.read(bucket, info.name)
-                if record is not None and (record.data.get("job") or {}).get("kind") == "import":
-                    return False
-        return True
+        return not import_work_left(self.gcs, self.s)
 
     @property
     def accounted(self) -> int:
