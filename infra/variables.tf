@@ -351,6 +351,39 @@ variable "healthcare_api_url" {
   }
 }
 
+variable "bigquery_api_url" {
+  description = "BIGQUERY_API_URL: base URL of BigQuery for the export function's sql selector (a local BigQuery in development)."
+  type        = string
+  default     = "https://bigquery.googleapis.com"
+
+  validation {
+    condition     = can(regex("^https?://[^/\\s]+", var.bigquery_api_url))
+    error_message = "bigquery_api_url must be an http(s) URL."
+  }
+}
+
+variable "sql_max_rows" {
+  description = "DICOM_SQL_MAX_ROWS: a sql selector that returns more rows is REJECTED."
+  type        = number
+  default     = 1000000
+
+  validation {
+    condition     = var.sql_max_rows >= 1 && floor(var.sql_max_rows) == var.sql_max_rows
+    error_message = "sql_max_rows must be an integer >= 1."
+  }
+}
+
+variable "sql_timeout_seconds" {
+  description = "DICOM_SQL_TIMEOUT_SECONDS: a sql selector query that runs longer is cancelled and REJECTED."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.sql_timeout_seconds > 0
+    error_message = "sql_timeout_seconds must be > 0."
+  }
+}
+
 variable "max_concurrent_operations" {
   description = "DICOM_MAX_CONCURRENT_OPERATIONS: import/export LROs running at once on the store (Google suggests about 5)."
   type        = number
