@@ -351,6 +351,34 @@ variable "healthcare_api_url" {
   }
 }
 
+variable "stream_dataset_id" {
+  description = "BigQuery dataset the DICOM store streams its metadata to (streamConfigs); sql selectors query it."
+  type        = string
+  default     = "dicom_stream"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.stream_dataset_id))
+    error_message = "stream_dataset_id may contain letters, digits and '_'."
+  }
+}
+
+variable "stream_table_id" {
+  description = "Table in stream_dataset_id the store streams to (the Healthcare API creates it)."
+  type        = string
+  default     = "instances"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.stream_table_id))
+    error_message = "stream_table_id may contain letters, digits and '_'."
+  }
+}
+
+variable "bigquery_kms_key_name" {
+  description = "Cloud KMS key for the stream dataset (CMEK); null: Google-managed encryption."
+  type        = string
+  default     = null
+}
+
 variable "bigquery_api_url" {
   description = "BIGQUERY_API_URL: base URL of BigQuery for the export function's sql selector (a local BigQuery in development)."
   type        = string
