@@ -469,3 +469,34 @@ def test_a_crash_after_the_export_started_and_a_redelivery_start_no_second_expor
     _check_succeeded(d, event, message.message_id, f"gs://{d.export_bucket}/crash", 1)
     assert export_handler(d).handle(message).action == "duplicate"  # the claim now names its job
     assert no_more_completions(d) == [] and emulator_calls(d, "export") - before == 1
+
+
+# --- storage class --------------------------------------------------------------------------------
+
+
+def _storage_class(d: Deployment, inst: Inst) -> str:
+    import requests
+
+    url = (f"{d.settings.healthcare_api_url}/v1/{d.settings.dicom_store}/dicomWeb/studies/{inst.study}/series/"
+           f"{inst.series}/instances/{inst.sop}:getStorageInfo")
+    response = requests.get(url, timeout=30)
+    response.raise_for_status()
+    return str(response.json()["blobStorageInfo"]["storageClass"])
+
+
+def test_set_storage_class_moves_one_series_to_archive_and_nothing_else(d: Deployment, store: Store) -> None:
+    before = {i.sop: _storage_class(d, i) for i in store.everything}
+    assert "ARCHIVE" not in before.values()
+    series = store.a[2:4]
+    body = {"requestId": "archive-series", "action": "setStorageClass", "storageClass": "ARCHIVE",
+            "resources": [f"/studies/{series[0].study}/series/{series[0].series}"]}
+    outcome = export_handler(d).handle(_msg(body))
+    assert outcome.action in ("started", "queued"), outcome
+    [event] = d.pull_completions(1)
+    assert (event["kind"], event["state"], event["requestId"]) == ("storageClass", "SUCCEEDED", "archive-series")
+    assert event["counters"]["success"] == 2 and "destination" not in event, event
+    assert event["_attributes"]["kind"] == "storageClass"
+    after = {i.sop: _storage_class(d, i) for i in store.everything}
+    assert {sop for sop, cls in after.items() if cls == "ARCHIVE"} == {i.sop for i in series}
+    assert {sop: cls for sop, cls in after.items() if sop not in {i.sop for i in series}} == \
+        {sop: cls for sop, cls in before.items() if sop not in {i.sop for i in series}}
