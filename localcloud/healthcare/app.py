@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import zoneinfo
 from collections.abc import Callable
@@ -56,8 +57,11 @@ class Emulator:
         operation_delay: float,
         pubsub_host: str | None = None,
         require_auth: bool = False,
+        bigquery_url: str | None = None,
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        # BigQuery destinations (exports, stream configs) are written there; None: refused.
+        self.bigquery_url = bigquery_url or os.environ.get("BIGQUERY_EMULATOR_URL") or None
         self.store = Store(data_dir)
         self.gcs = GcsClient(storage_host)
         self.stats = Stats()
@@ -541,11 +545,13 @@ def create_app(
     operation_delay: float = 0.0,
     pubsub_host: str | None = None,
     require_auth: bool = False,
+    bigquery_url: str | None = None,
 ) -> Flask:
     """The emulator as a WSGI app. `storage_host` defaults to STORAGE_EMULATOR_HOST, `pubsub_host`
     (where store notifications go) to PUBSUB_EMULATOR_HOST; `require_auth` answers 401 to API
-    calls without a bearer token, as Google does."""
-    emu = Emulator(Path(data_dir), storage_host, operation_delay, pubsub_host, require_auth)
+    calls without a bearer token, as Google does; `bigquery_url` (default: BIGQUERY_EMULATOR_URL) is
+    the local BigQuery that BigQuery exports and stream configs write to."""
+    emu = Emulator(Path(data_dir), storage_host, operation_delay, pubsub_host, require_auth, bigquery_url)
     app = Flask("localcloud.healthcare")
     app.extensions["healthcare_emulator"] = emu
 
