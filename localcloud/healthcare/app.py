@@ -17,9 +17,10 @@ from werkzeug.exceptions import HTTPException
 
 from . import deletion, dicomweb, errors, iam, management, sysparams
 from .body import parse_json, parse_request
+from .bqsink import BigQuerySink
 from .discovery import VERSIONS, discovery
 from .errors import ApiError, already_exists, invalid_argument, not_found, unimplemented
-from .exporter import export_worker, parse_export_request
+from .exporter import BigQueryExportRequest, bigquery_export_worker, export_worker, parse_export_request
 from .faults import Faults, MethodFault, OperationFault
 from .gcs import GcsClient
 from .importer import import_worker, parse_import_request
@@ -62,6 +63,7 @@ class Emulator:
         data_dir.mkdir(parents=True, exist_ok=True)
         # BigQuery destinations (exports, stream configs) are written there; None: refused.
         self.bigquery_url = bigquery_url or os.environ.get("BIGQUERY_EMULATOR_URL") or None
+        self.bigquery = BigQuerySink(self.bigquery_url) if self.bigquery_url else None
         self.store = Store(data_dir)
         self.gcs = GcsClient(storage_host)
         self.stats = Stats()
@@ -314,7 +316,11 @@ def import_dicom(emu: Emulator, call: Call) -> Any:
 @route("POST", rf"{_STORE}:export", "export", api="datasets.dicomStores.export")
 def export_dicom(emu: Emulator, call: Call) -> Any:
     _need_store(emu, call)
-    worker = export_worker(emu.store, emu.gcs, call.store, parse_export_request(call.body))
+    request = parse_export_request(call.body, call.store.split("/")[1])
+    if isinstance(request, BigQueryExportRequest):
+        worker = bigquery_export_worker(emu.store, emu.gcs, emu.bigquery, call.store, request)
+    else:
+        worker = export_worker(emu.store, emu.gcs, call.store, request)
     return emu.operations.start(call.dataset, call.version, "ExportDicomData", worker)
 
 
