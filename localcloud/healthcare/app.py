@@ -29,6 +29,7 @@ from .notifications import Notifier
 from .operations import Operations
 from .stats import Stats
 from .store import Store
+from .streaming import Streamer
 
 log = logging.getLogger("localcloud.healthcare")
 
@@ -74,6 +75,8 @@ class Emulator:
         for name, config in self.store.all_store_configs():
             self.notifier.configure(name, config)
         self.store.add_instance_listener(self.notifier.instance_stored)
+        self.streamer = Streamer(self.store, self.bigquery)
+        self.store.add_instance_listener(self.streamer.instance_stored)
 
 
 @dataclass(frozen=True)

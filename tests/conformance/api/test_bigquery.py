@@ -1,6 +1,6 @@
 """BigQuery destinations of the Healthcare emulator, read back with google-cloud-bigquery from the
 local BigQuery: `export` to `bigqueryDestination` (write dispositions, `force`, filter files),
-and storage classes set by `setBlobStorageSettings`."""
+`streamConfigs` (STOW and import), and storage classes set by `setBlobStorageSettings`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import requests
 from google.cloud import bigquery, storage
 
 from localcloud import bigquery as local_bigquery
-from tests.conformance.api.conftest import PROJECT, Emulators, StoreRef, stow
+from tests.conformance.api.conftest import PROJECT, Emulators, StoreRef, create_store, stow, wait_for
 from tests.dicom_factory import instance
 
 SEED_SQL = (
@@ -134,6 +134,53 @@ def test_bad_bigquery_destinations_are_refused(store: StoreRef, bq: bigquery.Cli
     assert status(both) == 400
     missing_dataset = export(store, f"{PROJECT}.no_such_dataset_{uuid.uuid4().hex[:6]}.t")
     assert missing_dataset["error"]["code"] == 5
+
+
+def test_stream_configs_write_every_stored_instance(
+    emulators: Emulators, bq: bigquery.Client, dataset: str, bucket: storage.Bucket
+) -> None:
+    table = f"{dataset}.stream"
+    store = create_store(emulators.healthcare, streamConfigs=[{"bigqueryDestination": {"tableUri": f"bq://{table}"}}])
+    first, second = instance(modality="CT"), instance(modality="MR")
+    stow(store, first)
+    wait_for(lambda: _count(bq, dataset, "stream") == 1, what="the STOW row")
+    bucket.blob("in/second.dcm").upload_from_string(second)
+    import_all(store, bucket)
+    wait_for(lambda: _count(bq, dataset, "stream") == 2, what="the imported row")
+    assert selected(bq, table) == sorted([path_of(first), path_of(second)])
+
+    import_all(store, bucket)  # a duplicate is ignored, not stored again: no second row
+    third = instance()
+    stow(store, third)  # rows stream in order, so the third row comes after any duplicate's
+    wait_for(lambda: _count(bq, dataset, "stream") >= 3, what="the third row")
+    assert selected(bq, table) == sorted(path_of(d) for d in (first, second, third))
+
+
+def import_all(store: StoreRef, bucket: storage.Bucket) -> None:
+    started = requests.post(store.url(":import"), json={"gcsSource": {"uri": f"gs://{bucket.name}/in/**"}}, timeout=10)
+    assert started.status_code == 200, started.text
+    assert "error" not in store.wait(started.json()["name"])
+
+
+def test_stream_configs_set_by_patch_apply_to_later_instances(
+    store: StoreRef, bq: bigquery.Client, dataset: str
+) -> None:
+    before = instance()
+    stow(store, before)
+    table = f"{dataset}.patched"
+    patched = requests.patch(
+        store.url(),
+        params={"updateMask": "streamConfigs"},
+        json={"streamConfigs": [{"bigqueryDestination": {"tableUri": f"bq://{table}"}}]},
+        timeout=10,
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["streamConfigs"][0]["bigqueryDestination"]["tableUri"] == f"bq://{table}"
+    after = instance()
+    stow(store, after)
+
+    wait_for(lambda: _count(bq, dataset, "patched") == 1, what="the row of the later instance")
+    assert selected(bq, table) == [path_of(after)]
 
 
 def test_storage_classes_set_per_series_show_in_storage_info_and_exports(
