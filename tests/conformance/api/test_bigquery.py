@@ -203,12 +203,15 @@ def test_storage_classes_set_per_series_show_in_storage_info_and_exports(
     table = f"{dataset}.classes"
     assert "error" not in export(store, table)
 
-    def storage_class(data: bytes) -> str:
-        info = requests.get(store.url(path_of(data).replace("/studies", "/dicomWeb/studies", 1) + ":getStorageInfo"),
-                            timeout=10).json()
-        return str(info["blobStorageInfo"]["storageClass"])
+    def blob_info(data: bytes) -> dict[str, str]:
+        url = store.url(path_of(data).replace("/studies", "/dicomWeb/studies", 1) + ":getStorageInfo")
+        info: dict[str, str] = requests.get(url, timeout=10).json()["blobStorageInfo"]
+        return info
 
-    assert [storage_class(d) for d in instances] == ["ARCHIVE", "ARCHIVE", "STANDARD"]
+    assert [blob_info(d)["storageClass"] for d in instances] == ["ARCHIVE", "ARCHIVE", "STANDARD"]
+    # RFC 3339 UTC with a fixed width, so later times sort later as text.
+    moved, kept = blob_info(instances[0])["storageClassUpdateTime"], blob_info(instances[2])["storageClassUpdateTime"]
+    assert moved > kept
     rows = bq.query(f"SELECT SOPInstanceUID, StorageClass FROM `{table}`").result()
     by_sop = {r.SOPInstanceUID: r.StorageClass for r in rows}
     assert [by_sop[path_of(d).rsplit("/", 1)[1]] for d in instances] == ["ARCHIVE", "ARCHIVE", "STANDARD"]
