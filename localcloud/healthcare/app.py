@@ -260,8 +260,8 @@ def create_dicom_store(emu: Emulator, call: Call) -> Any:
 
 def _save_store(emu: Emulator, name: str, labels: dict[str, str], config: dict[str, Any]) -> Any:
     emu.store.set_store_config(name, config, labels)
-    if config.get("streamConfigs"):
-        log.warning("%s: streamConfigs are kept but nothing is streamed (no BigQuery locally)", name)
+    if config.get("streamConfigs") and emu.bigquery is None:
+        log.warning("%s: streamConfigs are kept but nothing is streamed (no --bigquery-url)", name)
     resource = management.store_resource(emu.store, name)
     assert resource is not None
     emu.notifier.configure(name, resource)
