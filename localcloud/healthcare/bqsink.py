@@ -20,7 +20,9 @@ from localcloud import bigquery as local_bigquery
 
 from . import bqrows
 
-ROWS_PER_INSERT = 200
+# The local BigQuery translates each INSERT with sqlglot in time that grows faster than the
+# statement (15 columns: 20 rows 1.6 s, 40 rows 7 s on the shared CI machine): small statements.
+ROWS_PER_INSERT = 20
 _TABLE_URI = re.compile(r"bq://([a-z][a-z0-9:.\-]{0,100})\.([A-Za-z0-9_]{1,1024})\.([\w\-$ ]{1,1024})")
 WRITE_DISPOSITIONS = ("WRITE_DISPOSITION_UNSPECIFIED", "WRITE_EMPTY", "WRITE_TRUNCATE", "WRITE_APPEND")
 
