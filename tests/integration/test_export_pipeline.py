@@ -500,3 +500,51 @@ def test_set_storage_class_moves_one_series_to_archive_and_nothing_else(d: Deplo
     assert {sop for sop, cls in after.items() if cls == "ARCHIVE"} == {i.sop for i in series}
     assert {sop: cls for sop, cls in after.items() if sop not in {i.sop for i in series}} == \
         {sop: cls for sop, cls in before.items() if sop not in {i.sop for i in series}}
+
+
+# --- sql selector (the local BigQuery) ------------------------------------------------------------
+
+
+def test_the_seed_sql_through_the_export_function_exports_exactly_the_selected_instances(
+        d: Deployment, store: Store, bigquery_emulator: str) -> None:
+    import uuid
+    from dataclasses import replace
+
+    from google.cloud import bigquery as bq_lib
+
+    from functions.bigquery import BigQueryClient
+    from functions.export_on_message import ExportOnMessage
+    from localcloud import bigquery as local_bigquery
+
+    project = d.settings.project
+    bq = local_bigquery.client(bigquery_emulator, project)
+    table = f"{project}.sel_{uuid.uuid4().hex[:8]}.instances"
+    bq.create_dataset(table.rsplit(".", 1)[0])
+    columns = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
+    bq.create_table(bq_lib.Table(table, schema=[bq_lib.SchemaField(c, "STRING") for c in columns]))
+    chosen = [*store.b, store.a[1]]
+    rows = [{"StudyInstanceUID": i.study, "SeriesInstanceUID": i.series, "SOPInstanceUID": i.sop,
+             "Modality": "MR" if i in chosen else "CT"} for i in store.everything]
+    local_bigquery.insert_rows(bq, table, rows, columns)
+    sql = ("SELECT CONCAT('/studies/', StudyInstanceUID, '/series/', SeriesInstanceUID, '/instances/', "
+           f"SOPInstanceUID) FROM `{table}` WHERE Modality = 'MR'")
+    settings = replace(d.settings, bigquery_api_url=bigquery_emulator)
+    deps = d.deps
+    handler = ExportOnMessage(settings, deps.gcs, deps.healthcare, deps.queue, deps.publisher,
+                              bigquery=BigQueryClient(settings))
+    body = {"requestId": "sql-mr", "destination": f"gs://{d.export_bucket}/sql", "sql": sql}
+    assert handler.handle(_msg(body)).action in ("started", "queued")
+    [event] = d.pull_completions(1)
+    _check_succeeded(d, event, "sql-mr", f"gs://{d.export_bucket}/sql", len(chosen))
+    assert set(_exported(d)) == {i.key("sql") for i in chosen}
+    # No rows, and a query error: REJECTED, nothing started.
+    empty = {"requestId": "sql-none", "destination": f"gs://{d.export_bucket}/none",
+             "sql": f"SELECT CONCAT('/studies/', StudyInstanceUID) FROM `{table}` WHERE Modality = 'XA'"}
+    broken = {"requestId": "sql-bad", "destination": f"gs://{d.export_bucket}/bad",
+              "sql": f"SELECT no_such_column FROM `{table}`"}
+    for request in (empty, broken):
+        assert handler.handle(_msg(request)).action == "rejected"
+    events = _by_request(d.pull_completions(2))
+    assert events["sql-none"]["state"] == "REJECTED" and "no rows" in events["sql-none"]["reason"]
+    assert events["sql-bad"]["state"] == "REJECTED" and "BigQuery refused" in events["sql-bad"]["reason"], events
+    assert set(_exported(d)) == {i.key("sql") for i in chosen}
