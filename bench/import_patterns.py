@@ -393,7 +393,7 @@ def _reads(stats: dict[str, Any], d: Any, deliveries: list[Delivery], old: list[
 
 
 def run_pipeline(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1
 
     from functions.batching import WindowBatcher
     from functions.import_on_upload import ImportOnUpload

@@ -102,6 +102,11 @@ class HealthcareApi(Protocol):
         """Starts `dicomStores.export` to `uri_prefix`; the operation name."""
         ...
 
+    def set_blob_storage_settings(self, filter_uri: str | None, storage_class: str) -> str:
+        """Starts `dicomStores.setBlobStorageSettings` (of the filter file's paths, or the whole
+        store); the operation name."""
+        ...
+
     def get_operation(self, name: str) -> dict[str, Any]:
         """`operations.get`: the operation JSON as the API returns it."""
         ...
@@ -116,6 +121,28 @@ class HealthcareApi(Protocol):
 
     def instance_exists(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
         """True when the store holds the instance."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A finished query: its column names, its row count when known, and its rows as they stream."""
+
+    columns: tuple[str, ...]
+    total_rows: int | None
+    rows: Iterator[tuple[Any, ...]]
+
+
+class SqlRunner(Protocol):
+    """BigQuery, for the `sql` selector."""
+
+    def run_query(self, sql: str, *, timeout_seconds: float) -> QueryResult:
+        """Runs one query job and waits for it (at most `timeout_seconds`).
+
+        Raises:
+            SqlQueryError: BigQuery refused or failed the query, or it did not finish in time.
+            TransientApiError: a fault worth a redelivery (429, 5xx).
+        """
         ...
 
 

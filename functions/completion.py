@@ -33,7 +33,8 @@ from typing import Any
 
 from functions.export_request import is_valid_request_id, short_hash
 
-KINDS = ("import", "export", "redrive")  # redrive: an import of a receipt's objects (functions.redrive)
+# redrive: an import of a receipt's objects (functions.redrive); storageClass: setBlobStorageSettings.
+KINDS = ("import", "export", "redrive", "storageClass")
 SUCCEEDED = "SUCCEEDED"
 SUCCEEDED_WITH_ERRORS = "SUCCEEDED_WITH_ERRORS"
 FAILED = "FAILED"
@@ -45,7 +46,8 @@ UNKNOWN_CODE = 2  # google.rpc.Code.UNKNOWN, for an error whose code is not an i
 MAX_ERROR_MESSAGE_CHARS = 2000
 MAX_REASON_CHARS = 2000
 MAX_ECHOED_CHARS = 1024  # destination / source strings copied from a request
-_METHOD_KINDS = (("ImportDicomData", "import"), ("ExportDicomData", "export"))
+_METHOD_KINDS = (("ImportDicomData", "import"), ("ExportDicomData", "export"),
+                 ("SetBlobStorageSettings", "storageClass"))
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"

@@ -40,6 +40,10 @@ class InvalidExportRequestError(DropEventError):
         self.reason = reason
 
 
+class SqlQueryError(InvalidExportRequestError):
+    """BigQuery refused or failed the `sql` of a request; `reason` says why without row values."""
+
+
 class RetryableError(DicomPipelineError):
     """A transient fault outlived the in-process retries: let the platform redeliver."""
 

@@ -1,4 +1,9 @@
-"""Export on message: validate an export request, write its filter file, start a filtered export.
+"""Export on message: validate a request, write its filter file, start a filtered export (or, for
+`"action": "setStorageClass"`, a storage-class change of the selected instances).
+
+A `sql` selector is run on BigQuery (`SqlRunner`) and its rows are streamed into the filter file;
+a query BigQuery refuses, an empty result, a malformed row or more than `DICOM_SQL_MAX_ROWS` rows
+reject the request and start nothing.
 
 A request that breaks the contract, points outside the allowlist or selects nothing starts
 nothing: one log line, a REJECTED completion event, and the message is acknowledged. A repeated
@@ -16,23 +21,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from functions.clients import EventPublisher, HealthcareApi, ObjectStore
+from functions.clients import EventPublisher, HealthcareApi, ObjectStore, SqlRunner
 from functions.completion import rejected_event
-from functions.errors import InvalidExportRequestError
+from functions.errors import InvalidExportRequestError, SqlQueryError
 from functions.events import PubsubMessage
 from functions.export_request import (
     ExportRequest,
     FilterUriSelector,
     QuerySelector,
     ResourcesSelector,
+    SqlSelector,
     dedup_key,
     filter_lines,
     is_valid_request_id,
     parse_export_request,
 )
-from functions.jobs import Job, JobQueue
+from functions.jobs import Job, JobQueue, Kind
 from functions.log import fields
 from functions.settings import Settings
+from functions.sql_selection import SqlResultError, paths_from_rows
 
 if TYPE_CHECKING:
     from functions.wiring import Deps
@@ -51,8 +58,10 @@ class ExportOutcome:
 
 class ExportOnMessage:
     def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi, queue: JobQueue,
-                 publisher: EventPublisher, clock: Callable[[], float] = time.time) -> None:
+                 publisher: EventPublisher, clock: Callable[[], float] = time.time,
+                 bigquery: SqlRunner | None = None) -> None:
         self._s = settings
+        self._bq = bigquery
         self._gcs = gcs
         self._hc = healthcare
         self._queue = queue
@@ -61,7 +70,10 @@ class ExportOnMessage:
 
     @classmethod
     def from_deps(cls, deps: Deps) -> ExportOnMessage:
-        return cls(deps.settings, deps.gcs, deps.healthcare, deps.queue, deps.publisher)
+        from functions.bigquery import BigQueryClient  # google-cloud-bigquery itself loads on first query
+
+        return cls(deps.settings, deps.gcs, deps.healthcare, deps.queue, deps.publisher,
+                   bigquery=BigQueryClient(deps.settings))
 
     def handle(self, message: PubsubMessage) -> ExportOutcome:
         with_id = {"message_id": message.message_id}
@@ -73,29 +85,30 @@ class ExportOnMessage:
         try:
             request = parse_export_request(message.data, allowed_destinations=self._s.export_allowed_destinations)
         except InvalidExportRequestError as exc:
-            return self._reject(message, _request_id_of(message.data), exc.reason)
+            return self._reject(message, _request_id_of(message.data), exc.reason,
+                                kind="storageClass" if _action_of(message.data) == "setStorageClass" else "export")
         key = dedup_key(request, message.message_id)
         claimed_at, retaken = self._claim(key, request, message)
         if claimed_at is None:
             logger.info("repeated export request: no second export",
                         extra=fields(request_id=request.request_id, **with_id))
             return ExportOutcome("duplicate")
+        kind: Kind = "storageClass" if request.action == "setStorageClass" else "export"
         filter_uri = request.selector.uri if isinstance(request.selector, FilterUriSelector) else None
-        if isinstance(request.selector, (ResourcesSelector, QuerySelector)):
-            paths = self._paths(request)
-            first = next(paths, None)
-            if first is None:
+        if isinstance(request.selector, (ResourcesSelector, QuerySelector, SqlSelector)):
+            try:
+                filter_uri = self._filter_of(key, request)
+            except InvalidExportRequestError as exc:
                 # Nothing was started: drop the claim, so that the caller may send the request
-                # again (same requestId) once the store holds what it asks for.
+                # again (same requestId) once the store or the table holds what it asks for.
                 self._gcs.delete(self._s.state_bucket, self._claim_path(key))
-                return self._reject(message, request.request_id, "the query matched no studies in the store",
-                                    destination=request.destination)
-            filter_uri = self._write_filter(key, _chain(first, paths))
+                return self._reject(message, request.request_id, exc.reason, destination=request.destination,
+                                    kind=kind)
         stamp = datetime.fromtimestamp(claimed_at, UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        job = Job(job_id=f"{stamp}-export-{key[:16]}", kind="export",
+        job = Job(job_id=f"{stamp}-{kind}-{key[:16]}", kind=kind,
                   request_id=request.request_id or message.message_id, created_at=claimed_at,
-                  destination=request.destination, mime_type=request.mime_type, filter_uri=filter_uri,
-                  message_id=message.message_id)
+                  destination=request.destination or "", mime_type=request.mime_type, filter_uri=filter_uri,
+                  storage_class=request.storage_class, message_id=message.message_id)
         if retaken and self._tracked(job.job_id):
             # An earlier attempt started the export and died before it could say so in the claim.
             # (Once that export is reported and forgotten, this check cannot see it any more.)
@@ -136,6 +149,39 @@ class ExportOnMessage:
     def _claim_path(self, key: str) -> str:
         return self._s.state_path("exports", f"{key}.json")
 
+    def _filter_of(self, key: str, request: ExportRequest) -> str:
+        """Writes the filter file of a resources, query or sql selector; its gs:// URI.
+
+        Raises:
+            InvalidExportRequestError: the selection is empty, or the sql failed or returned
+                rows that cannot be a filter file (the partial file is removed).
+        """
+        if isinstance(request.selector, SqlSelector):
+            paths = self._sql_paths(request.selector.sql)
+            empty = "the sql returned no rows"
+        else:
+            paths = self._paths(request)
+            empty = "the query matched no studies in the store"
+        first = next(paths, None)
+        if first is None:
+            raise InvalidExportRequestError(empty)
+        try:
+            return self._write_filter(key, _chain(first, paths))
+        except InvalidExportRequestError:
+            self._gcs.delete(self._s.state_bucket, self._s.state_path("filters", f"{key}.txt"))
+            raise
+
+    def _sql_paths(self, sql: str) -> Iterator[str]:
+        if self._bq is None:
+            raise SqlQueryError("this deployment has no BigQuery client; the sql selector is not available")
+        result = self._bq.run_query(sql, timeout_seconds=self._s.sql_timeout_seconds)
+        limit = self._s.sql_max_rows
+        if result.total_rows is not None and result.total_rows > limit:
+            # Known before a single row is read: nothing is written.
+            raise SqlResultError(f"the sql returned {result.total_rows} rows; at most {limit} are accepted "
+                                 "(DICOM_SQL_MAX_ROWS); narrow it, or select whole series or studies")
+        return paths_from_rows(result.columns, result.rows, max_rows=limit)
+
     def _paths(self, request: ExportRequest) -> Iterator[str]:
         if isinstance(request.selector, ResourcesSelector):
             yield from request.selector.paths
@@ -172,12 +218,12 @@ class ExportOnMessage:
         return f"gs://{self._s.state_bucket}/{name}"
 
     def _reject(self, message: PubsubMessage, request_id: str | None, reason: str,
-                destination: str | None = None) -> ExportOutcome:
+                destination: str | None = None, kind: str = "export") -> ExportOutcome:
         logger.warning("export request rejected", extra=fields(message_id=message.message_id,
                                                                request_id=request_id, reason=reason[:500]))
         data, attributes = rejected_event(reason, request_id=request_id, message_id=message.message_id,
                                           destination=destination, dicom_store=self._s.dicom_store,
-                                          now=datetime.fromtimestamp(self._clock(), UTC))
+                                          now=datetime.fromtimestamp(self._clock(), UTC), kind=kind)
         self._publisher.publish(data, attributes)
         return ExportOutcome("rejected", reason)
 
@@ -185,6 +231,16 @@ class ExportOnMessage:
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
     yield first
     yield from rest
+
+
+def _action_of(data: bytes) -> str | None:
+    """The action of a request that failed validation, if it names one (for the event's kind)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    value = body.get("action") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _request_id_of(data: bytes) -> str | None:

@@ -10,7 +10,10 @@ Decisions (each one is tested):
   object; duplicate keys, `NaN`/`Infinity` and `null` values are rejected; unknown fields too.
 - `requestId`: 1-256 characters of `A-Z a-z 0-9 . _ - :` (`REQUEST_ID_CHARSET`). It is only ever
   used hashed in object names (`dedup_key`), but it also lands in logs and events verbatim.
-- Selector: at most one of `resources`, `filterUri`, `query`; none means the whole store.
+- `action`: `export` (the default) or `setStorageClass` (with `storageClass`, and without
+  `destination` and `mimeType`); `redrive` never reaches this parser (functions.redrive).
+- Selector: at most one of `resources`, `filterUri`, `query`, `sql`; none means the whole store.
+- `sql`: one SELECT/WITH statement (`functions.sql_selection.check_sql`); run by the function.
 - `resources`: `/studies/U`, `/studies/U/series/U` or `/studies/U/series/U/instances/U` exactly.
   UIDs follow DICOM PS3.5 section 9.1: components of digits separated by dots, no empty component,
   no leading zero in a multi-digit component, at most 64 characters. Leading zeros are rejected:
@@ -35,6 +38,7 @@ from datetime import date
 from typing import Any
 
 from functions.errors import InvalidEventError, InvalidExportRequestError
+from functions.sql_selection import check_sql
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # the Pub/Sub message size limit
 MAX_REQUEST_ID_LENGTH = 256
@@ -45,8 +49,14 @@ MAX_UID_LENGTH = 64
 MAX_DESTINATION_PREFIX_BYTES = 768
 MAX_OBJECT_NAME_BYTES = 1024
 
-FIELDS = ("requestId", "destination", "resources", "filterUri", "query", "mimeType")
-SELECTOR_FIELDS = ("resources", "filterUri", "query")
+FIELDS = ("requestId", "destination", "resources", "filterUri", "query", "sql", "mimeType", "action",
+          "storageClass")
+SELECTOR_FIELDS = ("resources", "filterUri", "query", "sql")
+EXPORT = "export"
+SET_STORAGE_CLASS = "setStorageClass"
+ACTIONS = (EXPORT, SET_STORAGE_CLASS)  # "redrive" is routed before this parser (functions.redrive)
+# BlobStorageSettings.blobStorageClass, without BLOB_STORAGE_CLASS_UNSPECIFIED.
+BLOB_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 
 # Study-level QIDO-RS matching keys we pass on (PS3.18 table 10.6.1-5 lists them as required
 # study matching keys). Value rules per VR, PS3.5 6.2: LO 64 chars, SH and CS 16 chars.
@@ -121,34 +131,52 @@ class QuerySelector:
 
 
 @dataclass(frozen=True)
+class SqlSelector:
+    """One BigQuery Standard SQL SELECT statement (checked by `functions.sql_selection.check_sql`)."""
+
+    sql: str
+
+
+@dataclass(frozen=True)
 class WholeStore:
-    """No selector: export every instance of the store."""
+    """No selector: every instance of the store."""
 
 
-Selector = ResourcesSelector | FilterUriSelector | QuerySelector | WholeStore
+Selector = ResourcesSelector | FilterUriSelector | QuerySelector | SqlSelector | WholeStore
 
 
 @dataclass(frozen=True)
 class ExportRequest:
-    destination: str  # normalised gs://bucket[/prefix], no trailing slash
+    """An export (`action` "export") or a storage-class change (`action` "setStorageClass")."""
+
+    destination: str | None  # export: normalised gs://bucket[/prefix], no trailing slash; else None
     selector: Selector
     mime_type: str | None = None  # normalised; None = the API's default (original format)
     request_id: str | None = None
+    action: str = EXPORT
+    storage_class: str | None = None  # setStorageClass: one of BLOB_STORAGE_CLASSES
 
     def to_dict(self) -> dict[str, Any]:
         """The request in contract form; `parse_export_request` of its JSON gives it back."""
         out: dict[str, Any] = {}
         if self.request_id is not None:
             out["requestId"] = self.request_id
-        out["destination"] = self.destination
+        if self.action != EXPORT:
+            out["action"] = self.action
+        if self.destination is not None:
+            out["destination"] = self.destination
         if isinstance(self.selector, ResourcesSelector):
             out["resources"] = list(self.selector.paths)
         elif isinstance(self.selector, FilterUriSelector):
             out["filterUri"] = self.selector.uri
         elif isinstance(self.selector, QuerySelector):
             out["query"] = dict(self.selector.params)
+        elif isinstance(self.selector, SqlSelector):
+            out["sql"] = self.selector.sql
         if self.mime_type is not None:
             out["mimeType"] = self.mime_type
+        if self.storage_class is not None:
+            out["storageClass"] = self.storage_class
         return out
 
 
@@ -182,18 +210,27 @@ def parse_export_request(data: bytes, *, allowed_destinations: Sequence[str] | N
                 f"of {REQUEST_ID_CHARSET}"
             )
 
-    if "destination" not in body:
-        raise _reject("destination is required (gs://bucket[/prefix])")
-    destination = normalize_destination(_require_str(body, "destination"))
-    if allowed_destinations is not None and not destination_allowed(destination, allowed_destinations):
-        allowed = ", ".join(_show(p, 80) for p in allowed_destinations[:5]) or "none configured"
-        raise _reject(f"destination {_show(destination)} is not inside an allowed prefix ({allowed})")
+    action = _parse_action(body)
+    destination = None
+    if action == EXPORT:
+        if "storageClass" in body:
+            raise _reject('storageClass belongs to "action": "setStorageClass"; an export has no storage class')
+        if "destination" not in body:
+            raise _reject("destination is required (gs://bucket[/prefix])")
+        destination = normalize_destination(_require_str(body, "destination"))
+        if allowed_destinations is not None and not destination_allowed(destination, allowed_destinations):
+            allowed = ", ".join(_show(p, 80) for p in allowed_destinations[:5]) or "none configured"
+            raise _reject(f"destination {_show(destination)} is not inside an allowed prefix ({allowed})")
+    else:
+        for key in ("destination", "mimeType"):
+            if key in body:
+                raise _reject(f'{key} belongs to an export; "action": "{action}" takes none')
 
     given = [key for key in SELECTOR_FIELDS if key in body]
     if len(given) > 1:
         raise _reject(
-            f"give at most one of resources, filterUri, query (got {' and '.join(given)}); "
-            "none of them exports the whole store"
+            f"give at most one of resources, filterUri, query, sql (got {' and '.join(given)}); "
+            "none of them selects the whole store"
         )
     selector: Selector = WholeStore()
     if "resources" in body:
@@ -202,13 +239,33 @@ def parse_export_request(data: bytes, *, allowed_destinations: Sequence[str] | N
         selector = FilterUriSelector(_parse_filter_uri(_require_str(body, "filterUri")))
     elif "query" in body:
         selector = QuerySelector(_parse_query(body["query"]))
+    elif "sql" in body:
+        selector = SqlSelector(check_sql(_require_str(body, "sql")))
+
+    storage_class = None
+    if action == SET_STORAGE_CLASS:
+        if "storageClass" not in body:
+            raise _reject(f"storageClass is required for \"action\": \"{action}\" ({', '.join(BLOB_STORAGE_CLASSES)})")
+        storage_class = _require_str(body, "storageClass")
+        if storage_class not in BLOB_STORAGE_CLASSES:
+            raise _reject(f"storageClass {_show(storage_class, 40)} is not one of {', '.join(BLOB_STORAGE_CLASSES)}")
 
     mime_type = None
     if "mimeType" in body:
         mime_type = normalize_mime_type(_require_str(body, "mimeType"))
     return ExportRequest(
-        destination=destination, selector=selector, mime_type=mime_type, request_id=request_id
+        destination=destination, selector=selector, mime_type=mime_type, request_id=request_id,
+        action=action, storage_class=storage_class,
     )
+
+
+def _parse_action(body: Mapping[str, Any]) -> str:
+    if "action" not in body:
+        return EXPORT
+    action = _require_str(body, "action")
+    if action not in ACTIONS:
+        raise _reject(f"action {_show(action, 40)} is not one of {', '.join(ACTIONS)}, redrive")
+    return action
 
 
 def is_valid_request_id(value: object) -> bool:

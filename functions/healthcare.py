@@ -106,6 +106,18 @@ class HealthcareClient:
             body["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
         return self._start_operation(f"{self._base}/v1/{self._store}:export", body)
 
+    def set_blob_storage_settings(self, filter_uri: str | None, storage_class: str) -> str:
+        """Starts v1 `dicomStores.setBlobStorageSettings` on the store: the instances the filter
+        file names (every instance when None) move to `storage_class`; the operation name.
+
+        Raises `UnknownOutcomeError` when the operation may or may not have started.
+        """
+        body: dict[str, Any] = {"blobStorageSettings": {"blobStorageClass": storage_class}}
+        if filter_uri:
+            # filterConfig needs the store itself as the resource (not a study or series).
+            body["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
+        return self._start_operation(f"{self._base}/v1/{self._store}:setBlobStorageSettings", body)
+
     def list_operations(self, dataset: str) -> Iterator[dict[str, Any]]:
         """`operations.list` of a dataset, every page (no server-side filter: its syntax is undocumented)."""
         url = f"{self._base}/v1/{dataset}/operations"

@@ -1,7 +1,7 @@
 """Queued LRO starts, a per-store semaphore of LRO slots, and tracked operations.
 
-A job is one `dicomStores.import` or `dicomStores.export` call waiting to be made. Jobs are
-durable objects (`jobs/`), started by whoever holds a free slot (`slots/i`, at most
+A job is one `dicomStores.import`, `dicomStores.export` or `dicomStores.setBlobStorageSettings`
+call waiting to be made. Jobs are durable objects (`jobs/`), started by whoever holds a free slot (`slots/i`, at most
 `DICOM_MAX_CONCURRENT_OPERATIONS` of them); a started job becomes a tracked operation
 (`operations/`) that the poller watches. See docs/state.md.
 
@@ -29,7 +29,7 @@ from functions.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["import", "export"]
+Kind = Literal["import", "export", "storageClass"]  # storageClass: dicomStores.setBlobStorageSettings
 REFUSED_PREFIX = "refused-"  # operation ids of starts the API refused (see `_record_refusal`)
 _READ_THREADS = 16
 
@@ -378,6 +378,10 @@ class JobQueue:
     def _start(self, job: Job) -> str:
         if job.kind == "import":
             return self._hc.import_dicom(job.import_uri, storage_class=job.storage_class)
+        if job.kind == "storageClass":
+            if not job.storage_class:
+                raise ValueError(f"storageClass job {job.job_id} has no storage class")
+            return self._hc.set_blob_storage_settings(job.filter_uri, job.storage_class)
         return self._hc.export_dicom(job.destination, mime_type=job.mime_type, filter_uri=job.filter_uri)
 
     def _record_refusal(self, job: Job, exc: PermanentApiError) -> str:

@@ -21,7 +21,7 @@ class Publisher:
     def _publisher(self) -> Any:
         with self._lock:
             if self._client is None:
-                from google.cloud import pubsub_v1
+                import google.cloud.pubsub_v1 as pubsub_v1
 
                 self._client = pubsub_v1.PublisherClient()
             return self._client

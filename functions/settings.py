@@ -22,6 +22,7 @@ TOPIC_NAME_RE = re.compile(r"^projects/[^/]+/topics/[A-Za-z][-A-Za-z0-9._~%+]{2,
 BUCKET_RE = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
 STORAGE_CLASSES = frozenset({"STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"})
 DEFAULT_HEALTHCARE_API_URL = "https://healthcare.googleapis.com"
+DEFAULT_BIGQUERY_API_URL = "https://bigquery.googleapis.com"
 
 # Variables read by every function.
 _COMMON = (
@@ -49,7 +50,8 @@ FUNCTION_VARIABLES: Mapping[str, frozenset[str]] = {
     "import_dicom_on_upload": frozenset(_COMMON + _IMPORT + ("DICOM_MAX_EVENT_AGE_SECONDS",)),
     "export_dicom_on_message": frozenset(
         _COMMON
-        + ("DICOM_COMPLETION_TOPIC", "DICOM_EXPORT_ALLOWED_DESTINATIONS", "DICOM_MAX_EVENT_AGE_SECONDS")
+        + ("DICOM_COMPLETION_TOPIC", "DICOM_EXPORT_ALLOWED_DESTINATIONS", "DICOM_MAX_EVENT_AGE_SECONDS",
+           "BIGQUERY_API_URL", "DICOM_SQL_MAX_ROWS", "DICOM_SQL_TIMEOUT_SECONDS")
     ),
     "poll_dicom_operations": frozenset(
         _COMMON + _IMPORT + ("DICOM_COMPLETION_TOPIC", "DICOM_POLL_CONCURRENCY", "DICOM_FAILED_OBJECTS_CAP")
@@ -78,6 +80,9 @@ class Settings:
     max_event_age_seconds: float = 3600.0  # DICOM_MAX_EVENT_AGE_SECONDS: older events are dropped
     storage_class_by_prefix: tuple[tuple[str, str], ...] = ()  # DICOM_STORAGE_CLASS_BY_PREFIX: "p/=NEARLINE,..."
     export_allowed_destinations: tuple[str, ...] = ()  # DICOM_EXPORT_ALLOWED_DESTINATIONS: gs:// prefixes
+    bigquery_api_url: str = DEFAULT_BIGQUERY_API_URL  # BIGQUERY_API_URL: the `sql` selector's BigQuery
+    sql_max_rows: int = 1_000_000  # DICOM_SQL_MAX_ROWS: more rows from a `sql` selector are REJECTED
+    sql_timeout_seconds: float = 300.0  # DICOM_SQL_TIMEOUT_SECONDS: a slower `sql` query is REJECTED
     poll_concurrency: int = 16  # DICOM_POLL_CONCURRENCY: parallel operations.get calls
     failed_objects_cap: int = 100  # DICOM_FAILED_OBJECTS_CAP: names listed in a completion event
     http_timeout_seconds: float = 60.0  # DICOM_HTTP_TIMEOUT_SECONDS: per HTTP call
@@ -137,6 +142,9 @@ class Settings:
             export_allowed_destinations=reader.optional(
                 "DICOM_EXPORT_ALLOWED_DESTINATIONS", _gcs_prefixes, ()
             ),
+            bigquery_api_url=reader.optional("BIGQUERY_API_URL", _url, DEFAULT_BIGQUERY_API_URL),
+            sql_max_rows=reader.optional("DICOM_SQL_MAX_ROWS", _positive_int, 1_000_000),
+            sql_timeout_seconds=reader.optional("DICOM_SQL_TIMEOUT_SECONDS", _positive_float, 300.0),
             poll_concurrency=reader.optional("DICOM_POLL_CONCURRENCY", _positive_int, 16),
             failed_objects_cap=reader.optional("DICOM_FAILED_OBJECTS_CAP", _positive_int, 100),
             http_timeout_seconds=reader.optional("DICOM_HTTP_TIMEOUT_SECONDS", _positive_float, 60.0),

@@ -22,7 +22,8 @@ CLOCK_SKEW_SECONDS = 10.0
 # after this long without one is the start taken to have started nothing.
 MIN_UNKNOWN_OUTCOME_SECONDS = 600.0
 
-_METHOD_SUFFIX = {"import": "ImportDicomData", "export": "ExportDicomData"}
+_METHOD_SUFFIX = {"import": "ImportDicomData", "export": "ExportDicomData",
+                  "storageClass": "SetBlobStorageSettings"}
 _FRACTION = re.compile(r"\.(\d+)")
 
 

@@ -5,6 +5,7 @@
 locals {
   services = toset([
     "artifactregistry.googleapis.com", # function images
+    "bigquery.googleapis.com",         # the store's stream table; sql selectors
     "cloudbuild.googleapis.com",       # function builds
     "cloudfunctions.googleapis.com",
     "cloudresourcemanager.googleapis.com", # project-level IAM grants

@@ -136,6 +136,9 @@ locals {
 
   env_export = {
     DICOM_EXPORT_ALLOWED_DESTINATIONS = join(",", local.export_allowed_destinations)
+    BIGQUERY_API_URL                  = var.bigquery_api_url
+    DICOM_SQL_MAX_ROWS                = tostring(var.sql_max_rows)
+    DICOM_SQL_TIMEOUT_SECONDS         = tostring(var.sql_timeout_seconds)
   }
 
   env_poll = {

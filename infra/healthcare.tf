@@ -38,6 +38,14 @@ resource "google_healthcare_dicom_store" "store" {
   dataset = local.dataset_name
   labels  = local.labels
 
-  # With existing_dataset nothing else orders this after the API is enabled.
-  depends_on = [google_project_service.enabled]
+  # Every stored instance's metadata lands in BigQuery, where sql selectors find it.
+  stream_configs {
+    bigquery_destination {
+      table_uri = local.stream_table_uri
+    }
+  }
+
+  # With existing_dataset nothing else orders this after the API is enabled; the stream needs the
+  # service agent's grant on the dataset first.
+  depends_on = [google_project_service.enabled, google_bigquery_dataset_iam_member.grants]
 }

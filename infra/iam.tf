@@ -48,6 +48,11 @@ locals {
       description = "QIDO-RS search and WADO-RS metadata on the store it is granted on."
       permissions = ["healthcare.dicomStores.dicomWebRead"]
     }
+    dicomStorageClassWriter = {
+      title       = "DICOM pipeline: storage class"
+      description = "Start dicomStores.setBlobStorageSettings on the store it is granted on (the method checks dicomWebWrite)."
+      permissions = ["healthcare.dicomStores.dicomWebWrite"]
+    }
     operationReader = {
       title       = "DICOM pipeline: operations.get"
       description = "Read the long-running operations of the dataset it is granted on."
@@ -80,6 +85,9 @@ locals {
     poll-importer   = { role = "dicomImporter", member = local.runtime["poll"] }    # starts queued imports
     poll-exporter   = { role = "dicomExporter", member = local.runtime["poll"] }    # starts queued exports
     poll-dicomweb   = { role = "dicomWebReader", member = local.runtime["poll"] }   # which objects did not land
+    # setStorageClass requests: started by the export function, or by the poller when queued.
+    export-storage-class = { role = "dicomStorageClassWriter", member = local.runtime["export"] }
+    poll-storage-class   = { role = "dicomStorageClassWriter", member = local.runtime["poll"] }
   }
 
   # operations.get is checked on the dataset (the operations' parent), not on the store.

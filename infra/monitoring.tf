@@ -17,7 +17,7 @@ locals {
   ])
 
   metric_label_descriptions = {
-    kind  = "import or export"
+    kind  = "import, export or storageClass"
     state = "SUCCEEDED, SUCCEEDED_WITH_ERRORS, FAILED or CANCELLED"
   }
 

@@ -351,6 +351,67 @@ variable "healthcare_api_url" {
   }
 }
 
+variable "stream_dataset_id" {
+  description = "BigQuery dataset the DICOM store streams its metadata to (streamConfigs); sql selectors query it."
+  type        = string
+  default     = "dicom_stream"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.stream_dataset_id))
+    error_message = "stream_dataset_id may contain letters, digits and '_'."
+  }
+}
+
+variable "stream_table_id" {
+  description = "Table in stream_dataset_id the store streams to (the Healthcare API creates it)."
+  type        = string
+  default     = "instances"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]{1,1024}$", var.stream_table_id))
+    error_message = "stream_table_id may contain letters, digits and '_'."
+  }
+}
+
+variable "bigquery_kms_key_name" {
+  description = "Cloud KMS key for the stream dataset (CMEK); null: Google-managed encryption."
+  type        = string
+  default     = null
+}
+
+variable "bigquery_api_url" {
+  description = "BIGQUERY_API_URL: base URL of BigQuery for the export function's sql selector (a local BigQuery in development)."
+  type        = string
+  default     = "https://bigquery.googleapis.com"
+
+  validation {
+    condition     = can(regex("^https?://[^/\\s]+", var.bigquery_api_url))
+    error_message = "bigquery_api_url must be an http(s) URL."
+  }
+}
+
+variable "sql_max_rows" {
+  description = "DICOM_SQL_MAX_ROWS: a sql selector that returns more rows is REJECTED."
+  type        = number
+  default     = 1000000
+
+  validation {
+    condition     = var.sql_max_rows >= 1 && floor(var.sql_max_rows) == var.sql_max_rows
+    error_message = "sql_max_rows must be an integer >= 1."
+  }
+}
+
+variable "sql_timeout_seconds" {
+  description = "DICOM_SQL_TIMEOUT_SECONDS: a sql selector query that runs longer is cancelled and REJECTED."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.sql_timeout_seconds > 0
+    error_message = "sql_timeout_seconds must be > 0."
+  }
+}
+
 variable "max_concurrent_operations" {
   description = "DICOM_MAX_CONCURRENT_OPERATIONS: import/export LROs running at once on the store (Google suggests about 5)."
   type        = number

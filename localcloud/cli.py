@@ -181,13 +181,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     try:
+        storage_class = getattr(args, "storage_class", None)
         request = export_cli.build_request(
-            destination=args.destination, resources=args.resources, filter_uri=args.filter_uri,
-            query=args.query, mime_type=args.mime_type, request_id=args.request_id,
+            destination=getattr(args, "destination", None), resources=args.resources, filter_uri=args.filter_uri,
+            query=args.query, sql=args.sql, mime_type=getattr(args, "mime_type", None), request_id=args.request_id,
+            storage_class=storage_class,
         )
     except export_cli.RequestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    label = "storage-class" if storage_class else "export"
     cloud = _connect(args.state_dir)
     if cloud is None:
         return 1
@@ -198,14 +201,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         except _STACK_ERRORS as exc:
             return _stack_error(exc)
     if not args.json:
-        for line in export_cli.render_result(result):
+        for line in export_cli.render_result(result, label):
             print(line)
     elif result.event is None:
-        for line in export_cli.render_result(result):
+        for line in export_cli.render_result(result, label):
             print(line, file=sys.stderr)
     else:
         if result.repeated:  # stdout carries only the event
-            print(export_cli.render_result(result)[0], file=sys.stderr)
+            print(export_cli.render_result(result, label)[0], file=sys.stderr)
         _print_json(result.event)
     return 0 if result.ok else 1
 
@@ -313,13 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     state_dir(ingest_parser)
 
+    def selectors(sub: argparse.ArgumentParser, required: bool) -> None:
+        selector = sub.add_mutually_exclusive_group(required=required)
+        selector.add_argument("--resources", nargs="+", metavar="PATH",
+                              help="DICOMweb paths: /studies/U[/series/U[/instances/U]]")
+        selector.add_argument("--filter-uri", metavar="URI", help="gs:// filter file, one resource path a line")
+        selector.add_argument("--query", nargs="+", metavar="KEY=VALUE",
+                              help="study-level QIDO-RS keys, e.g. PatientID=P1 StudyDate=20240101-20241231")
+        selector.add_argument("--sql", metavar="SELECT",
+                              help="BigQuery Standard SQL returning resource paths or the UID columns")
+
     export_parser = command("export", cmd_export, "publish an export request and wait for its completion event")
-    selector = export_parser.add_mutually_exclusive_group(required=True)
-    selector.add_argument("--resources", nargs="+", metavar="PATH",
-                          help="DICOMweb paths: /studies/U[/series/U[/instances/U]]")
-    selector.add_argument("--filter-uri", metavar="URI", help="gs:// filter file, one resource path a line")
-    selector.add_argument("--query", nargs="+", metavar="KEY=VALUE",
-                          help="study-level QIDO-RS keys, e.g. PatientID=P1 StudyDate=20240101-20241231")
+    selectors(export_parser, required=True)
     export_parser.add_argument("--destination", required=True, metavar="gs://BUCKET[/PREFIX]")
     export_parser.add_argument("--mime-type", metavar="TYPE",
                                help="e.g. 'application/dicom; transfer-syntax=1.2.840.10008.1.2.1' or image/png")
@@ -329,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
                                metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
     export_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
     state_dir(export_parser)
+
+    class_parser = command("storage-class", cmd_export, "move the selected instances (no selector: the whole "
+                           "store) to a storage class and wait for the completion event")
+    selectors(class_parser, required=False)
+    class_parser.add_argument("--class", dest="storage_class", required=True,
+                              choices=("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"))
+    class_parser.add_argument("--request-id", metavar="ID", help="default: cli-<uuid>; a repeated id "
+                              "starts no second change")
+    class_parser.add_argument("--timeout", type=_positive, default=export_cli.DEFAULT_TIMEOUT_SECONDS,
+                              metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
+    class_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
+    state_dir(class_parser)
 
     redrive_parser = command("redrive", cmd_redrive, "re-import the objects a failed import's receipt names "
                              "(those still not in the store) and wait for the redrive's completion event")

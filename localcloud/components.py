@@ -311,6 +311,35 @@ def start_fake_gcs(
     )
 
 
+# --- BigQuery (crucible-emulator) -------------------------------------------------------------
+
+BIGQUERY_INSTALL_HINT = "The local BigQuery needs `crucible-emulator[server]` (requirements-dev.txt)."
+
+
+def start_bigquery_emulator(workdir: Path, port: int | None = None) -> Component:
+    """crucible-emulator's BigQuery REST API on DuckDB, its tables in `workdir/bigquery/`.
+
+    Projects need no creating: every project id in a URL is served (docs/decisions/0800).
+    """
+    port = port or free_port()
+    data_dir = Path(workdir) / "bigquery"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    crucible = Path(sys.executable).with_name("crucible")
+    if not crucible.is_file():
+        raise ComponentError(f"bigquery-emulator: {crucible} not found. {BIGQUERY_INSTALL_HINT}")
+    argv = [
+        str(crucible), "serve", "--dialect", "bigquery",
+        "--host", LOOPBACK, "--port", str(port), "--database", str(data_dir / "bigquery.duckdb"),
+    ]  # fmt: skip
+    return launch(
+        "bigquery-emulator",
+        argv,
+        workdir=workdir,
+        port=port,
+        ready=lambda url: http_answers(url + "/_crucible/health", expect_ok=True),
+    )
+
+
 # --- Healthcare API emulator ------------------------------------------------------------------
 
 
@@ -321,10 +350,12 @@ def start_healthcare_emulator(
     pubsub_host: str | None = None,
     require_auth: bool = False,
     name: str = "healthcare-emulator",
+    bigquery_url: str | None = None,
 ) -> Component:
     """`python -m localcloud.healthcare`; `storage_host` is the STORAGE_EMULATOR_HOST value (http://...),
     `pubsub_host` (host:port, default: this process's PUBSUB_EMULATOR_HOST) receives the DICOM
-    stores' Pub/Sub notifications; `require_auth` answers 401 without a bearer token."""
+    stores' Pub/Sub notifications; `bigquery_url` (http://host:port) receives BigQuery exports and
+    streamed rows; `require_auth` answers 401 without a bearer token."""
     port = port or free_port()
     data_dir = Path(workdir) / ("healthcare" if name == "healthcare-emulator" else name)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -337,6 +368,8 @@ def start_healthcare_emulator(
     ]  # fmt: skip
     if require_auth:
         argv.append("--require-auth")
+    if bigquery_url:
+        argv += ["--bigquery-url", bigquery_url]
     return launch(
         name,
         argv,

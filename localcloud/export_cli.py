@@ -49,24 +49,33 @@ def parse_query(pairs: Sequence[str]) -> dict[str, str]:
     return query
 
 
-def build_request(*, destination: str, resources: Sequence[str] | None = None, filter_uri: str | None = None,
-                  query: Sequence[str] | None = None, mime_type: str | None = None,
-                  request_id: str | None = None) -> dict[str, Any]:
+def build_request(*, destination: str | None = None, resources: Sequence[str] | None = None,
+                  filter_uri: str | None = None, query: Sequence[str] | None = None, sql: str | None = None,
+                  mime_type: str | None = None, request_id: str | None = None,
+                  storage_class: str | None = None) -> dict[str, Any]:
     """The export request message in contract form, validated; raises RequestError.
 
-    `request_id` defaults to `cli-<uuid4 hex>`.
+    With `storage_class` it is a storage-class change (`"action": "setStorageClass"`) instead of
+    an export. `request_id` defaults to `cli-<uuid4 hex>`.
     """
-    body: dict[str, Any] = {"requestId": request_id or f"cli-{uuid.uuid4().hex}", "destination": destination}
+    body: dict[str, Any] = {"requestId": request_id or f"cli-{uuid.uuid4().hex}"}
+    if storage_class is not None:
+        body["action"] = "setStorageClass"
+        body["storageClass"] = storage_class
+    if destination is not None:
+        body["destination"] = destination
     given = [name for name, value in (("--resources", resources), ("--filter-uri", filter_uri),
-                                      ("--query", query)) if value is not None]
+                                      ("--query", query), ("--sql", sql)) if value is not None]
     if len(given) > 1:
-        raise RequestError(f"give one of --resources, --filter-uri, --query (got {' and '.join(given)})")
+        raise RequestError(f"give one of --resources, --filter-uri, --query, --sql (got {' and '.join(given)})")
     if resources is not None:
         body["resources"] = list(resources)
     elif filter_uri is not None:
         body["filterUri"] = filter_uri
     elif query is not None:
         body["query"] = parse_query(query)
+    elif sql is not None:
+        body["sql"] = sql
     if mime_type is not None:
         body["mimeType"] = mime_type
     try:
@@ -95,9 +104,11 @@ class ExportResult:
 def run_export(cloud: LocalCloud, request: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
                reporter: Reporter | None = None) -> ExportResult:
     """Publishes `request` (built by `build_request`) and waits for its completion event."""
-    key = dedup_key(parse_export_request(json.dumps(request).encode()), "")
+    parsed = parse_export_request(json.dumps(request).encode())
+    key = dedup_key(parsed, "")
     repeated = cloud.gcs.read(cloud.state_bucket, cloud.state_path("exports", f"{key}.json")) is not None
-    return publish_and_wait(cloud, request, kind="export", repeated=repeated, timeout=timeout, reporter=reporter)
+    kind = "storageClass" if parsed.action == "setStorageClass" else "export"
+    return publish_and_wait(cloud, request, kind=kind, repeated=repeated, timeout=timeout, reporter=reporter)
 
 
 def publish_and_wait(cloud: LocalCloud, request: dict[str, Any], *, kind: str, repeated: bool,

@@ -64,6 +64,7 @@ def render_endpoints(
     storage: str,
     pubsub: str,
     healthcare: str,
+    bigquery: str,
     functions: Mapping[str, str],
     logs: Path,
     processes: Mapping[str, int],
@@ -73,6 +74,7 @@ def render_endpoints(
         "storage": storage,
         "pubsub": pubsub,
         "healthcare": healthcare,
+        "bigquery": bigquery,
         "project": config.project,
         "location": config.location,
         "dataset": config.dataset_path,
@@ -105,6 +107,7 @@ def env_exports(endpoints: Mapping[str, Any]) -> str:
             f"export STORAGE_EMULATOR_HOST={endpoints['storage']}",
             f"export PUBSUB_EMULATOR_HOST={endpoints['pubsub']}",
             f"export HEALTHCARE_API_URL={endpoints['healthcare']}",
+            f"export BIGQUERY_EMULATOR_URL={endpoints['bigquery']}",
             f"export GOOGLE_CLOUD_PROJECT={endpoints['project']}",
         ]
     )
@@ -227,10 +230,11 @@ class Stack:
             for role, target in FUNCTION_TARGETS.items()
             if role in wanted and role not in external and target in available
         ]
-        ports = {name: components.free_port() for name in ("pubsub", "storage", "healthcare")}
+        ports = {name: components.free_port() for name in ("pubsub", "storage", "healthcare", "bigquery")}
         pubsub = f"{components.LOOPBACK}:{ports['pubsub']}"
         storage = f"http://{components.LOOPBACK}:{ports['storage']}"
         healthcare = f"http://{components.LOOPBACK}:{ports['healthcare']}"
+        bigquery = f"http://{components.LOOPBACK}:{ports['bigquery']}"
         # role -> the port of each of its instances
         instance_ports = {role: [components.free_port() for _ in range(instances.get(role, 1))] for role in local_roles}
         functions: dict[str, str] = {}
@@ -269,15 +273,22 @@ class Stack:
             return [broker, gcs]
 
         def healthcare_api() -> list[Component]:
-            emulator = components.start_healthcare_emulator(
-                self.state_dir, storage, port=ports["healthcare"], pubsub_host=pubsub
-            )
+            # The BigQuery emulator first: the Healthcare emulator writes stream rows to it.
+            warehouse = components.start_bigquery_emulator(self.state_dir, port=ports["bigquery"])
+            try:
+                emulator = components.start_healthcare_emulator(
+                    self.state_dir, storage, port=ports["healthcare"], pubsub_host=pubsub, bigquery_url=bigquery
+                )
+            except BaseException:
+                warehouse.stop()
+                raise
             try:
                 provision.create_dicom_store(healthcare, config)
             except BaseException:
                 emulator.stop()
+                warehouse.stop()
                 raise
-            return [emulator]
+            return [warehouse, emulator]
 
         launchers: dict[str, tuple[str, Callable[[], Component]]] = {}  # task name -> (role, launcher)
         for role, role_ports in instance_ports.items():
@@ -292,7 +303,7 @@ class Stack:
 
         tasks: dict[str, Callable[[], list[Component]]] = {
             "pubsub-emulator + fake-gcs": messaging_and_storage,
-            "healthcare-emulator": healthcare_api,
+            "bigquery-emulator + healthcare-emulator": healthcare_api,
             **{task: _as_list(start) for task, (_, start) in launchers.items()},
         }
         launched = self._run_in_parallel(tasks)
@@ -313,6 +324,7 @@ class Stack:
             storage=storage,
             pubsub=pubsub,
             healthcare=healthcare,
+            bigquery=bigquery,
             functions=functions,
             logs=self.logs_dir,
             processes=processes,

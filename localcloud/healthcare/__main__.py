@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="answer 401 UNAUTHENTICATED to API calls without a bearer token, as Google does",
     )
+    parser.add_argument(
+        "--bigquery-url",
+        default=None,
+        help="local BigQuery (http://host:port) for BigQuery exports and stream configs "
+        "(default: $BIGQUERY_EMULATOR_URL)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         operation_delay=args.operation_delay,
         pubsub_host=args.pubsub_host,
         require_auth=args.require_auth,
+        bigquery_url=args.bigquery_url,
     )
     server = make_server(args.host, args.port, app, threaded=True)
     # SIGTERM ends serve_forever() via SystemExit, so the finally block closes the socket.

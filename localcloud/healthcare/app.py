@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import zoneinfo
 from collections.abc import Callable
@@ -16,9 +17,10 @@ from werkzeug.exceptions import HTTPException
 
 from . import deletion, dicomweb, errors, iam, management, sysparams
 from .body import parse_json, parse_request
+from .bqsink import BigQuerySink
 from .discovery import VERSIONS, discovery
 from .errors import ApiError, already_exists, invalid_argument, not_found, unimplemented
-from .exporter import export_worker, parse_export_request
+from .exporter import BigQueryExportRequest, bigquery_export_worker, export_worker, parse_export_request
 from .faults import Faults, MethodFault, OperationFault
 from .gcs import GcsClient
 from .importer import import_worker, parse_import_request
@@ -27,6 +29,7 @@ from .notifications import Notifier
 from .operations import Operations
 from .stats import Stats
 from .store import Store
+from .streaming import Streamer
 
 log = logging.getLogger("localcloud.healthcare")
 
@@ -56,8 +59,12 @@ class Emulator:
         operation_delay: float,
         pubsub_host: str | None = None,
         require_auth: bool = False,
+        bigquery_url: str | None = None,
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        # BigQuery destinations (exports, stream configs) are written there; None: refused.
+        self.bigquery_url = bigquery_url or os.environ.get("BIGQUERY_EMULATOR_URL") or None
+        self.bigquery = BigQuerySink(self.bigquery_url) if self.bigquery_url else None
         self.store = Store(data_dir)
         self.gcs = GcsClient(storage_host)
         self.stats = Stats()
@@ -68,6 +75,8 @@ class Emulator:
         for name, config in self.store.all_store_configs():
             self.notifier.configure(name, config)
         self.store.add_instance_listener(self.notifier.instance_stored)
+        self.streamer = Streamer(self.store, self.bigquery)
+        self.store.add_instance_listener(self.streamer.instance_stored)
 
 
 @dataclass(frozen=True)
@@ -251,8 +260,8 @@ def create_dicom_store(emu: Emulator, call: Call) -> Any:
 
 def _save_store(emu: Emulator, name: str, labels: dict[str, str], config: dict[str, Any]) -> Any:
     emu.store.set_store_config(name, config, labels)
-    if config.get("streamConfigs"):
-        log.warning("%s: streamConfigs are kept but nothing is streamed (no BigQuery locally)", name)
+    if config.get("streamConfigs") and emu.bigquery is None:
+        log.warning("%s: streamConfigs are kept but nothing is streamed (no --bigquery-url)", name)
     resource = management.store_resource(emu.store, name)
     assert resource is not None
     emu.notifier.configure(name, resource)
@@ -310,7 +319,11 @@ def import_dicom(emu: Emulator, call: Call) -> Any:
 @route("POST", rf"{_STORE}:export", "export", api="datasets.dicomStores.export")
 def export_dicom(emu: Emulator, call: Call) -> Any:
     _need_store(emu, call)
-    worker = export_worker(emu.store, emu.gcs, call.store, parse_export_request(call.body))
+    request = parse_export_request(call.body, call.store.split("/")[1])
+    if isinstance(request, BigQueryExportRequest):
+        worker = bigquery_export_worker(emu.store, emu.gcs, emu.bigquery, call.store, request)
+    else:
+        worker = export_worker(emu.store, emu.gcs, call.store, request)
     return emu.operations.start(call.dataset, call.version, "ExportDicomData", worker)
 
 
@@ -541,11 +554,13 @@ def create_app(
     operation_delay: float = 0.0,
     pubsub_host: str | None = None,
     require_auth: bool = False,
+    bigquery_url: str | None = None,
 ) -> Flask:
     """The emulator as a WSGI app. `storage_host` defaults to STORAGE_EMULATOR_HOST, `pubsub_host`
     (where store notifications go) to PUBSUB_EMULATOR_HOST; `require_auth` answers 401 to API
-    calls without a bearer token, as Google does."""
-    emu = Emulator(Path(data_dir), storage_host, operation_delay, pubsub_host, require_auth)
+    calls without a bearer token, as Google does; `bigquery_url` (default: BIGQUERY_EMULATOR_URL) is
+    the local BigQuery that BigQuery exports and stream configs write to."""
+    emu = Emulator(Path(data_dir), storage_host, operation_delay, pubsub_host, require_auth, bigquery_url)
     app = Flask("localcloud.healthcare")
     app.extensions["healthcare_emulator"] = emu
 

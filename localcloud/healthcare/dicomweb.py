@@ -110,7 +110,7 @@ def _storage_info(store: Store, store_name: str, rest: str, study: str, series: 
         "blobStorageInfo": {
             "sizeBytes": str(row.size),
             "storageClass": row.storage_class,
-            "storageClassUpdateTime": row.stored_at,
+            "storageClassUpdateTime": store.storage_class_updated_at(store_name, sop) or row.stored_at,
         },
         "structuredStorageInfo": {"sizeBytes": str(len(json.dumps(row.attrs)))},
     }

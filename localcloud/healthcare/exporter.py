@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import errors
-from .errors import invalid_argument
+from .bqrows import InstanceFacts
+from .bqsink import WRITE_DISPOSITIONS, BigQuerySink, SinkError, TableRef, effective_disposition, parse_table_uri
+from .errors import invalid_argument, unimplemented
 from .filters import FilterFileError, parse_filter_file
 from .gcs import GcsClient, GcsError
 from .operations import OperationContext, OperationFailed, Worker
@@ -38,10 +40,22 @@ class ExportRequest:
         return _EXTENSIONS[self.media_type]
 
 
-def parse_export_request(body: dict[str, Any]) -> ExportRequest:
+@dataclass(frozen=True)
+class BigQueryExportRequest:
+    table: TableRef
+    disposition: str  # WRITE_EMPTY | WRITE_TRUNCATE | WRITE_APPEND
+    filter_uri: str | None
+
+
+def parse_export_request(body: dict[str, Any], store_project: str = "") -> ExportRequest | BigQueryExportRequest:
+    """The destination of an ExportDicomDataRequest: gcsDestination or bigqueryDestination (a union)."""
+    if "gcsDestination" in body and "bigqueryDestination" in body:
+        raise invalid_argument("only one of gcsDestination and bigqueryDestination may be set")
+    if "bigqueryDestination" in body:
+        return _parse_bigquery_request(body, store_project)
     destination = body.get("gcsDestination")
     if not isinstance(destination, dict) or not destination.get("uriPrefix"):
-        raise invalid_argument("gcsDestination.uriPrefix is required (BigQuery export is not emulated)")
+        raise invalid_argument("gcsDestination.uriPrefix or bigqueryDestination.tableUri is required")
     uri = str(destination["uriPrefix"])
     if not uri.startswith("gs://") or not uri[len("gs://") :].split("/", 1)[0]:
         raise invalid_argument(f"gcsDestination.uriPrefix must be gs://BUCKET[/PATH]: {uri!r}")
@@ -53,6 +67,28 @@ def parse_export_request(body: dict[str, Any]) -> ExportRequest:
     if filter_uri:
         split_gs_uri(str(filter_uri), "filterConfig.resourcePathsGcsUri")
     return ExportRequest(bucket, prefix, media_type, transfer_syntax, filter_uri or None)
+
+
+def _parse_bigquery_request(body: dict[str, Any], store_project: str) -> BigQueryExportRequest:
+    destination = body.get("bigqueryDestination")
+    if not isinstance(destination, dict):
+        raise invalid_argument("bigqueryDestination must be an object")
+    uri = str(destination.get("tableUri") or "")
+    table = parse_table_uri(uri)
+    if table is None:
+        raise invalid_argument(f"bigqueryDestination.tableUri must be bq://PROJECT.DATASET.TABLE: {uri!r}")
+    if store_project and table.project != store_project:
+        # "You can only export to a BigQuery dataset that's in the same project as the DICOM store."
+        raise invalid_argument(f"bigqueryDestination must be in the DICOM store's project {store_project!r}")
+    disposition = str(destination.get("writeDisposition") or "WRITE_DISPOSITION_UNSPECIFIED")
+    if disposition not in WRITE_DISPOSITIONS:
+        raise invalid_argument(f"unknown bigqueryDestination.writeDisposition {disposition!r}")
+    if destination.get("schemaJson") is not None:
+        raise unimplemented("bigqueryDestination.schemaJson is not emulated (schemaFlattened is)")
+    filter_uri = (body.get("filterConfig") or {}).get("resourcePathsGcsUri")
+    if filter_uri:
+        split_gs_uri(str(filter_uri), "filterConfig.resourcePathsGcsUri")
+    return BigQueryExportRequest(table, effective_disposition(destination), filter_uri or None)
 
 
 def parse_mime_type(mime_type: str) -> tuple[str, str | None]:
@@ -71,30 +107,60 @@ def parse_mime_type(mime_type: str) -> tuple[str, str | None]:
     return media_type, transfer_syntax
 
 
+def filtered(gcs: GcsClient, filter_uri: str, rows: list[InstanceRow]) -> list[InstanceRow]:
+    """The rows a filter file (`filterConfig.resourcePathsGcsUri`) selects."""
+    bucket, name = split_gs_uri(filter_uri, "filterConfig.resourcePathsGcsUri")
+    try:
+        text = gcs.download(bucket, name).decode("utf-8")
+    except GcsError as exc:
+        code = errors.RPC_NOT_FOUND if exc.status == 404 else errors.RPC_UNAVAILABLE
+        raise OperationFailed(code, f"cannot read filter file {filter_uri}: {exc}") from None
+    except UnicodeDecodeError:
+        raise OperationFailed(errors.RPC_INVALID_ARGUMENT, "filter file is not UTF-8 text") from None
+    try:
+        paths = parse_filter_file(text)
+    except FilterFileError as exc:
+        raise OperationFailed(errors.RPC_INVALID_ARGUMENT, str(exc)) from None
+    return [r for r in rows if any(p.selects(r.study, r.series, r.sop) for p in paths)]
+
+
+def instance_facts(row: InstanceRow) -> InstanceFacts:
+    return InstanceFacts(row.attrs, row.storage_class, row.stored_at, row.size)
+
+
+def bigquery_export_worker(
+    store: Store, gcs: GcsClient, sink: BigQuerySink | None, store_name: str, request: BigQueryExportRequest
+) -> Worker:
+    """One row per selected instance, written in one go: the table either gets all rows or none
+    of a failed batch (counters: every row of a failed batch is a failure)."""
+
+    def run(ctx: OperationContext) -> None:
+        if sink is None:
+            raise OperationFailed(errors.RPC_UNAVAILABLE, "no BigQuery endpoint configured (--bigquery-url)")
+        rows = store.instances(store_name)
+        if request.filter_uri:
+            rows = filtered(gcs, request.filter_uri, rows)
+        ctx.set_pending(len(rows))
+        ctx.checkpoint()
+        try:
+            sink.write(request.table, [instance_facts(r) for r in rows], request.disposition)
+        except SinkError as exc:
+            code = errors.RPC_NOT_FOUND if exc.not_found else errors.RPC_FAILED_PRECONDITION
+            raise OperationFailed(code, str(exc)) from None
+        for _ in rows:
+            ctx.succeeded()
+
+    return run
+
+
 def export_worker(store: Store, gcs: GcsClient, store_name: str, request: ExportRequest) -> Worker:
     def run(ctx: OperationContext) -> None:
         rows = store.instances(store_name)
         if request.filter_uri:
-            rows = _filtered(rows)
+            rows = filtered(gcs, request.filter_uri, rows)
         ctx.set_pending(len(rows))
         with ThreadPoolExecutor(EXPORT_THREADS, thread_name_prefix="export") as pool:
             list(pool.map(lambda row: export_one(ctx, row), rows))
-
-    def _filtered(rows: list[InstanceRow]) -> list[InstanceRow]:
-        assert request.filter_uri is not None
-        bucket, name = split_gs_uri(request.filter_uri, "filterConfig.resourcePathsGcsUri")
-        try:
-            text = gcs.download(bucket, name).decode("utf-8")
-        except GcsError as exc:
-            code = errors.RPC_NOT_FOUND if exc.status == 404 else errors.RPC_UNAVAILABLE
-            raise OperationFailed(code, f"cannot read filter file {request.filter_uri}: {exc}") from None
-        except UnicodeDecodeError:
-            raise OperationFailed(errors.RPC_INVALID_ARGUMENT, "filter file is not UTF-8 text") from None
-        try:
-            paths = parse_filter_file(text)
-        except FilterFileError as exc:
-            raise OperationFailed(errors.RPC_INVALID_ARGUMENT, str(exc)) from None
-        return [r for r in rows if any(p.selects(r.study, r.series, r.sop) for p in paths)]
 
     def export_one(ctx: OperationContext, row: InstanceRow) -> None:
         ctx.checkpoint()

@@ -168,6 +168,7 @@ class Store:
         with self._tx() as db:
             shas = {r["sha256"] for r in db.execute("SELECT sha256 FROM instances WHERE store = ?", (name,))}
             db.execute("DELETE FROM instances WHERE store = ?", (name,))
+            db.execute("DELETE FROM storage_class_updates WHERE store = ?", (name,))
             deleted = db.execute("DELETE FROM dicom_stores WHERE name = ?", (name,)).rowcount == 1
             still_used = {
                 r["sha256"]
@@ -379,6 +380,7 @@ class Store:
     def set_storage_class(self, store: str, sops: list[str], storage_class: str) -> dict[str, str]:
         """Move instances to `storage_class`; returns {sop: previous class} of those that changed."""
         changed: dict[str, str] = {}
+        updated_at = now_rfc3339()
         with self._tx() as db:
             for sop in sops:
                 row = db.execute(
@@ -389,8 +391,18 @@ class Store:
                 db.execute(
                     "UPDATE instances SET storage_class = ? WHERE store = ? AND sop = ?", (storage_class, store, sop)
                 )
+                db.execute(
+                    "INSERT INTO storage_class_updates VALUES (?, ?, ?)"
+                    " ON CONFLICT (store, sop) DO UPDATE SET updated_at = excluded.updated_at",
+                    (store, sop, updated_at),
+                )
                 changed[sop] = row["storage_class"]
         return changed
+
+    def storage_class_updated_at(self, store: str, sop: str) -> str | None:
+        """When `setBlobStorageSettings` last changed the instance's class; None: never."""
+        rows = self._query("SELECT updated_at FROM storage_class_updates WHERE store = ? AND sop = ?", (store, sop))
+        return str(rows[0]["updated_at"]) if rows else None
 
     def get_policy(self, resource: str) -> dict[str, Any] | None:
         rows = self._query("SELECT policy FROM iam_policies WHERE resource = ?", (resource,))
@@ -413,7 +425,8 @@ class Store:
     def clear(self) -> None:
         """Drop all data (control API reset with data=true)."""
         with self._tx() as db:
-            for table in ("instances", "small_blobs", "dicom_stores", "datasets", "operations"):
+            tables = ("instances", "small_blobs", "dicom_stores", "datasets", "operations", "storage_class_updates")
+            for table in tables:
                 db.execute(f"DELETE FROM {table}")
         for path in self.blob_dir.glob("*/*"):
             path.unlink()
@@ -434,6 +447,9 @@ class Store:
                 args.append(value)
         with self._tx() as db:
             shas = {r["sha256"] for r in db.execute(f"SELECT sha256 {sql}", args)}
+            db.execute(
+                f"DELETE FROM storage_class_updates WHERE store = ? AND sop IN (SELECT sop {sql})", [store, *args]
+            )
             deleted = db.execute(f"DELETE {sql}", args).rowcount
             still_used = {
                 r["sha256"]
@@ -455,6 +471,8 @@ def _store_json(row: sqlite3.Row) -> dict[str, Any]:
 _MANAGEMENT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS dicom_store_configs (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS iam_policies (resource TEXT PRIMARY KEY, policy TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS storage_class_updates (
+    store TEXT NOT NULL, sop TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (store, sop));
 """
 
 # Called inside the storing transaction: must be quick and must not write to the index.

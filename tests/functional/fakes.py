@@ -11,6 +11,8 @@
   UIDs), anything else counts as a failure. It keeps what the test asks about: how often each
   instance was imported, how many operations ran at once.
 - `FakePublisher`: the published completion events, decoded.
+- `FakeBigQuery`: `SqlRunner` over a fixed table of rows: the test says which columns and rows a
+  query returns (or which error it raises), and it counts how many rows were read.
 
 Every call goes through `Faults` (tests/functional/faults.py) before and after it takes effect.
 """
@@ -30,7 +32,7 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from functions.clients import ObjectInfo, Record
+from functions.clients import ObjectInfo, QueryResult, Record
 from functions.errors import PermanentApiError, api_error
 from tests.functional.faults import Faults
 
@@ -224,7 +226,7 @@ class Instance:
 @dataclass
 class FakeOperation:
     name: str
-    kind: str  # import | export
+    kind: str  # import | export | storageClass
     uri: str
     created: float
     objects: list[tuple[str, str, int]] = field(default_factory=list)  # import: bucket, name, generation
@@ -233,6 +235,7 @@ class FakeOperation:
     success: int = 0
     failure: int = 0
     error: dict[str, Any] | None = None
+    storage_class: str = ""  # storageClass
 
 
 class FakeHealthcare:
@@ -246,6 +249,7 @@ class FakeHealthcare:
         self.operations: dict[str, FakeOperation] = {}
         self.instances: dict[str, Instance] = {}
         self.imported: Counter[str] = Counter()  # SOP instance UID -> times an import stored it
+        self.storage_classes: dict[str, str] = {}  # SOP instance UID -> blob storage class (absent: STANDARD)
         self.max_running = 0
 
     # -- helpers for tests -------------------------------------------------------------------
@@ -261,6 +265,8 @@ class FakeHealthcare:
             assert not op.done, f"{name} finished already"
             if op.kind == "import":
                 self._run_import(op)
+            elif op.kind == "storageClass":
+                self._run_storage_class(op)
             else:
                 self._run_export(op)
             op.done, op.ended, op.error = True, self._clock(), error
@@ -294,6 +300,12 @@ class FakeHealthcare:
                      filter_uri: str | None = None) -> str:
         with self._call("export_dicom", uri_prefix):
             return self._start("export", filter_uri or "", [])
+
+    def set_blob_storage_settings(self, filter_uri: str | None, storage_class: str) -> str:
+        with self._call("set_blob_storage_settings", filter_uri or "(store)"):
+            name = self._start("storageClass", filter_uri or "", [])
+            self.operations[name].storage_class = storage_class
+            return name
 
     def get_operation(self, name: str) -> dict[str, Any]:
         with self._call("get_operation", name):
@@ -352,12 +364,21 @@ class FakeHealthcare:
             op.success += 1
 
     def _run_export(self, op: FakeOperation) -> None:
+        op.success = len(self._selected(op))
+
+    def _run_storage_class(self, op: FakeOperation) -> None:
+        selected = self._selected(op)
+        for instance in selected:
+            self.storage_classes[instance.sop] = op.storage_class
+        op.success = len(selected)
+
+    def _selected(self, op: FakeOperation) -> builtins.list[Instance]:
         selected = list(self.instances.values())
         if op.uri:  # a filter file: /studies/S[/series/X[/instances/I]] per line
             bucket, _, name = op.uri[len("gs://"):].partition("/")
             lines = (self._store.peek(bucket, name) or b"").decode().split()
             selected = [i for i in selected if any(_selects(line, i) for line in lines)]
-        op.success = len(selected)
+        return selected
 
     def _call(self, method: str, name: str) -> _Checked:
         return _Checked(self._faults, self._lock, "healthcare", method, name)
@@ -385,7 +406,7 @@ def _selects(path: str, instance: Instance) -> bool:
     return (wanted.get("studies") == instance.study
             and wanted.get("series", instance.series) == instance.series
             and wanted.get("instances", instance.sop) == instance.sop)
-_METHODS = {"import": "ImportDicomData", "export": "ExportDicomData"}
+_METHODS = {"import": "ImportDicomData", "export": "ExportDicomData", "storageClass": "SetBlobStorageSettings"}
 
 
 def _operation_json(op: FakeOperation) -> dict[str, Any]:
@@ -405,8 +426,9 @@ def _operation_json(op: FakeOperation) -> dict[str, Any]:
         if op.error is not None:
             body["error"] = op.error
         else:
-            body["response"] = {"@type": f"type.googleapis.com/google.cloud.healthcare.v1.dicom."
-                                         f"{_METHODS[op.kind]}Response"}
+            response = "google.protobuf.Empty" if op.kind == "storageClass" else \
+                f"google.cloud.healthcare.v1.dicom.{_METHODS[op.kind]}Response"
+            body["response"] = {"@type": f"type.googleapis.com/{response}"}
     return body
 
 
@@ -433,3 +455,31 @@ class FakePublisher:
         with _Checked(self._faults, self._lock, "publisher", "publish", attributes.get("eventId", "")):
             self.events.append(Published(json.loads(data), dict(attributes)))
             return str(len(self.events))
+
+
+# -- BigQuery -----------------------------------------------------------------------------------
+
+
+class FakeBigQuery:
+    """Answers every query with `columns` and `rows` (or raises `error`); records the queries."""
+
+    def __init__(self, columns: tuple[str, ...] = ("path",), rows: builtins.list[tuple[Any, ...]] | None = None,
+                 *, error: Exception | None = None, report_total: bool = True) -> None:
+        self.columns = columns
+        self.rows = rows or []
+        self.error = error
+        self.report_total = report_total  # False: like a result whose row count is not known up front
+        self.queries: builtins.list[str] = []
+        self.rows_read = 0
+
+    def run_query(self, sql: str, *, timeout_seconds: float) -> QueryResult:
+        self.queries.append(sql)
+        if self.error is not None:
+            raise self.error
+        return QueryResult(columns=self.columns, total_rows=len(self.rows) if self.report_total else None,
+                           rows=self._stream())
+
+    def _stream(self) -> Iterator[tuple[Any, ...]]:
+        for row in self.rows:
+            self.rows_read += 1
+            yield row

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from functions.batching import WindowBatcher
+from functions.clients import SqlRunner
 from functions.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.export_on_message import ExportOnMessage
 from functions.import_on_upload import ImportOnUpload, Outcome
@@ -90,9 +91,9 @@ class World:
     def batcher(self) -> WindowBatcher:
         return WindowBatcher(self.settings, self.store, self.queue(), clock=self.sim.clock)
 
-    def exporter(self) -> ExportOnMessage:
+    def exporter(self, bigquery: SqlRunner | None = None) -> ExportOnMessage:
         return ExportOnMessage(self.settings, self.store, self.hc, self.queue(), self.publisher,
-                               clock=self.sim.clock)
+                               clock=self.sim.clock, bigquery=bigquery)
 
     def poller(self) -> Poller:
         queue = self.queue()

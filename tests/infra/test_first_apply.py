@@ -277,6 +277,7 @@ def test_ingress_is_internal_except_where_pubsub_push_needs_it(root: dict[str, A
 # Resource type prefix -> the API it needs (the list in infra/apis.tf must hold each).
 API_OF_TYPE = {
     "google_artifact_registry_": "artifactregistry.googleapis.com",
+    "google_bigquery_": "bigquery.googleapis.com",
     "google_cloud_scheduler_": "cloudscheduler.googleapis.com",
     "google_cloudfunctions2_": "cloudfunctions.googleapis.com",
     "google_cloud_run_v2_": "run.googleapis.com",

@@ -38,6 +38,8 @@ PROJECT_LEVEL_ALLOWLIST = {
     "roles/logging.logWriter": "build service account: build logs",
     # Only with a condition naming the gcf-v2-sources buckets (created by Google, so unnamed here).
     "roles/storage.objectViewer": "build service account: the function source copies",
+    # bigquery.jobs.create is a project permission; the data is granted on the stream dataset only.
+    "roles/bigquery.jobUser": "export function (sql selectors) and Healthcare service agent (streaming)",
 }
 
 # Healthcare API permissions the custom roles may carry (access-control page of the API).
@@ -46,6 +48,7 @@ HEALTHCARE_PERMISSIONS = {
     "healthcare.dicomStores.export",
     "healthcare.dicomStores.dicomWebRead",
     "healthcare.operations.get",
+    "healthcare.dicomStores.dicomWebWrite",  # what dicomStores.setBlobStorageSettings checks
 }
 
 PUBLIC_PRINCIPALS = ("allusers", "allauthenticatedusers")
@@ -321,8 +324,9 @@ def test_healthcare_permissions_are_custom_roles_bound_on_the_store_or_dataset(r
         return {g["role"] for g in grants.values() if g["member"] == f'${{local.runtime["{function_key}"]}}'}
 
     assert granted(store, "import") == {"dicomImporter"}
-    assert granted(store, "export") == {"dicomExporter", "dicomWebReader", "dicomImporter"}  # + redrive
-    assert granted(store, "poll") == {"dicomImporter", "dicomExporter", "dicomWebReader"}
+    # + redrive (import), + setStorageClass (dicomStorageClassWriter)
+    assert granted(store, "export") == {"dicomExporter", "dicomWebReader", "dicomImporter", "dicomStorageClassWriter"}
+    assert granted(store, "poll") == {"dicomImporter", "dicomExporter", "dicomWebReader", "dicomStorageClassWriter"}
     assert granted(dataset, "poll") == {"operationReader"}
     assert _resources(root, "google_healthcare_dicom_store_iam_member")["grants"]["dicom_store_id"] == (
         "${local.dicom_store_name}"
@@ -463,3 +467,17 @@ def test_the_readme_variable_table_matches_variables_tf(root: dict[str, Any]) ->
     assert list(rows) == list(variables), "the table lists the variables of variables.tf, in order"
     for name, body in variables.items():
         assert rows[name] == body["description"].replace("|", "\\|"), name
+
+
+def test_bigquery_grants_are_least_privilege(root: dict[str, Any]) -> None:
+    grants = _resources(root, "google_bigquery_dataset_iam_member")
+    found = root["locals"]
+    blocks = found if isinstance(found, list) else [found]
+    dataset = next(b["bigquery_dataset_grants"] for b in blocks if "bigquery_dataset_grants" in b)
+    assert {name: g["role"] for name, g in dataset.items()} == {
+        "healthcare-stream-write": "roles/bigquery.dataEditor", "export-stream-read": "roles/bigquery.dataViewer"}
+    assert "local.runtime[\"export\"]" in str(dataset["export-stream-read"]["member"])
+    assert grants, "the dataset grants are resources"
+    jobs = _resources(root, "google_project_iam_member")["bigquery_job_users"]
+    assert jobs["role"] == "roles/bigquery.jobUser"
+    assert set(jobs["for_each"]) == {"export", "healthcare"}

@@ -79,9 +79,24 @@ def fake_gcs(emulator_workdir: Path, pubsub_emulator: str, gcs_notifications_top
 
 
 @pytest.fixture(scope="session")
-def healthcare_emulator(emulator_workdir: Path, fake_gcs: str) -> Iterator[str]:
-    """Base URL of the Healthcare API emulator (reading from fake_gcs); HEALTHCARE_API_URL is set."""
-    component = components.start_healthcare_emulator(emulator_workdir, storage_host=fake_gcs)
+def bigquery_emulator(emulator_workdir: Path) -> Iterator[str]:
+    """http://host:port of the local BigQuery; BIGQUERY_EMULATOR_URL is set for the session."""
+    component = components.start_bigquery_emulator(emulator_workdir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BIGQUERY_EMULATOR_URL", component.url)
+        try:
+            yield component.url
+        finally:
+            component.stop()
+
+
+@pytest.fixture(scope="session")
+def healthcare_emulator(emulator_workdir: Path, fake_gcs: str, bigquery_emulator: str) -> Iterator[str]:
+    """Base URL of the Healthcare API emulator (reading from fake_gcs, writing BigQuery rows to
+    bigquery_emulator); HEALTHCARE_API_URL is set."""
+    component = components.start_healthcare_emulator(
+        emulator_workdir, storage_host=fake_gcs, bigquery_url=bigquery_emulator
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HEALTHCARE_API_URL", component.url)
         try:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1
 import requests
-from google.cloud import pubsub_v1, storage
+from google.cloud import storage
 
 from functions.events import StorageObjectEvent
 from functions.gcs import Gcs

@@ -468,3 +468,82 @@ def test_a_crash_after_the_export_started_and_a_redelivery_start_no_second_expor
     _check_succeeded(d, event, message.message_id, f"gs://{d.export_bucket}/crash", 1)
     assert export_handler(d).handle(message).action == "duplicate"  # the claim now names its job
     assert no_more_completions(d) == [] and emulator_calls(d, "export") - before == 1
+
+
+# --- storage class --------------------------------------------------------------------------------
+
+
+def _storage_class(d: Deployment, inst: Inst) -> str:
+    import requests
+
+    url = (f"{d.settings.healthcare_api_url}/v1/{d.settings.dicom_store}/dicomWeb/studies/{inst.study}/series/"
+           f"{inst.series}/instances/{inst.sop}:getStorageInfo")
+    response = requests.get(url, timeout=30)
+    response.raise_for_status()
+    return str(response.json()["blobStorageInfo"]["storageClass"])
+
+
+def test_set_storage_class_moves_one_series_to_archive_and_nothing_else(d: Deployment, store: Store) -> None:
+    before = {i.sop: _storage_class(d, i) for i in store.everything}
+    assert "ARCHIVE" not in before.values()
+    series = store.a[2:4]
+    body = {"requestId": "archive-series", "action": "setStorageClass", "storageClass": "ARCHIVE",
+            "resources": [f"/studies/{series[0].study}/series/{series[0].series}"]}
+    outcome = export_handler(d).handle(_msg(body))
+    assert outcome.action in ("started", "queued"), outcome
+    [event] = d.pull_completions(1)
+    assert (event["kind"], event["state"], event["requestId"]) == ("storageClass", "SUCCEEDED", "archive-series")
+    assert event["counters"]["success"] == 2 and "destination" not in event, event
+    assert event["_attributes"]["kind"] == "storageClass"
+    after = {i.sop: _storage_class(d, i) for i in store.everything}
+    assert {sop for sop, cls in after.items() if cls == "ARCHIVE"} == {i.sop for i in series}
+    assert {sop: cls for sop, cls in after.items() if sop not in {i.sop for i in series}} == \
+        {sop: cls for sop, cls in before.items() if sop not in {i.sop for i in series}}
+
+
+# --- sql selector (the local BigQuery) ------------------------------------------------------------
+
+
+def test_the_seed_sql_through_the_export_function_exports_exactly_the_selected_instances(
+        d: Deployment, store: Store, bigquery_emulator: str) -> None:
+    import uuid
+    from dataclasses import replace
+
+    from google.cloud import bigquery as bq_lib
+
+    from functions.bigquery import BigQueryClient
+    from functions.export_on_message import ExportOnMessage
+    from localcloud import bigquery as local_bigquery
+
+    project = d.settings.project
+    bq = local_bigquery.client(bigquery_emulator, project)
+    table = f"{project}.sel_{uuid.uuid4().hex[:8]}.instances"
+    bq.create_dataset(table.rsplit(".", 1)[0])
+    columns = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
+    bq.create_table(bq_lib.Table(table, schema=[bq_lib.SchemaField(c, "STRING") for c in columns]))
+    chosen = [*store.b, store.a[1]]
+    rows = [{"StudyInstanceUID": i.study, "SeriesInstanceUID": i.series, "SOPInstanceUID": i.sop,
+             "Modality": "MR" if i in chosen else "CT"} for i in store.everything]
+    local_bigquery.insert_rows(bq, table, rows, columns)
+    sql = ("SELECT CONCAT('/studies/', StudyInstanceUID, '/series/', SeriesInstanceUID, '/instances/', "
+           f"SOPInstanceUID) FROM `{table}` WHERE Modality = 'MR'")
+    settings = replace(d.settings, bigquery_api_url=bigquery_emulator)
+    deps = d.deps
+    handler = ExportOnMessage(settings, deps.gcs, deps.healthcare, deps.queue, deps.publisher,
+                              bigquery=BigQueryClient(settings))
+    body = {"requestId": "sql-mr", "destination": f"gs://{d.export_bucket}/sql", "sql": sql}
+    assert handler.handle(_msg(body)).action in ("started", "queued")
+    [event] = d.pull_completions(1)
+    _check_succeeded(d, event, "sql-mr", f"gs://{d.export_bucket}/sql", len(chosen))
+    assert set(_exported(d)) == {i.key("sql") for i in chosen}
+    # No rows, and a query error: REJECTED, nothing started.
+    empty = {"requestId": "sql-none", "destination": f"gs://{d.export_bucket}/none",
+             "sql": f"SELECT CONCAT('/studies/', StudyInstanceUID) FROM `{table}` WHERE Modality = 'XA'"}
+    broken = {"requestId": "sql-bad", "destination": f"gs://{d.export_bucket}/bad",
+              "sql": f"SELECT no_such_column FROM `{table}`"}
+    for request in (empty, broken):
+        assert handler.handle(_msg(request)).action == "rejected"
+    events = _by_request(d.pull_completions(2))
+    assert events["sql-none"]["state"] == "REJECTED" and "no rows" in events["sql-none"]["reason"]
+    assert events["sql-bad"]["state"] == "REJECTED" and "BigQuery refused" in events["sql-bad"]["reason"], events
+    assert set(_exported(d)) == {i.key("sql") for i in chosen}

@@ -125,7 +125,8 @@ def test_the_scheduler_calls_the_poller(routed: RoutedStack) -> None:
 def test_stop_leaves_no_process_and_no_endpoints_file(tmp_path: Path) -> None:
     stack = Stack.start(tmp_path, roles=())
     groups = [c.pid for c in stack.components]
-    assert len(groups) == 3 and not any(_group_gone(g) for g in groups)
+    # Pub/Sub, Cloud Storage, BigQuery, Healthcare
+    assert len(groups) == 4 and not any(_group_gone(g) for g in groups)
 
     stack.stop()
 

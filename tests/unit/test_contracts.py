@@ -260,7 +260,8 @@ def test_the_event_schema_refuses_what_the_contract_rules_out() -> None:
         {**base, "reason": "only for REJECTED"},
         {**base, "destination": "gs://exports"},  # an import has no destination
         {**base, "failedObjects": ["gs://up/a.dcm"]},  # without failedObjectsTotal
-        {**base, "kind": "storageClass"},  # planned, not accepted yet
+        {**base, "kind": "storageClass", "destination": "gs://exports"},  # a storage-class change has none
+        {**base, "kind": "archive"},
         {**base, "logsUrl": None},  # optional keys are left out, never null
         {**base, "extra": 1},
         {key: value for key, value in base.items() if key != "counters"},
@@ -411,7 +412,39 @@ AGREE = [
     {"destination": D, "mimeType": "application/dicom; charset=utf-8"},
     {"destination": D, "mimeType": None},
     {"destination": D, "sql": "SELECT 1"},
+    {"destination": D, "sql": "WITH s AS (SELECT 1) SELECT * FROM s;"},
+    {"destination": D, "sql": "SELECT CONCAT('/studies/', StudyInstanceUID) FROM `p.d.t`"},
+    {"destination": D, "sql": ""},
+    {"destination": D, "sql": " \n\t"},
+    {"destination": D, "sql": 5},
+    {"destination": D, "sql": ["SELECT 1"]},
+    {"destination": D, "sql": "SELECT 1", "resources": ["/studies/1"]},
+    {"destination": D, "sql": "SELECT 1", "filterUri": "gs://exports/f"},
+    {"destination": D, "sql": "SELECT 1", "query": {"PatientID": "P"}},
+    {"destination": D, "action": "export"},
+    {"destination": D, "action": "export", "sql": "SELECT 1", "mimeType": "image/png"},
+    {"action": "export"},
+    {"destination": D, "action": "export", "storageClass": "ARCHIVE"},
+    {"destination": D, "storageClass": "ARCHIVE"},
     {"destination": D, "action": "setStorageClass", "storageClass": "ARCHIVE"},
+    {"action": "setStorageClass", "storageClass": "ARCHIVE"},
+    {"action": "setStorageClass", "storageClass": "NEARLINE", "requestId": "move-1"},
+    {"action": "setStorageClass", "storageClass": "COLDLINE", "resources": ["/studies/1.2/series/3"]},
+    {"action": "setStorageClass", "storageClass": "STANDARD", "filterUri": "gs://exports/f"},
+    {"action": "setStorageClass", "storageClass": "ARCHIVE", "query": {"PatientID": "P"}},
+    {"action": "setStorageClass", "storageClass": "ARCHIVE", "sql": "SELECT 1"},
+    {"action": "setStorageClass", "storageClass": "ARCHIVE", "sql": "SELECT 1", "resources": ["/studies/1"]},
+    {"action": "setStorageClass", "storageClass": "ARCHIVE", "mimeType": "image/png"},
+    {"action": "setStorageClass", "storageClass": "archive"},
+    {"action": "setStorageClass", "storageClass": "BLOB_STORAGE_CLASS_UNSPECIFIED"},
+    {"action": "setStorageClass", "storageClass": None},
+    {"action": "setStorageClass"},
+    {"action": "setStorageClass", "storageClass": "ARCHIVE", "resources": []},
+    {"action": "redrive", "destination": D},
+    {"action": "delete", "destination": D},
+    {"action": 1, "destination": D},
+    {"action": None, "destination": D},
+    {"storageClass": "ARCHIVE"},
     [],
     "gs://exports",
     None,
@@ -432,6 +465,13 @@ FUNCTION_ONLY: list[bytes] = [
     json.dumps({"destination": D, "query": {"StudyDate": "20240231"}}).encode(),
     json.dumps({"destination": D, "query": {"StudyDate": "20241231-20240101"}}).encode(),
     b'{"destination": "gs://exports/a", "destination": "gs://exports/b"}',
+    # sql: one SELECT statement; the schema only knows it is a non-blank string.
+    json.dumps({"destination": D, "sql": "DELETE FROM `p.d.t` WHERE TRUE"}).encode(),
+    json.dumps({"destination": D, "sql": "SELECT 1; DROP TABLE `p.d.t`"}).encode(),
+    json.dumps({"destination": D, "sql": "SELECT 1; SELECT 2"}).encode(),
+    json.dumps({"action": "setStorageClass", "storageClass": "ARCHIVE", "sql": "CREATE TABLE x AS SELECT 1"}).encode(),
+    json.dumps({"destination": D, "sql": "SELECT 1 /* never closed"}).encode(),
+    json.dumps({"destination": D, "sql": "SELECT 'a\u0000'"}).encode(),
 ]
 
 
@@ -474,6 +514,9 @@ _POOL: dict[str, list[Any]] = {
     "mimeType": ["image/png", "application/dicom", "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50",
                  "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.51", "application/dicom; transfer-syntax=1.2",
                  "text/plain", "", None],
+    "sql": ["SELECT 1", "SELECT a FROM t;", "", " ", 3, None],
+    "action": ["export", "setStorageClass", "redrive", "", None],
+    "storageClass": ["ARCHIVE", "COLDLINE", "cold", "", None],
     "unknown": ["x"],
 }
 

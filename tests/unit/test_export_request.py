@@ -229,7 +229,7 @@ LONG_UID = "1." * 32 + "1"  # 65 characters
         # selectors
         (
             request(resources=["/studies/1"], query={"PatientID": "P"}),
-            "at most one of resources, filterUri, query (got resources and query)",
+            "at most one of resources, filterUri, query, sql (got resources and query)",
         ),
         (request(resources=["/studies/1"], filterUri="gs://filters/x"), "(got resources and filterUri)"),
         (request(filterUri="gs://filters/x", query={"PatientID": "P"}), "(got filterUri and query)"),

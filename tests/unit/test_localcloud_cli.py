@@ -108,6 +108,35 @@ def test_export_arguments() -> None:
     assert args.state_dir == Path(".localcloud")
 
 
+def test_export_takes_a_sql_selector() -> None:
+    args = build_parser().parse_args(["export", "--sql", "SELECT 1", "--destination", "gs://b/p", "--json"])
+    assert (args.sql, args.resources, args.query) == ("SELECT 1", None, None)
+
+
+def test_storage_class_arguments_take_any_selector_or_none() -> None:
+    args = build_parser().parse_args(["storage-class", "--class", "ARCHIVE", "--resources", "/studies/1"])
+    assert (args.storage_class, args.resources, args.json) == ("ARCHIVE", ["/studies/1"], False)
+    args = build_parser().parse_args(["storage-class", "--class", "COLDLINE", "--sql", "SELECT 1", "--json"])
+    assert (args.storage_class, args.sql, args.json) == ("COLDLINE", "SELECT 1", True)
+    assert build_parser().parse_args(["storage-class", "--class", "NEARLINE"]).resources is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["storage-class", "--class", "FREEZER"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["storage-class", "--resources", "/studies/1"])
+
+
+def test_build_request_with_sql_and_for_a_storage_class() -> None:
+    body = export_cli.build_request(destination="gs://dicom-export/a", sql="SELECT 1", request_id="s")
+    assert body == {"requestId": "s", "destination": "gs://dicom-export/a", "sql": "SELECT 1"}
+    body = export_cli.build_request(resources=["/studies/1/series/2"], storage_class="ARCHIVE", request_id="c")
+    assert body == {"requestId": "c", "action": "setStorageClass", "storageClass": "ARCHIVE",
+                    "resources": ["/studies/1/series/2"]}
+    with pytest.raises(export_cli.RequestError, match="single SELECT"):
+        export_cli.build_request(destination="gs://dicom-export/a", sql="DROP TABLE t")
+    with pytest.raises(export_cli.RequestError, match="one of"):
+        export_cli.build_request(destination="gs://dicom-export/a", sql="SELECT 1", resources=["/studies/1"])
+
+
 def test_ingest_arguments_default_to_the_folder_name_as_prefix() -> None:
     args = build_parser().parse_args(["ingest", "some/dir"])
     assert (args.dir, args.prefix, args.timeout, args.json) == (Path("some/dir"), None, 120.0, False)

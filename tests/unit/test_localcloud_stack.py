@@ -28,6 +28,7 @@ def _endpoints(up_pid: int) -> dict[str, object]:
         storage="http://127.0.0.1:1001",
         pubsub="127.0.0.1:1002",
         healthcare="http://127.0.0.1:1003",
+        bigquery="http://127.0.0.1:1005",
         functions={"import": "http://127.0.0.1:1004"},
         logs=Path("/tmp/state/logs"),
         processes={"up": up_pid},
@@ -39,6 +40,7 @@ def test_endpoints_name_every_resource() -> None:
     assert endpoints["storage"] == "http://127.0.0.1:1001"
     assert endpoints["pubsub"] == "127.0.0.1:1002"
     assert endpoints["healthcare"] == "http://127.0.0.1:1003"
+    assert endpoints["bigquery"] == "http://127.0.0.1:1005"
     assert (endpoints["project"], endpoints["location"]) == ("local-project", "us-central1")
     assert endpoints["dicomStore"] == (
         "projects/local-project/locations/us-central1/datasets/local-dataset/dicomStores/local-store"
@@ -65,6 +67,7 @@ def test_env_exports_point_clients_at_the_emulators() -> None:
     assert "export STORAGE_EMULATOR_HOST=http://127.0.0.1:1001" in lines
     assert "export PUBSUB_EMULATOR_HOST=127.0.0.1:1002" in lines
     assert "export HEALTHCARE_API_URL=http://127.0.0.1:1003" in lines
+    assert "export BIGQUERY_EMULATOR_URL=http://127.0.0.1:1005" in lines
 
 
 def test_endpoints_of_a_dead_up_process_are_ignored(tmp_path: Path) -> None:

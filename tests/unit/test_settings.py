@@ -38,6 +38,8 @@ def test_defaults_and_derived_names() -> None:
         ("DICOM_STORAGE_CLASS_BY_PREFIX", "cold/=FREEZER", "DICOM_STORAGE_CLASS_BY_PREFIX"),
         ("DICOM_EXPORT_ALLOWED_DESTINATIONS", "s3://x", "DICOM_EXPORT_ALLOWED_DESTINATIONS"),
         ("HEALTHCARE_API_URL", "healthcare.local", "HEALTHCARE_API_URL"),
+        ("BIGQUERY_API_URL", "bigquery.local", "BIGQUERY_API_URL"),
+        ("DICOM_SQL_MAX_ROWS", "0", "DICOM_SQL_MAX_ROWS"),
         ("DICOM_COMPLETION_TOPIC", "dicom-completions", "DICOM_COMPLETION_TOPIC"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
     ],
@@ -84,6 +86,9 @@ NON_DEFAULT = {
     "DICOM_EXPORT_ALLOWED_DESTINATIONS": "gs://exports",
     "DICOM_POLL_CONCURRENCY": "4",
     "DICOM_FAILED_OBJECTS_CAP": "7",
+    "BIGQUERY_API_URL": "http://127.0.0.1:9050",
+    "DICOM_SQL_MAX_ROWS": "5000",
+    "DICOM_SQL_TIMEOUT_SECONDS": "30",
 }
 
 

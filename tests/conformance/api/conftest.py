@@ -61,6 +61,7 @@ class Emulators:
     healthcare_auth: str  # the one started with --require-auth
     gcs: str
     pubsub: str  # host:port
+    bigquery: str = ""  # http://127.0.0.1:PORT of the local BigQuery the default emulator writes to
 
     def storage(self) -> storage.Client:
         return storage.Client(
@@ -77,7 +78,11 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
         started.append(pubsub)
         gcs = components.start_fake_gcs(workdir)
         started.append(gcs)
-        healthcare = components.start_healthcare_emulator(workdir, storage_host=gcs.url, pubsub_host=pubsub.host)
+        bigquery = components.start_bigquery_emulator(workdir)
+        started.append(bigquery)
+        healthcare = components.start_healthcare_emulator(
+            workdir, storage_host=gcs.url, pubsub_host=pubsub.host, bigquery_url=bigquery.url
+        )
         started.append(healthcare)
         guarded = components.start_healthcare_emulator(
             workdir, storage_host=gcs.url, pubsub_host=pubsub.host, require_auth=True, name="healthcare-auth"
@@ -86,7 +91,7 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
             patch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
-            yield Emulators(healthcare.url, guarded.url, gcs.url, pubsub.host)
+            yield Emulators(healthcare.url, guarded.url, gcs.url, pubsub.host, bigquery.url)
     finally:
         for component in reversed(started):
             component.stop()

@@ -1,0 +1,56 @@
+/******************************************
+  BigQuery: the dataset the DICOM store streams its metadata to (sql selectors query it)
+ *****************************************/
+
+locals {
+  stream_table_uri = "bq://${var.project_id}.${google_bigquery_dataset.stream.dataset_id}.${var.stream_table_id}"
+}
+
+resource "google_bigquery_dataset" "stream" {
+  # checkov:skip=CKV_GCP_81:CMEK is optional (var.bigquery_kms_key_name); without it BigQuery encrypts with Google-managed keys.
+  project     = var.project_id
+  dataset_id  = var.stream_dataset_id
+  location    = coalesce(var.healthcare_location, var.region)
+  description = "DICOM metadata streamed by the store (streamConfigs); queried by the export function's sql selector."
+  labels      = local.labels
+
+  dynamic "default_encryption_configuration" {
+    for_each = var.bigquery_kms_key_name == null ? [] : [var.bigquery_kms_key_name]
+    content {
+      kms_key_name = default_encryption_configuration.value
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+locals {
+  bigquery_dataset_grants = {
+    # The Healthcare service agent creates and appends to the stream table.
+    healthcare-stream-write = { role = "roles/bigquery.dataEditor", member = local.healthcare_agent }
+    # The export function reads it for sql selectors; it never writes.
+    export-stream-read = { role = "roles/bigquery.dataViewer", member = local.runtime["export"] }
+  }
+}
+
+resource "google_bigquery_dataset_iam_member" "grants" {
+  for_each = local.bigquery_dataset_grants
+
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.stream.dataset_id
+  role       = each.value.role
+  member     = each.value.member
+}
+
+# Running a query job is a project permission (bigquery.jobs.create): jobUser has no narrower
+# resource. The data itself is reachable only through the dataset grants above.
+resource "google_project_iam_member" "bigquery_job_users" {
+  for_each = {
+    export     = local.runtime["export"]
+    healthcare = local.healthcare_agent
+  }
+
+  project = var.project_id
+  role    = "roles/bigquery.jobUser"
+  member  = each.value
+}
