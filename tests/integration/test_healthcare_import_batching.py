@@ -149,17 +149,17 @@ def test_a_batch_that_fails_to_commit_is_neither_indexed_nor_counted(
     index = running.emu.store.index_instances
 
     def crash_after_first_row(
-        store: str, items: Sequence[tuple[InstanceInfo, Blob]], storage_class: str
+        store: str, items: Sequence[tuple[InstanceInfo, Blob]], storage_class: str, action: str = "StoreInstances"
     ) -> list[Indexed]:
         if not running.gcs.gate.is_set():
             early.update(info.sop for info, _ in items)
-            return index(store, items, storage_class)
+            return index(store, items, storage_class, action)
 
         def rows() -> Iterator[tuple[InstanceInfo, Blob]]:
             yield items[0]  # inserted inside the transaction ...
             raise OSError("disk gone")  # ... then the batch fails before its commit
 
-        return index(store, rows(), storage_class)  # type: ignore[arg-type]
+        return index(store, rows(), storage_class, action)  # type: ignore[arg-type]
 
     monkeypatch.setattr(running.emu.store, "index_instances", crash_after_first_row)
     op = running.start_import()
