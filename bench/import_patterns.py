@@ -464,9 +464,11 @@ def run_pipeline(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
     created = {e["operation"]: _epoch(e["createTime"]) for e in events if e.get("createTime")}
     op_of: dict[str, str] = {}
     staged_of: dict[str, str] = {}
-    for job, entries in recorder.manifests.items():
+    for manifest, entries in recorder.manifests.items():
+        job = manifest.split(".", 1)[0]  # `J`, `J.adopted-B`, `J.coalesced-W`: job ids hold no dot
         for entry in entries:
-            op_of.setdefault(str(entry["uri"]), recorder.operations.get(job, ""))
+            if not op_of.get(str(entry["uri"])):
+                op_of[str(entry["uri"])] = recorder.operations.get(job, "")
             if entry.get("staged"):
                 staged_of[str(entry["uri"])] = str(entry["staged"])
     for delivery in deliveries:
