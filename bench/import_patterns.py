@@ -175,7 +175,10 @@ def _recording_gcs(inner: Any, recorder: Recorder) -> Any:
                     self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - started
 
         def create(self, bucket: str, name: str, data: Any, metadata: dict[str, str] | None = None) -> int | None:
-            return self._timed("create", lambda: super(RecordingGcs, self).create(bucket, name, data, metadata))
+            generation = self._timed("create", lambda: super(RecordingGcs, self).create(bucket, name, data, metadata))
+            if generation is not None:  # operation records are created, not written
+                recorder.state_write(name, data)
+            return generation
 
         def replace(self, bucket: str, name: str, data: dict[str, Any], generation: int) -> int | None:
             return self._timed("replace", lambda: super(RecordingGcs, self).replace(bucket, name, data, generation))
