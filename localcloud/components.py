@@ -8,6 +8,7 @@ buffer fills). Readiness is polled, never assumed after a fixed sleep.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ParamSpec
 
 from functions.settings import ALL_VARIABLES
 
@@ -32,6 +34,19 @@ _POLL_INTERVAL = 0.05
 
 class ComponentError(RuntimeError):
     """A component could not start; the message names it and quotes the end of its log."""
+
+
+class PortInUse(ComponentError):
+    """The component exited because its port was taken after `free_port` chose it.
+
+    Ports are chosen before the processes bind them, and in between any outgoing connection on the
+    machine may get the same ephemeral port as its local address. Starting again on a new port
+    helps; nothing else does.
+    """
+
+
+# How Go, Java (BindException) and Python (EADDRINUSE) word a failed bind.
+_PORT_IN_USE_MARKER = "address already in use"
 
 
 @dataclass
@@ -67,11 +82,47 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _wrote(path: Path, offset: int, marker: str) -> bool:
+    """Whether `path` contains `marker` (case-insensitive) after byte `offset`."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            return marker in log.read().decode(errors="replace").lower()
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     """A port nobody listens on right now (the OS picks it; a tiny race remains until it is bound)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+P = ParamSpec("P")
+# Tries of a start whose caller let it choose its own port (see PortInUse).
+PORT_TRIES = 3
+
+
+def on_a_free_port(start: Callable[P, Component]) -> Callable[P, Component]:
+    """Retries `start` on a newly chosen port when it lost the one it chose to another socket.
+
+    Only when the caller passed no `port`: a caller that chose the port has told others about it
+    (the local cloud's start-up retries as a whole instead).
+    """
+
+    @functools.wraps(start)
+    def start_on_a_free_port(*args: P.args, **kwargs: P.kwargs) -> Component:
+        if kwargs.get("port") is not None:
+            return start(*args, **kwargs)
+        for _ in range(PORT_TRIES - 1):
+            try:
+                return start(*args, **kwargs)
+            except PortInUse:
+                continue
+        return start(*args, **kwargs)
+
+    return start_on_a_free_port
 
 
 def live_group_members(pgid: int) -> list[int]:
@@ -159,6 +210,7 @@ def launch(
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
     with open(log_path, "ab") as log:
+        log_start = log.tell()  # the log is appended to: only what this process writes counts
         process = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -173,7 +225,8 @@ def launch(
     deadline = time.monotonic() + timeout
     while not ready(component.url):
         if process.poll() is not None:
-            raise ComponentError(
+            error = PortInUse if _wrote(log_path, log_start, _PORT_IN_USE_MARKER) else ComponentError
+            raise error(
                 f"{name} exited with code {process.returncode} while starting; "
                 f"end of {log_path}:\n{component.log_tail()}"
             )
@@ -225,6 +278,7 @@ def pubsub_emulator_command(port: int) -> list[str]:
     return ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={LOOPBACK}:{port}"]
 
 
+@on_a_free_port
 def start_pubsub_emulator(workdir: Path, port: int | None = None) -> Component:
     port = port or free_port()
     data_dir = Path(workdir) / "pubsub"
@@ -259,6 +313,7 @@ def fake_gcs_binary() -> Path:
     return Path(_server._get_binary_path())
 
 
+@on_a_free_port
 def start_fake_gcs(
     workdir: Path,
     pubsub_host: str | None = None,
@@ -316,6 +371,7 @@ def start_fake_gcs(
 BIGQUERY_INSTALL_HINT = "The local BigQuery needs `crucible-emulator[server]` (requirements-dev.txt)."
 
 
+@on_a_free_port
 def start_bigquery_emulator(workdir: Path, port: int | None = None) -> Component:
     """crucible-emulator's BigQuery REST API on DuckDB, its tables in `workdir/bigquery/`.
 
@@ -343,6 +399,7 @@ def start_bigquery_emulator(workdir: Path, port: int | None = None) -> Component
 # --- Healthcare API emulator ------------------------------------------------------------------
 
 
+@on_a_free_port
 def start_healthcare_emulator(
     workdir: Path,
     storage_host: str,
@@ -389,6 +446,7 @@ def _pythonpath() -> str:
     return f"{REPO_ROOT}{os.pathsep}{existing}" if existing else str(REPO_ROOT)
 
 
+@on_a_free_port
 def start_function(
     target: str,
     workdir: Path,

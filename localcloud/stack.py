@@ -1,7 +1,9 @@
 """The whole local cloud as one object: emulators, functions, router, resources, endpoints.json.
 
-Start-up runs in parallel where nothing depends on order: ports are reserved first, so each
-process knows every address before its peers answer. Only two orders matter: the notification
+Start-up runs in parallel where nothing depends on order: ports are chosen first, so each
+process knows every address before its peers answer. A port can be taken between choice and bind
+(any outgoing connection may get it as its local port); the whole start-up then runs again on new
+ports. Only two orders matter: the notification
 topic must exist before fake-gcs-server publishes to it, and each resource needs its emulator.
 
 A function may run as several instances (processes), as Cloud Run scales a service out: a
@@ -41,6 +43,10 @@ supervisor_log = logging.getLogger("localcloud.router.supervisor")
 
 class StackError(RuntimeError):
     """The stack could not start; everything it had started is stopped again."""
+
+    def __init__(self, message: str, *, port_conflict: bool = False) -> None:
+        super().__init__(message)
+        self.port_conflict = port_conflict  # a part lost its port to another socket: retrying helps
 
 
 def defined_targets(source: Path) -> set[str]:
@@ -197,18 +203,26 @@ class Stack:
         subscription deliver there instead. `instances` maps a role to its number of processes
         (default 1).
         """
-        stack = cls(state_dir, config or LocalConfig())
         wanted = set(FUNCTION_TARGETS) if roles is None else set(roles)
         unknown = set(instances or {}) - set(FUNCTION_TARGETS)
         if unknown or any(n < 1 for n in (instances or {}).values()):
             raise StackError(f"instances: roles are {', '.join(FUNCTION_TARGETS)}, counts at least 1; "
                              f"got {dict(instances or {})}")
-        try:
-            stack._start(source, wanted, dict(external_functions or {}), dict(instances or {}))
-        except BaseException:
-            stack.stop()
-            raise
-        return stack
+        for attempt in range(1, components.PORT_TRIES + 1):
+            stack = cls(state_dir, config or LocalConfig())
+            try:
+                stack._start(source, wanted, dict(external_functions or {}), dict(instances or {}))
+                return stack
+            except StackError as exc:
+                stack.stop()
+                if not exc.port_conflict or attempt == components.PORT_TRIES:
+                    raise
+                logger.warning("a port was taken while the local cloud started (attempt %d of %d); "
+                               "starting again on new ports:\n%s", attempt, components.PORT_TRIES, exc)
+            except BaseException:
+                stack.stop()
+                raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _start(
         self, source: Path, wanted: set[str], external: dict[str, str], instances: dict[str, int]
@@ -383,6 +397,7 @@ class Stack:
 
     def _run_in_parallel(self, tasks: Mapping[str, Callable[[], list[Component]]]) -> dict[str, list[Component]]:
         failures: list[str] = []
+        port_conflict = False
         started: dict[str, list[Component]] = {}
         with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
             futures = {name: pool.submit(task) for name, task in tasks.items()}
@@ -392,8 +407,9 @@ class Stack:
                     self.components.extend(started[name])
                 except Exception as exc:  # each failure is reported, not just the first
                     failures.append(f"{name}: {exc}")
+                    port_conflict = port_conflict or isinstance(exc, components.PortInUse)
         if failures:
-            raise StackError("the local cloud did not start:\n" + "\n".join(failures))
+            raise StackError("the local cloud did not start:\n" + "\n".join(failures), port_conflict=port_conflict)
         return started
 
     def _attach_router_log(self) -> None:

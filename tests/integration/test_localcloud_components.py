@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,44 @@ def test_function_sees_only_its_settings_and_is_not_run_by_the_readiness_probe(
     assert seen == {"DICOM_STORE": LocalConfig().dicom_store_path, "FUNCTION_TARGET": "show_env"}
     assert calls.read_text() == "/\n"
     assert _group_gone(component.pid)
+
+
+@pytest.fixture()
+def taken_port() -> Iterator[int]:
+    """A port another socket listens on (it never answers, so readiness checks on it fail)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((components.LOOPBACK, 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_a_component_whose_port_is_taken_says_so(tmp_path: Path, taken_port: int) -> None:
+    with pytest.raises(components.PortInUse, match="fake-gcs exited"):
+        components.start_fake_gcs(tmp_path, port=taken_port)
+
+
+def test_a_component_that_chose_a_taken_port_starts_on_another(
+    tmp_path: Path, taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race CI met: the chosen port is taken before the process binds it.
+    chosen = iter([taken_port])
+    real_free_port = components.free_port
+    monkeypatch.setattr(components, "free_port", lambda: next(chosen, None) or real_free_port())
+
+    component = components.start_fake_gcs(tmp_path)
+    try:
+        assert component.host != f"{components.LOOPBACK}:{taken_port}"
+        assert requests.get(component.url + "/storage/v1/b", timeout=10).ok
+        assert "address already in use" in (tmp_path / "logs" / "fake-gcs.log").read_text().lower()
+    finally:
+        component.stop()
+
+
+def test_a_failure_before_this_start_is_not_read_as_a_taken_port(tmp_path: Path) -> None:
+    # Logs are appended to: an old bind error in the log must not make a new failure retryable.
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "doomed.log").write_text("bind: address already in use\n")
+    with pytest.raises(components.ComponentError) as excinfo:
+        components.launch("doomed", [sys.executable, "-c", "raise SystemExit(2)"], workdir=tmp_path,
+                          port=components.free_port(), ready=components.http_answers)
+    assert not isinstance(excinfo.value, components.PortInUse)

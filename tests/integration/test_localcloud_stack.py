@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,3 +168,23 @@ def _processes_using(folder: Path) -> list[int]:
         if str(folder) in cmdline or cwd.startswith(str(folder)):
             found.append(int(entry.name))
     return found
+
+
+def test_a_port_taken_during_start_up_starts_the_stack_again_on_new_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # CI met this race: fake-gcs-server's port was taken between reservation and bind.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind((components.LOOPBACK, 0))
+        taken.listen()
+        taken_port = int(taken.getsockname()[1])
+        real_free_port = components.free_port
+        calls = iter(range(1_000))
+        # The second port start-up reserves is Cloud Storage's (pubsub, storage, healthcare, bigquery).
+        monkeypatch.setattr(components, "free_port", lambda: taken_port if next(calls) == 1 else real_free_port())
+
+        with Stack.start(tmp_path, roles=()) as stack:
+            assert stack.endpoints["storage"] != f"http://{components.LOOPBACK}:{taken_port}"
+            assert requests.get(stack.endpoints["storage"] + "/storage/v1/b", timeout=10).ok
+
+    assert any("starting again on new ports" in r.getMessage() for r in caplog.records)
