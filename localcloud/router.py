@@ -3,8 +3,10 @@
 - `StorageEventBridge`: fake-gcs-server publishes Pub/Sub *notifications*, but a Cloud Storage
   trigger delivers a binary-mode `google.cloud.storage.object.v1.finalized` CloudEvent. The bridge
   streams the notification subscription and POSTs each finalize notification to the import
-  function in that shape. A 2xx acks the message; anything else nacks it, so Pub/Sub redelivers it
-  (that is how Eventarc retries).
+  function in that shape. A 2xx acks the message. Any other answer, or none (no live instance), is
+  tried again with exponential backoff, as Eventarc retries; after `RETRY_BUDGET_SECONDS` the
+  message is nacked and Pub/Sub redelivers it later. Nacking at once instead turned a moment
+  without live instances into thousands of redeliveries a minute (the chaos benchmark).
 - `Scheduler`: POSTs to the poller at a fixed interval with Cloud Scheduler's headers.
 
 The Pub/Sub trigger of the export function needs no code: it is a push subscription.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -32,6 +34,11 @@ FINALIZED_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
 DELIVERY_TIMEOUT_SECONDS = 300.0
 # Concurrent deliveries, like concurrent function instances.
 MAX_CONCURRENT_DELIVERIES = 32
+# Backoff between tries of one delivery (Eventarc: 10 s doubling to 600 s; scaled down locally,
+# like the export push subscription's 1-10 s), and how long one message is tried before its nack.
+RETRY_FIRST_DELAY_SECONDS = 0.5
+RETRY_MAX_DELAY_SECONDS = 10.0
+RETRY_BUDGET_SECONDS = 60.0
 SCHEDULER_HEADERS: Mapping[str, str] = {
     "Content-Type": "application/json",
     "User-Agent": "Google-Cloud-Scheduler",
@@ -64,15 +71,38 @@ def storage_cloudevent_headers(
     }
 
 
+def retry_delays(
+    first: float = RETRY_FIRST_DELAY_SECONDS,
+    longest: float = RETRY_MAX_DELAY_SECONDS,
+    budget: float = RETRY_BUDGET_SECONDS,
+) -> Iterator[float]:
+    """Waits before each further try of a delivery: doubling from `first` up to `longest`, for as
+    long as their sum stays within `budget`."""
+    delay, spent = first, 0.0
+    while spent + delay <= budget:
+        yield delay
+        spent += delay
+        delay = min(delay * 2, longest)
+
+
 class StorageEventBridge:
     """Streaming pull of storage notifications -> binary CloudEvents to `target_url`."""
 
-    def __init__(self, pubsub_host: str, subscription_path: str, target_url: str) -> None:
+    def __init__(
+        self,
+        pubsub_host: str,
+        subscription_path: str,
+        target_url: str,
+        *,
+        delays: Callable[[], Iterator[float]] = retry_delays,
+    ) -> None:
         self._subscriber = provision.subscriber(pubsub_host)
         self._subscription_path = subscription_path
         self._target_url = target_url
         self._session = requests.Session()
         self._future: StreamingPullFuture | None = None
+        self._delays = delays
+        self._stopping = threading.Event()  # ends the backoff of deliveries in flight
 
     def start(self) -> None:
         executor = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_DELIVERIES, thread_name_prefix="eventarc")
@@ -81,6 +111,7 @@ class StorageEventBridge:
         )
 
     def stop(self) -> None:
+        self._stopping.set()
         future = self._future
         if future is not None:
             future.cancel()
@@ -96,24 +127,34 @@ class StorageEventBridge:
             message.ack()
             return
         name = f"gs://{message.attributes.get('bucketId')}/{message.attributes.get('objectId')}"
+        delays = self._delays()
+        while True:
+            status = self._post(message, headers, name)
+            if status is not None and 200 <= status < 300:
+                logger.info("storage event %s for %s: HTTP %s", message.message_id, name, status)
+                message.ack()
+                return
+            delay = next(delays, None)
+            if delay is None or self._stopping.wait(delay):
+                logger.warning("storage event %s for %s: not delivered yet; nacked, Pub/Sub redelivers it",
+                               message.message_id, name)
+                message.nack()
+                return
+
+    def _post(self, message: Message, headers: dict[str, str], name: str) -> int | None:
+        """The function's HTTP status, or None when nothing answered."""
         try:
             response = self._session.post(
                 self._target_url, data=message.data, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
             )
         except requests.RequestException as exc:
-            logger.warning(
-                "storage event %s for %s: delivery failed (%s); will retry", message.message_id, name, exc
-            )
-            message.nack()
-            return
-        if 200 <= response.status_code < 300:
-            logger.info("storage event %s for %s: HTTP %s", message.message_id, name, response.status_code)
-            message.ack()
-        else:
-            logger.warning(
-                "storage event %s for %s: HTTP %s; will retry", message.message_id, name, response.status_code
-            )
-            message.nack()
+            logger.warning("storage event %s for %s: delivery failed (%s); will retry",
+                           message.message_id, name, type(exc).__name__)
+            return None
+        if not 200 <= response.status_code < 300:
+            logger.warning("storage event %s for %s: HTTP %s; will retry", message.message_id, name,
+                           response.status_code)
+        return response.status_code
 
 
 class Scheduler:

@@ -12,12 +12,29 @@ import requests
 
 from localcloud import provision
 from localcloud.config import LocalConfig
-from localcloud.router import FINALIZED_EVENT_TYPE, Scheduler, StorageEventBridge
+from localcloud.router import FINALIZED_EVENT_TYPE, Scheduler, StorageEventBridge, retry_delays
 from tests.integration.conftest import HttpReceiver
 
 
 def _unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+class RecordedDelays:
+    """The bridge's backoff with every wait it asked for written down (and short, for the test)."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def __call__(self) -> Iterator[float]:
+        for delay in retry_delays():
+            self.asked.append(delay)
+            yield delay / 100
+
+
+@pytest.fixture
+def delays() -> RecordedDelays:
+    return RecordedDelays()
 
 
 @pytest.fixture
@@ -27,6 +44,7 @@ def bridge_to_receiver(
     fake_gcs: str,
     local_config: LocalConfig,
     http_receiver: HttpReceiver,
+    delays: RecordedDelays,
 ) -> Iterator[str]:
     """A bridge on a fresh subscription of the notification topic; yields a fresh bucket."""
     subscription = local_config.subscription_path(_unique("router-test"))
@@ -38,7 +56,7 @@ def bridge_to_receiver(
     )
     bucket = _unique("router-test")
     provision.create_bucket(fake_gcs, local_config.project, bucket)
-    bridge = StorageEventBridge(pubsub_emulator, subscription, http_receiver.url)
+    bridge = StorageEventBridge(pubsub_emulator, subscription, http_receiver.url, delays=delays)
     bridge.start()
     try:
         yield bucket
@@ -85,6 +103,24 @@ def test_a_failed_delivery_is_retried_with_the_same_event_id(
     first, second = http_receiver.wait_for(2, timeout=20)
     assert first.headers["ce-id"] == second.headers["ce-id"]
     assert first.body == second.body
+
+
+def test_a_function_that_keeps_failing_is_retried_with_growing_backoff(
+    bridge_to_receiver: str, fake_gcs: str, http_receiver: HttpReceiver, delays: RecordedDelays
+) -> None:
+    # Every instance down for a while (chaos): retries back off instead of storming, as Eventarc's do.
+    http_receiver.answer_next(503, 500, 502, 429)
+    _upload(fake_gcs, bridge_to_receiver, "backoff/IM0001.dcm", b"DICM")
+
+    calls = http_receiver.wait_for(5, timeout=30)
+    assert {c.headers["ce-id"] for c in calls} == {calls[0].headers["ce-id"]}
+    assert delays.asked == [0.5, 1.0, 2.0, 4.0]  # one wait before each further try, doubling
+
+
+def test_retry_delays_double_up_to_a_cap_within_a_budget() -> None:
+    assert list(retry_delays(first=1, longest=4, budget=20)) == [1, 2, 4, 4, 4, 4]
+    assert sum(retry_delays()) <= 60
+    assert list(retry_delays(first=5, longest=10, budget=4)) == []
 
 
 def test_a_message_on_a_push_subscription_reaches_the_topic_path(
