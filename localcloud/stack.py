@@ -174,6 +174,9 @@ class Stack:
         self._lock = threading.Lock()  # components, instances, endpoints.json
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        # Instances being replaced, each by its own thread: several dead at once (a crash of every
+        # instance of a role) come back together, not one start-up after another.
+        self._replacements: dict[int, threading.Thread] = {}  # id(FunctionInstance) -> its thread
         self._render: Callable[[dict[str, int]], dict[str, Any]] = lambda processes: {}
 
     @property
@@ -364,10 +367,18 @@ class Stack:
     def _supervise(self) -> None:
         """Replace function instances whose process died, as Cloud Run replaces a crashed instance."""
         while not self._stopping.wait(SUPERVISE_INTERVAL_SECONDS):
+            self._replacements = {key: t for key, t in self._replacements.items() if t.is_alive()}
             for group in list(self.instances.values()):
                 for instance in group:
-                    if not self._stopping.is_set() and not instance.component.running():
-                        self._replace(instance)
+                    if self._stopping.is_set() or id(instance) in self._replacements:
+                        continue
+                    if not instance.component.running():
+                        thread = threading.Thread(target=self._replace, args=(instance,),
+                                                  name=f"replace-{instance.component.name}", daemon=True)
+                        self._replacements[id(instance)] = thread
+                        thread.start()
+        for thread in self._replacements.values():
+            thread.join()  # each at most one instance start (its own timeout) away
 
     def _replace(self, instance: FunctionInstance) -> None:
         old = instance.component
@@ -432,7 +443,7 @@ class Stack:
         removes endpoints.json."""
         self._stopping.set()
         if self._supervisor is not None:
-            self._supervisor.join()  # at most one instance start (its own timeout) away
+            self._supervisor.join()  # it waits for the replacements it started
             self._supervisor = None
         if self._router is not None:
             try:

@@ -76,3 +76,29 @@ def test_a_killed_import_instance_loses_nothing_and_is_replaced(
     assert json.loads(out)["functions"]["import"] == {"instances": 2, "restarts": 1}
     router_log = (stack.logs_dir / "router.log").read_text()
     assert f"{victim.name} (pid {victim.pid}) exited" in router_log
+
+
+def test_every_import_instance_killed_at_once_loses_nothing(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The chaos benchmark's worst moment: no live instance at all while deliveries keep coming.
+    balancer = stack.balancers["import"]
+    studies = synthetic.generate(tmp_path_factory.mktemp("synthetic") / "set", seed=12, patients=3,
+                                 studies_per_patient=(1, 1), instances_per_series=(3, 4))
+
+    ingest = localcloud(stack, "ingest", str(studies.root), "--prefix", "all-dead", "--json", "--timeout", "240")
+    try:
+        wait_for(lambda: sum(balancer.in_flight().values()) > 0, timeout=120, what="a delivery in flight")
+        victims = [instance.component for instance in stack.instances["import"]]
+        for victim in victims:
+            os.killpg(victim.pid, signal.SIGKILL)
+        out, err = ingest.communicate(timeout=300)
+    finally:
+        if ingest.poll() is None:
+            ingest.kill()
+    assert ingest.returncode == 0, out + err
+    result = json.loads(out)
+    assert result["failed"] == [] and result["imported"] == len(studies.files)
+    wait_for(lambda: all(i.restarts == 1 and i.component.running() for i in stack.instances["import"]),
+             what="both replacements")
+    assert all(not components.live_group_members(v.pid) for v in victims)
