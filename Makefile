@@ -38,6 +38,11 @@ test-functional: install
 test-integration: install
 	$(PY) -m pytest tests/integration
 
+test-infra: install $(CHECKOV_VENV)/.installed
+	terraform fmt -check -recursive infra
+	$(CHECKOV_VENV)/bin/checkov -d infra --framework terraform --compact --quiet --skip-download
+	$(PY) -m pytest tests/infra
+
 bench: install
 	$(PY) -m bench
 
