@@ -7,7 +7,7 @@ validation conditions written as `can(regex(...))` over a value or over each ite
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,19 @@ MODULE = INFRA / "modules" / "function"
 
 _OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
 
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string inside a parsed value, comments (python-hcl2's "__" keys) left out."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not key.startswith("__"):
+                yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
 
 def load_dir(directory: Path) -> dict[str, Any]:
     """Merges every .tf file of one directory: {"resource": {type: {name: body}}, "locals": {...}, ...}."""

@@ -10,12 +10,11 @@ order of API enablement.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.infra.hcl import INFRA, MODULE, load_dir, validator
+from tests.infra.hcl import INFRA, MODULE, load_dir, strings, validator
 
 # --- limits, as the google provider (v6) validates them or as the services document them -------
 # google/verify/validation.go: RFC1035NameTemplate with 4..28 inner characters.
@@ -295,18 +294,6 @@ API_OF_TYPE = {
 _REFERENCE = re.compile(r"\b(data\.google_\w+\.\w+|google_\w+\.\w+|module\.\w+|local\.\w+)")
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not key.startswith("__"):
-                yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
 def _graph(root: dict[str, Any]) -> dict[str, set[str]]:
     """Node -> the nodes it references (locals resolved), for resources, data sources and modules."""
     bodies: dict[str, Any] = {}
@@ -322,7 +309,7 @@ def _graph(root: dict[str, Any]) -> dict[str, set[str]]:
 
     def references(value: Any, seen: set[str]) -> set[str]:
         found: set[str] = set()
-        for text in _strings(value):
+        for text in strings(value):
             for ref in _REFERENCE.findall(text):
                 if ref.startswith("local."):
                     key = ref.removeprefix("local.")

@@ -12,14 +12,13 @@ import ast
 import fnmatch
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from functions.settings import FUNCTION_VARIABLES
-from tests.infra.hcl import INFRA, MODULE, ROOT, load_dir
+from tests.infra.hcl import INFRA, MODULE, ROOT, load_dir, strings
 
 ENTRY_POINTS = {
     "import": "import_dicom_on_upload",
@@ -69,19 +68,6 @@ def module() -> dict[str, Any]:
 
 def _resources(config: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
     return config.get("resource", {}).get(rtype, {})
-
-
-def _walk(value: Any) -> Iterator[str]:
-    """Every string inside a parsed value, comments left out."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not key.startswith("__"):
-                yield from _walk(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _walk(item)
 
 
 def _block(body: dict[str, Any], name: str) -> dict[str, Any]:
@@ -268,7 +254,7 @@ def test_timeouts_fit_the_work(root: dict[str, Any]) -> None:
 def test_no_public_principals(root: dict[str, Any], module: dict[str, Any]) -> None:
     for config in (root, module):
         for block_type in ("resource", "data", "locals", "module"):
-            for text in _walk(config.get(block_type, {})):
+            for text in strings(config.get(block_type, {})):
                 assert not any(p in text.lower() for p in PUBLIC_PRINCIPALS), text
 
 

@@ -29,6 +29,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, storage
 
 from localcloud import components
+from tests.integration import harness
 
 _HERE = Path(__file__).resolve().parent
 PROJECT = "conformance"
@@ -44,15 +45,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    """Polls `condition` until it returns something truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
-        time.sleep(0.1)
+    """The harness's wait, with the longer default these slower, whole-API calls need."""
+    return harness.wait_for(condition, timeout=timeout, what=what)
 
 
 @dataclass(frozen=True)
