@@ -41,6 +41,7 @@ def test_endpoints_name_every_resource() -> None:
     assert endpoints["pubsub"] == "127.0.0.1:1002"
     assert endpoints["healthcare"] == "http://127.0.0.1:1003"
     assert endpoints["bigquery"] == "http://127.0.0.1:1005"
+    assert endpoints["streamTable"] == "local-project.dicom_stream.instances"
     assert (endpoints["project"], endpoints["location"]) == ("local-project", "us-central1")
     assert endpoints["dicomStore"] == (
         "projects/local-project/locations/us-central1/datasets/local-dataset/dicomStores/local-store"
