@@ -31,6 +31,8 @@ class LocalConfig:
     # `sql` selectors query. The names are infra/'s defaults (stream_dataset_id, stream_table_id).
     stream_dataset: str = "dicom_stream"
     stream_table: str = "instances"
+    # Off for bulk loads that need no SQL: the local BigQuery writes about 10 rows a second.
+    stream_to_bigquery: bool = True
     upload_bucket: str = "dicom-upload"
     export_bucket: str = "dicom-export"
     state_bucket: str = "dicom-state"

@@ -85,9 +85,11 @@ class LocalCloud:
         return str(self.endpoints["dicomStore"])
 
     @property
-    def stream_table(self) -> str:
-        """`project.dataset.table` the store streams its instances to (`sql` selectors query it)."""
-        return str(self.endpoints["streamTable"])
+    def stream_table(self) -> str | None:
+        """`project.dataset.table` the store streams its instances to (`sql` selectors query it);
+        None when the stack was started with `--no-stream`."""
+        table = self.endpoints.get("streamTable")
+        return str(table) if table else None
 
     # -- clients ---------------------------------------------------------------------------
     @property
@@ -161,6 +163,8 @@ class LocalCloud:
         """
         from localcloud import bigquery  # google-cloud-bigquery only for the commands that query
 
+        if self.stream_table is None:
+            return 0
         table = ".".join(bigquery.quote_identifier(part) for part in self.stream_table.split("."))
         client = bigquery.client(self.endpoints["bigquery"], self.project)
         try:

@@ -133,12 +133,16 @@ def sql_selected(studies: synthetic.SyntheticSet, modality: str) -> set[str]:
 def _sql_export(cloud: LocalCloud, studies: synthetic.SyntheticSet, stored: int, reporter: Reporter) -> bool:
     """Waits for the store to have streamed every imported instance to BigQuery, then exports what
     the seed's SQL selects from that table (the export function runs the query)."""
+    table = cloud.stream_table
+    if table is None:
+        reporter.say("error", "the store does not stream to BigQuery: nothing for SQL to select from")
+        return False
     started = time.monotonic()
     streamed = cloud.streamed_instances()
     while streamed < stored and time.monotonic() - started < STEP_TIMEOUT_SECONDS:
         time.sleep(0.5)
         streamed = cloud.streamed_instances()
-    reporter.say("bigquery", f"{streamed} of {stored} instances streamed to {cloud.stream_table} "
+    reporter.say("bigquery", f"{streamed} of {stored} instances streamed to {table} "
                              f"(waited {time.monotonic() - started:.1f} s)")
     if streamed < stored:
         reporter.say("error", "the store did not stream every imported instance to BigQuery in time")
@@ -147,7 +151,7 @@ def _sql_export(cloud: LocalCloud, studies: synthetic.SyntheticSet, stored: int,
     expected = sql_selected(studies, modality)
     folder = "sql"
     destination = f"gs://{cloud.export_bucket}/{EXPORT_PREFIX}/{folder}"
-    sql = selection_sql(cloud.stream_table, modality)
+    sql = selection_sql(table, modality)
     reporter.say("export", f"what SQL selects ({len(expected)} instances: the first of every {modality} series) "
                            f"-> {destination}/")
     reporter.print(aligned("sql", sql))

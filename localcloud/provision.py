@@ -118,15 +118,19 @@ def create_stream_dataset(bigquery_url: str, config: LocalConfig) -> None:
 
 
 def stream_configs(config: LocalConfig) -> list[dict[str, Any]]:
-    """The store's `streamConfigs`: every instance that lands becomes a row of the stream table."""
+    """The store's `streamConfigs`: every instance that lands becomes a row of the stream table
+    (none when `config.stream_to_bigquery` is off)."""
+    if not config.stream_to_bigquery:
+        return []
     return [{"bigqueryDestination": {"tableUri": f"bq://{config.stream_table_path}"}}]
 
 
 def create_dicom_store(healthcare_url: str, config: LocalConfig) -> None:
     """The dataset and the store, streaming to the stream table (create its dataset first).
 
-    A store kept from an earlier run without streamConfigs gets them: that state directory
-    predates the stream, and `export --sql` would find no rows otherwise.
+    A store kept from an earlier run gets the `streamConfigs` this config asks for: its state
+    directory may predate the stream (and `export --sql` would find no rows), or it was started
+    with the other `--no-stream` setting.
     """
     parent = f"{healthcare_url}/v1/projects/{config.project}/locations/{config.location}"
     dataset_url = f"{parent}/datasets"
@@ -139,7 +143,7 @@ def create_dicom_store(healthcare_url: str, config: LocalConfig) -> None:
     store_url = f"{stores_url}/{config.dicom_store}"
     existing = requests.get(store_url, timeout=_HTTP_TIMEOUT)
     _created(existing)
-    if not existing.json().get("streamConfigs"):
+    if (existing.json().get("streamConfigs") or []) != body["streamConfigs"]:
         patch = requests.patch(store_url, params={"updateMask": "streamConfigs"}, json=body, timeout=_HTTP_TIMEOUT)
         _created(patch)
 

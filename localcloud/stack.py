@@ -75,8 +75,8 @@ def render_endpoints(
         "pubsub": pubsub,
         "healthcare": healthcare,
         "bigquery": bigquery,
-        # The table the store streams its instances to: what `export --sql` queries.
-        "streamTable": config.stream_table_path,
+        # The table the store streams its instances to: what `export --sql` queries (None: up --no-stream).
+        "streamTable": config.stream_table_path if config.stream_to_bigquery else None,
         "project": config.project,
         "location": config.location,
         "dataset": config.dataset_path,
@@ -285,7 +285,8 @@ class Stack:
                 warehouse.stop()
                 raise
             try:
-                provision.create_stream_dataset(bigquery, config)
+                if config.stream_to_bigquery:
+                    provision.create_stream_dataset(bigquery, config)
                 provision.create_dicom_store(healthcare, config)
             except BaseException:
                 emulator.stop()

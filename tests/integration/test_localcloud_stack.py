@@ -6,7 +6,7 @@ import json
 import os
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,12 @@ def test_provisioning_again_gives_a_store_without_streams_its_stream_and_keeps_t
         provision.create_stream_dataset(endpoints["bigquery"], config)
         provision.create_dicom_store(endpoints["healthcare"], config)
     store = requests.get(f"{endpoints['healthcare']}/v1/{config.dicom_store_path}", timeout=10).json()
-    assert store["streamConfigs"] == provision.stream_configs(config)
+    assert store["streamConfigs"] == provision.stream_configs(config) != []
     assert store["labels"] == {"kept": "yes"}
+    # `up --no-stream` on the same state folder: the store stops streaming.
+    provision.create_dicom_store(endpoints["healthcare"], replace(config, stream_to_bigquery=False))
+    store = requests.get(f"{endpoints['healthcare']}/v1/{config.dicom_store_path}", timeout=10).json()
+    assert not store.get("streamConfigs") and store["labels"] == {"kept": "yes"}
 
 
 def test_an_upload_becomes_a_storage_event_for_the_import_function(routed: RoutedStack) -> None:

@@ -109,6 +109,11 @@ def test_export_arguments() -> None:
     assert args.state_dir == Path(".localcloud")
 
 
+def test_up_streams_to_bigquery_unless_told_not_to() -> None:
+    assert build_parser().parse_args(["up"]).no_stream is False
+    assert build_parser().parse_args(["up", "--no-stream"]).no_stream is True
+
+
 def test_export_takes_a_sql_selector() -> None:
     args = build_parser().parse_args(["export", "--sql", "SELECT 1", "--destination", "gs://b/p", "--json"])
     assert (args.sql, args.resources, args.query) == ("SELECT 1", None, None)

@@ -63,6 +63,14 @@ def test_endpoints_name_every_resource() -> None:
     json.dumps(endpoints)  # it is written as JSON
 
 
+def test_without_the_stream_endpoints_name_no_stream_table() -> None:
+    endpoints = render_endpoints(
+        LocalConfig(stream_to_bigquery=False), storage="http://s", pubsub="p:1", healthcare="http://h",
+        bigquery="http://b", functions={}, logs=Path("/tmp/logs"), processes={},
+    )
+    assert endpoints["streamTable"] is None and endpoints["bigquery"] == "http://b"
+
+
 def test_env_exports_point_clients_at_the_emulators() -> None:
     lines = env_exports(_endpoints(1)).splitlines()
     assert "export STORAGE_EMULATOR_HOST=http://127.0.0.1:1001" in lines
