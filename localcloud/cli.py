@@ -38,6 +38,10 @@ def _print_endpoints(stack: Stack) -> None:
     say("pubsub", endpoints["pubsub"])
     say("healthcare", endpoints["healthcare"])
     say("dicom store", endpoints["dicomStore"])
+    say("bigquery", endpoints["bigquery"])
+    table = endpoints.get("streamTable")
+    say("stream", f"the store streams every instance to `{table}` (export --sql queries it)" if table
+        else "none (--no-stream): the store writes no rows to BigQuery")
     for role, url in endpoints["functions"].items():
         count = len(stack.instances.get(role, ()))
         say(f"fn {role}", url + (f" ({count} instances)" if count > 1 else ""))
