@@ -134,21 +134,21 @@ def create_dicom_store(healthcare_url: str, config: LocalConfig) -> None:
     """
     parent = f"{healthcare_url}/v1/projects/{config.project}/locations/{config.location}"
     dataset_url = f"{parent}/datasets"
-    _created(requests.post(dataset_url, params={"datasetId": config.dataset}, json={}, timeout=_HTTP_TIMEOUT))
+    _ok_or_exists(requests.post(dataset_url, params={"datasetId": config.dataset}, json={}, timeout=_HTTP_TIMEOUT))
     stores_url = f"{parent}/datasets/{config.dataset}/dicomStores"
     body = {"streamConfigs": stream_configs(config)}
     response = requests.post(stores_url, params={"dicomStoreId": config.dicom_store}, json=body, timeout=_HTTP_TIMEOUT)
-    if _created(response):
+    if _ok_or_exists(response):
         return
     store_url = f"{stores_url}/{config.dicom_store}"
     existing = requests.get(store_url, timeout=_HTTP_TIMEOUT)
-    _created(existing)
+    _ok_or_exists(existing)
     if (existing.json().get("streamConfigs") or []) != body["streamConfigs"]:
         patch = requests.patch(store_url, params={"updateMask": "streamConfigs"}, json=body, timeout=_HTTP_TIMEOUT)
-        _created(patch)
+        _ok_or_exists(patch)
 
 
-def _created(response: requests.Response) -> bool:
+def _ok_or_exists(response: requests.Response) -> bool:
     """True for a 200, False for a 409 (it exists already); raises ProvisionError otherwise."""
     if response.status_code == 409:
         return False
