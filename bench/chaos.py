@@ -301,7 +301,10 @@ def run(options: Options, say: Any) -> Result:
     result = Result(cap=options.max_operations)
     say(f"generating {options.files:,} files")
     files = make_files(options.files)
-    config = LocalConfig(extra_function_env={"DICOM_MAX_CONCURRENT_OPERATIONS": str(options.max_operations)})
+    # No BigQuery stream: writing thousands of rows to the local BigQuery would load the machine
+    # the chaos runs on, and nothing here queries them.
+    config = LocalConfig(extra_function_env={"DICOM_MAX_CONCURRENT_OPERATIONS": str(options.max_operations)},
+                         stream_to_bigquery=False)
     with tempfile.TemporaryDirectory(prefix="bench-chaos-") as tmp:
         state_dir = options.state_dir or Path(tmp) / "state"
         instances = {role: options.instances for role in KILLED_ROLES}

@@ -38,6 +38,10 @@ def _print_endpoints(stack: Stack) -> None:
     say("pubsub", endpoints["pubsub"])
     say("healthcare", endpoints["healthcare"])
     say("dicom store", endpoints["dicomStore"])
+    say("bigquery", endpoints["bigquery"])
+    table = endpoints.get("streamTable")
+    say("stream", f"the store streams every instance to `{table}` (export --sql queries it)" if table
+        else "none (--no-stream): the store writes no rows to BigQuery")
     for role, url in endpoints["functions"].items():
         count = len(stack.instances.get(role, ()))
         say(f"fn {role}", url + (f" ({count} instances)" if count > 1 else ""))
@@ -77,7 +81,7 @@ def _wait_for_signal(stack: Stack) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    config = LocalConfig(poll_interval_seconds=args.poll_interval)
+    config = LocalConfig(poll_interval_seconds=args.poll_interval, stream_to_bigquery=not args.no_stream)
     # A SIGTERM while starting must still stop what has started: make it an exception.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -295,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes per function, as Cloud Run scales out (default 1): N for every function, or "
         "e.g. import=2 for one (repeatable). Deliveries are spread over the instances, a failed one "
         "is tried on another, and an instance that dies is replaced",
+    )
+    up.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="the DICOM store does not stream its instances to the local BigQuery (for bulk loads that "
+        "need no --sql: the local BigQuery writes about ten rows a second)",
     )
     env = command("env", cmd_env, "print shell exports for the running local cloud")
     env.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)

@@ -27,6 +27,12 @@ class LocalConfig:
     location: str = "us-central1"
     dataset: str = "local-dataset"
     dicom_store: str = "local-store"
+    # The BigQuery dataset and table the store streams its instances to (streamConfigs): what
+    # `sql` selectors query. The names are infra/'s defaults (stream_dataset_id, stream_table_id).
+    stream_dataset: str = "dicom_stream"
+    stream_table: str = "instances"
+    # Off for bulk loads that need no SQL: the local BigQuery writes about 10 rows a second.
+    stream_to_bigquery: bool = True
     upload_bucket: str = "dicom-upload"
     export_bucket: str = "dicom-export"
     state_bucket: str = "dicom-state"
@@ -68,14 +74,23 @@ class LocalConfig:
     def dicom_store_path(self) -> str:
         return f"{self.dataset_path}/dicomStores/{self.dicom_store}"
 
-    def function_env(self, target: str, *, storage: str, pubsub: str, healthcare: str) -> dict[str, str]:
-        """The environment of one function: only the settings it reads, plus the emulator hosts."""
+    @property
+    def stream_table_path(self) -> str:
+        """`project.dataset.table` of the stream table, as SQL names it (in backquotes)."""
+        return f"{self.project}.{self.stream_dataset}.{self.stream_table}"
+
+    def function_env(
+        self, target: str, *, storage: str, pubsub: str, healthcare: str, bigquery: str
+    ) -> dict[str, str]:
+        """The environment of one function: only the settings it reads, plus the emulator hosts
+        (`bigquery`: the local BigQuery the export function's `sql` selectors query)."""
         candidates = {
             "DICOM_STORE": self.dicom_store_path,
             "DICOM_STATE_BUCKET": self.state_bucket,
             "DICOM_COMPLETION_TOPIC": self.topic_path(self.completions_topic),
             "DICOM_EXPORT_ALLOWED_DESTINATIONS": f"gs://{self.export_bucket}",
             "HEALTHCARE_API_URL": healthcare,
+            "BIGQUERY_API_URL": bigquery,
             "DICOM_DEBOUNCE_SECONDS": _number(self.debounce_seconds),
             "DICOM_SETTLE_SECONDS": _number(self.settle_seconds),
             "DICOM_CLAIM_LEASE_SECONDS": _number(self.claim_lease_seconds),

@@ -84,6 +84,13 @@ class LocalCloud:
     def dicom_store(self) -> str:
         return str(self.endpoints["dicomStore"])
 
+    @property
+    def stream_table(self) -> str | None:
+        """`project.dataset.table` the store streams its instances to (`sql` selectors query it);
+        None when the stack was started with `--no-stream`."""
+        table = self.endpoints.get("streamTable")
+        return str(table) if table else None
+
     # -- clients ---------------------------------------------------------------------------
     @property
     def storage(self) -> storage.Client:
@@ -111,6 +118,7 @@ class LocalCloud:
             storage=self.endpoints["storage"],
             pubsub=self.endpoints["pubsub"],
             healthcare=self.endpoints["healthcare"],
+            bigquery=self.endpoints["bigquery"],
         )
         env.update(DICOM_STORE=self.dicom_store, DICOM_STATE_BUCKET=self.state_bucket)
         return Settings.from_env(env, IMPORT_TARGET)
@@ -146,6 +154,26 @@ class LocalCloud:
             return []
         result: list[dict[str, Any]] = response.json()
         return result
+
+    def streamed_instances(self) -> int:
+        """Distinct instances in the stream table so far; 0 before the first row created it.
+
+        The store streams in the background after an instance is stored, so a caller that wants
+        to query what it just imported waits for this count first.
+        """
+        from localcloud import bigquery  # google-cloud-bigquery only for the commands that query
+
+        if self.stream_table is None:
+            return 0
+        table = ".".join(bigquery.quote_identifier(part) for part in self.stream_table.split("."))
+        client = bigquery.client(self.endpoints["bigquery"], self.project)
+        try:
+            rows = client.query(f"SELECT COUNT(DISTINCT SOPInstanceUID) AS n FROM {table}").result()
+            return int(next(iter(rows)).n)
+        except gexc.NotFound:
+            return 0
+        finally:
+            client.close()
 
     def instance_stored(self, study: str, series: str, instance: str) -> bool:
         level = f"studies/{study}/series/{series}/instances"

@@ -3,7 +3,8 @@
 Start the stack with every function, upload a synthetic study set (the import function batches
 it, the poller reports it), export one study as DICOM (Explicit VR Little Endian) and one series
 as PNG by publishing export requests (the export function starts them, the poller reports them),
-print the completion events and the objects written, stop. The same code paths as
+then, once the store has streamed the imported instances to the local BigQuery, export what a
+`sql` selector picks from that table; print the completion events and the objects written, stop. The same code paths as
 `python -m localcloud ingest` and `python -m localcloud export`.
 """
 
@@ -14,6 +15,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import pydicom
 
 from localcloud import synthetic
 from localcloud.components import ComponentError
@@ -85,7 +88,7 @@ def _flow(cloud: LocalCloud, work: Path, reporter: Reporter) -> bool:
                         settings=cloud.import_settings(DEMO_CONFIG))
     for line in render_summary(result):
         reporter.print(line)
-    ok = result.ok and result.imported == len(studies.files)
+    imported = ok = result.ok and result.imported == len(studies.files)
 
     study = studies.studies[0]
     series_study = studies.studies[1] if len(studies.studies) > 1 else study
@@ -105,11 +108,67 @@ def _flow(cloud: LocalCloud, work: Path, reporter: Reporter) -> bool:
         for line in render_result(outcome):
             reporter.print(line)
         ok = _show_written(cloud, folder, expected, outcome, reporter) and ok
-    return ok
+    if not imported:  # the stream would never hold every instance: do not wait for it
+        reporter.say("export", "no SQL-selected export: the import did not store every instance")
+        return False
+    return _sql_export(cloud, studies, len(studies.files), reporter) and ok
+
+
+def selection_sql(table: str, modality: str) -> str:
+    """The seed's selection: resource paths from the stream table, here the first instance of
+    every series of one modality (across studies: no single DICOMweb search says that)."""
+    return ("SELECT CONCAT('/studies/', StudyInstanceUID, '/series/', SeriesInstanceUID, '/instances/', "
+            f"SOPInstanceUID) FROM `{table}` WHERE Modality = '{modality}' AND InstanceNumber = 1")
+
+
+def sql_selected(studies: synthetic.SyntheticSet, modality: str) -> set[str]:
+    """`STUDY/SERIES/SOP` of the instances `selection_sql(..., modality)` selects from the set."""
+    selected = set()
+    for study in studies.studies:
+        for series in study.series if study.modality == modality else ():
+            for path in series.instances:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                if int(ds.InstanceNumber) == 1:
+                    selected.add(f"{study.uid}/{series.uid}/{ds.SOPInstanceUID}")
+    return selected
+
+
+def _sql_export(cloud: LocalCloud, studies: synthetic.SyntheticSet, stored: int, reporter: Reporter) -> bool:
+    """Waits for the store to have streamed every imported instance to BigQuery, then exports what
+    the seed's SQL selects from that table (the export function runs the query)."""
+    table = cloud.stream_table
+    if table is None:
+        reporter.say("error", "the store does not stream to BigQuery: nothing for SQL to select from")
+        return False
+    started = time.monotonic()
+    streamed = cloud.streamed_instances()
+    while streamed < stored and time.monotonic() - started < STEP_TIMEOUT_SECONDS:
+        time.sleep(0.5)
+        streamed = cloud.streamed_instances()
+    reporter.say("bigquery", f"{streamed} of {stored} instances streamed to {table} "
+                             f"(waited {time.monotonic() - started:.1f} s)")
+    if streamed < stored:
+        reporter.say("error", "the store did not stream every imported instance to BigQuery in time")
+        return False
+    modality = studies.studies[0].modality
+    expected = sql_selected(studies, modality)
+    folder = "sql"
+    destination = f"gs://{cloud.export_bucket}/{EXPORT_PREFIX}/{folder}"
+    sql = selection_sql(table, modality)
+    reporter.say("export", f"what SQL selects ({len(expected)} instances: the first of every {modality} series) "
+                           f"-> {destination}/")
+    reporter.print(aligned("sql", sql))
+    request = build_request(destination=destination, sql=sql, request_id=f"demo-{folder}-{int(time.time())}")
+    outcome = run_export(cloud, request, timeout=STEP_TIMEOUT_SECONDS, reporter=Reporter.off())
+    for line in render_result(outcome):
+        reporter.print(line)
+    return _show_written(cloud, folder, len(expected), outcome, reporter, exactly=expected)
 
 
 def _show_written(cloud: LocalCloud, folder: str, expected: int, outcome: ExportResult,
-                  reporter: Reporter) -> bool:
+                  reporter: Reporter, exactly: set[str] | None = None) -> bool:
+    """Lists what the export wrote; True when it succeeded with `expected` objects (and, given
+    `exactly`, those instances: `STUDY/SERIES/SOP`, whatever the extension)."""
     prefix = f"{EXPORT_PREFIX}/{folder}"
     blobs = sorted(cloud.storage.list_blobs(cloud.export_bucket, prefix=prefix + "/"), key=lambda b: b.name)
     reporter.say("written", f"{len(blobs)} objects under gs://{cloud.export_bucket}/{prefix}/")
@@ -119,6 +178,10 @@ def _show_written(cloud: LocalCloud, folder: str, expected: int, outcome: Export
         return False
     if len(blobs) != expected:
         reporter.say("error", f"expected {expected} objects, found {len(blobs)}")
+        return False
+    written = {b.name[len(prefix) + 1:].rsplit(".", 1)[0] for b in blobs}
+    if exactly is not None and written != exactly:
+        reporter.say("error", f"{len(written - exactly)} objects not selected, {len(exactly - written)} missing")
         return False
     return True
 

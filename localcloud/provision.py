@@ -7,6 +7,7 @@ PUBSUB_EMULATOR_HOST, so a process can talk to several stacks and needs no globa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
 import grpc
@@ -107,16 +108,54 @@ def create_bucket(storage_url: str, project: str, bucket: str) -> None:
         raise ProvisionError(f"bucket {bucket}: HTTP {response.status_code} {response.text[:300]}")
 
 
+def create_stream_dataset(bigquery_url: str, config: LocalConfig) -> None:
+    """The BigQuery dataset the store streams to (the Healthcare API creates the table itself)."""
+    url = f"{bigquery_url}/bigquery/v2/projects/{config.project}/datasets"
+    reference = {"projectId": config.project, "datasetId": config.stream_dataset}
+    response = requests.post(url, json={"datasetReference": reference}, timeout=_HTTP_TIMEOUT)
+    if response.status_code not in (200, 409):
+        raise ProvisionError(f"POST {url}: HTTP {response.status_code} {response.text[:300]}")
+
+
+def stream_configs(config: LocalConfig) -> list[dict[str, Any]]:
+    """The store's `streamConfigs`: every instance that lands becomes a row of the stream table
+    (none when `config.stream_to_bigquery` is off)."""
+    if not config.stream_to_bigquery:
+        return []
+    return [{"bigqueryDestination": {"tableUri": f"bq://{config.stream_table_path}"}}]
+
+
 def create_dicom_store(healthcare_url: str, config: LocalConfig) -> None:
+    """The dataset and the store, streaming to the stream table (create its dataset first).
+
+    A store kept from an earlier run gets the `streamConfigs` this config asks for: its state
+    directory may predate the stream (and `export --sql` would find no rows), or it was started
+    with the other `--no-stream` setting.
+    """
     parent = f"{healthcare_url}/v1/projects/{config.project}/locations/{config.location}"
-    steps = [
-        (f"{parent}/datasets", {"datasetId": config.dataset}),
-        (f"{parent}/datasets/{config.dataset}/dicomStores", {"dicomStoreId": config.dicom_store}),
-    ]
-    for url, params in steps:
-        response = requests.post(url, params=params, json={}, timeout=_HTTP_TIMEOUT)
-        if response.status_code not in (200, 409):
-            raise ProvisionError(f"POST {url}: HTTP {response.status_code} {response.text[:300]}")
+    dataset_url = f"{parent}/datasets"
+    _ok_or_exists(requests.post(dataset_url, params={"datasetId": config.dataset}, json={}, timeout=_HTTP_TIMEOUT))
+    stores_url = f"{parent}/datasets/{config.dataset}/dicomStores"
+    body = {"streamConfigs": stream_configs(config)}
+    response = requests.post(stores_url, params={"dicomStoreId": config.dicom_store}, json=body, timeout=_HTTP_TIMEOUT)
+    if _ok_or_exists(response):
+        return
+    store_url = f"{stores_url}/{config.dicom_store}"
+    existing = requests.get(store_url, timeout=_HTTP_TIMEOUT)
+    _ok_or_exists(existing)
+    if (existing.json().get("streamConfigs") or []) != body["streamConfigs"]:
+        patch = requests.patch(store_url, params={"updateMask": "streamConfigs"}, json=body, timeout=_HTTP_TIMEOUT)
+        _ok_or_exists(patch)
+
+
+def _ok_or_exists(response: requests.Response) -> bool:
+    """True for a 200, False for a 409 (it exists already); raises ProvisionError otherwise."""
+    if response.status_code == 409:
+        return False
+    if response.status_code != 200:
+        request = response.request
+        raise ProvisionError(f"{request.method} {request.url}: HTTP {response.status_code} {response.text[:300]}")
+    return True
 
 
 def provision_pubsub(pubsub_host: str, config: LocalConfig, export_endpoint: str | None) -> None:

@@ -81,6 +81,8 @@ def render_endpoints(
         "pubsub": pubsub,
         "healthcare": healthcare,
         "bigquery": bigquery,
+        # The table the store streams its instances to: what `export --sql` queries (None: up --no-stream).
+        "streamTable": config.stream_table_path if config.stream_to_bigquery else None,
         "project": config.project,
         "location": config.location,
         "dataset": config.dataset_path,
@@ -300,6 +302,8 @@ class Stack:
                 warehouse.stop()
                 raise
             try:
+                if config.stream_to_bigquery:
+                    provision.create_stream_dataset(bigquery, config)
                 provision.create_dicom_store(healthcare, config)
             except BaseException:
                 emulator.stop()
@@ -310,7 +314,9 @@ class Stack:
         launchers: dict[str, tuple[str, Callable[[], Component]]] = {}  # task name -> (role, launcher)
         for role, role_ports in instance_ports.items():
             target = FUNCTION_TARGETS[role]
-            env = config.function_env(target, storage=storage, pubsub=pubsub, healthcare=healthcare)
+            env = config.function_env(
+                target, storage=storage, pubsub=pubsub, healthcare=healthcare, bigquery=bigquery
+            )
             for number, port in enumerate(role_ports, start=1):
                 name = f"function-{target}" if len(role_ports) == 1 else f"function-{target}-{number}"
                 task = f"function {target}" if len(role_ports) == 1 else f"function {target} #{number}"

@@ -150,6 +150,13 @@ class Deployment:
         object.__setattr__(self.deps, "batcher", WindowBatcher(self.settings, counting, queue))
         return counting
 
+    def stream_to(self, table: str) -> None:
+        """Gives the store a `streamConfigs` entry to BigQuery table `project.dataset.table` (its
+        dataset must exist): every instance stored from now on becomes a row there."""
+        url = f"{self.healthcare_url}/v1/{self.settings.dicom_store}"
+        body = {"streamConfigs": [{"bigqueryDestination": {"tableUri": f"bq://{table}"}}]}
+        _ok(requests.patch(url, params={"updateMask": "streamConfigs"}, json=body, timeout=10))
+
     def handler(self) -> ImportOnUpload:
         return ImportOnUpload(self.settings, self.deps.gcs, self.deps.batcher)
 

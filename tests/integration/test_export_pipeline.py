@@ -3,7 +3,8 @@ Healthcare emulator, the poller's completion event out, and the exported objects
 
 One store is filled once per module through the import pipeline (upload, import handler, poller);
 every test then gets a fresh deployment (buckets, topic, state) that exports from that store, so
-each test sees only its own objects and events.
+each test sees only its own objects and events. The store streams every instance it stores to a
+table of the local BigQuery (`streamConfigs`), which the `sql` selector tests query.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from pydicom.uid import generate_uid
 from functions.export_request import dedup_key, parse_export_request
 from tests import dicom_factory
 from tests.integration.harness import (
+    PROJECT,
     Deployment,
     bucket_objects,
     clear_faults,
@@ -33,6 +36,7 @@ from tests.integration.harness import (
     pubsub_message,
     successes,
     upload_and_deliver,
+    wait_for,
 )
 
 PATIENT_A, PATIENT_B = "PAT-A", "PAT-B"
@@ -55,16 +59,18 @@ class Inst:
 @dataclass(frozen=True)
 class Store:
     name: str  # projects/.../dicomStores/S
-    a: list[Inst]  # study A, PAT-A, 20240115: 2 series x 2 instances
-    b: list[Inst]  # study B, PAT-B, 20240620: 1 series x 2 instances
-    c: list[Inst]  # study C, PAT-A, 20230301: 1 series x 1 instance
+    a: list[Inst]  # study A, PAT-A, 20240115, OT: 2 series x 2 instances
+    b: list[Inst]  # study B, PAT-B, 20240620, MR: 1 series x 2 instances
+    c: list[Inst]  # study C, PAT-A, 20230301, OT: 1 series x 1 instance
+    stream_table: str  # project.dataset.table the store streams its instances to
 
     @property
     def everything(self) -> list[Inst]:
         return self.a + self.b + self.c
 
 
-def _study(patient_id: str, study_date: str, series: int, per_series: int) -> tuple[list[Inst], list[bytes]]:
+def _study(patient_id: str, study_date: str, series: int, per_series: int,
+           modality: str = "OT") -> tuple[list[Inst], list[bytes]]:
     study = generate_uid()
     insts, blobs = [], []
     for _ in range(series):
@@ -73,22 +79,29 @@ def _study(patient_id: str, study_date: str, series: int, per_series: int) -> tu
             sop = generate_uid()
             insts.append(Inst(study, series_uid, sop))
             blobs.append(dicom_factory.instance(study, series_uid, sop, patient_id=patient_id,
-                                                study_date=study_date))
+                                                study_date=study_date, modality=modality))
     return insts, blobs
 
 
 @pytest.fixture(scope="module")
-def store(healthcare_emulator: str, fake_gcs: str, pubsub_emulator: str) -> Store:
-    """A DICOM store holding three studies, imported through the import pipeline."""
+def store(healthcare_emulator: str, fake_gcs: str, pubsub_emulator: str, bigquery_emulator: str) -> Store:
+    """A DICOM store holding three studies, imported through the import pipeline (uploads to the
+    upload bucket, the import function's handler, the poller), streaming to a BigQuery table."""
+    from localcloud import bigquery as local_bigquery
+
+    dataset = f"{PROJECT}.stream_{uuid.uuid4().hex[:8]}"
+    local_bigquery.client(bigquery_emulator, PROJECT).create_dataset(dataset)  # the API creates the table
+    stream_table = f"{dataset}.instances"
     d = Deployment.create(healthcare_emulator)
+    d.stream_to(stream_table)  # before the first upload: every imported instance is streamed
     a, a_data = _study(PATIENT_A, "20240115", 2, 2)
-    b, b_data = _study(PATIENT_B, "20240620", 1, 2)
+    b, b_data = _study(PATIENT_B, "20240620", 1, 2, modality="MR")
     c, c_data = _study(PATIENT_A, "20230301", 1, 1)
     files = [(f"in/{i.study}/{i.sop}.dcm", data) for i, data in zip(a + b + c, a_data + b_data + c_data, strict=True)]
     upload_and_deliver(d, files)
     completions = d.completions_until_quiet()
     assert successes(completions) >= 7 == len(d.stored_instances()), completions
-    return Store(d.settings.dicom_store, a, b, c)
+    return Store(d.settings.dicom_store, a, b, c, stream_table)
 
 
 @pytest.fixture
@@ -504,46 +517,82 @@ def test_set_storage_class_moves_one_series_to_archive_and_nothing_else(d: Deplo
 # --- sql selector (the local BigQuery) ------------------------------------------------------------
 
 
-def test_the_seed_sql_through_the_export_function_exports_exactly_the_selected_instances(
-        d: Deployment, store: Store, bigquery_emulator: str) -> None:
-    import uuid
-    from dataclasses import replace
+def _streamed(bigquery_emulator: str, table: str) -> dict[str, int]:
+    """SOP Instance UID -> rows of it in the stream table (empty until the first row created it)."""
+    from google.api_core.exceptions import NotFound
 
-    from google.cloud import bigquery as bq_lib
-
-    from functions.bigquery import BigQueryClient
-    from functions.export_on_message import ExportOnMessage
     from localcloud import bigquery as local_bigquery
 
-    project = d.settings.project
-    bq = local_bigquery.client(bigquery_emulator, project)
-    table = f"{project}.sel_{uuid.uuid4().hex[:8]}.instances"
-    bq.create_dataset(table.rsplit(".", 1)[0])
-    columns = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
-    bq.create_table(bq_lib.Table(table, schema=[bq_lib.SchemaField(c, "STRING") for c in columns]))
-    chosen = [*store.b, store.a[1]]
-    rows = [{"StudyInstanceUID": i.study, "SeriesInstanceUID": i.series, "SOPInstanceUID": i.sop,
-             "Modality": "MR" if i in chosen else "CT"} for i in store.everything]
-    local_bigquery.insert_rows(bq, table, rows, columns)
+    bq = local_bigquery.client(bigquery_emulator, PROJECT)
+    try:
+        rows = bq.query(f"SELECT SOPInstanceUID AS sop, COUNT(*) AS n FROM `{table}` GROUP BY SOPInstanceUID").result()
+        return {row.sop: row.n for row in rows}
+    except NotFound:
+        return {}
+    finally:
+        bq.close()
+
+
+def _wait_for_stream(store: Store, bigquery_emulator: str) -> None:
+    """Until the store has streamed every instance the import stored: one row each."""
+    expected = {i.sop: 1 for i in store.everything}
+    last: list[dict[str, int]] = [{}]
+
+    def complete() -> bool:
+        last[0] = _streamed(bigquery_emulator, store.stream_table)
+        return last[0] == expected
+
+    def state() -> str:
+        rows = last[0]
+        return (f"one stream row for each of {len(expected)} instances: {len(set(expected) - set(rows))} missing, "
+                f"{sum(1 for n in rows.values() if n > 1)} repeated, {len(set(rows) - set(expected))} unknown")
+
+    wait_for(complete, timeout=120, interval=0.3, what=state)
+
+
+def test_the_seed_sql_on_the_stores_streamed_table_exports_exactly_the_selected_instances(
+        store: Store, healthcare_emulator: str, bigquery_emulator: str) -> None:
+    # The rows were written by the Healthcare emulator as the imports stored the instances
+    # (streamConfigs), not by this test.
+    _wait_for_stream(store, bigquery_emulator)
+    d = Deployment.create(healthcare_emulator, dicom_store=store.name, bigquery_api_url=bigquery_emulator)
+    handler = export_handler(d)
+    chosen = [*store.b, store.a[1]]  # the MR study, and one instance of another study
     sql = ("SELECT CONCAT('/studies/', StudyInstanceUID, '/series/', SeriesInstanceUID, '/instances/', "
-           f"SOPInstanceUID) FROM `{table}` WHERE Modality = 'MR'")
-    settings = replace(d.settings, bigquery_api_url=bigquery_emulator)
-    deps = d.deps
-    handler = ExportOnMessage(settings, deps.gcs, deps.healthcare, deps.queue, deps.publisher,
-                              bigquery=BigQueryClient(settings))
+           f"SOPInstanceUID) FROM `{store.stream_table}` WHERE Modality = 'MR' OR SOPInstanceUID = '{store.a[1].sop}'")
     body = {"requestId": "sql-mr", "destination": f"gs://{d.export_bucket}/sql", "sql": sql}
     assert handler.handle(_msg(body)).action in ("started", "queued")
     [event] = d.pull_completions(1)
     _check_succeeded(d, event, "sql-mr", f"gs://{d.export_bucket}/sql", len(chosen))
-    assert set(_exported(d)) == {i.key("sql") for i in chosen}
+    assert set(_exported(d)) == {i.key("sql") for i in chosen}  # and none of the other five
     # No rows, and a query error: REJECTED, nothing started.
     empty = {"requestId": "sql-none", "destination": f"gs://{d.export_bucket}/none",
-             "sql": f"SELECT CONCAT('/studies/', StudyInstanceUID) FROM `{table}` WHERE Modality = 'XA'"}
+             "sql": f"SELECT CONCAT('/studies/', StudyInstanceUID) FROM `{store.stream_table}` WHERE Modality = 'XA'"}
     broken = {"requestId": "sql-bad", "destination": f"gs://{d.export_bucket}/bad",
-              "sql": f"SELECT no_such_column FROM `{table}`"}
+              "sql": f"SELECT no_such_column FROM `{store.stream_table}`"}
     for request in (empty, broken):
         assert handler.handle(_msg(request)).action == "rejected"
     events = _by_request(d.pull_completions(2))
     assert events["sql-none"]["state"] == "REJECTED" and "no rows" in events["sql-none"]["reason"]
     assert events["sql-bad"]["state"] == "REJECTED" and "BigQuery refused" in events["sql-bad"]["reason"], events
     assert set(_exported(d)) == {i.key("sql") for i in chosen}
+
+
+def test_a_sql_selected_series_moves_to_coldline_and_nothing_else(store: Store, healthcare_emulator: str,
+                                                                   bigquery_emulator: str) -> None:
+    # The UID-column form of a result: one row per series of study B, from the streamed table.
+    _wait_for_stream(store, bigquery_emulator)
+    d = Deployment.create(healthcare_emulator, dicom_store=store.name, bigquery_api_url=bigquery_emulator)
+    before = {i.sop: _storage_class(d, i) for i in store.everything}
+    assert "COLDLINE" not in before.values()
+    sql = (f"SELECT DISTINCT StudyInstanceUID, SeriesInstanceUID FROM `{store.stream_table}` "
+           f"WHERE PatientID = '{PATIENT_B}'")
+    body = {"requestId": "coldline-sql", "action": "setStorageClass", "storageClass": "COLDLINE", "sql": sql}
+    assert export_handler(d).handle(_msg(body)).action in ("started", "queued")
+    [event] = d.pull_completions(1)
+    assert (event["kind"], event["state"], event["requestId"]) == ("storageClass", "SUCCEEDED", "coldline-sql")
+    assert event["counters"]["success"] == len(store.b), event
+    after = {i.sop: _storage_class(d, i) for i in store.everything}
+    assert {sop for sop, cls in after.items() if cls == "COLDLINE"} == {i.sop for i in store.b}
+    others = {i.sop for i in store.everything} - {i.sop for i in store.b}
+    assert {sop: after[sop] for sop in others} == {sop: before[sop] for sop in others}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -125,7 +126,23 @@ def test_demo_goes_through_the_functions(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert any(line.startswith("event       import SUCCEEDED") for line in lines)
-    assert sum(line.startswith("event       export SUCCEEDED") for line in lines) == 2
+    assert sum(line.startswith("event       export SUCCEEDED") for line in lines) == 3
     assert any(line.endswith(".png") or ".png " in line for line in lines)
+    # The SQL-selected export: the store streamed every imported instance to the local BigQuery,
+    # the export function ran the seed's query on that table and exported what it selected (the
+    # demo itself fails unless the objects written are exactly those instances).
+    [streamed] = [line for line in lines if line.startswith("bigquery ")]
+    counts = re.search(r"(\d+) of (\d+) instances streamed to local-project\.dicom_stream\.instances", streamed)
+    assert counts is not None and counts[1] == counts[2] != "0", streamed
+    total = int(counts[2])
+    [sql_at] = [n for n, line in enumerate(lines) if line.startswith("sql         SELECT CONCAT('/studies/'")]
+    assert "FROM `local-project.dicom_stream.instances` WHERE " in lines[sql_at]
+    announced = re.search(r"what SQL selects \((\d+) instances", lines[sql_at - 1])
+    assert announced is not None, lines[sql_at - 1]
+    selected = int(announced[1])
+    assert lines[sql_at + 1].startswith(f"event       export SUCCEEDED             {selected} ok, 0 failed  "
+                                        "gs://dicom-export/demo/sql"), lines[sql_at + 1]
+    assert lines[sql_at + 2].startswith(f"written     {selected} objects under gs://dicom-export/demo/sql/")
+    assert 0 < selected < total
     assert lines[-1].startswith("demo        everything succeeded in ")
     assert not (tmp_path / "state" / ENDPOINTS_FILE).exists()

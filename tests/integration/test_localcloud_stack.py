@@ -7,7 +7,7 @@ import os
 import socket
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,32 @@ def test_every_resource_exists_on_its_emulator(routed: RoutedStack) -> None:
     store = requests.get(f"{endpoints['healthcare']}/v1/{endpoints['dicomStore']}", timeout=10)
     assert store.status_code == 200
     assert store.json()["name"] == endpoints["dicomStore"]
+    # The store streams to the local BigQuery, whose dataset exists (the table comes with the first row).
+    streams = store.json()["streamConfigs"]
+    assert streams == [{"bigqueryDestination": {"tableUri": f"bq://{endpoints['streamTable']}"}}]
+    project, dataset, _ = endpoints["streamTable"].split(".")
+    found = requests.get(f"{endpoints['bigquery']}/bigquery/v2/projects/{project}/datasets/{dataset}", timeout=10)
+    assert found.status_code == 200, found.text
+
+
+def test_provisioning_again_gives_a_store_without_streams_its_stream_and_keeps_the_rest(
+        routed: RoutedStack) -> None:
+    # A state folder from before the stream existed: its store has no streamConfigs.
+    endpoints = routed.endpoints
+    config = LocalConfig(dicom_store="older-store")
+    created = requests.post(f"{endpoints['healthcare']}/v1/{config.dataset_path}/dicomStores",
+                            params={"dicomStoreId": config.dicom_store}, json={"labels": {"kept": "yes"}}, timeout=10)
+    assert created.status_code == 200, created.text
+    for _ in range(2):  # idempotent
+        provision.create_stream_dataset(endpoints["bigquery"], config)
+        provision.create_dicom_store(endpoints["healthcare"], config)
+    store = requests.get(f"{endpoints['healthcare']}/v1/{config.dicom_store_path}", timeout=10).json()
+    assert store["streamConfigs"] == provision.stream_configs(config) != []
+    assert store["labels"] == {"kept": "yes"}
+    # `up --no-stream` on the same state folder: the store stops streaming.
+    provision.create_dicom_store(endpoints["healthcare"], replace(config, stream_to_bigquery=False))
+    store = requests.get(f"{endpoints['healthcare']}/v1/{config.dicom_store_path}", timeout=10).json()
+    assert not store.get("streamConfigs") and store["labels"] == {"kept": "yes"}
 
 
 def test_an_upload_becomes_a_storage_event_for_the_import_function(routed: RoutedStack) -> None:

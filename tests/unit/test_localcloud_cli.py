@@ -23,6 +23,7 @@ SERIES = "1.2.826.0.1.3680043.8.498.1.2"
 def _cloud() -> LocalCloud:
     return LocalCloud({
         "storage": "http://127.0.0.1:1", "pubsub": "127.0.0.1:2", "healthcare": "http://127.0.0.1:3",
+        "bigquery": "http://127.0.0.1:4",
         "project": "local-project", "dicomStore": STORE,
         "buckets": {"upload": "dicom-upload", "export": "dicom-export", "state": "dicom-state"},
     })
@@ -106,6 +107,11 @@ def test_export_arguments() -> None:
         "gs://b/p", "image/png", "r-1", 5.0, True)
     assert args.resources is None and args.filter_uri is None
     assert args.state_dir == Path(".localcloud")
+
+
+def test_up_streams_to_bigquery_unless_told_not_to() -> None:
+    assert build_parser().parse_args(["up"]).no_stream is False
+    assert build_parser().parse_args(["up", "--no-stream"]).no_stream is True
 
 
 def test_export_takes_a_sql_selector() -> None:
@@ -308,6 +314,21 @@ def test_demo_shortens_uids_in_object_names() -> None:
     lines = demo.written_lines([(name, 2048), ("demo/png/readme", 5)], "demo/png")
     assert lines[0].endswith("2.0 KiB") and lines[1].endswith("5 B")
     assert len(lines[0]) == len(lines[1])
+
+
+def test_demo_sql_passes_the_export_functions_check_and_its_selection_is_the_first_instance_per_series(
+        tmp_path: Path) -> None:
+    from functions.sql_selection import check_sql
+    from localcloud import synthetic
+
+    sql = demo.selection_sql("local-project.dicom_stream.instances", "MR")
+    assert check_sql(sql) == sql
+    assert "FROM `local-project.dicom_stream.instances` WHERE Modality = 'MR' AND InstanceNumber = 1" in sql
+    studies = synthetic.generate(tmp_path, patients=2, studies_per_patient=(2, 2), instances_per_series=(2, 3))
+    mr = [s for s in studies.studies if s.modality == "MR"]
+    selected = demo.sql_selected(studies, "MR")
+    assert len(selected) == sum(len(s.series) for s in mr)  # one instance per series
+    assert {p.split("/")[1] for p in selected} == {series.uid for s in mr for series in s.series}
 
 
 def test_progress_without_a_terminal_is_one_line_per_bar_and_off_is_silent() -> None:

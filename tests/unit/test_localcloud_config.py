@@ -11,6 +11,7 @@ HOSTS = {
     "storage": "http://127.0.0.1:1001",
     "pubsub": "127.0.0.1:1002",
     "healthcare": "http://127.0.0.1:1003",
+    "bigquery": "http://127.0.0.1:1004",
 }
 
 
@@ -50,6 +51,7 @@ def test_export_and_poll_know_the_completion_topic_and_allowed_destination() -> 
     )
     assert export.completion_topic == "projects/local-project/topics/dicom-completions"
     assert export.export_allowed_destinations == ("gs://dicom-export",)
+    assert export.bigquery_api_url == "http://127.0.0.1:1004"  # sql selectors query the local BigQuery
     poll = Settings.from_env(
         LocalConfig().function_env("poll_dicom_operations", **HOSTS), "poll_dicom_operations"
     )

@@ -41,6 +41,7 @@ def test_endpoints_name_every_resource() -> None:
     assert endpoints["pubsub"] == "127.0.0.1:1002"
     assert endpoints["healthcare"] == "http://127.0.0.1:1003"
     assert endpoints["bigquery"] == "http://127.0.0.1:1005"
+    assert endpoints["streamTable"] == "local-project.dicom_stream.instances"
     assert (endpoints["project"], endpoints["location"]) == ("local-project", "us-central1")
     assert endpoints["dicomStore"] == (
         "projects/local-project/locations/us-central1/datasets/local-dataset/dicomStores/local-store"
@@ -60,6 +61,14 @@ def test_endpoints_name_every_resource() -> None:
     assert endpoints["functions"] == {"import": "http://127.0.0.1:1004"}
     assert endpoints["logs"] == "/tmp/state/logs"
     json.dumps(endpoints)  # it is written as JSON
+
+
+def test_without_the_stream_endpoints_name_no_stream_table() -> None:
+    endpoints = render_endpoints(
+        LocalConfig(stream_to_bigquery=False), storage="http://s", pubsub="p:1", healthcare="http://h",
+        bigquery="http://b", functions={}, logs=Path("/tmp/logs"), processes={},
+    )
+    assert endpoints["streamTable"] is None and endpoints["bigquery"] == "http://b"
 
 
 def test_env_exports_point_clients_at_the_emulators() -> None:
