@@ -426,8 +426,13 @@ def render(result: Result, options: Options) -> list[str]:
     return lines
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwinds through the stack's `with`, which stops every process
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
     def say(line: str) -> None:
         print(line, file=sys.stderr if options.json else sys.stdout, flush=True)

@@ -162,7 +162,11 @@ def provision_pubsub(pubsub_host: str, config: LocalConfig, export_endpoint: str
     """Topics and subscriptions; the export push subscription only when an export endpoint exists.
 
     Both triggers redeliver with backoff like Eventarc does; export requests that keep failing
-    end up on the dead-letter topic.
+    end up on the dead-letter topic. The storage trigger's backoff is the router's own
+    (`localcloud.router.retry_delays`), not a retry policy on its subscription: the Pub/Sub
+    emulator (0.8.20) keeps a subscription's backed-off messages in a list it inserts into one by
+    one under the subscription's lock, and with thousands of them (a stream it lost, every
+    instance down during a migration) it spent minutes of CPU there while no pull got an answer.
     """
     for name in (
         config.notifications_topic,
@@ -172,10 +176,7 @@ def provision_pubsub(pubsub_host: str, config: LocalConfig, export_endpoint: str
     ):
         create_topic(pubsub_host, config.topic_path(name))
     sub, topic = config.subscription_path, config.topic_path
-    backoff = DeliveryPolicy(config.push_min_backoff_seconds, config.push_max_backoff_seconds)
-    create_subscription(
-        pubsub_host, sub(config.notifications_subscription), topic(config.notifications_topic), policy=backoff
-    )
+    create_subscription(pubsub_host, sub(config.notifications_subscription), topic(config.notifications_topic))
     create_subscription(pubsub_host, sub(config.completions_subscription), topic(config.completions_topic))
     create_subscription(
         pubsub_host, sub(config.export_dead_letter_subscription), topic(config.export_dead_letter_topic)
