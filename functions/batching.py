@@ -30,9 +30,12 @@ logger = logging.getLogger(__name__)
 # A scope with more objects than this is treated as "unknown": no glob may reach into it.
 LISTING_CAP = 20_000
 # Re-reading an old object inside an import costs more than staging a new one: the LRO fetches,
-# parses and compares it, and an object that changed since fails the import. So staging wins
-# unless a glob re-reads only a few old objects (a bulk tree with a handful of old files).
-REIMPORT_COST = 3.0
+# parses and compares it, and an object that changed since fails the import. In a migration the
+# "old" objects are mostly the previous window's uploads (a folder split across windows), and a
+# glob over their folder would read them twice. A re-read is priced at a tenth of an LRO, so a glob
+# never re-reads to save copies (a window would need over 1,000 uploads per object read again);
+# it still may to save a whole operation. See docs/decisions/0701.
+REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
 
