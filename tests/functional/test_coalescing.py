@@ -210,3 +210,44 @@ def test_a_grower_killed_before_any_call_loses_nothing_and_imports_nothing_twice
     w.settle()
     assert len(w.hc.operations) == operations
     w.check_invariants()
+
+
+# -- a starter killed while it undoes the hold of a dead grower ---------------------------------
+
+
+def _dead_grower_world() -> World:
+    """The grower died right before its commit (hold, copies and manifest left); the hold ran out."""
+    w = _grow_world()
+    w.faults.kill(method="replace", name="jobs/", nth=2)  # the second is the commit
+    _grow_scenario(w)
+    assert w.faults.fired and len(w.state("jobs/")) == 1
+    [blocker] = w.hc.running
+    w.hc.finish(blocker.name)
+    w.sim.advance(w.settings.claim_lease_seconds + 1)
+    return w
+
+
+UNDO_TRACE = _trace(_dead_grower_world, lambda w: w.poll())
+
+
+def test_the_undo_scenario_is_what_the_crash_points_assume() -> None:
+    methods = [(c.method, c.name.split("/")[0]) for c in UNDO_TRACE]
+    assert methods.count(("replace", "jobs")) >= 3  # cancel, clear, STARTING
+    assert ("delete", "staging") in methods and ("import_dicom", "gs:") in methods
+
+
+@pytest.mark.parametrize("step", range(1, len(UNDO_TRACE) + 1),
+                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in UNDO_TRACE])
+def test_a_starter_killed_while_undoing_a_dead_growth_loses_nothing(step: int) -> None:
+    w = _dead_grower_world()
+    w.faults.arm()
+    w.faults.kill_at(step)
+    task = w.poll()
+    assert task.killed, f"no call #{step}: the scenario changed"
+    executed = w.faults.trace[:step - 1]
+    starts = [c.index for c in executed if c.method == "import_dicom"]
+    tracked = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
+    w.redeliver_lost(w.instance("retry"))
+    w.settle()
+    # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
+    w.check_invariants(may_import_twice=bool(starts) and not any(r > starts[-1] for r in tracked))
