@@ -14,9 +14,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from functions import planning
-from functions.clients import ObjectInfo, ObjectStore
+from functions import coalescing, planning
+from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.jobs import Job, JobQueue
 from functions.log import fields
@@ -29,9 +30,12 @@ logger = logging.getLogger(__name__)
 # A scope with more objects than this is treated as "unknown": no glob may reach into it.
 LISTING_CAP = 20_000
 # Re-reading an old object inside an import costs more than staging a new one: the LRO fetches,
-# parses and compares it, and an object that changed since fails the import. So staging wins
-# unless a glob re-reads only a few old objects (a bulk tree with a handful of old files).
-REIMPORT_COST = 3.0
+# parses and compares it, and an object that changed since fails the import. In a migration the
+# "old" objects are mostly the previous window's uploads (a folder split across windows), and a
+# glob over their folder would read them twice. A re-read is priced at a tenth of an LRO, so a glob
+# never re-reads to save copies (a window would need over 1,000 uploads per object read again);
+# it still may to save a whole operation. See docs/decisions/0701.
+REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
 
@@ -64,6 +68,18 @@ class WindowResult:
     jobs: tuple[str, ...] = ()
     started: tuple[str, ...] = ()
     staged: int = 0
+    grown: str | None = None  # the queued job this window's uploads were staged into (coalescing)
+
+
+@dataclass(frozen=True)
+class _Growth:
+    """A queued job held by this window, its copies made, not yet committed."""
+
+    job: Job
+    batch: str
+    held: dict[str, Any]  # the job record as held
+    generation: int
+    entries: list[dict[str, object]]
 
 
 class WindowBatcher:
@@ -116,30 +132,57 @@ class WindowBatcher:
 
     def run(self, window: str) -> WindowResult:
         """Claims the window (or takes over an expired claim) and turns its uploads into jobs."""
-        generation = self._claim(window)
-        if generation is None:
+        claimed = self._claim(window)
+        if claimed is None:
             return WindowResult(window, claimed=False)
+        generation, took_over = claimed
         uploads = self._uploads(window)
         batch_id = f"{window}-{generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
-        covering = self._covering() if uploads else []
+        waiting = self._queue.pending_records() if uploads else []
+        # A leader that died after its jobs (or its growth) became durable, before it deleted the
+        # records, left uploads that are covered already: planning them again would read them twice.
+        to_plan = self._not_covered(uploads, waiting) if took_over else uploads
+        covering = self._covering(waiting) if to_plan else []
+        target = _growth_target(waiting)
         jobs: list[Job] = []
         adoptions: dict[str, list[Upload]] = defaultdict(list)
+        to_grow: list[Upload] = []
         staged = 0
-        for (bucket, storage_class), group in _group(uploads, self._s).items():
+        for (bucket, storage_class), group in _group(to_plan, self._s).items():
             rest = self._adopt(bucket, storage_class, group, covering, adoptions)
-            if rest:
+            if rest and target is not None and coalescing.growable(target.data, storage_class):
+                to_grow.extend(rest)
+            elif rest:
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
                                                             storage_class, rest)
                 jobs.extend(group_jobs)
                 staged += group_staged
-        generation = self._fence(window, generation)
-        if generation is None:
+        growth = self._grow(target, batch_id, to_grow) if target is not None and to_grow else None
+        if to_grow and growth is None:
+            # The job started (or another window grows it) since we read it: a job of our own.
+            for (bucket, storage_class), group in _group(to_grow, self._s).items():
+                group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
+                                                            storage_class, group)
+                jobs.extend(group_jobs)
+                staged += group_staged
+        elif growth is not None:
+            staged += len(growth.entries)
+        fenced = self._fence(window, generation)
+        if fenced is None:
             # Planning outlived the lease and the poller took the window over: it plans the same
             # uploads, so queueing ours too would import them twice. What we wrote so far (staged
             # copies, manifests of jobs that never exist) is garbage the lifecycle rules remove.
             logger.warning("lost the window's claim while planning; its new holder batches it",
                            extra=fields(window=window, batch=batch_id))
+            if growth is not None:
+                self._abandon(growth)
+            return WindowResult(window, claimed=False)
+        generation = fenced
+        if growth is not None and not self._commit(growth):
+            # A starter found our hold expired and undid it: nothing of this window is durable yet,
+            # so the window is left to be planned again (its claim goes, its records stay).
+            self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
             return WindowResult(window, claimed=False)
         self._mark_seen(window, uploads)
         for job_id, taken in adoptions.items():
@@ -153,10 +196,72 @@ class WindowBatcher:
         self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         adopted = sum(len(taken) for taken in adoptions.values())
+        grown = growth.job.job_id if growth is not None else None
         logger.info("window batched", extra=fields(window=window, batch=batch_id, uploads=len(uploads),
                                                     jobs=len(jobs), started=len(started), staged=staged,
-                                                    adopted=adopted))
-        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged)
+                                                    adopted=adopted, grown=grown or "",
+                                                    grown_by=len(growth.entries) if growth else 0))
+        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown)
+
+    def _not_covered(self, uploads: list[Upload], waiting: list[Record]) -> list[Upload]:
+        """The uploads no queued or running import lists in its manifests (read on takeover only).
+
+        Only manifests of jobs that exist count (a job's own is written before the job, an adoption's
+        after the claim check), and a growth's only once committed (`job.grown`).
+        """
+        jobs = [Job.from_json(r.data["job"]) for r in waiting] + [t.job for t in self._queue.tracked()]
+        active = {j.job_id: j for j in jobs if j.kind == "import" and j.manifest}
+        covered: set[tuple[str, int]] = set()
+        for info in self._gcs.list(self._s.state_bucket, self._s.state_path("manifests/")):
+            job = active.get(coalescing.manifest_job_id(info.name))
+            batch = coalescing.manifest_batch(info.name)
+            if job is None or (batch is not None and batch not in job.grown):
+                continue
+            manifest = self._gcs.read(self._s.state_bucket, info.name)
+            for entry in manifest.data.get("objects", []) if manifest else []:
+                covered.add((str(entry["uri"]), int(entry["generation"])))
+        rest = [u for u in uploads if (f"gs://{u.bucket}/{u.name}", u.generation) not in covered]
+        if len(rest) < len(uploads):
+            logger.warning("uploads of a taken-over window were covered already",
+                           extra=fields(covered=len(uploads) - len(rest)))
+        return rest
+
+    def _grow(self, target: Record, batch_id: str, uploads: list[Upload]) -> _Growth | None:
+        """Holds the queued job and copies `uploads` into its staging prefix; None if it is no longer
+        growable (it started, or another window holds it). See functions.coalescing."""
+        job = Job.from_json(target.data["job"])
+        path = self._queue.job_path(job.job_id)
+        until = self._clock() + self._s.claim_lease_seconds
+        generation = self._gcs.replace(self._s.state_bucket, path,
+                                       coalescing.held(target.data, batch_id, until), target.generation)
+        if generation is None:
+            return None
+        entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id))
+        return _Growth(job, batch_id, coalescing.held(target.data, batch_id, until), generation, entries)
+
+    def _commit(self, growth: _Growth) -> bool:
+        """Writes the growth's manifest, then makes it part of the job (compare-and-swap on the hold)."""
+        manifest = coalescing.grown_manifest(growth.job.manifest, growth.batch)
+        self._gcs.write(self._s.state_bucket, manifest, {"objects": growth.entries})
+        data = coalescing.committed(growth.held, growth.batch, len(growth.entries))
+        if self._gcs.replace(self._s.state_bucket, self._queue.job_path(growth.job.job_id), data,
+                             growth.generation) is not None:
+            return True
+        logger.warning("a starter undid our growth of a queued job (our hold ran out); the window is "
+                       "planned again", extra=fields(job=growth.job.job_id, batch=growth.batch))
+        self._gcs.delete(self._s.state_bucket, manifest)
+        self._delete_copies(growth)
+        return False
+
+    def _abandon(self, growth: _Growth) -> None:
+        """Takes back a growth that will not be committed: copies first, then the hold."""
+        self._delete_copies(growth)
+        self._gcs.replace(self._s.state_bucket, self._queue.job_path(growth.job.job_id),
+                          coalescing.released(growth.held), growth.generation)
+
+    def _delete_copies(self, growth: _Growth) -> None:
+        names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
+        self._parallel(lambda name: self._gcs.delete(self._s.state_bucket, name), names)
 
     def _fence(self, window: str, generation: int) -> int | None:
         """Checks, before anything of the plan becomes durable, that the claim is still ours.
@@ -189,18 +294,20 @@ class WindowBatcher:
         self._parallel(lambda u: self._gcs.create(self._s.state_bucket, prefix + _record_key(u.record), b""),
                        missing)
 
-    def _claim(self, window: str) -> int | None:
+    def _claim(self, window: str) -> tuple[int, bool] | None:
+        """The claim's generation, and whether it was taken over from a leader that died."""
         now = self._clock()
         claim = {"holder": self._holder, "leaseUntil": now + self._s.claim_lease_seconds}
         path = self.claim_path(window)
         generation = self._gcs.create(self._s.state_bucket, path, claim)
         if generation is not None:
-            return generation
+            return generation, False
         current = self._gcs.read(self._s.state_bucket, path)
         if current is None or float(current.data.get("leaseUntil", 0)) > now:
             return None  # planned just now, or being planned by a live leader
         logger.warning("taking over a window whose leader died", extra=fields(window=window))
-        return self._gcs.replace(self._s.state_bucket, path, claim, current.generation)
+        generation = self._gcs.replace(self._s.state_bucket, path, claim, current.generation)
+        return None if generation is None else (generation, True)
 
     def _uploads(self, window: str) -> list[Upload]:
         uploads = []
@@ -241,10 +348,10 @@ class WindowBatcher:
                 adoptions[cover.job.job_id].append(upload)
         return rest
 
-    def _covering(self) -> list[_Covering]:
+    def _covering(self, waiting: list[Record]) -> list[_Covering]:
         """Wildcard imports that are queued or running: they may read uploads of later windows."""
         candidates: list[tuple[Job, float | None]] = [(t.job, t.started_at) for t in self._queue.tracked()]
-        candidates += self._queue.pending_jobs_since()
+        candidates += self._queue.pending_jobs_since(waiting)
         covering = []
         for job, started_at in candidates:
             pattern = job.import_uri.split("/", 3)[3] if job.import_uri.count("/") >= 3 else ""
@@ -355,6 +462,14 @@ def _listed_after(cover: _Covering, upload: Upload) -> bool:
     if cover.started_at is None:
         return True
     return upload.time_created is not None and upload.time_created < cover.started_at - _CLOCK_SKEW_SECONDS
+
+
+def _growth_target(waiting: list[Record]) -> Record | None:
+    """The newest queued job a window may grow (whatever its storage class; checked per group)."""
+    for record in reversed(waiting):
+        if coalescing.growable(record.data, record.data.get("job", {}).get("storage_class")):
+            return record
+    return None
 
 
 def _record_key(record: str) -> str:

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from functions import unconfirmed_starts
+from functions import coalescing, unconfirmed_starts
 from functions.clients import HealthcareApi, ObjectStore, Record
 from functions.errors import PermanentApiError, RetryableError, UnknownOutcomeError
 from functions.log import fields
@@ -52,14 +52,19 @@ class Job:
     filter_uri: str | None = None
     message_id: str = ""
     redrive_of: str = ""  # import jobs of a redrive: the operation whose receipt they re-import
+    grown: tuple[str, ...] = ()  # batches of later windows staged into it while it waited (coalescing)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, "", 0) or k == "created_at"}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
+                if v not in (None, "", 0, ()) or k == "created_at"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
         known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "grown" in values:
+            values["grown"] = tuple(values["grown"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -169,14 +174,21 @@ class JobQueue:
                 jobs.append(Job.from_json(record.data["job"]))
         return jobs
 
-    def pending_jobs_since(self) -> list[tuple[Job, float | None]]:
-        """The queued jobs, each with the time its start was attempted: None while it has not been
-        (a job STARTING or UNCONFIRMED may already have an operation that read its source)."""
-        jobs: list[tuple[Job, float | None]] = []
+    def pending_records(self) -> list[Record]:
+        """The queued jobs' records (one read each), oldest first."""
+        records = []
         for job_id in self.pending_job_ids():
             record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
-            if record is None:
-                continue
+            if record is not None:
+                records.append(record)
+        return records
+
+    def pending_jobs_since(self, records: list[Record] | None = None) -> list[tuple[Job, float | None]]:
+        """The queued jobs, each with the time its start was attempted: None while it has not been
+        (a job STARTING or UNCONFIRMED may already have an operation that read its source).
+        `records`: `pending_records()` when the caller has read them already."""
+        jobs: list[tuple[Job, float | None]] = []
+        for record in self.pending_records() if records is None else records:
             state = record.data.get("state")
             attempted: float | None = None
             if state == "UNCONFIRMED":
@@ -219,17 +231,54 @@ class JobQueue:
                 return StartResult(None, queued=False)
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return StartResult(None, queued=False, unconfirmed=True)
+        hold = coalescing.hold_of(record.data)
+        if hold is not None:
+            if hold.until > now and not hold.cancelled:
+                return StartResult(None, queued=False)  # a later window is growing it; next run
+            released = self._drop_hold(record, hold)
+            if released is None:
+                return StartResult(None, queued=False)
+            record = released
         job = Job.from_json(record.data["job"])
         slot = self._acquire_slot(job.job_id)
         if slot is None:
             return StartResult(None, queued=True)
         starting = {"job": job.to_json(), "state": "STARTING", "slot": slot, "claimedAt": now,
-                    "leaseUntil": now + self._s.claim_lease_seconds}
+                    "leaseUntil": now + self._s.claim_lease_seconds,
+                    **({"attempted": record.data["attempted"]} if "attempted" in record.data else {})}
         generation = self._gcs.replace(self._s.state_bucket, self.job_path(job_id), starting, record.generation)
         if generation is None:
             self.release_slot(slot, job.job_id)
             return StartResult(None, queued=False)
         return self._start_claimed(job, slot, generation)
+
+    def _drop_hold(self, record: Record, hold: coalescing.Hold) -> Record | None:
+        """Undoes the growth of a grower that died or stalled past its hold (see functions.coalescing).
+
+        Cancelled first, so that a stalled grower's commit fails; then its copies and manifest go
+        (its uploads' window records still exist: their window is planned again), then the hold.
+        A crash in between leaves the cancelled hold for the next starter to finish.
+        """
+        path = self.job_path(str(record.data["job"]["job_id"]))
+        generation = record.generation
+        data = record.data
+        if not hold.cancelled:
+            data = coalescing.cancelled(data)
+            swapped = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
+            if swapped is None:
+                return None
+            generation = swapped
+        job = Job.from_json(data["job"])
+        logger.warning("undoing the growth of a queued job whose grower stopped",
+                       extra=fields(job=job.job_id, batch=hold.batch))
+        copies = [info.name for info in self._gcs.list(self._s.state_bucket,
+                                                       coalescing.batch_prefix(job.staging_prefix, hold.batch))]
+        for name in copies:
+            self._gcs.delete(self._s.state_bucket, name)
+        self._gcs.delete(self._s.state_bucket, coalescing.grown_manifest(job.manifest, hold.batch))
+        data = coalescing.released(data)
+        cleared = self._gcs.replace(self._s.state_bucket, path, data, generation)
+        return None if cleared is None else Record(data, cleared)
 
     def _start_claimed(self, job: Job, slot: int, generation: int) -> StartResult:
         """Makes the API call for a job this caller holds (state STARTING, slot taken)."""
@@ -366,8 +415,10 @@ class JobQueue:
 
     def _requeue_unconfirmed(self, record: Record) -> str:
         job = Job.from_json(record.data["job"])
+        # `attempted`: an operation of this start may still turn up, so the job never grows.
         if self._gcs.replace(self._s.state_bucket, self.job_path(job.job_id),
-                             {"job": job.to_json(), "state": "PENDING"}, record.generation) is None:
+                             {"job": job.to_json(), "state": "PENDING", "attempted": record.data["attemptedAt"]},
+                             record.generation) is None:
             return "waiting"
         self.release_slot(int(record.data["slot"]), job.job_id)
         self._gcs.delete(self._s.state_bucket, self.unconfirmed_path(job.job_id))

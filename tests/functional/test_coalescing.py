@@ -1,0 +1,253 @@
+"""Coalescing under backpressure (functions/coalescing.py): while the cap is reached, later windows
+grow the queued staging import instead of queueing jobs behind it.
+
+Every window here uploads two new files next to an old one in its own folder, so that staging
+(one copy each) is cheaper than a glob that reads the old file again: each window's plan is a
+staging import. The cap is 1 and a first import holds the slot for as long as the test wants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from functions.batching import WindowResult
+from tests import dicom_factory
+from tests.functional.faults import Call
+from tests.functional.world import UPLOADS, Delivery, World
+
+REDELIVERY_DELAY = 10.0
+
+
+def _window(w: World, k: int, instances: list[Any]) -> list[Delivery]:
+    """Window k: two new files beside an old one (seeded without an event), then the window closes."""
+    w.store.put(UPLOADS, f"mig/w{k:02d}/m.dcm", dicom_factory.instance())
+    deliveries = w.upload_burst([f"mig/w{k:02d}/a.dcm", f"mig/w{k:02d}/z.dcm"], to=instances)
+    w.sim.run_until_idle()
+    w.sim.advance(w.settings.debounce_seconds)
+    return deliveries
+
+
+def _led(deliveries: list[Delivery]) -> WindowResult:
+    [led] = [d.outcome.led for d in deliveries if d.outcome.led is not None and d.outcome.led.claimed]
+    return led
+
+
+def _blocked_world() -> tuple[World, Any, Any]:
+    """Cap 1, an import holding the only slot, one instance to upload with."""
+    w = World(max_concurrent_operations=1)
+    a = w.instance("a")
+    w.deliver(w.upload("blocker/one.dcm"), a)
+    w.sim.run_until_idle()
+    [blocker] = w.hc.running
+    w.sim.advance(w.settings.debounce_seconds)
+    return w, a, blocker
+
+
+def test_windows_that_arrive_while_the_cap_is_reached_grow_the_one_waiting_import() -> None:
+    w, a, blocker = _blocked_world()
+    results = [_led(_window(w, k, [a, w.instance()])) for k in range(8)]
+    first, later = results[0], results[1:]
+    assert len(first.jobs) == 1 and not first.started and first.staged == 2
+    assert all(r.jobs == () and r.grown == first.jobs[0] and r.staged == 2 for r in later), later
+    assert len(w.state("jobs/")) == 1 and len(w.hc.operations) == 1  # one waiting job, still one LRO
+    w.hc.finish(blocker.name)
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2  # the blocker and one import of all 8 windows
+    grown = next(e for e in w.completions() if e.data["source"].startswith("gs://state/"))
+    assert grown.data["counters"]["success"] == 16
+
+
+def test_once_the_waiting_import_starts_it_is_frozen_and_the_next_window_queues_a_job() -> None:
+    w, a, blocker = _blocked_world()
+    first = _led(_window(w, 0, [a]))
+    w.hc.finish(blocker.name)
+    w.poll()  # starts the waiting job
+    assert len(w.hc.running) == 1
+    second = _led(_window(w, 1, [a]))
+    assert second.grown is None and len(second.jobs) == 1 and second.jobs != first.jobs
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 3
+
+
+def test_a_window_that_reads_the_job_just_before_it_starts_gets_a_job_of_its_own() -> None:
+    """The starter's swap to STARTING lands between the grower's read and its hold: no growth."""
+    w, a, blocker = _blocked_world()
+    _window(w, 0, [a])
+    w.faults.stall(20.0, method="replace", name="jobs/")  # the grower's hold waits; the poller runs
+    w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
+    deliveries = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)
+    assert w.faults.fired and len(w.state("jobs/")) == 1
+    w.hc.finish(blocker.name)
+    w.poll()
+    [running] = w.hc.running
+    assert len(running.objects) == 2  # the first window only
+    w.sim.run_until_idle()
+    led = _led(deliveries)
+    assert led.grown is None and len(led.jobs) == 1
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 3
+
+
+def test_a_start_attempted_while_a_window_grows_the_job_waits_for_the_growth() -> None:
+    """The hold lands first: the starter leaves the job alone until the copies are committed."""
+    w, a, blocker = _blocked_world()
+    _window(w, 0, [a])
+    w.faults.stall(20.0, method="write", name=".grown-")  # the grower holds the job, copies made
+    w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
+    deliveries = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)
+    assert w.faults.fired
+    w.hc.finish(blocker.name)
+    w.poll()
+    assert not w.hc.running  # held: not started under the grower
+    w.sim.run_until_idle()
+    assert _led(deliveries).grown is not None
+    w.poll()
+    [running] = w.hc.running
+    assert len(running.objects) == 4  # both windows, one LRO
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2
+
+
+def test_every_event_of_a_growing_window_delivered_twice_is_imported_once() -> None:
+    w, a, blocker = _blocked_world()
+    _window(w, 0, [a])
+    b = w.instance("b")
+    w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
+    events = [w.upload(n) for n in ("mig/w01/a.dcm", "mig/w01/z.dcm")]
+    first = [w.deliver(e, a) for e in events]
+    again = [w.deliver(e, b) for e in events]
+    w.sim.run_until_idle()
+    assert _led(first + again).grown is not None
+    assert {d.outcome.action for d in again} == {"duplicate"}
+    w.hc.finish(blocker.name)
+    w.settle()
+    for event in events:  # late duplicates, after the grown import finished
+        w.deliver(event, w.instance())
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2
+
+
+def test_a_grower_stalled_past_its_hold_is_undone_by_the_starter_and_the_window_planned_again() -> None:
+    w, a, blocker = _blocked_world()
+    _window(w, 0, [a])
+    w.faults.stall(w.settings.claim_lease_seconds * 3, method="write", name=".grown-")  # after the copies
+    w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
+    deliveries = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)
+    assert w.faults.fired
+    w.hc.finish(blocker.name)
+    w.sim.advance(w.settings.claim_lease_seconds + 1)
+    w.poll()  # the hold ran out: undone (copies deleted), the job starts with the first window only
+    [running] = w.hc.running
+    assert len(running.objects) == 2
+    w.sim.run_until_idle()
+    assert not _led_or_none(deliveries)  # the stalled grower's commit failed: it let the window go
+    w.settle()
+    w.check_invariants()
+
+
+def _led_or_none(deliveries: list[Delivery]) -> list[WindowResult]:
+    return [d.outcome.led for d in deliveries if d.outcome.led is not None and d.outcome.led.claimed]
+
+
+# -- a grower killed before each of its calls ---------------------------------------------------
+
+
+def _grow_world() -> World:
+    w, a, _ = _blocked_world()
+    _window(w, 0, [a])
+    return w
+
+
+def _grow_scenario(w: World) -> None:
+    w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
+    w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[w.instance("grower")])
+    w.sim.run_until_idle()
+
+
+def _trace(prepare: Callable[[], World], scenario: Callable[[World], Any]) -> list[Call]:
+    world = prepare()
+    world.faults.arm()
+    scenario(world)
+    return list(world.faults.trace)
+
+
+GROW_TRACE = _trace(_grow_world, _grow_scenario)
+
+
+def test_the_grow_scenario_is_what_the_crash_points_assume() -> None:
+    methods = [(c.method, c.name.split("/")[0]) for c in GROW_TRACE]
+    assert methods.count(("replace", "jobs")) == 2  # hold, commit
+    assert methods.count(("copy", "staging")) == 2 and ("import_dicom", "gs:") not in methods
+
+
+@pytest.mark.parametrize("step", range(1, len(GROW_TRACE) + 1),
+                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in GROW_TRACE])
+def test_a_grower_killed_before_any_call_loses_nothing_and_imports_nothing_twice(step: int) -> None:
+    w = _grow_world()
+    w.faults.arm()
+    w.faults.kill_at(step)
+    _grow_scenario(w)
+    assert w.faults.fired, f"no call #{step}: the scenario changed"
+    w.sim.advance(REDELIVERY_DELAY)
+    w.redeliver_lost(w.instance("retry"))
+    w.settle()
+    w.check_invariants()
+    assert w.hc.max_running <= 1
+    operations = len(w.hc.operations)
+    for delivery in {d.event.name: d for d in w.deliveries}.values():  # late duplicates start nothing
+        w.deliver(delivery.event, w.instance())
+    w.settle()
+    assert len(w.hc.operations) == operations
+    w.check_invariants()
+
+
+# -- a starter killed while it undoes the hold of a dead grower ---------------------------------
+
+
+def _dead_grower_world() -> World:
+    """The grower died right before its commit (hold, copies and manifest left); the hold ran out."""
+    w = _grow_world()
+    w.faults.kill(method="replace", name="jobs/", nth=2)  # the second is the commit
+    _grow_scenario(w)
+    assert w.faults.fired and len(w.state("jobs/")) == 1
+    [blocker] = w.hc.running
+    w.hc.finish(blocker.name)
+    w.sim.advance(w.settings.claim_lease_seconds + 1)
+    return w
+
+
+UNDO_TRACE = _trace(_dead_grower_world, lambda w: w.poll())
+
+
+def test_the_undo_scenario_is_what_the_crash_points_assume() -> None:
+    methods = [(c.method, c.name.split("/")[0]) for c in UNDO_TRACE]
+    assert methods.count(("replace", "jobs")) >= 3  # cancel, clear, STARTING
+    assert ("delete", "staging") in methods and ("import_dicom", "gs:") in methods
+
+
+@pytest.mark.parametrize("step", range(1, len(UNDO_TRACE) + 1),
+                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in UNDO_TRACE])
+def test_a_starter_killed_while_undoing_a_dead_growth_loses_nothing(step: int) -> None:
+    w = _dead_grower_world()
+    w.faults.arm()
+    w.faults.kill_at(step)
+    task = w.poll()
+    assert task.killed, f"no call #{step}: the scenario changed"
+    executed = w.faults.trace[:step - 1]
+    starts = [c.index for c in executed if c.method == "import_dicom"]
+    tracked = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
+    w.redeliver_lost(w.instance("retry"))
+    w.settle()
+    # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
+    w.check_invariants(may_import_twice=bool(starts) and not any(r > starts[-1] for r in tracked))
