@@ -169,9 +169,11 @@ def _read_fast(data: bytes) -> InstanceInfo | None:
     encoding = _ENCODINGS.get(transfer_syntax)
     if encoding is None or data[start : start + 2] == b"\x00\x00":
         return None  # another syntax, or a command set (group 0000) that dcmread merges
+    fp = io.BytesIO(data)  # shares the bytes (a slice would copy a large instance)
+    fp.seek(start)
     try:
         ds = read_dataset(
-            io.BytesIO(data[start:]),
+            fp,
             *encoding,
             stop_when=lambda tag, _vr, _length: tag in _PIXEL_TAGS,
             specific_tags=_SPECIFIC_TAGS,

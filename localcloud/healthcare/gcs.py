@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from typing import BinaryIO, cast
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -109,116 +110,99 @@ class GcsClient:
         self._check(response, f"write gs://{bucket}/{name}")
 
 
-_MAX_HEAD_BYTES = 65536
+_MAX_LINE = 65536
 
 
 class _HttpReader:
     """GET over one kept-alive plain HTTP/1.1 connection: a body framed by Content-Length,
-    chunked, or by the server closing. Failures raise OSError or http.client.HTTPException, as
-    http.client's do."""
+    chunked, or by the server closing. One buffered reader per connection (http.client makes
+    one per response); its read(n) fills the body's bytes object in place, so a large object is
+    not copied. Failures raise OSError or http.client.HTTPException, as http.client's do."""
 
     def __init__(self, netloc: str) -> None:
         self._netloc = netloc  # the Host header
         parts = urlsplit(f"http://{netloc}")
         self._address = (parts.hostname or "", parts.port or 80)
         self._sock: socket.socket | None = None
-        self._buffer = b""  # bytes received past what the last step consumed
+        self._file: BinaryIO | None = None
 
     def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        self._buffer = b""
 
     def get(self, path: str) -> tuple[int, bytes]:
-        if self._sock is None:
-            self._sock = socket.create_connection(self._address, timeout=READ_TIMEOUT_SECONDS)
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock, file = self._sock, self._file
+        if sock is None or file is None:
+            sock = self._sock = socket.create_connection(self._address, timeout=READ_TIMEOUT_SECONDS)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            file = self._file = cast(BinaryIO, sock.makefile("rb", buffering=65536))
         request = f"GET {path} HTTP/1.1\r\nHost: {self._netloc}\r\nAccept-Encoding: identity\r\n\r\n"
-        self._sock.sendall(request.encode("latin-1"))
-        head = self._read_until(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        version, _, rest = status_line.partition(" ")
+        sock.sendall(request.encode("latin-1"))
+        status_line = self._line(file)
+        if not status_line:
+            raise ConnectionResetError("connection closed by the server")
+        version, _, rest = status_line.decode("latin-1").partition(" ")
         code = rest[:3]
         if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise http.client.BadStatusLine(status_line)
+            raise http.client.BadStatusLine(status_line.decode("latin-1"))
         headers: dict[str, str] = {}
-        for line in lines:
-            name, sep, value = line.partition(":")
+        while True:
+            raw = self._line(file)
+            if not raw:
+                raise http.client.IncompleteRead(b"")  # closed inside the header block
+            if not (line := raw.rstrip(b"\r\n")):
+                break
+            name, sep, value = line.decode("latin-1").partition(":")
             if not sep:
                 raise http.client.HTTPException("malformed header line")
             headers[name.strip().lower()] = value.strip()
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = self._read_chunked()
+            body = self._read_chunked(file)
         elif "content-length" in headers:
             length = headers["content-length"]
             if not length.isdigit():
                 raise http.client.HTTPException("bad Content-Length")
-            body = self._read_exactly(int(length))
+            body = self._read_exactly(file, int(length))
         else:
-            body = self._read_to_close()
+            body = file.read()  # framed by the server closing
+            self.close()
         if headers.get("connection", "").lower() == "close" or version == "HTTP/1.0":
             self.close()
         return int(code), body
 
-    def _recv(self) -> bytes:
-        assert self._sock is not None
-        chunk = self._sock.recv(262144)
-        if not chunk:
-            raise ConnectionResetError("connection closed by the server")
-        return chunk
+    @staticmethod
+    def _line(file: BinaryIO) -> bytes:
+        line = file.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise http.client.LineTooLong("response line")
+        return line
 
-    def _read_until(self, marker: bytes) -> bytes:
-        while (end := self._buffer.find(marker)) < 0:
-            if len(self._buffer) > _MAX_HEAD_BYTES:
-                raise http.client.HTTPException("response head too long")
-            self._buffer += self._recv()
-        found, self._buffer = self._buffer[:end], self._buffer[end + len(marker) :]
-        return found
+    @staticmethod
+    def _read_exactly(file: BinaryIO, size: int) -> bytes:
+        data = file.read(size)
+        if len(data) < size:
+            raise http.client.IncompleteRead(data, size - len(data))
+        return data
 
-    def _read_exactly(self, size: int) -> bytes:
-        if len(self._buffer) >= size:
-            found, self._buffer = self._buffer[:size], self._buffer[size:]
-            return found
-        # Large bodies: one buffer filled in place, not a growing bytes object.
-        out = bytearray(size)
-        view = memoryview(out)
-        have = len(self._buffer)
-        view[:have] = self._buffer
-        self._buffer = b""
-        assert self._sock is not None
-        while have < size:
-            got = self._sock.recv_into(view[have:])
-            if not got:
-                raise http.client.IncompleteRead(bytes(out[:have]), size - have)
-            have += got
-        return bytes(out)
-
-    def _read_chunked(self) -> bytes:
+    def _read_chunked(self, file: BinaryIO) -> bytes:
         parts: list[bytes] = []
         while True:
-            size_line = self._read_until(b"\r\n").split(b";", 1)[0].strip()
+            size_line = self._line(file).split(b";", 1)[0].strip()
             try:
                 size = int(size_line, 16)
             except ValueError:
                 raise http.client.HTTPException("bad chunk size") from None
             if size == 0:
-                while self._read_until(b"\r\n"):  # trailers end with an empty line
+                while self._line(file).rstrip(b"\r\n"):  # trailers end with an empty line
                     pass
                 return b"".join(parts)
-            parts.append(self._read_exactly(size))
-            if self._read_exactly(2) != b"\r\n":
+            parts.append(self._read_exactly(file, size))
+            if self._read_exactly(file, 2) != b"\r\n":
                 raise http.client.HTTPException("bad chunk end")
-
-    def _read_to_close(self) -> bytes:
-        parts = [self._buffer]
-        self._buffer = b""
-        assert self._sock is not None
-        while chunk := self._sock.recv(262144):
-            parts.append(chunk)
-        self.close()
-        return b"".join(parts)
-
 
 
 _Reader = http.client.HTTPConnection | _HttpReader
