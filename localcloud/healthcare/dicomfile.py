@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 
 # What QIDO-RS returns per level, from Google's DICOM conformance statement ("Returned results"):
@@ -101,6 +103,23 @@ _DICTIONARY_VR = {tag: dictionary_VR(tag) for tag in _READ_TAGS}
 _PLAIN_TEXT = re.compile(rb"[\x20-\x5b\x5d-\x7e]*\x00*")
 _PLAIN_TEXT_VRS = frozenset({"UI", "DA", "TM", "CS", "SH", "LO", "IS"})
 _DIGITS = re.compile(r"[0-9]+")
+# File meta (group 0002, always explicit VR little endian) is walked here rather than by dcmread,
+# which converts and checks every meta element and builds a FileDataset: about 4/5 of its cost
+# for a small instance. Only the transfer syntaxes below take this path; anything else (deflate,
+# private syntaxes, no transfer syntax, a command set, meta we do not walk cleanly) goes
+# through dcmread as before, so its results and failures stay pydicom's.
+_PREAMBLE_END = 132  # 128-byte preamble + b"DICM"
+_LONG_LENGTH_VRS = frozenset(  # explicit VRs with a 4-byte length (PS3.5 7.1.2)
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_UID_TEXT = re.compile(rb"[0-9.]+[\x00 ]?")
+_ENCODINGS = {  # transfer syntax -> (is_implicit_VR, is_little_endian)
+    "1.2.840.10008.1.2": (True, True),
+    "1.2.840.10008.1.2.1": (False, True),
+    "1.2.840.10008.1.2.2": (False, False),
+}
+_SPECIFIC_TAGS: list[BaseTag | int] = list(_READ_TAGS)
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # as dcmread's stop_before_pixels
 
 
 class NotDicomError(ValueError):
@@ -123,6 +142,13 @@ class InstanceInfo:
 def read_instance(data: bytes) -> InstanceInfo:
     if not data:
         raise NotDicomError("empty DICOM instance found")
+    fast = _read_fast(data)
+    if fast is not None:
+        return fast
+    return _read_with_dcmread(data)
+
+
+def _read_with_dcmread(data: bytes) -> InstanceInfo:
     try:
         # Pixel data is not needed for the index; skipping it keeps large instances cheap.
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_READ_TAGS)
@@ -130,12 +156,66 @@ def read_instance(data: bytes) -> InstanceInfo:
         raise NotDicomError("not a DICOM Part 10 file (no DICM prefix or file meta)") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure means "not importable"
         raise NotDicomError(f"unparseable DICOM data ({type(exc).__name__})") from None
-    return info_from_dataset(ds)
-
-
-def info_from_dataset(ds: Dataset) -> InstanceInfo:
     meta = getattr(ds, "file_meta", None)
-    transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    return info_from_dataset(ds, str(getattr(meta, "TransferSyntaxUID", "") or ""))
+
+
+def _read_fast(data: bytes) -> InstanceInfo | None:
+    """The common case without dcmread's file meta work; None to leave the object to dcmread."""
+    found = _walk_file_meta(data)
+    if found is None:
+        return None
+    start, transfer_syntax = found
+    encoding = _ENCODINGS.get(transfer_syntax)
+    if encoding is None or data[start : start + 2] == b"\x00\x00":
+        return None  # another syntax, or a command set (group 0000) that dcmread merges
+    fp = io.BytesIO(data)  # shares the bytes (a slice would copy a large instance)
+    fp.seek(start)
+    try:
+        ds = read_dataset(
+            fp,
+            *encoding,
+            stop_when=lambda tag, _vr, _length: tag in _PIXEL_TAGS,
+            specific_tags=_SPECIFIC_TAGS,
+        )
+    except Exception:  # noqa: BLE001 - dcmread decides (and words) what is wrong with it
+        return None
+    return info_from_dataset(ds, transfer_syntax)
+
+
+def _walk_file_meta(data: bytes) -> tuple[int, str] | None:
+    """(offset of the data set, Transfer Syntax UID) of a Part 10 file whose meta elements all
+    walk cleanly; None otherwise."""
+    if data[128:_PREAMBLE_END] != b"DICM":
+        return None
+    pos, end, transfer_syntax = _PREAMBLE_END, len(data), None
+    while pos + 8 <= end:
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group != 2:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if not vr.isalpha() or not vr.isupper():
+            return None  # implicit VR meta or garbage: dcmread's problem
+        if vr in _LONG_LENGTH_VRS:
+            if pos + 12 > end:
+                return None
+            length, pos = struct.unpack_from("<I", data, pos + 8)[0], pos + 12
+        else:
+            length, pos = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
+        if length == 0xFFFFFFFF or pos + length > end:
+            return None
+        if element == 0x0010:
+            value = data[pos : pos + length]
+            if vr != b"UI" or not _UID_TEXT.fullmatch(value):
+                return None
+            transfer_syntax = value.rstrip(b"\x00 ").decode("ascii")
+        pos += length
+    if transfer_syntax is None or pos >= end:
+        return None
+    return pos, transfer_syntax
+
+
+def info_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceInfo:
     if not transfer_syntax:
         raise NotDicomError("DICOM file meta has no Transfer Syntax UID")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -17,7 +18,10 @@ from localcloud.healthcare.dicomfile import (
     SERIES_KEYWORDS,
     STUDY_ALL_KEYWORDS,
     STUDY_KEYWORDS,
+    InstanceInfo,
     NotDicomError,
+    _read_fast,
+    _read_with_dcmread,
     read_instance,
 )
 
@@ -105,3 +109,43 @@ def test_non_dicom_and_empty_objects_are_not_dicom() -> None:
         read_instance(b"")
     with pytest.raises(NotDicomError, match="DICM"):
         read_instance(b"not a dicom file at all" * 10)
+
+
+def outcome(read: Callable[[bytes], InstanceInfo | None], data: bytes) -> InstanceInfo | str | None:
+    try:
+        return read(data)
+    except NotDicomError as exc:
+        return f"NotDicomError: {exc}"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_fast_file_meta_walk_gives_what_dcmread_gives_for_every_pydicom_test_file() -> None:
+    fast = 0
+    for path in TEST_FILES:
+        data = path.read_bytes()
+        assert outcome(read_instance, data) == outcome(_read_with_dcmread, data), path.name
+        fast += outcome(_read_fast, data) is not None
+    assert fast > 30  # the walk is taken for the common files, not silently skipped
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_the_fast_file_meta_walk_takes_the_three_plain_syntaxes(syntax: UID) -> None:
+    data = encoded(syntax, None, PatientID="P")
+    assert _read_fast(data) == _read_with_dcmread(data)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d[:140],  # cut inside the file meta
+        lambda d: d[:128] + b"DICX" + d[132:],  # no DICM prefix
+        lambda d: d[:132] + d[132:136] + b"ul" + d[138:],  # a VR that is not one
+        lambda d: d.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.1.99"),  # deflate, not deflated
+        lambda d: d + b"\x00" * 3,  # trailing bytes after the data set
+    ],
+)
+def test_damaged_objects_read_as_dcmread_reads_them(damage: Callable[[bytes], bytes]) -> None:
+    data = damage(encoded(ExplicitVRLittleEndian, None, PatientID="P"))
+    assert outcome(read_instance, data) == outcome(_read_with_dcmread, data)
