@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -37,6 +37,21 @@ def localcloud(stack: Stack, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def ingest_everything_while(stack: Stack, studies: synthetic.SyntheticSet, prefix: str,
+                            meanwhile: Callable[[], None]) -> None:
+    """`localcloud ingest` of every file of `studies`, doing `meanwhile` as it runs; all must land."""
+    ingest = localcloud(stack, "ingest", str(studies.root), "--prefix", prefix, "--json", "--timeout", "240")
+    try:
+        meanwhile()
+        out, err = ingest.communicate(timeout=300)
+    finally:
+        if ingest.poll() is None:
+            ingest.kill()
+    assert ingest.returncode == 0, out + err
+    result = json.loads(out)
+    assert result["failed"] == [] and result["imported"] == len(studies.files)
+
+
 def test_a_killed_import_instance_loses_nothing_and_is_replaced(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -47,21 +62,15 @@ def test_a_killed_import_instance_loses_nothing_and_is_replaced(
     studies = synthetic.generate(tmp_path_factory.mktemp("synthetic") / "set", seed=11, patients=3,
                                  studies_per_patient=(1, 1), instances_per_series=(3, 4))
 
-    ingest = localcloud(stack, "ingest", str(studies.root), "--prefix", "scaled", "--json", "--timeout", "240")
-    try:
-        # Kill the second instance while it holds deliveries (it answers only once their
-        # debounce window closed), so they must be redelivered elsewhere.
-        victim = second.component
+    victim = second.component
+
+    def kill_the_second_instance_while_it_holds_deliveries() -> None:
+        # It answers only once their debounce window closed, so they must be redelivered elsewhere.
         wait_for(lambda: balancer.in_flight()[victim.url] > 0, timeout=120,
                  what="a delivery in flight on the second import instance")
         os.killpg(victim.pid, signal.SIGKILL)
-        out, err = ingest.communicate(timeout=300)
-    finally:
-        if ingest.poll() is None:
-            ingest.kill()
-    assert ingest.returncode == 0, out + err
-    result = json.loads(out)
-    assert result["failed"] == [] and result["imported"] == len(studies.files)
+
+    ingest_everything_while(stack, studies, "scaled", kill_the_second_instance_while_it_holds_deliveries)
 
     replaced = wait_for(lambda: second.restarts == 1 and second.component, what="the replacement")
     assert replaced.pid != victim.pid and replaced.running() and replaced.url == victim.url
@@ -86,19 +95,14 @@ def test_every_import_instance_killed_at_once_loses_nothing(
     studies = synthetic.generate(tmp_path_factory.mktemp("synthetic") / "set", seed=12, patients=3,
                                  studies_per_patient=(1, 1), instances_per_series=(3, 4))
 
-    ingest = localcloud(stack, "ingest", str(studies.root), "--prefix", "all-dead", "--json", "--timeout", "240")
-    try:
+    victims = [instance.component for instance in stack.instances["import"]]
+
+    def kill_every_instance_while_one_holds_a_delivery() -> None:
         wait_for(lambda: sum(balancer.in_flight().values()) > 0, timeout=120, what="a delivery in flight")
-        victims = [instance.component for instance in stack.instances["import"]]
         for victim in victims:
             os.killpg(victim.pid, signal.SIGKILL)
-        out, err = ingest.communicate(timeout=300)
-    finally:
-        if ingest.poll() is None:
-            ingest.kill()
-    assert ingest.returncode == 0, out + err
-    result = json.loads(out)
-    assert result["failed"] == [] and result["imported"] == len(studies.files)
+
+    ingest_everything_while(stack, studies, "all-dead", kill_every_instance_while_one_holds_a_delivery)
     wait_for(lambda: all(i.restarts == 1 and i.component.running() for i in stack.instances["import"]),
              what="both replacements")
     assert all(not components.live_group_members(v.pid) for v in victims)
