@@ -231,13 +231,12 @@ class WindowBatcher:
         growable (it started, or another window holds it). See functions.coalescing."""
         job = Job.from_json(target.data["job"])
         path = self._queue.job_path(job.job_id)
-        until = self._clock() + self._s.claim_lease_seconds
-        generation = self._gcs.replace(self._s.state_bucket, path,
-                                       coalescing.held(target.data, batch_id, until), target.generation)
+        held = coalescing.held(target.data, batch_id, self._clock() + self._s.claim_lease_seconds)
+        generation = self._gcs.replace(self._s.state_bucket, path, held, target.generation)
         if generation is None:
             return None
         entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id))
-        return _Growth(job, batch_id, coalescing.held(target.data, batch_id, until), generation, entries)
+        return _Growth(job, batch_id, held, generation, entries)
 
     def _commit(self, growth: _Growth) -> bool:
         """Writes the growth's manifest, then makes it part of the job (compare-and-swap on the hold)."""

@@ -112,9 +112,7 @@ def create_stream_dataset(bigquery_url: str, config: LocalConfig) -> None:
     """The BigQuery dataset the store streams to (the Healthcare API creates the table itself)."""
     url = f"{bigquery_url}/bigquery/v2/projects/{config.project}/datasets"
     reference = {"projectId": config.project, "datasetId": config.stream_dataset}
-    response = requests.post(url, json={"datasetReference": reference}, timeout=_HTTP_TIMEOUT)
-    if response.status_code not in (200, 409):
-        raise ProvisionError(f"POST {url}: HTTP {response.status_code} {response.text[:300]}")
+    _ok_or_exists(requests.post(url, json={"datasetReference": reference}, timeout=_HTTP_TIMEOUT))
 
 
 def stream_configs(config: LocalConfig) -> list[dict[str, Any]]:
