@@ -195,6 +195,9 @@ class WindowBatcher:
         self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
         self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
+        if growth is not None:
+            # The import it waited for may be done: then the grown job need not wait for the poller.
+            started += tuple(filter(None, [self._queue.try_start(growth.job.job_id).started]))
         adopted = sum(len(taken) for taken in adoptions.values())
         grown = growth.job.job_id if growth is not None else None
         logger.info("window batched", extra=fields(window=window, batch=batch_id, uploads=len(uploads),

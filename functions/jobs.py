@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from functions import coalescing, unconfirmed_starts
 from functions.clients import HealthcareApi, ObjectStore, Record
-from functions.errors import PermanentApiError, RetryableError, UnknownOutcomeError
+from functions.errors import ApiError, PermanentApiError, RetryableError, UnknownOutcomeError
 from functions.log import fields
 from functions.settings import Settings
 
@@ -110,6 +110,7 @@ class StartResult:
     started: str | None  # operation name
     queued: bool  # no free slot: the job waits for the poller
     unconfirmed: bool = False  # the outcome is unknown: the job holds its slot until the poller knows
+    coalescing: bool = False  # an import waits for the running one, taking later uploads (no slot taken)
 
 
 class JobQueue:
@@ -143,7 +144,7 @@ class JobQueue:
         before the job is written, so a job that can start is written twice (created as
         STARTING, deleted once its operation is tracked), never three times.
         """
-        slot = self._acquire_slot(job.job_id)
+        slot = None if self.waits_for_running_import(job) else self._acquire_slot(job)
         state: dict[str, Any] = {"job": job.to_json(), "state": "PENDING"}
         if slot is not None:
             now = self._clock()
@@ -240,7 +241,9 @@ class JobQueue:
                 return StartResult(None, queued=False)
             record = released
         job = Job.from_json(record.data["job"])
-        slot = self._acquire_slot(job.job_id)
+        if self.waits_for_running_import(job):
+            return StartResult(None, queued=False, coalescing=True)
+        slot = self._acquire_slot(job)
         if slot is None:
             return StartResult(None, queued=True)
         starting = {"job": job.to_json(), "state": "STARTING", "slot": slot, "claimedAt": now,
@@ -251,6 +254,60 @@ class JobQueue:
             self.release_slot(slot, job.job_id)
             return StartResult(None, queued=False)
         return self._start_claimed(job, slot, generation)
+
+    def waits_for_running_import(self, job: Job) -> bool:
+        """Should this import stay queued, although a slot may be free, to take later uploads?
+
+        Yes while another import of this pipeline runs (or is being started) and the job is younger
+        than `import_coalesce_seconds`: the running import will not read what arrives meanwhile, so
+        the waiting one grows (functions.coalescing) and starts when the running one is done. During
+        a long upload this keeps the number of LROs near upload time / LRO time instead of cap times
+        that. Redrives and exports never wait. See docs/decisions/0702.
+        """
+        if job.kind != "import" or job.redrive_of or self._s.import_coalesce_seconds <= 0:
+            return False
+        if self._clock() >= job.created_at + self._s.import_coalesce_seconds:
+            return False
+        running = self._running_import(besides=job.job_id)
+        if running:
+            logger.info("an import waits for the running one, taking later uploads",
+                        extra=fields(job=job.job_id, running=running))
+        return bool(running)
+
+    def _running_import(self, besides: str) -> str:
+        """The job id of an import that holds a slot and is not known to be done ("" when none).
+
+        The slots and the tracked operations carry their job and kind as object metadata, so this
+        is two listings plus one `operations.get` per import slot. A slot without a tracked
+        operation is a start in flight or of unknown outcome: it counts as running, as does a slot
+        written before slots carried metadata. A finished operation whose slot the poller has not
+        freed yet does not count: the next window need not wait for the poller's schedule.
+        """
+        prefix = self._s.state_path("slots/")
+        holders = [info.metadata.get("job", "") for info in self._gcs.list(self._s.state_bucket, prefix)
+                   if info.metadata.get("kind", "import") == "import"]
+        holders = [holder for holder in holders if holder != besides]
+        if not holders:
+            return ""
+        operations_prefix = self._s.state_path("operations/")
+        operation_of = {info.metadata["job"]: info.name[len(operations_prefix):-len(".json")]
+                        for info in self._gcs.list(self._s.state_bucket, operations_prefix)
+                        if "job" in info.metadata}
+        for holder in holders:
+            operation_id = operation_of.get(holder)
+            if operation_id is None:
+                return holder or "a slot without metadata"
+            if operation_id.startswith(REFUSED_PREFIX):
+                continue
+            try:
+                operation = self._hc.get_operation(f"{self._s.dataset}/operations/{operation_id}")
+            except ApiError as exc:
+                logger.warning("could not tell whether an import still runs; counting it as running",
+                               extra=fields(job=holder, operation=operation_id, error=str(exc)[:200]))
+                return holder
+            if not operation.get("done"):
+                return holder
+        return ""
 
     def _drop_hold(self, record: Record, hold: coalescing.Hold) -> Record | None:
         """Undoes the growth of a grower that died or stalled past its hold (see functions.coalescing).
@@ -320,7 +377,7 @@ class JobQueue:
         UNCONFIRMED, holding its slot, to be resolved again.
         """
         path = self.operation_path(started.operation_id)
-        if self._gcs.create(self._s.state_bucket, path, started.to_json()) is not None:
+        if self._gcs.create(self._s.state_bucket, path, started.to_json(), _labels(started.job)) is not None:
             return
         existing = self._gcs.read(self._s.state_bucket, path)
         if existing is not None:
@@ -401,7 +458,7 @@ class JobQueue:
         adopted = StartedOperation(name=name, job=job, slot=int(record.data["slot"]), started_at=attempted_at,
                                    extra={"adopted": True, "attemptedAt": attempted_at})
         path = self.operation_path(adopted.operation_id)
-        generation = self._gcs.create(self._s.state_bucket, path, adopted.to_json())
+        generation = self._gcs.create(self._s.state_bucket, path, adopted.to_json(), _labels(job))
         if generation is None:
             return "waiting"  # somebody tracked it just now; the next run looks again
         if not self._gcs.delete(self._s.state_bucket, self.job_path(job.job_id), record.generation):
@@ -447,7 +504,7 @@ class JobQueue:
         return name
 
     # -- slots -------------------------------------------------------------------------------
-    def _acquire_slot(self, job_id: str) -> int | None:
+    def _acquire_slot(self, job: Job) -> int | None:
         # List first (a read): with every slot busy, a queued job writes nothing. A random probe
         # order spreads concurrent starters over the free slots instead of all racing for one.
         prefix = self._s.state_path("slots/")
@@ -456,7 +513,7 @@ class JobQueue:
         random.shuffle(order)
         for index in order:
             if self._gcs.create(self._s.state_bucket, self.slot_path(index),
-                                {"job": job_id, "acquiredAt": self._clock()}) is not None:
+                                {"job": job.job_id, "acquiredAt": self._clock()}, _labels(job)) is not None:
                 return index
         return None
 
@@ -525,6 +582,11 @@ class JobQueue:
         self._gcs.delete(self._s.state_bucket, self.operation_path(tracked.operation_id))
         if tracked.refused:
             self._gcs.delete(self._s.state_bucket, self._s.state_path("refusals", f"{tracked.operation_id}.json"))
+
+
+def _labels(job: Job) -> dict[str, str]:
+    """Object metadata of a slot or a tracked operation: listings then say whose it is."""
+    return {"job": job.job_id, "kind": job.kind}
 
 
 def _rfc3339(epoch: float) -> str:

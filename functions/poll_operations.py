@@ -184,11 +184,15 @@ class Poller:
 
     def _start_jobs(self, summary: PollSummary, tracked_jobs: set[str]) -> None:
         pending = self._queue.pending_job_ids()
+        waiting = 0
         for index, job_id in enumerate(pending):
             result = self._queue.try_start(job_id, tracked_jobs)
             if result.started:
                 summary.jobs_started += 1
+            elif result.coalescing:
+                waiting += 1  # an import left to grow while another runs; the jobs behind it may start
             elif result.queued:
                 # No free slot: trying the rest would only hammer the slot objects.
                 summary.jobs_queued = len(pending) - index
                 break
+        summary.jobs_queued += waiting

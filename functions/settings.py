@@ -44,6 +44,7 @@ _IMPORT = (
     "DICOM_DEBOUNCE_SECONDS",
     "DICOM_SETTLE_SECONDS",
     "DICOM_STORAGE_CLASS_BY_PREFIX",
+    "DICOM_IMPORT_COALESCE_SECONDS",
 )
 
 FUNCTION_VARIABLES: Mapping[str, frozenset[str]] = {
@@ -76,6 +77,9 @@ class Settings:
     debounce_seconds: float = 5.0  # DICOM_DEBOUNCE_SECONDS: batching window length
     settle_seconds: float = 2.0  # DICOM_SETTLE_SECONDS: wait after a window closes for stragglers
     max_concurrent_operations: int = 5  # DICOM_MAX_CONCURRENT_OPERATIONS: LROs per store at once
+    # DICOM_IMPORT_COALESCE_SECONDS: while another import runs, a queued import waits (taking later
+    # uploads) until it is this old; 0 starts it at once when a slot is free. See docs/decisions/0702.
+    import_coalesce_seconds: float = 300.0
     claim_lease_seconds: float = 30.0  # DICOM_CLAIM_LEASE_SECONDS: after this a dead starter's work is taken over
     max_event_age_seconds: float = 3600.0  # DICOM_MAX_EVENT_AGE_SECONDS: older events are dropped
     storage_class_by_prefix: tuple[tuple[str, str], ...] = ()  # DICOM_STORAGE_CLASS_BY_PREFIX: "p/=NEARLINE,..."
@@ -136,6 +140,7 @@ class Settings:
             debounce_seconds=reader.optional("DICOM_DEBOUNCE_SECONDS", _positive_float, 5.0),
             settle_seconds=reader.optional("DICOM_SETTLE_SECONDS", _non_negative_float, 2.0),
             max_concurrent_operations=reader.optional("DICOM_MAX_CONCURRENT_OPERATIONS", _positive_int, 5),
+            import_coalesce_seconds=reader.optional("DICOM_IMPORT_COALESCE_SECONDS", _non_negative_float, 300.0),
             claim_lease_seconds=reader.optional("DICOM_CLAIM_LEASE_SECONDS", _positive_float, 30.0),
             max_event_age_seconds=reader.optional("DICOM_MAX_EVENT_AGE_SECONDS", _positive_float, 3600.0),
             storage_class_by_prefix=reader.optional("DICOM_STORAGE_CLASS_BY_PREFIX", _storage_classes, ()),

@@ -122,6 +122,7 @@ locals {
     DICOM_DEBOUNCE_SECONDS        = tostring(var.debounce_seconds)
     DICOM_SETTLE_SECONDS          = tostring(var.settle_seconds)
     DICOM_STORAGE_CLASS_BY_PREFIX = join(",", [for prefix, class in var.storage_class_by_prefix : "${prefix}=${upper(class)}"])
+    DICOM_IMPORT_COALESCE_SECONDS = tostring(var.import_coalesce_seconds)
   }
 
   # Event-driven functions drop events older than this.

@@ -490,6 +490,17 @@ variable "settle_seconds" {
   }
 }
 
+variable "import_coalesce_seconds" {
+  description = "DICOM_IMPORT_COALESCE_SECONDS: while another import runs, a queued import waits up to this long, taking later uploads; 0 starts it whenever a slot is free."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.import_coalesce_seconds >= 0
+    error_message = "import_coalesce_seconds must be >= 0."
+  }
+}
+
 variable "storage_class_by_prefix" {
   description = "DICOM_STORAGE_CLASS_BY_PREFIX: Healthcare blob storage class per upload prefix, e.g. { \"archive/\" = \"ARCHIVE\" }."
   type        = map(string)

@@ -1,9 +1,8 @@
 """Coalescing under backpressure (functions/coalescing.py): while the cap is reached, later windows
 grow the queued staging import instead of queueing jobs behind it.
 
-Every window here uploads two new files next to an old one in its own folder, so that staging
-(one copy each) is cheaper than a glob that reads the old file again: each window's plan is a
-staging import. The cap is 1 and a first import holds the slot for as long as the test wants.
+Every window here (`scenarios.staging_window`) plans a staging import. The cap is 1 and a first
+import holds the slot for as long as the test wants.
 """
 
 from __future__ import annotations
@@ -16,23 +15,10 @@ import pytest
 from functions.batching import WindowResult
 from tests import dicom_factory
 from tests.functional.faults import Call
+from tests.functional.scenarios import led, staging_window
 from tests.functional.world import UPLOADS, Delivery, World
 
 REDELIVERY_DELAY = 10.0
-
-
-def _window(w: World, k: int, instances: list[Any]) -> list[Delivery]:
-    """Window k: two new files beside an old one (seeded without an event), then the window closes."""
-    w.store.put(UPLOADS, f"mig/w{k:02d}/m.dcm", dicom_factory.instance())
-    deliveries = w.upload_burst([f"mig/w{k:02d}/a.dcm", f"mig/w{k:02d}/z.dcm"], to=instances)
-    w.sim.run_until_idle()
-    w.sim.advance(w.settings.debounce_seconds)
-    return deliveries
-
-
-def _led(deliveries: list[Delivery]) -> WindowResult:
-    [led] = [d.outcome.led for d in deliveries if d.outcome.led is not None and d.outcome.led.claimed]
-    return led
 
 
 def _blocked_world() -> tuple[World, Any, Any]:
@@ -48,7 +34,7 @@ def _blocked_world() -> tuple[World, Any, Any]:
 
 def test_windows_that_arrive_while_the_cap_is_reached_grow_the_one_waiting_import() -> None:
     w, a, blocker = _blocked_world()
-    results = [_led(_window(w, k, [a, w.instance()])) for k in range(8)]
+    results = [led(staging_window(w, k, [a, w.instance()])) for k in range(8)]
     first, later = results[0], results[1:]
     assert len(first.jobs) == 1 and not first.started and first.staged == 2
     assert all(r.jobs == () and r.grown == first.jobs[0] and r.staged == 2 for r in later), later
@@ -63,11 +49,11 @@ def test_windows_that_arrive_while_the_cap_is_reached_grow_the_one_waiting_impor
 
 def test_once_the_waiting_import_starts_it_is_frozen_and_the_next_window_queues_a_job() -> None:
     w, a, blocker = _blocked_world()
-    first = _led(_window(w, 0, [a]))
+    first = led(staging_window(w, 0, [a]))
     w.hc.finish(blocker.name)
     w.poll()  # starts the waiting job
     assert len(w.hc.running) == 1
-    second = _led(_window(w, 1, [a]))
+    second = led(staging_window(w, 1, [a]))
     assert second.grown is None and len(second.jobs) == 1 and second.jobs != first.jobs
     w.settle()
     w.check_invariants()
@@ -77,7 +63,7 @@ def test_once_the_waiting_import_starts_it_is_frozen_and_the_next_window_queues_
 def test_a_window_that_reads_the_job_just_before_it_starts_gets_a_job_of_its_own() -> None:
     """The starter's swap to STARTING lands between the grower's read and its hold: no growth."""
     w, a, blocker = _blocked_world()
-    _window(w, 0, [a])
+    staging_window(w, 0, [a])
     w.faults.stall(20.0, method="replace", name="jobs/")  # the grower's hold waits; the poller runs
     w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
     deliveries = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
@@ -88,8 +74,8 @@ def test_a_window_that_reads_the_job_just_before_it_starts_gets_a_job_of_its_own
     [running] = w.hc.running
     assert len(running.objects) == 2  # the first window only
     w.sim.run_until_idle()
-    led = _led(deliveries)
-    assert led.grown is None and len(led.jobs) == 1
+    result = led(deliveries)
+    assert result.grown is None and len(result.jobs) == 1
     w.settle()
     w.check_invariants()
     assert len(w.hc.operations) == 3
@@ -98,7 +84,7 @@ def test_a_window_that_reads_the_job_just_before_it_starts_gets_a_job_of_its_own
 def test_a_start_attempted_while_a_window_grows_the_job_waits_for_the_growth() -> None:
     """The hold lands first: the starter leaves the job alone until the copies are committed."""
     w, a, blocker = _blocked_world()
-    _window(w, 0, [a])
+    staging_window(w, 0, [a])
     w.faults.stall(20.0, method="write", name=".grown-")  # the grower holds the job, copies made
     w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
     deliveries = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
@@ -108,7 +94,7 @@ def test_a_start_attempted_while_a_window_grows_the_job_waits_for_the_growth() -
     w.poll()
     assert not w.hc.running  # held: not started under the grower
     w.sim.run_until_idle()
-    assert _led(deliveries).grown is not None
+    assert led(deliveries).grown is not None
     w.poll()
     [running] = w.hc.running
     assert len(running.objects) == 4  # both windows, one LRO
@@ -119,14 +105,14 @@ def test_a_start_attempted_while_a_window_grows_the_job_waits_for_the_growth() -
 
 def test_every_event_of_a_growing_window_delivered_twice_is_imported_once() -> None:
     w, a, blocker = _blocked_world()
-    _window(w, 0, [a])
+    staging_window(w, 0, [a])
     b = w.instance("b")
     w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
     events = [w.upload(n) for n in ("mig/w01/a.dcm", "mig/w01/z.dcm")]
     first = [w.deliver(e, a) for e in events]
     again = [w.deliver(e, b) for e in events]
     w.sim.run_until_idle()
-    assert _led(first + again).grown is not None
+    assert led(first + again).grown is not None
     assert {d.outcome.action for d in again} == {"duplicate"}
     w.hc.finish(blocker.name)
     w.settle()
@@ -139,7 +125,7 @@ def test_every_event_of_a_growing_window_delivered_twice_is_imported_once() -> N
 
 def test_a_grower_stalled_past_its_hold_is_undone_by_the_starter_and_the_window_planned_again() -> None:
     w, a, blocker = _blocked_world()
-    _window(w, 0, [a])
+    staging_window(w, 0, [a])
     w.faults.stall(w.settings.claim_lease_seconds * 3, method="write", name=".grown-")  # after the copies
     w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
     deliveries = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
@@ -165,7 +151,7 @@ def _led_or_none(deliveries: list[Delivery]) -> list[WindowResult]:
 
 def _grow_world() -> World:
     w, a, _ = _blocked_world()
-    _window(w, 0, [a])
+    staging_window(w, 0, [a])
     return w
 
 

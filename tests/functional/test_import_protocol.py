@@ -116,7 +116,9 @@ def test_uploads_that_a_queued_wildcard_import_will_read_join_it() -> None:
 
 
 def test_the_cap_holds_while_five_windows_queue_and_drain() -> None:
-    w = World(max_concurrent_operations=2)
+    # Without coalescing: every window's job competes for the slots (tests/functional/test_pacing.py
+    # has the jobs that wait for a running import instead).
+    w = World(max_concurrent_operations=2, import_coalesce_seconds=0)
     instances = [w.instance() for _ in range(5)]
     for n, instance in enumerate(instances):
         w.upload_burst(_names(f"cap/w{n}", 2), to=[instance])

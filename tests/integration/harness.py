@@ -389,6 +389,7 @@ def function_env(d: Deployment, target: str) -> dict[str, str]:
         "DICOM_RETRY_DEADLINE_SECONDS": str(s.retry_deadline_seconds),
         "DICOM_DEBOUNCE_SECONDS": str(s.debounce_seconds),
         "DICOM_SETTLE_SECONDS": str(s.settle_seconds),
+        "DICOM_IMPORT_COALESCE_SECONDS": str(s.import_coalesce_seconds),
         "DICOM_COMPLETION_TOPIC": s.completion_topic,
         "DICOM_EXPORT_ALLOWED_DESTINATIONS": ",".join(s.export_allowed_destinations),
         "LOG_LEVEL": s.log_level,

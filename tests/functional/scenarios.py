@@ -1,0 +1,28 @@
+"""Upload shapes several functional test modules share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functions.batching import WindowResult
+from tests import dicom_factory
+from tests.functional.world import UPLOADS, Delivery, World
+
+
+def staging_window(w: World, k: int, instances: list[Any]) -> list[Delivery]:
+    """Window k: two new files beside an old one (seeded without an event), then the window closes.
+
+    Staging the two (one copy each) is cheaper than a glob that reads the old file again, so the
+    window's plan is a staging import: one that a later window can grow (functions/coalescing.py).
+    """
+    w.store.put(UPLOADS, f"mig/w{k:02d}/m.dcm", dicom_factory.instance())
+    deliveries = w.upload_burst([f"mig/w{k:02d}/a.dcm", f"mig/w{k:02d}/z.dcm"], to=instances)
+    w.sim.run_until_idle()
+    w.sim.advance(w.settings.debounce_seconds)
+    return deliveries
+
+
+def led(deliveries: list[Delivery]) -> WindowResult:
+    """The result of the window's leader among `deliveries`."""
+    [result] = [d.outcome.led for d in deliveries if d.outcome.led is not None and d.outcome.led.claimed]
+    return result

@@ -1,0 +1,209 @@
+"""A queued import waits for the running one (DICOM_IMPORT_COALESCE_SECONDS, docs/decisions/0702).
+
+While an import of the pipeline runs, a new import job does not take one of the free slots: it
+stays queued and later windows grow it, so a long upload makes about one LRO per LRO duration
+instead of one per free slot. It starts as soon as the running import is done (by the poller, or
+by the next window's leader), or once it is `import_coalesce_seconds` old, whichever comes first.
+Exports and redrives never wait; a running export holds no import back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from functions.errors import TransientApiError
+from functions.jobs import Job
+from tests.functional.faults import Call
+from tests.functional.scenarios import led, staging_window
+from tests.functional.world import World
+
+COALESCE = 120.0
+
+
+def _running_world(**overrides: Any) -> tuple[World, Any, Any]:
+    """Five slots, window 0's import running, one instance to upload with."""
+    w = World(import_coalesce_seconds=COALESCE, **overrides)
+    a = w.instance("a")
+    first = led(staging_window(w, 0, [a]))
+    assert len(first.started) == 1
+    [running] = w.hc.running
+    return w, a, running
+
+
+def test_windows_behind_a_running_import_make_one_more_import_although_slots_are_free() -> None:
+    w, a, running = _running_world()
+    results = [led(staging_window(w, k, [a, w.instance()])) for k in range(1, 8)]
+    assert results[0].started == () and len(results[0].jobs) == 1
+    assert all(r.grown == results[0].jobs[0] and r.started == () for r in results[1:]), results
+    assert len(w.hc.running) == 1 and len(w.state("slots/")) == 1  # four slots free, none taken
+    w.hc.finish(running.name)
+    w.poll()
+    [second] = w.hc.running
+    assert len(second.objects) == 14  # the seven windows, one LRO
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2
+
+
+def test_without_coalescing_every_window_takes_a_free_slot() -> None:
+    """The same uploads with DICOM_IMPORT_COALESCE_SECONDS=0: the test above can fail."""
+    w = World(import_coalesce_seconds=0)
+    a = w.instance("a")
+    results = [led(staging_window(w, k, [a])) for k in range(5)]
+    assert all(len(r.started) == 1 for r in results)
+    assert len(w.hc.running) == 5
+
+
+def test_the_next_window_starts_the_grown_import_once_the_running_one_is_done() -> None:
+    """No poller run in between: the leader that grew the job starts it (its slot is free)."""
+    w, a, running = _running_world()
+    waiting = led(staging_window(w, 1, [a]))
+    assert waiting.started == ()
+    w.hc.finish(running.name)  # done, but its slot stays held until the poller reports it
+    grower = led(staging_window(w, 2, [a]))
+    assert grower.grown == waiting.jobs[0] and len(grower.started) == 1
+    [second] = w.hc.running
+    assert len(second.objects) == 4
+    w.settle()
+    w.check_invariants()
+
+
+def test_a_finished_import_whose_slot_is_still_held_holds_nothing_back() -> None:
+    w, a, running = _running_world()
+    w.hc.finish(running.name)
+    assert len(w.state("slots/")) == 1
+    second = led(staging_window(w, 1, [a]))
+    assert len(second.started) == 1
+    w.settle()
+    w.check_invariants()
+
+
+def test_a_waiting_import_starts_beside_the_running_one_once_it_is_old_enough() -> None:
+    w, a, running = _running_world()
+    waiting = led(staging_window(w, 1, [a]))
+    w.poll()
+    w.sim.run_until_idle()
+    assert len(w.hc.running) == 1 and w.state("jobs/")
+    w.sim.advance(COALESCE)
+    w.poll()
+    w.sim.run_until_idle()
+    assert len(w.hc.running) == 2 and not w.state("jobs/")
+    assert waiting.jobs[0] in {op.job_id for op in _tracked(w)}
+    w.settle()
+    w.check_invariants()
+
+
+def test_a_running_export_holds_no_import_back() -> None:
+    w = World(import_coalesce_seconds=COALESCE)
+    queue = w.queue()
+    export = Job(job_id="0-export", kind="export", request_id="r", created_at=w.sim.clock(),
+                 destination="gs://exports/x")
+    assert queue.submit(export).started
+    first = led(staging_window(w, 0, [w.instance()]))
+    assert len(first.started) == 1 and len(w.hc.running) == 2
+
+
+def test_a_redrive_never_waits() -> None:
+    w, _, _ = _running_world()
+    redrive = Job(job_id="1-redrive", kind="import", request_id="r", created_at=w.sim.clock(),
+                  import_uri="gs://uploads/mig/w00/a.dcm", redrive_of="x")
+    plain = Job(job_id="1-plain", kind="import", request_id="r", created_at=w.sim.clock(),
+                import_uri="gs://uploads/mig/w00/a.dcm")
+    queue = w.queue()
+    assert not queue.waits_for_running_import(redrive)
+    assert queue.waits_for_running_import(plain)
+
+
+def test_a_start_in_flight_counts_as_running() -> None:
+    """A slot without a tracked operation (its starter is calling the API, or died mid-call)."""
+    w = World(import_coalesce_seconds=COALESCE)
+    w.faults.stall(20.0, method="import_dicom")
+    deliveries = w.upload_burst(["in/a.dcm", "in/b.dcm"], to=[w.instance("a")])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)  # inside the stalled call
+    assert w.faults.fired and not w.hc.operations and len(w.state("slots/")) == 1
+    later = Job(job_id="9-later", kind="import", request_id="r", created_at=w.sim.clock(),
+                import_uri="gs://uploads/x.dcm")
+    assert w.queue().waits_for_running_import(later)
+    w.sim.run_until_idle()
+    assert len(led(deliveries).started) == 1
+
+
+def test_an_import_whose_state_cannot_be_read_counts_as_running() -> None:
+    w, _, _ = _running_world()
+    w.faults.fail(TransientApiError(503, "unavailable"), method="get_operation")
+    later = Job(job_id="9-later", kind="import", request_id="r", created_at=w.sim.clock(),
+                import_uri="gs://uploads/x.dcm")
+    assert w.queue().waits_for_running_import(later)
+    assert w.faults.fired
+
+
+def test_an_export_queued_behind_a_waiting_import_still_starts() -> None:
+    w, a, _ = _running_world()
+    led(staging_window(w, 1, [a]))  # an import job waits
+    queue = w.queue()
+    export = Job(job_id="zz-export", kind="export", request_id="r", created_at=w.sim.clock(),
+                 destination="gs://exports/x")  # sorts after the import: the poller tries it second
+    assert w.store.create(w.settings.state_bucket, queue.job_path(export.job_id),
+                          {"job": export.to_json(), "state": "PENDING"})
+    task = w.poll()
+    w.sim.run_until_idle()
+    assert task.result.jobs_started == 1 and task.result.jobs_queued == 1
+    assert sorted(op.kind for op in w.hc.running) == ["export", "import"]
+
+
+def _tracked(w: World) -> list[Job]:
+    return [t.job for t in w.queue().tracked()]
+
+
+# -- a leader killed before each call of a window that grows the waiting job and starts it ------
+
+
+def _done_world() -> World:
+    """Window 1's job waits behind window 0's import, which is now done (its slot still held)."""
+    w, a, running = _running_world()
+    led(staging_window(w, 1, [a]))
+    w.hc.finish(running.name)
+    return w
+
+
+def _grow_and_start(w: World) -> None:
+    staging_window(w, 2, [w.instance("grower")])
+    w.sim.advance(w.settings.settle_seconds + 1)
+    w.sim.run_until_idle()
+
+
+def _trace(prepare: Callable[[], World], scenario: Callable[[World], Any]) -> list[Call]:
+    world = prepare()
+    world.faults.arm()
+    scenario(world)
+    return list(world.faults.trace)
+
+
+GROW_AND_START = _trace(_done_world, _grow_and_start)
+
+
+def test_the_grow_and_start_scenario_is_what_the_crash_points_assume() -> None:
+    methods = [(c.method, c.name.split("/")[0]) for c in GROW_AND_START]
+    assert methods.count(("replace", "jobs")) == 3  # hold, commit, STARTING
+    assert ("get_operation", "projects") in methods and ("import_dicom", "gs:") in methods
+
+
+@pytest.mark.parametrize("step", range(1, len(GROW_AND_START) + 1),
+                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in GROW_AND_START])
+def test_a_leader_killed_before_any_call_of_grow_and_start_loses_nothing(step: int) -> None:
+    w = _done_world()
+    w.faults.arm()
+    w.faults.kill_at(step)
+    _grow_and_start(w)
+    assert w.faults.fired, f"no call #{step}: the scenario changed"
+    executed = w.faults.trace[:step - 1]
+    starts = [c.index for c in executed if c.method == "import_dicom"]
+    tracked = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
+    w.sim.advance(10.0)
+    w.redeliver_lost(w.instance("retry"))
+    w.settle()
+    # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
+    w.check_invariants(may_import_twice=bool(starts) and not any(r > starts[-1] for r in tracked))
