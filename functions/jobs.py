@@ -258,13 +258,15 @@ class JobQueue:
     def waits_for_running_import(self, job: Job) -> bool:
         """Should this import stay queued, although a slot may be free, to take later uploads?
 
-        Yes while another import of this pipeline runs (or is being started) and the job is younger
-        than `import_coalesce_seconds`: the running import will not read what arrives meanwhile, so
-        the waiting one grows (functions.coalescing) and starts when the running one is done. During
-        a long upload this keeps the number of LROs near upload time / LRO time instead of cap times
-        that. Redrives and exports never wait. See docs/decisions/0702.
+        Yes for a staging import (one that later windows can grow) while another import of this
+        pipeline runs (or is being started) and the job is younger than `import_coalesce_seconds`:
+        the running import will not read what arrives meanwhile, so the waiting one grows
+        (functions.coalescing) and starts when the running one is done. During a long upload this
+        keeps the number of LROs near upload time / LRO time instead of cap times that. Globs (they
+        cannot grow), redrives and exports never wait. See docs/decisions/0702.
         """
-        if job.kind != "import" or job.redrive_of or self._s.import_coalesce_seconds <= 0:
+        if (job.kind != "import" or not job.staging_prefix or job.redrive_of
+                or self._s.import_coalesce_seconds <= 0):
             return False
         if self._clock() >= job.created_at + self._s.import_coalesce_seconds:
             return False

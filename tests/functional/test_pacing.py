@@ -4,12 +4,14 @@ While an import of the pipeline runs, a new import job does not take one of the 
 stays queued and later windows grow it, so a long upload makes about one LRO per LRO duration
 instead of one per free slot. It starts as soon as the running import is done (by the poller, or
 by the next window's leader), or once it is `import_coalesce_seconds` old, whichever comes first.
-Exports and redrives never wait; a running export holds no import back.
+Only a staging import waits (a glob cannot grow); exports and redrives never wait, and a running
+export holds no import back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -106,15 +108,15 @@ def test_a_running_export_holds_no_import_back() -> None:
     assert len(first.started) == 1 and len(w.hc.running) == 2
 
 
-def test_a_redrive_never_waits() -> None:
+def test_only_a_staging_import_that_can_grow_waits() -> None:
+    """A glob cannot grow and a redrive is a user's request: neither waits for the running import."""
     w, _, _ = _running_world()
-    redrive = Job(job_id="1-redrive", kind="import", request_id="r", created_at=w.sim.clock(),
-                  import_uri="gs://uploads/mig/w00/a.dcm", redrive_of="x")
-    plain = Job(job_id="1-plain", kind="import", request_id="r", created_at=w.sim.clock(),
-                import_uri="gs://uploads/mig/w00/a.dcm")
+    staging = Job(job_id="1-staging", kind="import", request_id="r", created_at=w.sim.clock(),
+                  import_uri="gs://state/staging/1-staging/**", staging_prefix="staging/1-staging/")
     queue = w.queue()
-    assert not queue.waits_for_running_import(redrive)
-    assert queue.waits_for_running_import(plain)
+    assert queue.waits_for_running_import(staging)
+    assert not queue.waits_for_running_import(replace(staging, redrive_of="x"))
+    assert not queue.waits_for_running_import(replace(staging, import_uri="gs://uploads/mig/**", staging_prefix=""))
 
 
 def test_a_start_in_flight_counts_as_running() -> None:
@@ -125,7 +127,7 @@ def test_a_start_in_flight_counts_as_running() -> None:
     w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)  # inside the stalled call
     assert w.faults.fired and not w.hc.operations and len(w.state("slots/")) == 1
     later = Job(job_id="9-later", kind="import", request_id="r", created_at=w.sim.clock(),
-                import_uri="gs://uploads/x.dcm")
+                import_uri="gs://state/staging/9-later/**", staging_prefix="staging/9-later/")
     assert w.queue().waits_for_running_import(later)
     w.sim.run_until_idle()
     assert len(led(deliveries).started) == 1
@@ -135,7 +137,7 @@ def test_an_import_whose_state_cannot_be_read_counts_as_running() -> None:
     w, _, _ = _running_world()
     w.faults.fail(TransientApiError(503, "unavailable"), method="get_operation")
     later = Job(job_id="9-later", kind="import", request_id="r", created_at=w.sim.clock(),
-                import_uri="gs://uploads/x.dcm")
+                import_uri="gs://state/staging/9-later/**", staging_prefix="staging/9-later/")
     assert w.queue().waits_for_running_import(later)
     assert w.faults.fired
 
