@@ -633,6 +633,12 @@ def create_app(
             raise not_found(f"no running operation {op_id}")
         return {}
 
+    @app.post("/_emulator/operations/<op_id>:release")
+    def release_operation(op_id: str) -> Any:
+        if not emu.operations.release(op_id):
+            raise not_found(f"no running operation {op_id}")
+        return {}
+
     @app.get("/_emulator/operations/<op_id>/logs")
     def operation_logs(op_id: str) -> Any:
         entries = emu.operations.logs(op_id)

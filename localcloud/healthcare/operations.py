@@ -271,6 +271,15 @@ class Operations:
         op.wake.set()
         return True
 
+    def release(self, op_id: str) -> bool:
+        """End a running operation's start delay now (it then runs as usual); False if not running."""
+        with self._lock:
+            op = self._live.get(op_id)
+        if op is None:
+            return False
+        op.wake.set()
+        return True
+
     def inject_failure(self, op_id: str, code: int, message: str) -> bool:
         """Make a running operation fail at its next checkpoint."""
         with self._lock:

@@ -667,6 +667,25 @@ def test_injected_delay_slows_a_call(emulator: Emulator, store: Store) -> None:
     assert emulator.control("GET", "faults") == {"methods": [], "operations": []}
 
 
+def test_a_held_operation_can_be_released_to_do_its_work(emulator: Emulator, store: Store) -> None:
+    bucket = emulator.bucket()
+    bucket.blob("held.dcm").upload_from_string(make_instance())
+    emulator.control("POST", "config", json={"operationDelaySeconds": 600})
+    try:
+        running = store.api.dicomStores().import_(
+            name=store.name, body={"gcsSource": {"uri": f"gs://{bucket.name}/held.dcm"}}).execute()
+        op_id = running["name"].rsplit("/", 1)[1]
+        assert not store.api.operations().get(name=running["name"]).execute().get("done")
+        emulator.control("POST", f"operations/{op_id}:release", json={})
+        finished = store.wait(running, timeout=60)
+        assert "error" not in finished and len(store.sops()) == 1
+        with pytest.raises(requests.HTTPError) as raised:
+            emulator.control("POST", f"operations/{op_id}:release", json={})  # not running any more
+        assert raised.value.response.status_code == 404
+    finally:
+        emulator.control("POST", "config", json={"operationDelaySeconds": 0})
+
+
 def test_operations_can_be_made_to_fail(emulator: Emulator, store: Store) -> None:
     bucket = emulator.bucket()
     bucket.blob("a.dcm").upload_from_string(make_instance())

@@ -306,6 +306,36 @@ def test_uploads_a_queued_wildcard_import_will_read_are_not_imported_again(healt
         d.emulator("config", {"operationDelaySeconds": 0})
 
 
+def test_an_import_planned_while_another_runs_waits_and_grows_although_slots_are_free(
+        healthcare_emulator: str, fake_gcs: str, pubsub_emulator: str) -> None:
+    """Decision 0702 on the real emulators: five slots, one import held running by the emulator."""
+    d = Deployment.create(healthcare_emulator)  # the production coalescing age (300 s)
+    d.emulator("reset", {})
+    d.emulator("config", {"operationDelaySeconds": 600})
+    try:
+        before = _import_calls(d)
+        handler = d.handler()
+        blocker = handler.handle(d.upload("blocker/one.dcm", dicom_factory.instance()))
+        assert blocker.led is not None and len(blocker.led.started) == 1
+        # An old object beside the new ones (no event): a glob would read it again, so they are staged.
+        d.upload("mig/m.dcm", dicom_factory.instance())
+        uploads = [d.upload(f"mig/{name}.dcm", dicom_factory.instance()) for name in ("a", "n", "z")]
+        led = [o.led for o in deliver_all(handler, uploads) if o.led]
+        assert led and not any(r.started for r in led)  # queued although four slots are free
+        assert len(d.state_objects("slots/")) == 1
+        # One job, grown by later windows; two only if a window planned before the first job existed.
+        jobs = {job for r in led for job in r.jobs}
+        assert 1 <= len(jobs) <= 2 and all(r.grown in (None, *jobs) for r in led)
+        d.emulator("config", {"operationDelaySeconds": 0})  # for the imports still to start
+        d.emulator(f"operations/{blocker.led.started[0].rsplit('/', 1)[1]}:release", {})
+        completions = distinct(d.completions_until_quiet(timeout=120))
+        assert successes(completions) == 4 and len(_stored_uids(d)) == 4
+        assert _import_calls(d) - before == 1 + len(jobs)
+        assert d.emulator("stats")["maxConcurrentOperations"] == 1  # each waited for the one before
+    finally:
+        d.emulator("config", {"operationDelaySeconds": 0})
+
+
 def test_a_start_the_api_refuses_comes_back_as_a_failed_event(deployment: Deployment) -> None:
     from functions.jobs import Job
 
