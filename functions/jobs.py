@@ -555,13 +555,31 @@ class JobQueue:
 
     def _holds_its_slot(self, job_id: str, index: int, now: float) -> bool:
         record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
-        if record is None or record.data.get("slot") != index:
+        if record is None:
+            # Gone: either its starter died before writing it, or the starter tracked the
+            # operation and deleted the job after the caller's list of live jobs was taken (a
+            # start slower than the lease). The second still runs: freeing its slot would let one
+            # LRO more than the cap start. The starter tracks before it deletes, so a listing now
+            # finds it.
+            return self._tracked_now(job_id)
+        if record.data.get("slot") != index:
             return False
         state = record.data.get("state")
         if state == "STARTING" and float(record.data.get("leaseUntil", 0)) <= now:
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return True
         return state in ("STARTING", "UNCONFIRMED")
+
+    def _tracked_now(self, job_id: str) -> bool:
+        prefix = self._s.state_path("operations/")
+        for info in self._gcs.list(self._s.state_bucket, prefix):
+            if info.metadata.get("job") == job_id:
+                return True
+            if "job" not in info.metadata:  # written without metadata: read it
+                record = self._gcs.read(self._s.state_bucket, info.name)
+                if record is not None and record.data.get("job", {}).get("job_id") == job_id:
+                    return True
+        return False
 
     # -- tracked operations --------------------------------------------------------------------
     def tracked(self) -> list[StartedOperation]:

@@ -265,3 +265,24 @@ def test_a_poller_that_cannot_read_the_tracked_operations_starts_no_job() -> Non
     w.settle()
     w.check_invariants()
     assert len(w.hc.operations) == 1
+
+
+def test_a_start_slower_than_the_lease_keeps_its_slot_when_the_poller_looked_before_it_was_tracked() -> None:
+    """Found by the 100,000-file bench (6 LROs at once, cap 5): the poller listed the tracked
+    operations, the slow starter then tracked its operation and deleted its job, and the poller's
+    slot check found no job and freed the slot of a running LRO."""
+    w = World(max_concurrent_operations=1)
+    w.faults.stall(w.settings.claim_lease_seconds + 10, method="import_dicom")
+    w.upload_burst(["slow/a.dcm"], to=[w.instance()])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + w.settings.claim_lease_seconds + 5)
+    assert w.faults.fired and not w.hc.operations  # inside the stalled start, its slot past the lease
+    w.faults.stall(20.0, method="list", name="slots/")  # the poller's slot check comes after the start
+    task = w.poll()
+    w.sim.run_until_idle()
+    assert task.done and len(w.hc.running) == 1
+    assert len(w.state("slots/")) == 1, "the running operation's slot was freed"
+    w.upload_burst(["slow/b.dcm"], to=[w.instance()])
+    w.sim.run_until_idle()
+    assert len(w.hc.running) == 1  # the second import waits for the slot
+    w.settle()
+    w.check_invariants()
