@@ -1,11 +1,13 @@
-"""Upload shapes several functional test modules share."""
+"""Upload shapes and crash-point helpers several functional test modules share."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from functions.batching import WindowResult
 from tests import dicom_factory
+from tests.functional.faults import Call
 from tests.functional.world import UPLOADS, Delivery, World
 
 
@@ -26,3 +28,19 @@ def led(deliveries: list[Delivery]) -> WindowResult:
     """The result of the window's leader among `deliveries`."""
     [result] = [d.outcome.led for d in deliveries if d.outcome.led is not None and d.outcome.led.claimed]
     return result
+
+
+def record_trace(prepare: Callable[[], World], scenario: Callable[[World], Any]) -> list[Call]:
+    """The calls `scenario` makes on a world from `prepare`: the crash points to kill it at."""
+    world = prepare()
+    world.faults.arm()
+    scenario(world)
+    return list(world.faults.trace)
+
+
+def started_untracked(executed: list[Call], method: str = "import_dicom") -> bool:
+    """Did an LRO start whose operation record was never written? Then its job is started again
+    (functions/jobs.py), and its objects may be read twice."""
+    starts = [c.index for c in executed if c.method == method]
+    records = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
+    return bool(starts) and not any(r > starts[-1] for r in records)

@@ -7,15 +7,13 @@ import holds the slot for as long as the test wants.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from functions.batching import WindowResult
 from tests import dicom_factory
-from tests.functional.faults import Call
-from tests.functional.scenarios import led, staging_window
+from tests.functional.scenarios import led, record_trace, staging_window, started_untracked
 from tests.functional.world import UPLOADS, Delivery, World
 
 REDELIVERY_DELAY = 10.0
@@ -161,14 +159,7 @@ def _grow_scenario(w: World) -> None:
     w.sim.run_until_idle()
 
 
-def _trace(prepare: Callable[[], World], scenario: Callable[[World], Any]) -> list[Call]:
-    world = prepare()
-    world.faults.arm()
-    scenario(world)
-    return list(world.faults.trace)
-
-
-GROW_TRACE = _trace(_grow_world, _grow_scenario)
+GROW_TRACE = record_trace(_grow_world, _grow_scenario)
 
 
 def test_the_grow_scenario_is_what_the_crash_points_assume() -> None:
@@ -213,7 +204,7 @@ def _dead_grower_world() -> World:
     return w
 
 
-UNDO_TRACE = _trace(_dead_grower_world, lambda w: w.poll())
+UNDO_TRACE = record_trace(_dead_grower_world, lambda w: w.poll())
 
 
 def test_the_undo_scenario_is_what_the_crash_points_assume() -> None:
@@ -231,9 +222,7 @@ def test_a_starter_killed_while_undoing_a_dead_growth_loses_nothing(step: int) -
     task = w.poll()
     assert task.killed, f"no call #{step}: the scenario changed"
     executed = w.faults.trace[:step - 1]
-    starts = [c.index for c in executed if c.method == "import_dicom"]
-    tracked = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
     w.redeliver_lost(w.instance("retry"))
     w.settle()
     # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
-    w.check_invariants(may_import_twice=bool(starts) and not any(r > starts[-1] for r in tracked))
+    w.check_invariants(may_import_twice=started_untracked(executed))

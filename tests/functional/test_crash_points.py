@@ -14,7 +14,6 @@ read twice (functions/jobs.py says why that is preferred to losing it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from functions.events import PubsubMessage
 from functions.windows import object_key, window_id
 from tests.functional.faults import Call
+from tests.functional.scenarios import record_trace, started_untracked
 from tests.functional.world import STATE, World
 
 REDELIVERY_DELAY = 10.0  # Eventarc / Pub/Sub push retry backoff: seconds, not minutes
@@ -31,22 +31,8 @@ def _names(folder: str, count: int) -> list[str]:
     return [f"{folder}/IM{i:04d}.dcm" for i in range(count)]
 
 
-def _record_trace(prepare: Callable[[], World], scenario: Callable[[World], Any]) -> list[Call]:
-    world = prepare()
-    world.faults.arm()
-    scenario(world)
-    return list(world.faults.trace)
-
-
 def _ids(trace: list[Call]) -> list[str]:
     return [f"{c.index:02d}-{c.client}.{c.method}-{c.name.split('/')[0] or 'root'}" for c in trace]
-
-
-def _started_untracked(executed: list[Call], method: str) -> bool:
-    """Did an LRO start whose operation record was never written?"""
-    starts = [c.index for c in executed if c.method == method]
-    records = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
-    return bool(starts) and not any(r > starts[-1] for r in records)
 
 
 # -- the import function --------------------------------------------------------------------------
@@ -59,7 +45,7 @@ def _import_scenario(w: World) -> None:
     w.sim.run_until_idle()
 
 
-IMPORT_TRACE = _record_trace(World, _import_scenario)
+IMPORT_TRACE = record_trace(World, _import_scenario)
 
 
 def test_the_import_scenario_is_what_the_crash_points_assume() -> None:
@@ -87,7 +73,7 @@ def test_an_import_killed_before_any_call_loses_nothing(step: int, recovery: str
         # Without redelivery, only what reached the state bucket can be imported.
         expected = [n for n in w.sops if w.store.writes[_record(w, n)]]
     w.settle()
-    w.check_invariants(expected=expected, may_import_twice=_started_untracked(executed, "import_dicom"))
+    w.check_invariants(expected=expected, may_import_twice=started_untracked(executed, "import_dicom"))
     _late_duplicates_start_nothing(w, expected)
 
 
@@ -142,7 +128,7 @@ def _poller_scenario(w: World) -> None:
     w.poll()
 
 
-POLLER_TRACE = _record_trace(_poller_world, _poller_scenario)
+POLLER_TRACE = record_trace(_poller_world, _poller_scenario)
 
 
 def test_the_poller_scenario_is_what_the_crash_points_assume() -> None:
@@ -160,7 +146,7 @@ def test_a_poller_killed_before_any_call_loses_nothing_and_keeps_event_ids(step:
     assert task.killed, f"no call #{step}: the scenario changed"
     executed = w.faults.trace[:step - 1]
     w.settle()
-    w.check_invariants(may_import_twice=_started_untracked(executed, "import_dicom"))
+    w.check_invariants(may_import_twice=started_untracked(executed, "import_dicom"))
     published = [e.event_id for e in w.completions()]
     assert len(set(published)) == 3  # one per import; a republished event keeps its id
 
@@ -189,7 +175,7 @@ def _export_scenario(w: World) -> Any:
     return w.sim.call(lambda: w.exporter().handle(_message(w)), name="export")
 
 
-EXPORT_TRACE = _record_trace(_stored_world, _export_scenario)
+EXPORT_TRACE = record_trace(_stored_world, _export_scenario)
 
 
 def test_the_export_scenario_is_what_the_crash_points_assume() -> None:
@@ -209,7 +195,7 @@ def test_an_export_killed_before_any_call_is_started_once_on_redelivery(step: in
     assert redelivered.action in ("started", "queued", "duplicate"), redelivered
     w.settle()
     exports = [op for op in w.hc.operations.values() if op.kind == "export"]
-    twice = _started_untracked(executed, "export_dicom")
+    twice = started_untracked(executed, "export_dicom")
     assert 1 <= len(exports) <= (2 if twice else 1), [op.name for op in exports]
     ids = {e.event_id for e in w.completions()}
     assert len(ids) == 1 and all(e.data["state"] == "SUCCEEDED" for e in w.completions()), w.completions()

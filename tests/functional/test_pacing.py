@@ -10,7 +10,6 @@ export holds no import back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,8 +17,7 @@ import pytest
 
 from functions.errors import TransientApiError
 from functions.jobs import Job
-from tests.functional.faults import Call
-from tests.functional.scenarios import led, staging_window
+from tests.functional.scenarios import led, record_trace, staging_window, started_untracked
 from tests.functional.world import World
 
 COALESCE = 120.0
@@ -177,14 +175,7 @@ def _grow_and_start(w: World) -> None:
     w.sim.run_until_idle()
 
 
-def _trace(prepare: Callable[[], World], scenario: Callable[[World], Any]) -> list[Call]:
-    world = prepare()
-    world.faults.arm()
-    scenario(world)
-    return list(world.faults.trace)
-
-
-GROW_AND_START = _trace(_done_world, _grow_and_start)
+GROW_AND_START = record_trace(_done_world, _grow_and_start)
 
 
 def test_the_grow_and_start_scenario_is_what_the_crash_points_assume() -> None:
@@ -202,10 +193,8 @@ def test_a_leader_killed_before_any_call_of_grow_and_start_loses_nothing(step: i
     _grow_and_start(w)
     assert w.faults.fired, f"no call #{step}: the scenario changed"
     executed = w.faults.trace[:step - 1]
-    starts = [c.index for c in executed if c.method == "import_dicom"]
-    tracked = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
     w.sim.advance(10.0)
     w.redeliver_lost(w.instance("retry"))
     w.settle()
     # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
-    w.check_invariants(may_import_twice=bool(starts) and not any(r > starts[-1] for r in tracked))
+    w.check_invariants(may_import_twice=started_untracked(executed))
