@@ -291,10 +291,7 @@ class JobQueue:
         holders = [holder for holder in holders if holder != besides]
         if not holders:
             return ""
-        operations_prefix = self._s.state_path("operations/")
-        operation_of = {info.metadata["job"]: info.name[len(operations_prefix):-len(".json")]
-                        for info in self._gcs.list(self._s.state_bucket, operations_prefix)
-                        if "job" in info.metadata}
+        operation_of = self._tracked_by_job()
         for holder in holders:
             operation_id = operation_of.get(holder)
             if operation_id is None:
@@ -561,7 +558,7 @@ class JobQueue:
             # start slower than the lease). The second still runs: freeing its slot would let one
             # LRO more than the cap start. The starter tracks before it deletes, so a listing now
             # finds it.
-            return self._tracked_now(job_id)
+            return job_id in self._tracked_by_job()
         if record.data.get("slot") != index:
             return False
         state = record.data.get("state")
@@ -570,16 +567,19 @@ class JobQueue:
             return True
         return state in ("STARTING", "UNCONFIRMED")
 
-    def _tracked_now(self, job_id: str) -> bool:
+    def _tracked_by_job(self) -> dict[str, str]:
+        """Job id -> operation id of every tracked operation: one listing (its metadata names the
+        job); a record written without metadata, by a version before it, is read."""
         prefix = self._s.state_path("operations/")
+        tracked: dict[str, str] = {}
         for info in self._gcs.list(self._s.state_bucket, prefix):
-            if info.metadata.get("job") == job_id:
-                return True
-            if "job" not in info.metadata:  # written without metadata: read it
+            job_id = info.metadata.get("job")
+            if job_id is None:
                 record = self._gcs.read(self._s.state_bucket, info.name)
-                if record is not None and record.data.get("job", {}).get("job_id") == job_id:
-                    return True
-        return False
+                job_id = record.data.get("job", {}).get("job_id") if record is not None else None
+            if job_id:
+                tracked[str(job_id)] = info.name[len(prefix):-len(".json")]
+        return tracked
 
     # -- tracked operations --------------------------------------------------------------------
     def tracked(self) -> list[StartedOperation]:
