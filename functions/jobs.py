@@ -281,9 +281,11 @@ class JobQueue:
 
         The slots and the tracked operations carry their job and kind as object metadata, so this
         is two listings plus one `operations.get` per import slot. A slot without a tracked
-        operation is a start in flight or of unknown outcome: it counts as running, as does a slot
-        written before slots carried metadata. A finished operation whose slot the poller has not
-        freed yet does not count: the next window need not wait for the poller's schedule.
+        operation counts as running while its starter is calling the API within its lease (one
+        read of its job), and so does a slot written before slots carried metadata; a start of
+        unknown outcome does not (see `_start_in_flight`). A finished operation whose slot the
+        poller has not freed yet does not count: the next window need not wait for the poller's
+        schedule.
         """
         prefix = self._s.state_path("slots/")
         holders = [info.metadata.get("job", "") for info in self._gcs.list(self._s.state_bucket, prefix)
@@ -295,7 +297,11 @@ class JobQueue:
         for holder in holders:
             operation_id = operation_of.get(holder)
             if operation_id is None:
-                return holder or "a slot without metadata"
+                if not holder:
+                    return "a slot without metadata"
+                if self._start_in_flight(holder):
+                    return holder
+                continue
             if operation_id.startswith(REFUSED_PREFIX):
                 continue
             try:
@@ -307,6 +313,21 @@ class JobQueue:
             if not operation.get("done"):
                 return holder
         return ""
+
+    def _start_in_flight(self, job_id: str) -> bool:
+        """Is this untracked slot holder being started by a live starter (STARTING within its lease)?
+
+        A start of unknown outcome (UNCONFIRMED, or STARTING past its lease: the starter died)
+        holds no import back: it keeps its slot until the poller knows (docs/decisions/0300), which
+        can take 10 minutes, and waiting for it would stall every window of an upload behind a
+        killed instance until the coalescing age. If its operation does exist, the cost of not
+        waiting is one LRO more, never a second read. A job record that is gone means the start
+        ended (tracked or dropped) after the listing: not in flight either.
+        """
+        record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
+        if record is None or record.data.get("state") != "STARTING":
+            return False
+        return float(record.data.get("leaseUntil", 0)) > self._clock()
 
     def _drop_hold(self, record: Record, hold: coalescing.Hold) -> Record | None:
         """Undoes the growth of a grower that died or stalled past its hold (see functions.coalescing).

@@ -131,6 +131,50 @@ def test_a_start_in_flight_counts_as_running() -> None:
     assert len(led(deliveries).started) == 1
 
 
+def _later(w: World) -> Job:
+    return Job(job_id="9-later", kind="import", request_id="r", created_at=w.sim.clock(),
+               import_uri="gs://state/staging/9-later/**", staging_prefix="staging/9-later/")
+
+
+def _killed_starter(w: World, when: str) -> None:
+    """Window 0's leader dies at its import call (before: no LRO; after: an untracked LRO)."""
+    w.faults.kill(method="import_dicom", when=when)
+    w.upload_burst(["in/a.dcm", "in/b.dcm"], to=[w.instance("a")])
+    w.sim.run_until_idle()
+    assert w.faults.fired and len(w.state("slots/")) == 1 and w.state("jobs/")
+    assert not w.state("operations/")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_start_whose_starter_died_holds_no_import_back_once_its_lease_is_over(when: str) -> None:
+    """Its outcome is unknown until the poller resolves it (up to 10 minutes, decision 0300);
+    waiting for it made every window of the chaos run wait out its coalescing age."""
+    w = World(import_coalesce_seconds=COALESCE)
+    _killed_starter(w, when)
+    queue = w.queue()
+    assert queue.waits_for_running_import(_later(w))  # within its lease it may still be calling
+    w.sim.advance(w.settings.claim_lease_seconds + 1)
+    assert not queue.waits_for_running_import(_later(w))  # STARTING past its lease
+    w.poll()
+    w.sim.run_until_idle()
+    if when == "before":  # UNCONFIRMED now, still holding its slot
+        assert len(w.state("slots/")) == 1 and not w.state("operations/")
+        assert not queue.waits_for_running_import(_later(w))
+    else:  # the poller found its LRO and tracks it: a running import again
+        assert len(w.state("operations/")) == 1
+        assert queue.waits_for_running_import(_later(w))
+
+
+def test_a_window_behind_a_killed_starter_starts_in_a_free_slot_and_loses_nothing() -> None:
+    w = World(import_coalesce_seconds=COALESCE)
+    _killed_starter(w, "before")
+    w.sim.advance(w.settings.claim_lease_seconds + 1)
+    second = led(staging_window(w, 1, [w.instance()]))
+    assert len(second.started) == 1 and len(w.state("slots/")) == 2
+    w.settle()
+    w.check_invariants()
+
+
 def test_an_import_whose_state_cannot_be_read_counts_as_running() -> None:
     w, _, _ = _running_world()
     w.faults.fail(TransientApiError(503, "unavailable"), method="get_operation")
