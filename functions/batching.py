@@ -29,6 +29,13 @@ logger = logging.getLogger(__name__)
 
 # A scope with more objects than this is treated as "unknown": no glob may reach into it.
 LISTING_CAP = 20_000
+# Below that, a scope is listed up to the batch's size plus this many other objects. A glob that
+# reaches further matches over a thousand objects outside the batch, and such a glob never wins:
+# an older importable one is a re-read (REIMPORT_COST, as much as a thousand copies), anything else
+# may not be matched at all. Only uploads after the window are free to match, and the folder scopes
+# still allow globs confined to one folder. In a migration the root scope is the whole tree, which
+# a leader used to page through up to LISTING_CAP for every window (decision 0703).
+OTHERS_LISTED = 1_000
 # Re-reading an old object inside an import costs more than staging a new one: the LRO fetches,
 # parses and compares it, and an object that changed since fails the import. In a migration the
 # "old" objects are mostly the previous window's uploads (a folder split across windows), and a
@@ -406,11 +413,12 @@ class WindowBatcher:
         adoptable_until = self._clock() - _CLOCK_SKEW_SECONDS
         others: dict[str, int] = {}
         incomplete = []
+        cap = min(LISTING_CAP, len(names) + OTHERS_LISTED)
         root, *folders = planning.listing_scopes(list(names))
         for scope in (root, *folders):
             listed: list[ObjectInfo] = list(self._gcs.list(bucket, scope.prefix, recursive=scope.recursive,
-                                                           max_results=LISTING_CAP + 1))
-            if len(listed) > LISTING_CAP:
+                                                           max_results=cap + 1))
+            if len(listed) > cap:
                 incomplete.append(scope)
             others.update(
                 (info.name, info.size) for info in listed

@@ -7,12 +7,16 @@ eventId per operation, never more LROs than the cap, no work left in the state b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
+from functions.batching import OTHERS_LISTED
 from functions.errors import PermanentApiError, TransientApiError
 from functions.events import StorageObjectEvent
 from functions.windows import window_id
-from tests.functional.world import T0, World
+from tests.functional.world import T0, UPLOADS, World
 
 
 def _names(folder: str, count: int) -> list[str]:
@@ -286,3 +290,27 @@ def test_a_start_slower_than_the_lease_keeps_its_slot_when_the_poller_looked_bef
     assert len(w.hc.running) == 1  # the second import waits for the slot
     w.settle()
     w.check_invariants()
+
+
+def test_a_window_in_a_large_tree_lists_at_most_a_thousand_objects_beyond_its_own(world: World) -> None:
+    """In a migration a window's uploads share only the tree's root: listing all of it for each
+    window (up to 20,000 objects, 21 pages) bought no glob a plan could use (decision 0703)."""
+    for k in range(2_500):
+        world.store.put(UPLOADS, f"tree/old/{k:05d}.dcm", b"old")
+    listed: list[tuple[str, int]] = []
+    plain_list = world.store.list
+
+    def recording_list(bucket: str, prefix: str, **kwargs: Any) -> Iterator[Any]:
+        found = list(plain_list(bucket, prefix, **kwargs))
+        if bucket == UPLOADS:
+            listed.append((prefix, len(found)))
+        return iter(found)
+
+    world.store.list = recording_list  # type: ignore[method-assign]
+    names = ["tree/n1/a.dcm", "tree/n1/b.dcm", "tree/n2/c.dcm"]
+    deliveries = world.upload_burst(names, to=[world.instance()])
+    world.settle()
+    assert ("tree/", OTHERS_LISTED + len(names) + 1) in listed  # truncated: one past the cap
+    assert max(count for _, count in listed) <= OTHERS_LISTED + len(names) + 1
+    assert any(d.outcome.led is not None and d.outcome.led.claimed for d in deliveries)
+    world.check_invariants(expected=names)
