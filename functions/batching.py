@@ -45,6 +45,8 @@ OTHERS_LISTED = 1_000
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
+# Swaps of a job record that other growers change too: each loss is followed by a fresh read.
+_SWAP_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -238,35 +240,60 @@ class WindowBatcher:
 
     def _grow(self, target: Record, batch_id: str, uploads: list[Upload]) -> _Growth | None:
         """Holds the queued job and copies `uploads` into its staging prefix; None if it is no longer
-        growable (it started, or another window holds it). See functions.coalescing."""
+        growable (it started, a starter waits for it, or it has all the growers it may have). A
+        swap lost to another grower is retried on the record as it is now. See functions.coalescing."""
         job = Job.from_json(target.data["job"])
         path = self._queue.job_path(job.job_id)
-        held = coalescing.held(target.data, batch_id, self._clock() + self._s.claim_lease_seconds)
-        generation = self._gcs.replace(self._s.state_bucket, path, held, target.generation)
-        if generation is None:
-            return None
-        entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id))
-        return _Growth(job, batch_id, held, generation, entries)
+        storage_class = job.storage_class
+        record: Record | None = target
+        for _ in range(_SWAP_ATTEMPTS):
+            if record is None or not coalescing.growable(record.data, storage_class):
+                return None
+            held = coalescing.held(record.data, batch_id, self._clock() + self._s.claim_lease_seconds)
+            generation = self._gcs.replace(self._s.state_bucket, path, held, record.generation)
+            if generation is not None:
+                entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id))
+                return _Growth(job, batch_id, held, generation, entries)
+            record = self._gcs.read(self._s.state_bucket, path)
+        return None
 
     def _commit(self, growth: _Growth) -> bool:
-        """Writes the growth's manifest, then makes it part of the job (compare-and-swap on the hold)."""
+        """Writes the growth's manifest, then makes it part of the job: a swap that takes our hold
+        out, retried on the current record while other growers change it, given up once a starter
+        cancelled (or removed) our hold."""
         manifest = coalescing.grown_manifest(growth.job.manifest, growth.batch)
         self._gcs.write(self._s.state_bucket, manifest, {"objects": growth.entries})
-        data = coalescing.committed(growth.held, growth.batch, len(growth.entries))
-        if self._gcs.replace(self._s.state_bucket, self._queue.job_path(growth.job.job_id), data,
-                             growth.generation) is not None:
-            return True
-        logger.warning("a starter undid our growth of a queued job (our hold ran out); the window is "
-                       "planned again", extra=fields(job=growth.job.job_id, batch=growth.batch))
+        path = self._queue.job_path(growth.job.job_id)
+        record: Record | None = Record(growth.held, growth.generation)
+        for _ in range(_SWAP_ATTEMPTS):
+            hold = coalescing.holds_of(record.data).get(growth.batch) if record is not None else None
+            if record is None or hold is None or hold.cancelled:
+                break
+            data = coalescing.committed(record.data, growth.batch, len(growth.entries))
+            if self._gcs.replace(self._s.state_bucket, path, data, record.generation) is not None:
+                return True
+            record = self._gcs.read(self._s.state_bucket, path)
+        # Undone by a starter (our hold ran out), or out of attempts: then our hold stays until it
+        # runs out and a starter undoes it; copies and manifest are gone already either way.
+        logger.warning("could not commit our growth of a queued job; the window is planned again",
+                       extra=fields(job=growth.job.job_id, batch=growth.batch))
         self._gcs.delete(self._s.state_bucket, manifest)
         self._delete_copies(growth)
         return False
 
     def _abandon(self, growth: _Growth) -> None:
-        """Takes back a growth that will not be committed: copies first, then the hold."""
+        """Takes back a growth that will not be committed: copies first, then our hold (if a swap
+        keeps failing, the hold runs out and a starter removes it)."""
         self._delete_copies(growth)
-        self._gcs.replace(self._s.state_bucket, self._queue.job_path(growth.job.job_id),
-                          coalescing.released(growth.held), growth.generation)
+        path = self._queue.job_path(growth.job.job_id)
+        record: Record | None = Record(growth.held, growth.generation)
+        for _ in range(_SWAP_ATTEMPTS):
+            if record is None or growth.batch not in coalescing.holds_of(record.data):
+                return
+            if self._gcs.replace(self._s.state_bucket, path, coalescing.released(record.data, growth.batch),
+                                 record.generation) is not None:
+                return
+            record = self._gcs.read(self._s.state_bucket, path)
 
     def _delete_copies(self, growth: _Growth) -> None:
         names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]

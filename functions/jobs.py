@@ -232,20 +232,28 @@ class JobQueue:
                 return StartResult(None, queued=False)
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return StartResult(None, queued=False, unconfirmed=True)
-        hold = coalescing.hold_of(record.data)
-        if hold is not None:
+        for hold in coalescing.holds_of(record.data).values():
             if hold.until > now and not hold.cancelled:
-                return StartResult(None, queued=False)  # a later window is growing it; next run
-            released = self._drop_hold(record, hold)
-            if released is None:
+                continue
+            dropped = self._drop_hold(record, hold)
+            if dropped is None:
                 return StartResult(None, queued=False)
-            record = released
+            record = dropped
         job = Job.from_json(record.data["job"])
         if self.waits_for_running_import(job):
             return StartResult(None, queued=False, coalescing=True)
         slot = self._acquire_slot(job)
         if slot is None:
             return StartResult(None, queued=True)
+        if coalescing.live_holds(record.data, now):
+            # Later windows are growing it. It could start now, so it takes no new growers (else
+            # overlapping windows could hold it forever); the last grower to commit, or the
+            # poller, starts it. The slot goes back meanwhile.
+            self.release_slot(slot, job.job_id)
+            if not record.data.get("closing"):
+                self._gcs.replace(self._s.state_bucket, self.job_path(job_id), coalescing.closing(record.data),
+                                  record.generation)
+            return StartResult(None, queued=False)
         starting = {"job": job.to_json(), "state": "STARTING", "slot": slot, "claimedAt": now,
                     "leaseUntil": now + self._s.claim_lease_seconds,
                     **({"attempted": record.data["attempted"]} if "attempted" in record.data else {})}
@@ -340,7 +348,7 @@ class JobQueue:
         generation = record.generation
         data = record.data
         if not hold.cancelled:
-            data = coalescing.cancelled(data)
+            data = coalescing.cancelled(data, hold.batch)
             swapped = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
             if swapped is None:
                 return None
@@ -353,7 +361,7 @@ class JobQueue:
         for name in copies:
             self._gcs.delete(self._s.state_bucket, name)
         self._gcs.delete(self._s.state_bucket, coalescing.grown_manifest(job.manifest, hold.batch))
-        data = coalescing.released(data)
+        data = coalescing.released(data, hold.batch)
         cleared = self._gcs.replace(self._s.state_bucket, path, data, generation)
         return None if cleared is None else Record(data, cleared)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from functions import coalescing
 from functions.batching import WindowResult
 from tests import dicom_factory
 from tests.functional.scenarios import led, record_trace, staging_window, started_untracked
@@ -129,15 +130,69 @@ def test_a_grower_stalled_past_its_hold_is_undone_by_the_starter_and_the_window_
     deliveries = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
     w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)
     assert w.faults.fired
+    stalled = {name.split("/")[2] for name in w.state("staging/") if name.count("/") == 3}
+    assert len(stalled) == 1
     w.hc.finish(blocker.name)
     w.sim.advance(w.settings.claim_lease_seconds + 1)
-    w.poll()  # the hold ran out: undone (copies deleted), the job starts with the first window only
+    w.poll()  # takes the window over and grows the job anew; the stalled hold is undone; it starts
     [running] = w.hc.running
-    assert len(running.objects) == 2
+    batches = {name.split("/")[2] for _, name, _ in running.objects if name.count("/") == 3}
+    assert len(running.objects) == 4 and len(batches) == 1  # window 0's two, window 1's two once
+    assert not batches & stalled  # not the stalled grower's copies: they were deleted
     w.sim.run_until_idle()
     assert not _led_or_none(deliveries)  # the stalled grower's commit failed: it let the window go
     w.settle()
     w.check_invariants()
+
+
+def _slow_grower(w: World, a: Any) -> tuple[str, list[Delivery]]:
+    """Window 0's job waits; window 1's leader holds it, copies, and stalls 20 s before its commit."""
+    [job] = led(staging_window(w, 0, [a])).jobs
+    w.faults.stall(20.0, method="write", name=".grown-")
+    w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
+    slow = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)
+    assert w.faults.fired and [h for r in w.queue().pending_records() for h in r.data.get("holds", {})]
+    return job, slow
+
+
+def test_windows_whose_leaders_overlap_grow_the_same_waiting_import() -> None:
+    """A leader slower than a window (thousands of copies) still has company: the next window's
+    leader holds the job beside it instead of queueing a job of its own (decision 0704)."""
+    w, a, blocker = _blocked_world()
+    job, slow = _slow_grower(w, a)
+    fast = led(staging_window(w, 2, [w.instance()]))  # planned while the first grower still copies
+    assert fast.grown == job and fast.jobs == ()
+    w.sim.run_until_idle()
+    assert led(slow).grown == job
+    [record] = w.queue().pending_records()
+    assert len(record.data["job"]["grown"]) == 2 and "holds" not in record.data
+    w.hc.finish(blocker.name)
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2  # the blocker and one import of the three windows
+    grown = next(e for e in w.completions() if e.data["source"].startswith("gs://state/"))
+    assert grown.data["counters"]["success"] == 6
+
+
+def test_a_starter_that_finds_a_live_hold_closes_the_job_and_the_grower_starts_it() -> None:
+    """Growers that keep overlapping must not keep a job from starting: once it could start it
+    takes no new growers, and the last one to commit starts it."""
+    w, a, blocker = _blocked_world()
+    job, slow = _slow_grower(w, a)
+    w.hc.finish(blocker.name)
+    w.poll()
+    w.sim.run_until(w.sim.clock())
+    [record] = w.queue().pending_records()
+    assert record.data.get("closing") and len(w.hc.operations) == 1  # not started under the hold
+    assert not coalescing.growable(record.data, None)  # no new growers
+    w.sim.run_until_idle()
+    assert len(led(slow).started) == 1
+    [running] = w.hc.running
+    assert len(running.objects) == 4  # windows 0 and 1
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2
 
 
 def _led_or_none(deliveries: list[Delivery]) -> list[WindowResult]:
@@ -187,6 +242,42 @@ def test_a_grower_killed_before_any_call_loses_nothing_and_imports_nothing_twice
     w.settle()
     assert len(w.hc.operations) == operations
     w.check_invariants()
+
+
+# -- two overlapping growers, either killed before each call ------------------------------------
+
+
+def _overlap_world() -> World:
+    w, a, _ = _blocked_world()
+    _slow_grower(w, a)
+    return w
+
+
+def _overlap_scenario(w: World) -> None:
+    staging_window(w, 2, [w.instance("fast")])  # its leader grows the job while the slow one holds it
+
+
+OVERLAP_TRACE = record_trace(_overlap_world, _overlap_scenario)
+
+
+def test_the_overlap_scenario_is_what_the_crash_points_assume() -> None:
+    methods = [(c.method, c.name.split("/")[0]) for c in OVERLAP_TRACE]
+    assert methods.count(("replace", "jobs")) >= 3  # the fast hold and commit, the slow commit
+
+
+@pytest.mark.parametrize("step", range(1, len(OVERLAP_TRACE) + 1),
+                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in OVERLAP_TRACE])
+def test_either_of_two_overlapping_growers_killed_before_any_call_loses_nothing(step: int) -> None:
+    w = _overlap_world()
+    w.faults.arm()
+    w.faults.kill_at(step)
+    _overlap_scenario(w)
+    assert w.faults.fired, f"no call #{step}: the scenario changed"
+    w.sim.advance(REDELIVERY_DELAY)
+    w.redeliver_lost(w.instance("retry"))
+    w.settle()
+    w.check_invariants()
+    assert w.hc.max_running <= 1
 
 
 # -- a starter killed while it undoes the hold of a dead grower ---------------------------------

@@ -24,18 +24,39 @@ def test_only_a_never_attempted_pending_staging_import_of_the_same_storage_class
     assert not coalescing.growable(_pending(redrive_of="op"), None)
     assert not coalescing.growable(_pending(kind="export"), None)
     assert not coalescing.growable(_pending(object_count=coalescing.MAX_GROWN_OBJECTS), None)
-    assert not coalescing.growable(coalescing.held(_pending(), "B", 10.0), None)
+    assert not coalescing.growable(coalescing.closing(_pending()), None)  # a starter waits for it
 
 
-def test_a_commit_drops_the_hold_and_records_the_batch_and_its_objects() -> None:
-    held = coalescing.held(_pending(), "B1", 10.0)
-    assert coalescing.hold_of(held) == coalescing.Hold("B1", 10.0)
-    assert coalescing.hold_of(coalescing.cancelled(held)) == coalescing.Hold("B1", 10.0, cancelled=True)
+def test_several_windows_may_hold_a_job_up_to_the_limit_but_not_one_a_starter_undoes() -> None:
+    record = _pending()
+    for k in range(coalescing.MAX_HOLDS):
+        assert coalescing.growable(record, None)
+        record = coalescing.held(record, f"B{k}", 10.0)
+    assert not coalescing.growable(record, None)
+    assert coalescing.growable(coalescing.released(record, "B0"), None)
+    assert not coalescing.growable(coalescing.cancelled(coalescing.held(_pending(), "B", 10.0), "B"), None)
+
+
+def test_a_commit_takes_out_its_own_hold_only_and_records_the_batch_and_its_objects() -> None:
+    held = coalescing.held(coalescing.held(_pending(), "B1", 10.0), "B2", 20.0)
+    assert coalescing.holds_of(held) == {"B1": coalescing.Hold("B1", 10.0), "B2": coalescing.Hold("B2", 20.0)}
+    assert coalescing.holds_of(coalescing.cancelled(held, "B1"))["B1"] == coalescing.Hold("B1", 10.0, cancelled=True)
+    assert coalescing.live_holds(coalescing.cancelled(held, "B1"), 5.0) == [coalescing.Hold("B2", 20.0)]
+    assert coalescing.live_holds(held, 15.0) == [coalescing.Hold("B2", 20.0)]
     done = coalescing.committed(held, "B1", 4)
-    assert "hold" not in done and done["job"]["grown"] == ["B1"] and done["job"]["object_count"] == 7
-    again = coalescing.committed(coalescing.held(done, "B2", 20.0), "B2", 1)
-    assert again["job"]["grown"] == ["B1", "B2"] and again["job"]["object_count"] == 8
-    assert coalescing.growable(again, None)
+    assert set(coalescing.holds_of(done)) == {"B2"}
+    assert done["job"]["grown"] == ["B1"] and done["job"]["object_count"] == 7
+    both = coalescing.committed(done, "B2", 1)
+    assert "holds" not in both and both["job"]["grown"] == ["B1", "B2"] and both["job"]["object_count"] == 8
+    assert coalescing.growable(both, None)
+
+
+def test_the_single_hold_of_an_older_version_is_read_and_replaced() -> None:
+    legacy = dict(_pending(), hold={"batch": "B0", "until": 10.0})
+    assert coalescing.holds_of(legacy) == {"B0": coalescing.Hold("B0", 10.0)}
+    both = coalescing.held(legacy, "B1", 20.0)
+    assert "hold" not in both and set(coalescing.holds_of(both)) == {"B0", "B1"}
+    assert coalescing.holds_of(coalescing.released(legacy, "B0")) == {}
 
 
 def test_manifest_names_say_their_job_and_growth() -> None:
