@@ -114,6 +114,11 @@ def closing(record: dict[str, Any]) -> dict[str, Any]:
     return dict(record, closing=True)
 
 
+def reopened(record: dict[str, Any]) -> dict[str, Any]:
+    """The start a job was closed for has to wait after all (another import runs): it grows again."""
+    return {k: v for k, v in record.items() if k != "closing"}
+
+
 def batch_prefix(staging_prefix: str, batch: str) -> str:
     """Where a growth's copies go: inside the job's staging prefix, so its `**` URI reads them."""
     return f"{staging_prefix}{batch}/"

@@ -241,6 +241,11 @@ class JobQueue:
             record = dropped
         job = Job.from_json(record.data["job"])
         if self.waits_for_running_import(job):
+            if record.data.get("closing"):
+                # Closed for a start that another import has since overtaken: it waits again, so it
+                # may grow again (else later windows would queue jobs beside it).
+                self._gcs.replace(self._s.state_bucket, self.job_path(job_id), coalescing.reopened(record.data),
+                                  record.generation)
             return StartResult(None, queued=False, coalescing=True)
         slot = self._acquire_slot(job)
         if slot is None:

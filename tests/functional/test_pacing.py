@@ -18,7 +18,8 @@ import pytest
 from functions.errors import TransientApiError
 from functions.jobs import Job
 from tests.functional.scenarios import led, record_trace, staging_window, started_untracked
-from tests.functional.world import World
+from tests import dicom_factory
+from tests.functional.world import UPLOADS, World
 
 COALESCE = 120.0
 
@@ -242,3 +243,27 @@ def test_a_leader_killed_before_any_call_of_grow_and_start_loses_nothing(step: i
     w.settle()
     # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
     w.check_invariants(may_import_twice=started_untracked(executed))
+
+
+def test_a_job_closed_for_a_start_that_another_import_overtook_grows_again() -> None:
+    """Closed (decision 0704) because it could start while a window held it; meanwhile another
+    import started, so it has to wait after all: it takes later windows again."""
+    w, a, running = _running_world()
+    [job] = led(staging_window(w, 1, [a])).jobs  # waits behind the running import
+    w.faults.stall(20.0, method="write", name=".grown-")
+    w.store.put(UPLOADS, "mig/w02/m.dcm", dicom_factory.instance())
+    slow = w.upload_burst(["mig/w02/a.dcm", "mig/w02/z.dcm"], to=[a])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)  # holds it, stalled
+    w.hc.finish(running.name)
+    w.poll()
+    w.sim.run_until(w.sim.clock())
+    [record] = w.queue().pending_records()
+    assert record.data.get("closing")
+    other = led(staging_window(w, 3, [w.instance()]))  # J is closing: a job of its own, started
+    assert other.grown is None and len(other.started) == 1
+    assert led(slow).grown == job and not led(slow).started  # committed; J waits for that import
+    [record] = [r for r in w.queue().pending_records() if r.data["job"]["job_id"] == job]
+    assert not record.data.get("closing")
+    assert led(staging_window(w, 4, [a])).grown == job
+    w.settle()
+    w.check_invariants()
