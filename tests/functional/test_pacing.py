@@ -17,8 +17,8 @@ import pytest
 
 from functions.errors import TransientApiError
 from functions.jobs import Job
-from tests.functional.scenarios import led, record_trace, staging_window, started_untracked
 from tests import dicom_factory
+from tests.functional.scenarios import led, record_trace, staging_window, started_untracked
 from tests.functional.world import UPLOADS, World
 
 COALESCE = 120.0
