@@ -240,39 +240,31 @@ class WindowBatcher:
 
     def _grow(self, target: Record, batch_id: str, uploads: list[Upload]) -> _Growth | None:
         """Holds the queued job and copies `uploads` into its staging prefix; None if it is no longer
-        growable (it started, a starter waits for it, or it has all the growers it may have). A
-        swap lost to another grower is retried on the record as it is now. See functions.coalescing."""
+        growable (it started, a starter waits for it, or it has all the growers it may have). See
+        functions.coalescing."""
         job = Job.from_json(target.data["job"])
-        path = self._queue.job_path(job.job_id)
-        storage_class = job.storage_class
-        record: Record | None = target
-        for _ in range(_SWAP_ATTEMPTS):
-            if record is None or not coalescing.growable(record.data, storage_class):
-                return None
-            held = coalescing.held(record.data, batch_id, self._clock() + self._s.claim_lease_seconds)
-            generation = self._gcs.replace(self._s.state_bucket, path, held, record.generation)
-            if generation is not None:
-                entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id))
-                return _Growth(job, batch_id, held, generation, entries)
-            record = self._gcs.read(self._s.state_bucket, path)
-        return None
+        until = self._clock() + self._s.claim_lease_seconds
+        swapped = self._swap_job(job.job_id, target, lambda data: coalescing.held(data, batch_id, until)
+                                 if coalescing.growable(data, job.storage_class) else None)
+        if swapped is None:
+            return None
+        held, generation = swapped
+        entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id))
+        return _Growth(job, batch_id, held, generation, entries)
 
     def _commit(self, growth: _Growth) -> bool:
         """Writes the growth's manifest, then makes it part of the job: a swap that takes our hold
-        out, retried on the current record while other growers change it, given up once a starter
-        cancelled (or removed) our hold."""
+        out, given up once a starter cancelled (or removed) our hold."""
         manifest = coalescing.grown_manifest(growth.job.manifest, growth.batch)
         self._gcs.write(self._s.state_bucket, manifest, {"objects": growth.entries})
-        path = self._queue.job_path(growth.job.job_id)
-        record: Record | None = Record(growth.held, growth.generation)
-        for _ in range(_SWAP_ATTEMPTS):
-            hold = coalescing.holds_of(record.data).get(growth.batch) if record is not None else None
-            if record is None or hold is None or hold.cancelled:
-                break
-            data = coalescing.committed(record.data, growth.batch, len(growth.entries))
-            if self._gcs.replace(self._s.state_bucket, path, data, record.generation) is not None:
-                return True
-            record = self._gcs.read(self._s.state_bucket, path)
+
+        def commit(data: dict[str, Any]) -> dict[str, Any] | None:
+            hold = coalescing.holds_of(data).get(growth.batch)
+            return None if hold is None or hold.cancelled else coalescing.committed(data, growth.batch,
+                                                                                    len(growth.entries))
+
+        if self._swap_job(growth.job.job_id, Record(growth.held, growth.generation), commit) is not None:
+            return True
         # Undone by a starter (our hold ran out), or out of attempts: then our hold stays until it
         # runs out and a starter undoes it; copies and manifest are gone already either way.
         logger.warning("could not commit our growth of a queued job; the window is planned again",
@@ -285,15 +277,29 @@ class WindowBatcher:
         """Takes back a growth that will not be committed: copies first, then our hold (if a swap
         keeps failing, the hold runs out and a starter removes it)."""
         self._delete_copies(growth)
-        path = self._queue.job_path(growth.job.job_id)
-        record: Record | None = Record(growth.held, growth.generation)
+        self._swap_job(growth.job.job_id, Record(growth.held, growth.generation),
+                       lambda data: coalescing.released(data, growth.batch)
+                       if growth.batch in coalescing.holds_of(data) else None)
+
+    def _swap_job(self, job_id: str, record: Record | None,
+                  change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> tuple[dict[str, Any], int] | None:
+        """Replaces a queued job's record with `change(record)`: the new data and generation.
+
+        Other growers change the record too, so a lost swap is retried on a fresh read. None when
+        `change` declines (returns None), the record is gone, or `_SWAP_ATTEMPTS` swaps were lost.
+        """
+        path = self._queue.job_path(job_id)
         for _ in range(_SWAP_ATTEMPTS):
-            if record is None or growth.batch not in coalescing.holds_of(record.data):
-                return
-            if self._gcs.replace(self._s.state_bucket, path, coalescing.released(record.data, growth.batch),
-                                 record.generation) is not None:
-                return
+            if record is None:
+                return None
+            data = change(record.data)
+            if data is None:
+                return None
+            generation = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
+            if generation is not None:
+                return data, generation
             record = self._gcs.read(self._s.state_bucket, path)
+        return None
 
     def _delete_copies(self, growth: _Growth) -> None:
         names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
