@@ -44,6 +44,10 @@ class Hold:
     until: float
     cancelled: bool = False
 
+    def live(self, now: float) -> bool:
+        """May its grower still commit? (Not cancelled, not run out.)"""
+        return self.until > now and not self.cancelled
+
 
 def holds_of(record: dict[str, Any]) -> dict[str, Hold]:
     """The record's holds by batch; also the single `hold` of records written before 0704."""
@@ -61,7 +65,7 @@ def holds_of(record: dict[str, Any]) -> dict[str, Hold]:
 
 def live_holds(record: dict[str, Any], now: float) -> list[Hold]:
     """Holds whose grower may still commit."""
-    return [h for h in holds_of(record).values() if h.until > now and not h.cancelled]
+    return [h for h in holds_of(record).values() if h.live(now)]
 
 
 def growable(record: dict[str, Any], storage_class: str | None) -> bool:

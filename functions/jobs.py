@@ -232,9 +232,7 @@ class JobQueue:
                 return StartResult(None, queued=False)
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return StartResult(None, queued=False, unconfirmed=True)
-        for hold in coalescing.holds_of(record.data).values():
-            if hold.until > now and not hold.cancelled:
-                continue
+        for hold in [h for h in coalescing.holds_of(record.data).values() if not h.live(now)]:
             dropped = self._drop_hold(record, hold)
             if dropped is None:
                 return StartResult(None, queued=False)
