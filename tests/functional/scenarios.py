@@ -44,3 +44,25 @@ def started_untracked(executed: list[Call], method: str = "import_dicom") -> boo
     starts = [c.index for c in executed if c.method == method]
     records = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
     return bool(starts) and not any(r > starts[-1] for r in records)
+
+
+def crash_point_ids(trace: list[Call]) -> list[str]:
+    """pytest ids of a trace's crash points: `07-replace-jobs`."""
+    return [f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in trace]
+
+
+def killed_then_redelivered(prepare: Callable[[], World], scenario: Callable[[World], Any], step: int,
+                            delay: float = 10.0) -> tuple[World, list[Call]]:
+    """Runs `scenario` on a world from `prepare` with the caller of call #`step` killed before it;
+    then, `delay` later, every event nobody acknowledged goes to a new instance, and the world
+    settles. The world and the calls made before the kill."""
+    w = prepare()
+    w.faults.arm()
+    w.faults.kill_at(step)
+    scenario(w)
+    assert w.faults.fired, f"no call #{step}: the scenario changed"
+    executed = w.faults.trace[:step - 1]
+    w.sim.advance(delay)
+    w.redeliver_lost(w.instance("retry"))
+    w.settle()
+    return w, executed

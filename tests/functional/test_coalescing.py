@@ -14,7 +14,14 @@ import pytest
 from functions import coalescing
 from functions.batching import WindowResult
 from tests import dicom_factory
-from tests.functional.scenarios import led, record_trace, staging_window, started_untracked
+from tests.functional.scenarios import (
+    crash_point_ids,
+    killed_then_redelivered,
+    led,
+    record_trace,
+    staging_window,
+    started_untracked,
+)
 from tests.functional.world import UPLOADS, Delivery, World
 
 REDELIVERY_DELAY = 10.0
@@ -224,16 +231,9 @@ def test_the_grow_scenario_is_what_the_crash_points_assume() -> None:
 
 
 @pytest.mark.parametrize("step", range(1, len(GROW_TRACE) + 1),
-                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in GROW_TRACE])
+                         ids=crash_point_ids(GROW_TRACE))
 def test_a_grower_killed_before_any_call_loses_nothing_and_imports_nothing_twice(step: int) -> None:
-    w = _grow_world()
-    w.faults.arm()
-    w.faults.kill_at(step)
-    _grow_scenario(w)
-    assert w.faults.fired, f"no call #{step}: the scenario changed"
-    w.sim.advance(REDELIVERY_DELAY)
-    w.redeliver_lost(w.instance("retry"))
-    w.settle()
+    w, _ = killed_then_redelivered(_grow_world, _grow_scenario, step, REDELIVERY_DELAY)
     w.check_invariants()
     assert w.hc.max_running <= 1
     operations = len(w.hc.operations)
@@ -266,16 +266,9 @@ def test_the_overlap_scenario_is_what_the_crash_points_assume() -> None:
 
 
 @pytest.mark.parametrize("step", range(1, len(OVERLAP_TRACE) + 1),
-                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in OVERLAP_TRACE])
+                         ids=crash_point_ids(OVERLAP_TRACE))
 def test_either_of_two_overlapping_growers_killed_before_any_call_loses_nothing(step: int) -> None:
-    w = _overlap_world()
-    w.faults.arm()
-    w.faults.kill_at(step)
-    _overlap_scenario(w)
-    assert w.faults.fired, f"no call #{step}: the scenario changed"
-    w.sim.advance(REDELIVERY_DELAY)
-    w.redeliver_lost(w.instance("retry"))
-    w.settle()
+    w, _ = killed_then_redelivered(_overlap_world, _overlap_scenario, step, REDELIVERY_DELAY)
     w.check_invariants()
     assert w.hc.max_running <= 1
 
@@ -305,7 +298,7 @@ def test_the_undo_scenario_is_what_the_crash_points_assume() -> None:
 
 
 @pytest.mark.parametrize("step", range(1, len(UNDO_TRACE) + 1),
-                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in UNDO_TRACE])
+                         ids=crash_point_ids(UNDO_TRACE))
 def test_a_starter_killed_while_undoing_a_dead_growth_loses_nothing(step: int) -> None:
     w = _dead_grower_world()
     w.faults.arm()

@@ -18,7 +18,14 @@ import pytest
 from functions.errors import TransientApiError
 from functions.jobs import Job
 from tests import dicom_factory
-from tests.functional.scenarios import led, record_trace, staging_window, started_untracked
+from tests.functional.scenarios import (
+    crash_point_ids,
+    killed_then_redelivered,
+    led,
+    record_trace,
+    staging_window,
+    started_untracked,
+)
 from tests.functional.world import UPLOADS, World
 
 COALESCE = 120.0
@@ -230,17 +237,9 @@ def test_the_grow_and_start_scenario_is_what_the_crash_points_assume() -> None:
 
 
 @pytest.mark.parametrize("step", range(1, len(GROW_AND_START) + 1),
-                         ids=[f"{c.index:02d}-{c.method}-{c.name.split('/')[0]}" for c in GROW_AND_START])
+                         ids=crash_point_ids(GROW_AND_START))
 def test_a_leader_killed_before_any_call_of_grow_and_start_loses_nothing(step: int) -> None:
-    w = _done_world()
-    w.faults.arm()
-    w.faults.kill_at(step)
-    _grow_and_start(w)
-    assert w.faults.fired, f"no call #{step}: the scenario changed"
-    executed = w.faults.trace[:step - 1]
-    w.sim.advance(10.0)
-    w.redeliver_lost(w.instance("retry"))
-    w.settle()
+    w, executed = killed_then_redelivered(_done_world, _grow_and_start, step)
     # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
     w.check_invariants(may_import_twice=started_untracked(executed))
 
