@@ -343,13 +343,14 @@ def _upload_and_deliver(d: Any, pattern: Pattern, handle: Callable[[int, Any, De
         with futures_lock:
             futures.append(future)
 
+    uploaders = ThreadPoolExecutor(pattern.threads, thread_name_prefix="uploader")
     try:
-        with ThreadPoolExecutor(pattern.threads, thread_name_prefix="uploader") as uploaders:
-            list(uploaders.map(upload, deliveries))
+        list(uploaders.map(upload, deliveries))
         for future in futures:
             future.result()
     finally:
-        for pool in pools:
+        # On Ctrl-C / SIGTERM, drop the uploads not begun: waiting for them could take an hour.
+        for pool in (uploaders, *pools):
             pool.shutdown(wait=True, cancel_futures=True)
     return deliveries
 
