@@ -45,6 +45,9 @@ OTHERS_LISTED = 1_000
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
+# Copies between two looks at the leader's lease while it stages (decision 0705): a few rounds of
+# the copy threads, so a renewal comes long before a lease could run out between two looks.
+STAGE_CHUNK = 4 * _IO_THREADS
 # Swaps of a job record that other growers change too: each loss is followed by a fresh read.
 _SWAP_ATTEMPTS = 5
 
@@ -80,6 +83,28 @@ class WindowResult:
     grown: str | None = None  # the queued job this window's uploads were staged into (coalescing)
 
 
+@dataclass
+class _Lease:
+    """What a leader knows of its own claim while it plans: renewed as its staging goes on."""
+
+    path: str
+    generation: int
+    until: float
+    lost: bool = False
+
+
+@dataclass
+class _HeldJob:
+    """A queued job this window holds while it copies into it: the record as last swapped."""
+
+    job: Job
+    batch: str
+    data: dict[str, Any]
+    generation: int
+    until: float
+    lost: bool = False
+
+
 @dataclass(frozen=True)
 class _Growth:
     """A queued job held by this window, its copies made, not yet committed."""
@@ -89,6 +114,7 @@ class _Growth:
     held: dict[str, Any]  # the job record as held
     generation: int
     entries: list[dict[str, object]]
+    complete: bool = True  # False: staging stopped early (claim or hold lost); never committed
 
 
 class WindowBatcher:
@@ -144,7 +170,8 @@ class WindowBatcher:
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
-        generation, took_over = claimed
+        lease, took_over = claimed
+        generation = lease.generation
         uploads = self._uploads(window)
         batch_id = f"{window}-{generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
@@ -164,20 +191,20 @@ class WindowBatcher:
                 to_grow.extend(rest)
             elif rest:
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
-                                                            storage_class, rest)
+                                                            storage_class, rest, lease)
                 jobs.extend(group_jobs)
                 staged += group_staged
-        growth = self._grow(target, batch_id, to_grow) if target is not None and to_grow else None
+        growth = self._grow(target, batch_id, to_grow, lease) if target is not None and to_grow else None
         if to_grow and growth is None:
             # The job started (or another window grows it) since we read it: a job of our own.
             for (bucket, storage_class), group in _group(to_grow, self._s).items():
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
-                                                            storage_class, group)
+                                                            storage_class, group, lease)
                 jobs.extend(group_jobs)
                 staged += group_staged
         elif growth is not None:
             staged += len(growth.entries)
-        fenced = self._fence(window, generation)
+        fenced = None if lease.lost else self._fence(window, lease.generation)
         if fenced is None:
             # Planning outlived the lease and the poller took the window over: it plans the same
             # uploads, so queueing ours too would import them twice. What we wrote so far (staged
@@ -188,6 +215,12 @@ class WindowBatcher:
                 self._abandon(growth)
             return WindowResult(window, claimed=False)
         generation = fenced
+        if growth is not None and not growth.complete:
+            # Our hold was cancelled while we copied (or could not be renewed): some copies were
+            # never made, so this growth must not become part of the job. Planned again, as below.
+            self._abandon(growth)
+            self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
+            return WindowResult(window, claimed=False)
         if growth is not None and not self._commit(growth):
             # A starter found our hold expired and undid it: nothing of this window is durable yet,
             # so the window is left to be planned again (its claim goes, its records stay).
@@ -238,7 +271,7 @@ class WindowBatcher:
                            extra=fields(covered=len(uploads) - len(rest)))
         return rest
 
-    def _grow(self, target: Record, batch_id: str, uploads: list[Upload]) -> _Growth | None:
+    def _grow(self, target: Record, batch_id: str, uploads: list[Upload], lease: _Lease) -> _Growth | None:
         """Holds the queued job and copies `uploads` into its staging prefix; None if it is no longer
         growable (it started, a starter waits for it, or it has all the growers it may have). See
         functions.coalescing."""
@@ -248,9 +281,10 @@ class WindowBatcher:
                                  if coalescing.growable(data, job.storage_class) else None)
         if swapped is None:
             return None
-        held, generation = swapped
-        entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id))
-        return _Growth(job, batch_id, held, generation, entries)
+        hold = _HeldJob(job, batch_id, *swapped, until)
+        entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id),
+                             keep=lambda: self._keep_claim(lease) and self._keep_hold(hold))
+        return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or lease.lost))
 
     def _commit(self, growth: _Growth) -> bool:
         """Writes the growth's manifest, then makes it part of the job: a swap that takes our hold
@@ -305,6 +339,44 @@ class WindowBatcher:
         names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
         self._parallel(lambda name: self._gcs.delete(self._s.state_bucket, name), names)
 
+    def _keep_claim(self, lease: _Lease) -> bool:
+        """Renews the window's claim when less than `_fence_margin` of it is left (no call before).
+
+        A leader that is slow, not dead (a large window, a throttled or saturated Cloud Storage),
+        keeps its window instead of having the poller plan it again: decision 0705. False once the
+        claim is somebody else's.
+        """
+        now = self._clock()
+        if lease.lost or lease.until - now >= _fence_margin(self._s.claim_lease_seconds):
+            return not lease.lost
+        until = now + self._s.claim_lease_seconds
+        generation = self._gcs.replace(self._s.state_bucket, lease.path,
+                                       {"holder": self._holder, "leaseUntil": until}, lease.generation)
+        if generation is None:
+            lease.lost = True  # `run` says so once it stops
+            return False
+        lease.generation, lease.until = generation, until
+        return True
+
+    def _keep_hold(self, held: _HeldJob) -> bool:
+        """Renews this window's hold on the job it grows, as `_keep_claim` does its claim. False
+        once a starter has cancelled (or removed) the hold: the copies would not be read."""
+        now = self._clock()
+        if held.lost or held.until - now >= _fence_margin(self._s.claim_lease_seconds):
+            return not held.lost
+        until = now + self._s.claim_lease_seconds
+
+        def renew(data: dict[str, Any]) -> dict[str, Any] | None:
+            hold = coalescing.holds_of(data).get(held.batch)
+            return None if hold is None or hold.cancelled else coalescing.held(data, held.batch, until)
+
+        swapped = self._swap_job(held.job.job_id, Record(held.data, held.generation), renew)
+        if swapped is None:
+            held.lost = True  # `_commit` fails on it and says so
+            return False
+        (held.data, held.generation), held.until = swapped, until
+        return True
+
     def _fence(self, window: str, generation: int) -> int | None:
         """Checks, before anything of the plan becomes durable, that the claim is still ours.
 
@@ -336,20 +408,21 @@ class WindowBatcher:
         self._parallel(lambda u: self._gcs.create(self._s.state_bucket, prefix + _record_key(u.record), b""),
                        missing)
 
-    def _claim(self, window: str) -> tuple[int, bool] | None:
-        """The claim's generation, and whether it was taken over from a leader that died."""
+    def _claim(self, window: str) -> tuple[_Lease, bool] | None:
+        """The claim, and whether it was taken over from a leader that died."""
         now = self._clock()
-        claim = {"holder": self._holder, "leaseUntil": now + self._s.claim_lease_seconds}
+        until = now + self._s.claim_lease_seconds
+        claim = {"holder": self._holder, "leaseUntil": until}
         path = self.claim_path(window)
         generation = self._gcs.create(self._s.state_bucket, path, claim)
         if generation is not None:
-            return generation, False
+            return _Lease(path, generation, until), False
         current = self._gcs.read(self._s.state_bucket, path)
         if current is None or float(current.data.get("leaseUntil", 0)) > now:
             return None  # planned just now, or being planned by a live leader
         logger.warning("taking over a window whose leader died", extra=fields(window=window))
         generation = self._gcs.replace(self._s.state_bucket, path, claim, current.generation)
-        return None if generation is None else (generation, True)
+        return None if generation is None else (_Lease(path, generation, until), True)
 
     def _uploads(self, window: str) -> list[Upload]:
         uploads = []
@@ -402,7 +475,7 @@ class WindowBatcher:
         return covering
 
     def _plan_group(self, batch_id: str, window_closed: float, first_index: int, bucket: str,
-                    storage_class: str | None, uploads: list[Upload]) -> tuple[list[Job], int]:
+                    storage_class: str | None, uploads: list[Upload], lease: _Lease) -> tuple[list[Job], int]:
         names = {u.name: u for u in uploads}
         others, incomplete = self._others(bucket, names, window_closed)
 
@@ -427,7 +500,8 @@ class WindowBatcher:
             jobs.append(job(len(jobs), f"gs://{bucket}/{planned.pattern}", objects))
         if plan.staged:
             staging_prefix = self._s.state_path("staging", f"{batch_id}-{first_index + len(jobs):02d}") + "/"
-            objects = self.stage([names[n] for n in plan.staged], staging_prefix)
+            objects = self.stage([names[n] for n in plan.staged], staging_prefix,
+                                 keep=lambda: self._keep_claim(lease))
             uri = f"gs://{self._s.state_bucket}/{staging_prefix}**"
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
@@ -463,8 +537,14 @@ class WindowBatcher:
                 break  # the folder scopes are subsets of the root: only needed when it was too big
         return others, incomplete
 
-    def stage(self, uploads: list[Upload], prefix: str) -> list[dict[str, object]]:
-        """Server-side copies under a batch-unique prefix that one `**` import covers; their manifest."""
+    def stage(self, uploads: list[Upload], prefix: str,
+              keep: Callable[[], bool] = lambda: True) -> list[dict[str, object]]:
+        """Server-side copies under a batch-unique prefix that one `**` import covers; their manifest.
+
+        `keep` is asked before every `STAGE_CHUNK` copies: it renews what the caller holds when
+        that is about to run out, and False (it was taken over) stops the copying. The manifest
+        then names copies never made; the caller finds its claim or hold gone and discards it.
+        """
         entries = []
         for index, upload in enumerate(uploads):
             entry = _manifest_entry(upload)
@@ -476,7 +556,11 @@ class WindowBatcher:
             target = str(entry["staged"]).split("/", 3)[3]
             self._gcs.copy(upload.bucket, upload.name, upload.generation, self._s.state_bucket, target)
 
-        self._parallel(copy, list(zip(uploads, entries, strict=True)))
+        items = list(zip(uploads, entries, strict=True))
+        for start in range(0, len(items), STAGE_CHUNK):
+            if not keep():
+                break
+            self._parallel(copy, items[start:start + STAGE_CHUNK])
         return entries
 
     @staticmethod

@@ -8,7 +8,8 @@ substring of the object or operation name, and fires on its `nth` match:
   and the answer was lost with the process);
 - `stall`: the calling task sleeps (simulated time) before the call, e.g. a leader that pauses past
   its lease while the poller runs;
-- `fail`: raise the given exception (an API fault the handler should survive).
+- `fail`: raise the given exception (an API fault the handler should survive);
+- `meanwhile`: run something else first (the clock jumping, the poller running).
 
 `kill_at(k)` kills the caller right before the k-th call made after `arm()`: the enumeration of
 crash points in the crash-point tests.
@@ -78,6 +79,13 @@ class Faults:
     def stall(self, seconds: float, *, client: str | None = None, method: str | None = None,
               name: str | None = None, nth: int = 1) -> None:
         self._add(_Rule(client, method, name, nth, "before", lambda call: self._sim.sleep(seconds)))
+
+    def meanwhile(self, action: Callable[[], None], *, client: str | None = None, method: str | None = None,
+                  name: str | None = None, nth: int = 1, times: int = 1) -> None:
+        """Runs `action` right before `times` matching calls from the `nth` on: what happens
+        elsewhere while that call is in flight (time passing with `Simulation.jump`, another
+        function's run), also in a handler's thread pool, where `stall` cannot be used."""
+        self._add(_Rule(client, method, name, nth, "before", lambda call: action(), times))
 
     def fail(self, error: BaseException | Callable[[], BaseException], *, client: str | None = None,
              method: str | None = None, name: str | None = None, nth: int = 1, times: int = 1) -> None:

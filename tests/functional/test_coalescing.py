@@ -7,12 +7,14 @@ import holds the slot for as long as the test wants.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from functions import coalescing
-from functions.batching import WindowResult
+from functions.batching import STAGE_CHUNK, WindowResult
 from tests import dicom_factory
 from tests.functional.scenarios import (
     crash_point_ids,
@@ -22,7 +24,7 @@ from tests.functional.scenarios import (
     staging_window,
     started_untracked,
 )
-from tests.functional.world import UPLOADS, Delivery, World
+from tests.functional.world import STATE, UPLOADS, Delivery, World
 
 REDELIVERY_DELAY = 10.0
 
@@ -310,3 +312,76 @@ def test_a_starter_killed_while_undoing_a_dead_growth_loses_nothing(step: int) -
     w.settle()
     # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
     w.check_invariants(may_import_twice=started_untracked(executed))
+
+
+def _large_window(w: World, k: int, instances: list[Any]) -> tuple[list[Delivery], list[str]]:
+    """Window k: three rounds of staging copies (the leader looks at its lease and hold before each),
+    with an old file amid the new ones so that staging wins; the leader has not run yet."""
+    old = f"mig/w{k:02d}/a064.dcm"
+    w.store.put(UPLOADS, old, dicom_factory.instance())
+    new = [name for i in range(2 * STAGE_CHUNK + 2) if (name := f"mig/w{k:02d}/a{i:03d}.dcm") != old]
+    return w.upload_burst(new, to=instances, gap=0.01), new
+
+
+def test_a_grower_whose_copies_outlast_its_hold_renews_it_and_the_job_waits_for_them() -> None:
+    """Decision 0705: before, the starter undid a slow grower's growth once the hold ran out, and the
+    poller took its window over: every copy made again."""
+    w, a, blocker = _blocked_world()
+    first = led(staging_window(w, 0, [a]))
+    lease = w.settings.claim_lease_seconds
+    polls = []
+
+    def slow_round(last: bool) -> Callable[[], None]:
+        def meanwhile() -> None:
+            w.sim.jump(0.7 * lease)
+            if last:  # 2.1 leases after the hold was taken, the slot frees and the poller runs
+                w.hc.finish(blocker.name)
+                polls.append(w.poller().run())
+        return meanwhile
+
+    for round_ in range(3):
+        w.faults.meanwhile(slow_round(round_ == 2), method="copy", nth=1 + round_ * STAGE_CHUNK)
+    deliveries, new = _large_window(w, 1, [a])
+    w.sim.run_until_idle()
+    assert len(w.faults.fired) == 3, w.faults.fired
+    [summary] = polls
+    assert summary.windows_recovered == 0 and summary.jobs_started == 0, summary  # closed, not undone
+    grower = led(deliveries)
+    assert grower.grown == first.jobs[0] and grower.staged == len(new) and grower.started
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2
+    grown = next(e for e in w.completions() if e.data["source"].startswith("gs://state/"))
+    assert grown.data["counters"]["success"] == 2 + len(new)
+
+
+def test_a_grower_that_cannot_renew_its_hold_stops_copying_and_its_window_is_planned_again() -> None:
+    """Other growers win every swap of the job record while this one renews its hold: its hold is
+    still in the record, but half its copies were never made, so the growth must not commit."""
+    w, a, blocker = _blocked_world()
+    first = led(staging_window(w, 0, [a]))
+    lease = w.settings.claim_lease_seconds
+    job_path = w.queue().job_path(first.jobs[0])
+
+    def another_grower_swapped() -> None:
+        w.store.put(STATE, job_path, json.dumps(w.store.json(STATE, job_path)).encode())
+
+    w.faults.meanwhile(lambda: w.sim.jump(0.7 * lease), method="copy", nth=1)
+    # The first swap is the hold itself; the renewal's five attempts all lose.
+    w.faults.meanwhile(another_grower_swapped, method="replace", name="jobs/", nth=2, times=5)
+    deliveries, new = _large_window(w, 1, [a])
+    w.faults.arm()
+    w.sim.run_until_idle()
+    assert len(w.faults.fired) == 6, w.faults.fired
+    copied = [c for c in w.faults.trace if c.method == "copy"]
+    stopped = copied[0].name.rsplit("/", 1)[0]  # the first grower's batch prefix
+    assert sum(c.name.startswith(stopped) for c in copied) == STAGE_CHUNK  # one round, then it stopped
+    assert not w.state(stopped)  # its copies deleted, its hold taken back ...
+    grower = led(deliveries)  # ... and the window planned again by the next of its deliveries
+    assert grower.grown == first.jobs[0] and grower.staged == len(new)
+    record = w.store.json(STATE, job_path)
+    [batch] = record["job"]["grown"]
+    assert not stopped.endswith(batch) and coalescing.holds_of(record) == {}
+    w.hc.finish(blocker.name)
+    w.settle()
+    w.check_invariants()

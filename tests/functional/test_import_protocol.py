@@ -7,15 +7,17 @@ eventId per operation, never more LROs than the cap, no work left in the state b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from functions.batching import OTHERS_LISTED
+from functions.batching import OTHERS_LISTED, STAGE_CHUNK
 from functions.errors import PermanentApiError, TransientApiError
 from functions.events import StorageObjectEvent
 from functions.windows import window_id
+from tests import dicom_factory
+from tests.functional.scenarios import led
 from tests.functional.world import T0, UPLOADS, World
 
 
@@ -251,6 +253,36 @@ def test_a_leader_close_to_the_end_of_its_lease_renews_its_claim_before_queueing
     world.settle()
     world.check_invariants()
     assert len(world.hc.operations) == 1
+
+
+def test_a_leader_whose_staging_outlasts_its_lease_renews_its_claim_and_keeps_the_window(world: World) -> None:
+    """Seen in the 100,000-file bench: with Cloud Storage slow, a leader still copying past its lease
+    lost its window to the poller, which planned and copied it all again (decision 0705)."""
+    lease = world.settings.claim_lease_seconds
+    old = "slow/a064.dcm"  # an imported file amid the new ones: staging beats a glob that re-reads it
+    world.store.put(UPLOADS, old, dicom_factory.instance())
+    new = [name for i in range(2 * STAGE_CHUNK + 2) if (name := f"slow/a{i:03d}.dcm") != old]
+    recovered: list[int] = []
+
+    def slow_round(then_poll: bool) -> Callable[[], None]:
+        def meanwhile() -> None:
+            world.sim.jump(0.7 * lease)  # each round of copies takes most of a lease
+            if then_poll:  # the claim as first taken ran out 1.1 leases ago
+                recovered.append(world.poller().run().windows_recovered)
+        return meanwhile
+
+    for round_ in range(3):  # the leader looks at its lease before each round of copies
+        world.faults.meanwhile(slow_round(then_poll=round_ == 2), method="copy", nth=1 + round_ * STAGE_CHUNK)
+    deliveries = world.upload_burst(new, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert len(world.faults.fired) == 3, world.faults.fired
+    assert recovered == [0], "the poller took the window over from its live leader"
+    result = led(deliveries)
+    assert result.staged == len(new) and len(result.jobs) == 1
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1
+    assert world.reported_successes() == len(new)
 
 
 def test_a_poller_that_cannot_read_the_tracked_operations_starts_no_job() -> None:
