@@ -181,6 +181,7 @@ class WindowBatcher:
         to_plan = self._not_covered(uploads, waiting) if took_over else uploads
         covering = self._covering(waiting) if to_plan else []
         target = _growth_target(waiting)
+        self._keep_claim(lease)  # the reads above can be slow too (one listing per kind of record)
         jobs: list[Job] = []
         adoptions: dict[str, list[Upload]] = defaultdict(list)
         to_grow: list[Upload] = []
@@ -477,7 +478,7 @@ class WindowBatcher:
     def _plan_group(self, batch_id: str, window_closed: float, first_index: int, bucket: str,
                     storage_class: str | None, uploads: list[Upload], lease: _Lease) -> tuple[list[Job], int]:
         names = {u.name: u for u in uploads}
-        others, incomplete = self._others(bucket, names, window_closed)
+        others, incomplete = self._others(bucket, names, window_closed, keep=lambda: self._keep_claim(lease))
 
         def eligible(name: str) -> bool:  # the handler's rule, sizes included
             return is_importable(bucket, name, others[name], self._s)
@@ -506,8 +507,8 @@ class WindowBatcher:
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
 
-    def _others(self, bucket: str, names: dict[str, Upload], window_closed: float
-                ) -> tuple[dict[str, int], list[planning.ListingScope]]:
+    def _others(self, bucket: str, names: dict[str, Upload], window_closed: float,
+                keep: Callable[[], bool] = lambda: True) -> tuple[dict[str, int], list[planning.ListingScope]]:
         """What else a glob could reach that matters to the plan, and the scopes too big to list.
 
         Importable objects uploaded after this window closed (and before the last seconds of clock
@@ -523,6 +524,7 @@ class WindowBatcher:
         cap = min(LISTING_CAP, len(names) + OTHERS_LISTED)
         root, *folders = planning.listing_scopes(list(names))
         for scope in (root, *folders):
+            keep()  # listings of a large bucket are a leader's slowest calls after its copies
             listed: list[ObjectInfo] = list(self._gcs.list(bucket, scope.prefix, recursive=scope.recursive,
                                                            max_results=cap + 1))
             if len(listed) > cap:

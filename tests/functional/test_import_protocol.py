@@ -285,6 +285,22 @@ def test_a_leader_whose_staging_outlasts_its_lease_renews_its_claim_and_keeps_th
     assert world.reported_successes() == len(new)
 
 
+def test_a_leader_whose_reads_outlast_its_lease_renews_its_claim_between_them(world: World) -> None:
+    """The same in planning (decision 0705): reading the queue, then listing the upload bucket, each
+    take most of a lease (a throttled Cloud Storage); the poller runs during the second."""
+    lease = world.settings.claim_lease_seconds
+    world.faults.stall(0.7 * lease, method="list", name="jobs/", nth=1)  # the queued jobs
+    world.faults.stall(0.7 * lease, method="list", name="plan/", nth=1)  # what else lies in the folder
+    world.upload_burst(_names("plan", 3), to=[world.instance()])
+    closed = T0 + world.settings.debounce_seconds + world.settings.settle_seconds
+    world.sim.run_until(closed + 1.2 * lease)
+    assert len(world.faults.fired) == 2, world.faults.fired  # inside the second pause
+    assert world.poll().value().windows_recovered == 0
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1
+
+
 def test_a_poller_that_cannot_read_the_tracked_operations_starts_no_job() -> None:
     w = World(claim_lease_seconds=10.0)
     a = w.instance()
