@@ -45,9 +45,9 @@ OTHERS_LISTED = 1_000
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
-# Copies between two looks at the leader's lease while it stages (decision 0705): a few rounds of
-# the copy threads, so a renewal comes long before a lease could run out between two looks.
-STAGE_CHUNK = 4 * _IO_THREADS
+# Copies between two looks at the leader's lease while it stages (decision 0705): two rounds of the
+# copy threads, short enough that a saturated Cloud Storage rarely makes one outlast a lease.
+STAGE_CHUNK = 2 * _IO_THREADS
 # Swaps of a job record that other growers change too: each loss is followed by a fresh read.
 _SWAP_ATTEMPTS = 5
 
@@ -284,7 +284,7 @@ class WindowBatcher:
             return None
         hold = _HeldJob(job, batch_id, *swapped, until)
         entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id),
-                             keep=lambda: self._keep_claim(lease) and self._keep_hold(hold))
+                             keep=lambda ahead: self._keep_claim(lease, ahead) and self._keep_hold(hold, ahead))
         return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or lease.lost))
 
     def _commit(self, growth: _Growth) -> bool:
@@ -340,15 +340,16 @@ class WindowBatcher:
         names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
         self._parallel(lambda name: self._gcs.delete(self._s.state_bucket, name), names)
 
-    def _keep_claim(self, lease: _Lease) -> bool:
-        """Renews the window's claim when less than `_fence_margin` of it is left (no call before).
+    def _keep_claim(self, lease: _Lease, ahead: float = 0.0) -> bool:
+        """Renews the window's claim when less than `_fence_margin` (or `ahead` seconds, when more)
+        of it is left; no call before.
 
         A leader that is slow, not dead (a large window, a throttled or saturated Cloud Storage),
         keeps its window instead of having the poller plan it again: decision 0705. False once the
         claim is somebody else's.
         """
         now = self._clock()
-        if lease.lost or lease.until - now >= _fence_margin(self._s.claim_lease_seconds):
+        if lease.lost or lease.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
             return not lease.lost
         until = now + self._s.claim_lease_seconds
         generation = self._gcs.replace(self._s.state_bucket, lease.path,
@@ -359,11 +360,11 @@ class WindowBatcher:
         lease.generation, lease.until = generation, until
         return True
 
-    def _keep_hold(self, held: _HeldJob) -> bool:
+    def _keep_hold(self, held: _HeldJob, ahead: float = 0.0) -> bool:
         """Renews this window's hold on the job it grows, as `_keep_claim` does its claim. False
         once a starter has cancelled (or removed) the hold: the copies would not be read."""
         now = self._clock()
-        if held.lost or held.until - now >= _fence_margin(self._s.claim_lease_seconds):
+        if held.lost or held.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
             return not held.lost
         until = now + self._s.claim_lease_seconds
 
@@ -502,7 +503,7 @@ class WindowBatcher:
         if plan.staged:
             staging_prefix = self._s.state_path("staging", f"{batch_id}-{first_index + len(jobs):02d}") + "/"
             objects = self.stage([names[n] for n in plan.staged], staging_prefix,
-                                 keep=lambda: self._keep_claim(lease))
+                                 keep=lambda ahead: self._keep_claim(lease, ahead))
             uri = f"gs://{self._s.state_bucket}/{staging_prefix}**"
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
@@ -540,11 +541,12 @@ class WindowBatcher:
         return others, incomplete
 
     def stage(self, uploads: list[Upload], prefix: str,
-              keep: Callable[[], bool] = lambda: True) -> list[dict[str, object]]:
+              keep: Callable[[float], bool] = lambda ahead: True) -> list[dict[str, object]]:
         """Server-side copies under a batch-unique prefix that one `**` import covers; their manifest.
 
-        `keep` is asked before every `STAGE_CHUNK` copies: it renews what the caller holds when
-        that is about to run out, and False (it was taken over) stops the copying. The manifest
+        `keep(ahead)` is asked before every `STAGE_CHUNK` copies, with twice the time the round
+        before took: it renews what the caller holds unless that lasts longer than `ahead` (and
+        the usual margin), and False (it was taken over) stops the copying. The manifest
         then names copies never made; the caller finds its claim or hold gone and discards it.
         """
         entries = []
@@ -559,10 +561,14 @@ class WindowBatcher:
             self._gcs.copy(upload.bucket, upload.name, upload.generation, self._s.state_bucket, target)
 
         items = list(zip(uploads, entries, strict=True))
+        ahead = 0.0
         for start in range(0, len(items), STAGE_CHUNK):
-            if not keep():
+            if not keep(ahead):
                 break
+            began = self._clock()
             self._parallel(copy, items[start:start + STAGE_CHUNK])
+            # A saturated Cloud Storage makes a round slower than the margin: look that far ahead.
+            ahead = 2 * (self._clock() - began)
         return entries
 
     @staticmethod

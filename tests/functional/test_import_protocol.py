@@ -255,7 +255,12 @@ def test_a_leader_close_to_the_end_of_its_lease_renews_its_claim_before_queueing
     assert len(world.hc.operations) == 1
 
 
-def test_a_leader_whose_staging_outlasts_its_lease_renews_its_claim_and_keeps_the_window(world: World) -> None:
+@pytest.mark.parametrize(("share", "poll_in"), [
+    (0.7, 2),  # each round leaves less than the margin: renewed before rounds 2 and 3
+    (0.6, 1),  # a round is slower than the margin: renewed before round 2 (twice round 1 ahead)
+], ids=["rounds-past-the-margin", "rounds-slower-than-the-margin"])
+def test_a_leader_whose_staging_outlasts_its_lease_renews_its_claim_and_keeps_the_window(
+        world: World, share: float, poll_in: int) -> None:
     """Seen in the 100,000-file bench: with Cloud Storage slow, a leader still copying past its lease
     lost its window to the poller, which planned and copied it all again (decision 0705)."""
     lease = world.settings.claim_lease_seconds
@@ -266,13 +271,14 @@ def test_a_leader_whose_staging_outlasts_its_lease_renews_its_claim_and_keeps_th
 
     def slow_round(then_poll: bool) -> Callable[[], None]:
         def meanwhile() -> None:
-            world.sim.jump(0.7 * lease)  # each round of copies takes most of a lease
-            if then_poll:  # the claim as first taken ran out 1.1 leases ago
+            world.sim.jump(share * lease)  # each round of copies takes a good part of a lease
+            if then_poll:  # by now the claim as first taken has run out
                 recovered.append(world.poller().run().windows_recovered)
         return meanwhile
 
     for round_ in range(3):  # the leader looks at its lease before each round of copies
-        world.faults.meanwhile(slow_round(then_poll=round_ == 2), method="copy", nth=1 + round_ * STAGE_CHUNK)
+        world.faults.meanwhile(slow_round(then_poll=round_ == poll_in), method="copy",
+                               nth=1 + round_ * STAGE_CHUNK)
     deliveries = world.upload_burst(new, to=[world.instance()], gap=0.01)
     world.sim.run_until_idle()
     assert len(world.faults.fired) == 3, world.faults.fired
