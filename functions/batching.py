@@ -171,9 +171,8 @@ class WindowBatcher:
         if claimed is None:
             return WindowResult(window, claimed=False)
         lease, took_over = claimed
-        generation = lease.generation
         uploads = self._uploads(window)
-        batch_id = f"{window}-{generation % 10**8:08d}"
+        batch_id = f"{window}-{lease.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
         waiting = self._queue.pending_records() if uploads else []
         # A leader that died after its jobs (or its growth) became durable, before it deleted the
@@ -205,8 +204,7 @@ class WindowBatcher:
                 staged += group_staged
         elif growth is not None:
             staged += len(growth.entries)
-        fenced = None if lease.lost else self._fence(window, lease.generation)
-        if fenced is None:
+        if not self._fence(lease):
             # Planning outlived the lease and the poller took the window over: it plans the same
             # uploads, so queueing ours too would import them twice. What we wrote so far (staged
             # copies, manifests of jobs that never exist) is garbage the lifecycle rules remove.
@@ -215,17 +213,11 @@ class WindowBatcher:
             if growth is not None:
                 self._abandon(growth)
             return WindowResult(window, claimed=False)
-        generation = fenced
-        if growth is not None and not growth.complete:
-            # Our hold was cancelled while we copied (or could not be renewed): some copies were
-            # never made, so this growth must not become part of the job. Planned again, as below.
-            self._abandon(growth)
-            self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
-            return WindowResult(window, claimed=False)
         if growth is not None and not self._commit(growth):
-            # A starter found our hold expired and undid it: nothing of this window is durable yet,
-            # so the window is left to be planned again (its claim goes, its records stay).
-            self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
+            # A starter found our hold expired and undid it (or our copying stopped early): nothing
+            # of this window is durable yet, so the window is left to be planned again (its claim
+            # goes, its records stay).
+            self._gcs.delete(self._s.state_bucket, lease.path, lease.generation)
             return WindowResult(window, claimed=False)
         self._mark_seen(window, uploads)
         for job_id, taken in adoptions.items():
@@ -236,7 +228,7 @@ class WindowBatcher:
         # go before any API call, so a crash while starting cannot make the window plan again
         # (a job left STARTING is restarted by the poller when its lease ends).
         self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
-        self._gcs.delete(self._s.state_bucket, self.claim_path(window), generation)
+        self._gcs.delete(self._s.state_bucket, lease.path, lease.generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         if growth is not None:
             # The import it waited for may be done: then the grown job need not wait for the poller.
@@ -289,7 +281,11 @@ class WindowBatcher:
 
     def _commit(self, growth: _Growth) -> bool:
         """Writes the growth's manifest, then makes it part of the job: a swap that takes our hold
-        out, given up once a starter cancelled (or removed) our hold."""
+        out, given up once a starter cancelled (or removed) our hold. A growth whose copying
+        stopped early is taken back instead: its manifest would name copies never made."""
+        if not growth.complete:
+            self._abandon(growth)
+            return False
         manifest = coalescing.grown_manifest(growth.job.manifest, growth.batch)
         self._gcs.write(self._s.state_bucket, manifest, {"objects": growth.entries})
 
@@ -379,24 +375,23 @@ class WindowBatcher:
         (held.data, held.generation), held.until = swapped, until
         return True
 
-    def _fence(self, window: str, generation: int) -> int | None:
+    def _fence(self, lease: _Lease) -> bool:
         """Checks, before anything of the plan becomes durable, that the claim is still ours.
 
-        Returns the claim's generation, or None when it was taken over (its lease ran out while we
-        planned). With less than `_fence_margin` of the lease left the claim is renewed, so the
-        few calls up to the deletion of the records all fall inside the lease. (A pause longer
-        than that margin between the check and the queued jobs can still double a batch: Cloud
-        Storage has no fencing tokens.)
+        False when it was taken over (its lease ran out while we planned). With less than
+        `_fence_margin` of the lease left the claim is renewed (`_keep_claim`), so the few calls
+        up to the deletion of the records all fall inside the lease. (A pause longer than that
+        margin between the check and the queued jobs can still double a batch: Cloud Storage has
+        no fencing tokens.) Unlike `_keep_claim`, it reads the claim: a takeover shows here even
+        when our lease looked long enough.
         """
-        path = self.claim_path(window)
-        current = self._gcs.read(self._s.state_bucket, path)
-        if current is None or current.generation != generation:
-            return None
-        now = self._clock()
-        if float(current.data.get("leaseUntil", 0)) - now >= _fence_margin(self._s.claim_lease_seconds):
-            return generation
-        renewed = dict(current.data, leaseUntil=now + self._s.claim_lease_seconds)
-        return self._gcs.replace(self._s.state_bucket, path, renewed, generation)
+        if lease.lost:
+            return False
+        current = self._gcs.read(self._s.state_bucket, lease.path)
+        if current is None or current.generation != lease.generation:
+            lease.lost = True
+            return False
+        return self._keep_claim(lease)
 
     def _mark_seen(self, window: str, uploads: list[Upload]) -> None:
         """Writes the duplicate markers its recorder did not get to (it died between its two creates).
