@@ -20,5 +20,10 @@ terraform {
       source  = "hashicorp/archive"
       version = "2.7.1"
     }
+    # time_sleep: the wait for new log-based metrics before the alert policies on them.
+    time = {
+      source  = "hashicorp/time"
+      version = "0.13.1"
+    }
   }
 }
