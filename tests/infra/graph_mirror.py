@@ -131,10 +131,7 @@ class Mirror:
 
     def _provider_refs(self) -> dict[str, str]:
         """Provider local name -> a mirror resource carrying the provider configuration's references."""
-        found = {}
-        for name, body in self.config.get("provider", {}).items():
-            found[name] = f"terraform_data.{_provider_name(name)}"
-        return found
+        return {name: f"terraform_data.{_provider_name(name)}" for name in self.config.get("provider", {})}
 
     def _provider_of(self, rtype: str, body: dict[str, Any]) -> str:
         if "provider" in body:

@@ -194,7 +194,8 @@ def test_the_dashboard_holds_no_value_the_api_drops(
     ({"a": {"collapsed": False, "groupByFields": []}}, ["$.a.collapsed = false", "$.a.groupByFields = []"]),
     ({"aggregation": {"perSeriesAligner": "ALIGN_NONE", "crossSeriesReducer": "REDUCE_SUM"}},
      ["$.aggregation.perSeriesAligner = \"ALIGN_NONE\""]),
-    ({"mode": "MODE_UNSPECIFIED", "title": "", "x": 1.5, "on": True}, ["$.mode = \"MODE_UNSPECIFIED\"", "$.title = \"\""]),
+    ({"mode": "MODE_UNSPECIFIED", "title": "", "x": 1.5, "on": True},
+     ["$.mode = \"MODE_UNSPECIFIED\"", "$.title = \"\""]),
 ])
 def test_proto3_defaults_are_found(value: Any, paths: list[str]) -> None:
     assert proto3_defaults(value) == paths

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
 import pytest
 
 from tests.infra.hcl import INFRA, load_dir

@@ -148,8 +148,9 @@ resource "google_monitoring_alert_policy" "p" {
     (METRIC + SLEEP % "600s" + POLICY % "time_sleep.wait.triggers.m", None),
     (METRIC + SLEEP % "600s" + POLICY.replace('display_name = "p"', 'display_name = "p"\n  depends_on = [local.m]')
      % "time_sleep.wait.triggers.m" + "\nlocals {\n  m = google_logging_metric.m.name\n}\n", "no wait between them"),
-    (METRIC + 'resource "time_sleep" "wait" {\n  create_duration = "600s"\n  depends_on = [google_logging_metric.m]\n}\n'
-     + POLICY % "time_sleep.wait.id", "its triggers do not name the google_logging_metric"),
+    (METRIC + 'resource "time_sleep" "wait" {\n  create_duration = "600s"\n'
+     + '  depends_on = [google_logging_metric.m]\n}\n' + POLICY % "time_sleep.wait.id",
+     "its triggers do not name the google_logging_metric"),
 ])
 def test_the_check_refuses_a_missing_short_or_bypassed_wait(tmp_path: Path, text: str, expected: str | None) -> None:
     (tmp_path / "main.tf").write_text(text, encoding="utf-8")
