@@ -32,9 +32,15 @@ _RESOURCE = re.compile(r"(?<![\w.])([a-z][a-z0-9]*_\w+)\.(\w+)")
 
 
 def interpolations(text: str) -> Iterator[str]:
-    """The expression parts of a python-hcl2 string: what is inside each top-level `${...}`."""
+    """The expression parts of a python-hcl2 string: what is inside each top-level `${...}`.
+
+    `$${` is HCL's escape for a literal `${` and starts no expression.
+    """
     start = text.find("${")
     while start != -1:
+        if start > 0 and text[start - 1] == "$":
+            start = text.find("${", start + 2)
+            continue
         depth, index, quoted = 0, start + 1, False
         while index < len(text):
             char = text[index]

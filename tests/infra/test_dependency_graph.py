@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.infra.graph_mirror import Mirror, validate
+from tests.infra.graph_mirror import Mirror, interpolations, validate
 from tests.infra.hcl import INFRA, load_dir
 
 
@@ -101,3 +101,8 @@ def test_a_module_input_the_module_does_not_declare_is_reported(tmp_path: Path) 
     result = validate(_write(tmp_path, wrong), tmp_path / "mirror")
     assert result.returncode != 0
     assert 'An argument named "nmae" is not expected here' in result.stderr, result.stderr
+
+
+def test_interpolations_are_read_from_templates_and_escapes_skipped() -> None:
+    text = 'a ${var.x} b $${var.literal} c ${join(",", [for k in local.y : "${k}}"])}'
+    assert list(interpolations(text)) == ["var.x", 'join(",", [for k in local.y : "${k}}"])']

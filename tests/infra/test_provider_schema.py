@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.infra.hcl import INFRA, load_dir
-from tests.infra.provider_schema.refresh import PACKAGES
+from tests.infra.provider_schema.refresh import PACKAGES, from_terraform
 from tests.infra.schema_check import check_dir, provider_schema, provider_source, required_providers
 
 MODULE_DIRS = [INFRA, *sorted(p for p in (INFRA / "modules").iterdir() if p.is_dir())]
@@ -49,7 +49,9 @@ def test_the_committed_schemas_come_from_the_pinned_packages() -> None:
     for source, (package, version) in PACKAGES.items():
         schema = provider_schema(source)
         assert schema.source == source
-        assert schema.package == f"{package}=={version}"
+        # From the pinned CDK package, or from Terraform's own output (refresh.py --from-terraform).
+        assert schema.package == f"{package}=={version}" or schema.package.startswith(
+            "terraform providers schema -json"), schema.package
         assert len(schema.resource) + len(schema.data) > 0
     # The whole google providers, not a hand-picked subset: grants another file might add are covered.
     for source in ("hashicorp/google", "hashicorp/google-beta"):
@@ -160,3 +162,32 @@ def test_meta_arguments_and_lifecycle_are_not_arguments(tmp_path: Path) -> None:
     text = ('resource "google_pubsub_topic" "t" {\n  count = 1\n  provider = google\n  name = "t"\n'
             '  depends_on = []\n  lifecycle {\n    prevent_destroy = true\n  }\n}\n')
     assert _check(tmp_path, text) == []
+
+
+def test_terraforms_own_schema_output_converts_to_the_same_format() -> None:
+    schemas = {"format_version": "1.0", "provider_schemas": {"registry.terraform.io/hashicorp/google": {
+        "resource_schemas": {"google_pubsub_subscription": {"version": 0, "block": {
+            "attributes": {
+                "name": {"type": "string", "required": True},
+                "labels": {"type": ["map", "string"], "optional": True},
+                "project": {"type": "string", "optional": True, "computed": True},
+                "effective_labels": {"type": ["map", "string"], "computed": True},
+            },
+            "block_types": {
+                "retry_policy": {"nesting_mode": "list", "max_items": 1, "block": {
+                    "attributes": {"minimum_backoff": {"type": "string", "optional": True}}}},
+                "push_config": {"nesting_mode": "list", "min_items": 1, "max_items": 1, "block": {
+                    "attributes": {"push_endpoint": {"type": "string", "required": True}}}},
+                "filters": {"nesting_mode": "set", "block": {}},
+            }}}},
+        "data_source_schemas": {}}}}
+    versions = {"terraform_version": "1.11.4",
+                "provider_selections": {"registry.terraform.io/hashicorp/google": "7.1.0"}}
+    converted = from_terraform(schemas, versions)["hashicorp/google"]
+    assert converted["provider_version"] == "7.1.0"
+    assert converted["resource"]["google_pubsub_subscription"] == {
+        "required": ["name"], "optional": ["labels", "project"], "blocks": {
+            "filters": {"required": [], "optional": [], "min_items": 0, "repeated": True},
+            "push_config": {"required": ["push_endpoint"], "optional": [], "min_items": 1, "repeated": False},
+            "retry_policy": {"required": [], "optional": ["minimum_backoff"], "min_items": 0, "repeated": False},
+        }}

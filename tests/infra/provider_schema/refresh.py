@@ -14,6 +14,14 @@ Refresh (needs PyPI, about 200 MB of downloads; nothing is installed):
 
 after changing PACKAGES below; then set the versions in infra/versions.tf and
 infra/modules/*/versions.tf to the provider versions printed.
+
+The CDK packages end at google 6.50.0. For later versions, on a machine that can download the
+providers, run in infra/ `terraform init`, `terraform providers schema -json > schema.json` and
+`terraform version -json > version.json`, then
+
+    python -m tests.infra.provider_schema.refresh --from-terraform schema.json version.json
+
+which writes the same files from Terraform's own output.
 """
 
 from __future__ import annotations
@@ -146,6 +154,39 @@ def extract(assembly: dict[str, Any]) -> dict[str, Any]:
     return {"provider_version": versions.pop(), "provider": provider, **found}
 
 
+def _terraform_block(block: dict[str, Any]) -> dict[str, Any]:
+    """One block of `terraform providers schema -json` in the format `_block_schema` writes."""
+    attributes = block.get("attributes", {})
+    required = sorted(n for n, a in attributes.items() if a.get("required"))
+    optional = sorted(n for n, a in attributes.items() if a.get("optional") and not a.get("required"))
+    blocks: dict[str, Any] = {}
+    for name, nested in sorted(block.get("block_types", {}).items()):
+        schema = _terraform_block(nested.get("block", {}))
+        schema["min_items"] = 1 if nested.get("min_items", 0) >= 1 else 0
+        # The CDK writes a block of at most one as a single struct; every other one is repeated.
+        schema["repeated"] = nested.get("nesting_mode") != "single" and nested.get("max_items") != 1
+        blocks[name] = schema
+    found: dict[str, Any] = {"required": required, "optional": optional}
+    if blocks:
+        found["blocks"] = blocks
+    return found
+
+
+def from_terraform(schemas: dict[str, Any], versions: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Provider source -> extracted schema, from `terraform providers schema -json` and `version -json`."""
+    selections = versions.get("provider_selections", {})
+    found = {}
+    for address, provider in schemas["provider_schemas"].items():
+        source = address.removeprefix("registry.terraform.io/")
+        found[source] = {
+            "provider_version": selections[address],
+            "resource": {k: _terraform_block(v["block"]) for k, v in provider.get("resource_schemas", {}).items()},
+            "data": {k: _terraform_block(v["block"]) for k, v in provider.get("data_source_schemas", {}).items()},
+            "terraform_version": versions.get("terraform_version", "?"),
+        }
+    return found
+
+
 def read_assembly(wheel: Path) -> dict[str, Any]:
     """The jsii assembly inside a wheel (a .jsii.tgz holding package/.jsii), plus package.json's cdktf block."""
     with zipfile.ZipFile(wheel) as archive:
@@ -164,7 +205,7 @@ def write(source: str, package: str, version: str, schema: dict[str, Any]) -> Pa
     header = {
         "source": f"registry.terraform.io/{source}",
         "provider_version": schema["provider_version"],
-        "package": f"{package}=={version}",
+        "package": f"{package}=={version}" if version else package,
         "extracted_by": "tests/infra/provider_schema/refresh.py",
     }
     lines = ["{"]
@@ -184,7 +225,18 @@ def write(source: str, package: str, version: str, schema: dict[str, Any]) -> Pa
 
 
 def main(argv: list[str]) -> int:
-    """`refresh.py [WHEEL_DIR]`: downloads the wheels, or reads them from WHEEL_DIR when given."""
+    """`refresh.py [WHEEL_DIR]`: downloads the wheels, or reads them from WHEEL_DIR when given.
+
+    `refresh.py --from-terraform SCHEMA_JSON VERSION_JSON`: from Terraform's own output instead.
+    """
+    if argv[:1] == ["--from-terraform"]:
+        schemas = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+        versions = json.loads(Path(argv[2]).read_text(encoding="utf-8"))
+        for source, schema in from_terraform(schemas, versions).items():
+            package = f"terraform providers schema -json (Terraform {schema['terraform_version']})"
+            path = write(source, package, "", schema)
+            print(f"{source} {schema['provider_version']}: {len(schema['resource'])} resources -> {path.name}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(argv[0]) if argv else Path(tmp)
         for source, (package, version) in PACKAGES.items():
