@@ -48,7 +48,7 @@ def load_dir(directory: Path, explicit_blocks: bool = False) -> dict[str, Any]:
         for block_type, entries in parsed.items():
             if block_type.startswith("__"):
                 continue
-            if block_type in ("terraform", "check"):
+            if block_type in ("terraform", "check", "moved", "import", "removed"):
                 merged.setdefault(block_type, []).extend(entries)
                 continue
             target = merged.setdefault(block_type, {})
