@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: install demo test test-unit test-functional test-integration test-infra bench lint clean
+.PHONY: install demo test test-unit test-functional test-integration test-infra provider-schemas bench lint clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test-infra: install $(CHECKOV_VENV)/.installed
 	terraform fmt -check -recursive infra
 	$(CHECKOV_VENV)/bin/checkov -d infra --framework terraform --compact --quiet --skip-download
 	$(PY) -m pytest tests/infra
+
+# Rewrites tests/infra/provider_schema/*.json from the CDK provider packages pinned in its
+# refresh.py (downloads them from PyPI; installs nothing). Then pin infra/versions.tf to match.
+provider-schemas: install
+	$(PY) -m tests.infra.provider_schema.refresh
 
 bench: install
 	$(PY) -m bench

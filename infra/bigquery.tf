@@ -24,10 +24,18 @@ resource "google_bigquery_dataset" "stream" {
   depends_on = [google_project_service.enabled]
 }
 
+# The Healthcare service agent creates and appends to the stream table. A resource of its own: the
+# DICOM store waits for it, and a wait on a grant to a function's account would be a dependency
+# cycle (the functions' environment names the store; docs/decisions/0412).
+resource "google_bigquery_dataset_iam_member" "healthcare_stream_writer" {
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.stream.dataset_id
+  role       = "roles/bigquery.dataEditor"
+  member     = local.healthcare_agent
+}
+
 locals {
   bigquery_dataset_grants = {
-    # The Healthcare service agent creates and appends to the stream table.
-    healthcare-stream-write = { role = "roles/bigquery.dataEditor", member = local.healthcare_agent }
     # The export function reads it for sql selectors; it never writes.
     export-stream-read = { role = "roles/bigquery.dataViewer", member = local.runtime["export"] }
   }

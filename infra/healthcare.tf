@@ -32,7 +32,9 @@ resource "google_healthcare_dataset" "dataset" {
 }
 
 resource "google_healthcare_dicom_store" "store" {
-  count = local.create_dicom_store ? 1 : 0
+  # stream_configs exists only in google-beta (docs/decisions/0411).
+  provider = google-beta
+  count    = local.create_dicom_store ? 1 : 0
 
   name    = var.dicom_store_id
   dataset = local.dataset_name
@@ -46,6 +48,6 @@ resource "google_healthcare_dicom_store" "store" {
   }
 
   # With existing_dataset nothing else orders this after the API is enabled; the stream needs the
-  # service agent's grant on the dataset first.
-  depends_on = [google_project_service.enabled, google_bigquery_dataset_iam_member.grants]
+  # service agent's grant on the dataset first (and only that grant: docs/decisions/0412).
+  depends_on = [google_project_service.enabled, google_bigquery_dataset_iam_member.healthcare_stream_writer]
 }

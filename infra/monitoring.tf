@@ -73,9 +73,8 @@ locals {
     }
   }
 
-  metric_types = {
-    for key, metric in google_logging_metric.pipeline : key => "logging.googleapis.com/user/${metric.name}"
-  }
+  # The alert policies and the dashboard read the metric types through the wait below.
+  metric_types = try(time_sleep.log_metrics_visible[0].triggers, {})
 }
 
 resource "google_logging_metric" "pipeline" {
@@ -119,6 +118,19 @@ resource "google_logging_metric" "pipeline" {
   }
 
   depends_on = [google_project_service.enabled]
+}
+
+# Monitoring answers 404 to an alert policy on a user log-based metric until the new metric is
+# visible to it, which its error message says can take up to 10 minutes, and the provider retries
+# only 409. So the metric types reach the policies through this wait: it sleeps when the set of
+# metrics is created or changes, not on later applies (docs/decisions/0413).
+resource "time_sleep" "log_metrics_visible" {
+  count = local.monitoring_enabled ? 1 : 0
+
+  create_duration = "600s"
+  triggers = {
+    for key, metric in google_logging_metric.pipeline : key => "logging.googleapis.com/user/${metric.name}"
+  }
 }
 
 /******************************************

@@ -18,7 +18,8 @@ INFRA = ROOT / "infra"
 MODULE = INFRA / "modules" / "function"
 
 _OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
-
+# Nested blocks marked (`"__is_block__": True`), to tell `name { ... }` from `name = {...}`.
+_OPTIONS_BLOCKS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=True)
 
 
 def strings(value: Any) -> Iterator[str]:
@@ -33,18 +34,21 @@ def strings(value: Any) -> Iterator[str]:
         for item in value:
             yield from strings(item)
 
-def load_dir(directory: Path) -> dict[str, Any]:
-    """Merges every .tf file of one directory: {"resource": {type: {name: body}}, "locals": {...}, ...}."""
+def load_dir(directory: Path, explicit_blocks: bool = False) -> dict[str, Any]:
+    """Merges every .tf file of one directory: {"resource": {type: {name: body}}, "locals": {...}, ...}.
+
+    With explicit_blocks, every block body carries `"__is_block__": True` (python-hcl2's marker).
+    """
     merged: dict[str, Any] = {}
     files = sorted(directory.glob("*.tf"))
     assert files, f"no Terraform files in {directory}"
     for path in files:
         with path.open(encoding="utf-8") as handle:
-            parsed = hcl2.load(handle, serialization_options=_OPTIONS)
+            parsed = hcl2.load(handle, serialization_options=_OPTIONS_BLOCKS if explicit_blocks else _OPTIONS)
         for block_type, entries in parsed.items():
             if block_type.startswith("__"):
                 continue
-            if block_type in ("terraform", "check"):
+            if block_type in ("terraform", "check", "moved", "import", "removed"):
                 merged.setdefault(block_type, []).extend(entries)
                 continue
             target = merged.setdefault(block_type, {})
@@ -54,6 +58,8 @@ def load_dir(directory: Path) -> dict[str, Any]:
                         continue
                     if block_type in ("resource", "data"):
                         for name, body in value.items():
+                            if name.startswith("__"):
+                                continue
                             assert name not in target.setdefault(key, {}), f"duplicate {block_type} {key}.{name}"
                             target[key][name] = body
                     else:

@@ -131,8 +131,9 @@ def _dashboard(resources: dict[str, dict[str, Any]]) -> tuple[str, dict[str, str
     return (mc.INFRA / found["path"]).read_text(encoding="utf-8"), {k: v.strip() for k, v in args.items()}
 
 
-def test_the_dashboard_renders_to_json_showing_defined_metrics(
-        resources: dict[str, dict[str, Any]], metrics: dict[str, mc.LogMetric]) -> None:
+def _rendered(resources: dict[str, dict[str, Any]], metrics: dict[str, mc.LogMetric]
+              ) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """(the dashboard as templatefile renders it, templatefile's values, arg -> metric key)."""
     template, args = _dashboard(resources)
     placeholders = set(re.findall(r"(?<!\$)\$\{(\w+)\}", template))
     assert placeholders == set(args), f"template and templatefile() disagree: {placeholders ^ set(args)}"
@@ -145,7 +146,12 @@ def test_the_dashboard_renders_to_json_showing_defined_metrics(
     assert set(metric_args.values()) == set(metrics), "every metric should be on the dashboard"
     values = {arg: f"logging.googleapis.com/user/dicom/{metric_args[arg]}" if arg in metric_args else f"<{arg}>"
               for arg in args}
-    rendered = json.loads(string.Template(template).substitute(values))
+    return json.loads(string.Template(template).substitute(values)), values, metric_args
+
+
+def test_the_dashboard_renders_to_json_showing_defined_metrics(
+        resources: dict[str, dict[str, Any]], metrics: dict[str, mc.LogMetric]) -> None:
+    rendered, values, metric_args = _rendered(resources, metrics)
     tiles = rendered["mosaicLayout"]["tiles"]
     assert len(tiles) >= 6
     shown = json.dumps(rendered)
@@ -154,6 +160,45 @@ def test_the_dashboard_renders_to_json_showing_defined_metrics(
     for group in re.findall(r'"groupByFields": \[([^\]]*)\]', shown):
         for label in re.findall(r"metric\.label\.(\w+)", group):
             assert any(label in m.labels for m in metrics.values()), f"dashboard groups by unknown label {label}"
+
+
+# The Monitoring API stores dashboards as protocol buffers (proto3): a field at its default (0, false,
+# "", an empty list or map, an enum's zero value) is not stored and not returned, so the provider
+# sees it vanish and plans the same change on every run.
+_ENUM_ZERO = re.compile(r"^(?:ALIGN_NONE|REDUCE_NONE|[A-Z_]+_UNSPECIFIED)$")
+
+
+def proto3_defaults(value: Any, path: str = "$") -> list[str]:
+    """JSON paths of the values the API drops."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += proto3_defaults(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += proto3_defaults(item, f"{path}[{index}]")
+    if value in (0, "", [], {}, None) or value is False or (isinstance(value, str) and _ENUM_ZERO.match(value)):
+        found.append(f"{path} = {json.dumps(value)}")
+    return found
+
+
+def test_the_dashboard_holds_no_value_the_api_drops(
+        resources: dict[str, dict[str, Any]], metrics: dict[str, mc.LogMetric]) -> None:
+    rendered, _, _ = _rendered(resources, metrics)
+    dropped = proto3_defaults(rendered)
+    assert not dropped, f"the API drops these, so every plan shows a change; leave them out: {dropped}"
+
+
+@pytest.mark.parametrize("value,paths", [
+    ({"tiles": [{"xPos": 0, "yPos": 4, "width": 6}]}, ["$.tiles[0].xPos = 0"]),
+    ({"a": {"collapsed": False, "groupByFields": []}}, ["$.a.collapsed = false", "$.a.groupByFields = []"]),
+    ({"aggregation": {"perSeriesAligner": "ALIGN_NONE", "crossSeriesReducer": "REDUCE_SUM"}},
+     ["$.aggregation.perSeriesAligner = \"ALIGN_NONE\""]),
+    ({"mode": "MODE_UNSPECIFIED", "title": "", "x": 1.5, "on": True},
+     ["$.mode = \"MODE_UNSPECIFIED\"", "$.title = \"\""]),
+])
+def test_proto3_defaults_are_found(value: Any, paths: list[str]) -> None:
+    assert proto3_defaults(value) == paths
 
 
 def test_monitoring_apis_are_enabled_and_waited_for(resources: dict[str, dict[str, Any]]) -> None:

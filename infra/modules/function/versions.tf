@@ -4,7 +4,7 @@ terraform {
   required_providers {
     google = {
       source  = "hashicorp/google"
-      version = ">= 6.0, < 8.0"
+      version = "6.50.0" # the root module's pin (tests/infra/provider_schema)
     }
   }
 }
