@@ -149,7 +149,7 @@ class Connection:
         emulators = self.deployment.emulators
         if emulators is not None:
             channel = grpc.insecure_channel(emulators.pubsub)
-            return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel))
+            return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(host=emulators.pubsub, channel=channel))
         # An explicit transport: PUBSUB_EMULATOR_HOST must not redirect a real deployment either.
         return pubsub_v1.PublisherClient(
             transport=PublisherGrpcTransport(host=GOOGLE_PUBSUB_HOST, credentials=self.credentials))
@@ -158,7 +158,7 @@ class Connection:
         emulators = self.deployment.emulators
         if emulators is not None:
             channel = grpc.insecure_channel(emulators.pubsub)
-            return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+            return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(host=emulators.pubsub, channel=channel))
         return pubsub_v1.SubscriberClient(
             transport=SubscriberGrpcTransport(host=GOOGLE_PUBSUB_HOST, credentials=self.credentials))
 

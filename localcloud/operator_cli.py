@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import signal
 import sys
@@ -509,6 +510,7 @@ def quiet_library_warnings() -> None:
     """pydicom warns on stderr about each odd file it reads (the UIDs of uploads are read with it);
     the CLI reports what matters itself."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # warn_and_log also logs each warning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -526,3 +528,7 @@ def console_main() -> None:
     except KeyboardInterrupt:
         print(f"\ninterrupted after {time.monotonic() - started:.0f} s", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    console_main()
