@@ -58,8 +58,11 @@ _PRIVATE_RETENTION_SECONDS = 600
 # How many dead letters `backlog` counts at most (each is pulled and handed back).
 BACKLOG_LIMIT = 1000
 
-# The Pub/Sub emulator honours return_immediately (an empty pull would block otherwise).
+# The Pub/Sub emulator honours return_immediately (an empty pull would block otherwise). Google's
+# service discourages it (pulls may then come back empty while messages wait): there a pull waits
+# up to this long for a message instead, and an empty wait ends as DeadlineExceeded.
 warnings.filterwarnings("ignore", "The return_immediately flag is deprecated", DeprecationWarning)
+_GOOGLE_PULL_WAIT_SECONDS = 2.0
 
 
 class NotRunningError(RuntimeError):
@@ -245,7 +248,7 @@ class Connection:
                 "expiration_policy": {"ttl": {"seconds": _PRIVATE_EXPIRATION_SECONDS}},
             })
             try:
-                yield EventStream(client, subscription)
+                yield EventStream(client, subscription, emulated=self.deployment.is_local)
             finally:
                 try:
                     client.delete_subscription(subscription=subscription, timeout=10)
@@ -260,7 +263,7 @@ class Connection:
             raise gexc.NotFound(f"{self.deployment.origin} names no completion subscription "
                                 "(infra/ output completion_subscription)")
         with self.subscriber() as client:
-            yield EventStream(client, subscription)
+            yield EventStream(client, subscription, emulated=self.deployment.is_local)
 
     def backlog(self, subscription: str, limit: int = BACKLOG_LIMIT) -> int:
         """Messages waiting in `subscription` (counted up to `limit`), left there for their reader.
@@ -275,12 +278,10 @@ class Connection:
         """
         ack_ids: list[str] = []
         with self.subscriber() as client:
+            stream = EventStream(client, subscription, emulated=self.deployment.is_local)
             try:
                 while len(ack_ids) < limit:
-                    response = client.pull(subscription=subscription, max_messages=min(_PULL_BATCH,
-                                                                                       limit - len(ack_ids)),
-                                           timeout=10, return_immediately=True)
-                    batch = [m.ack_id for m in response.received_messages]
+                    batch = [m.ack_id for m in stream.pull_messages(min(_PULL_BATCH, limit - len(ack_ids)))]
                     if not batch:
                         break
                     ack_ids.extend(batch)
@@ -342,16 +343,27 @@ class LocalCloud(Connection):
 class EventStream:
     """Completion events published since the stream opened, pulled and acknowledged in batches."""
 
-    def __init__(self, client: Any, subscription: str) -> None:
+    def __init__(self, client: Any, subscription: str, *, emulated: bool = True) -> None:
         self._client = client
         self.subscription = subscription
+        self._emulated = emulated
+
+    def pull_messages(self, max_messages: int = _PULL_BATCH) -> list[Any]:
+        """The received messages of one pull, not acknowledged; [] when none came."""
+        if self._emulated:
+            response = self._client.pull(subscription=self.subscription, max_messages=max_messages, timeout=10,
+                                         return_immediately=True)
+            return list(response.received_messages)
+        try:
+            response = self._client.pull(subscription=self.subscription, max_messages=max_messages,
+                                         timeout=_GOOGLE_PULL_WAIT_SECONDS, retry=None)
+        except gexc.DeadlineExceeded:
+            return []
+        return list(response.received_messages)
 
     def pull(self) -> list[dict[str, Any]]:
         """What arrived so far (maybe nothing; it does not block). Undecodable messages are dropped."""
-        response = self._client.pull(
-            subscription=self.subscription, max_messages=_PULL_BATCH, timeout=10, return_immediately=True
-        )
-        received = list(response.received_messages)
+        received = self.pull_messages()
         if received:
             self._client.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in received])
         return _decoded(received)
@@ -360,10 +372,7 @@ class EventStream:
         """Pulls what arrived so far, hands the events to `handle`, and acknowledges them only
         after it returned (a reader killed in between gets them again). Returns how many
         messages were pulled (undecodable ones are acknowledged and dropped)."""
-        response = self._client.pull(
-            subscription=self.subscription, max_messages=_PULL_BATCH, timeout=10, return_immediately=True
-        )
-        received = list(response.received_messages)
+        received = self.pull_messages()
         if received:
             handle(_decoded(received))
             self._client.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in received])

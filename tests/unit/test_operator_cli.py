@@ -334,3 +334,35 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             assert out.startswith("usage: "), command
             if parser.prog == "dicom-events" and command != "configure":
                 assert "--local" in out and "--config" in out, command
+
+
+class _RecordingSubscriber:
+    """Stands in for SubscriberClient.pull only: records the arguments, answers as told."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.calls: list[dict[str, Any]] = []
+
+    def pull(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_pulls_from_google_wait_for_messages_instead_of_returning_immediately() -> None:
+    from google.api_core import exceptions as gexc
+
+    from localcloud.connect import EventStream
+
+    google = _RecordingSubscriber(gexc.DeadlineExceeded("no message in time"))
+    assert EventStream(google, "projects/p/subscriptions/s", emulated=False).pull() == []
+    [call] = google.calls
+    assert "return_immediately" not in call and call["timeout"] > 0
+
+    class _Response:
+        received_messages: list[Any] = []
+
+    emulator = _RecordingSubscriber(_Response())
+    assert EventStream(emulator, "projects/p/subscriptions/s", emulated=True).pull() == []
+    assert emulator.calls[0]["return_immediately"] is True
