@@ -235,8 +235,8 @@ def terraform_outputs(infra_dir: Path) -> dict[str, Any]:
     if not Path(infra_dir).is_dir():
         raise DeploymentError(f"{infra_dir} is not a folder")
     try:
-        done = subprocess.run([terraform, f"-chdir={infra_dir}", "output", "-json"], capture_output=True,
-                              text=True, timeout=_TERRAFORM_TIMEOUT_SECONDS, check=False)
+        done = subprocess.run([terraform, f"-chdir={infra_dir}", "output", "-json", "-no-color"],
+                              capture_output=True, text=True, timeout=_TERRAFORM_TIMEOUT_SECONDS, check=False)
     except subprocess.TimeoutExpired:
         raise DeploymentError(f"terraform output in {infra_dir} did not answer within "
                               f"{_TERRAFORM_TIMEOUT_SECONDS} s") from None

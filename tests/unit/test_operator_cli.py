@@ -7,6 +7,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,6 +155,25 @@ def test_configure_writes_a_config_the_commands_read(tmp_path: Path, capsys: pyt
     expected = real_deployment()
     assert loaded.to_json() == expected.to_json()
     assert loaded.emulators is None
+
+
+def test_configure_reads_terraform_output_in_the_infra_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `terraform output` reads a local state without `init` or providers: the state of an apply.
+    assert shutil.which("terraform"), "Terraform is a prerequisite (README)"
+    infra = tmp_path / "infra"
+    infra.mkdir()
+    outputs = {name: {"value": entry["value"], "type": "string" if isinstance(entry["value"], str) else ["map", "string"]}
+               for name, entry in terraform_outputs().items()}
+    (infra / "terraform.tfstate").write_text(json.dumps({
+        "version": 4, "terraform_version": "1.5.7", "serial": 1, "lineage": "6a0e4f0c-0000-4000-8000-000000000000",
+        "outputs": outputs, "resources": [], "check_results": None}))
+    config = tmp_path / "deployment.json"
+
+    assert operator_cli.main(["configure", "--from-terraform", str(infra), "--config", str(config)]) == 0, \
+        capsys.readouterr().err
+
+    assert load_config(config).to_json() == real_deployment().to_json()
 
 
 def test_configure_names_the_missing_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
