@@ -163,7 +163,8 @@ def test_configure_reads_terraform_output_in_the_infra_folder(
     assert shutil.which("terraform"), "Terraform is a prerequisite (README)"
     infra = tmp_path / "infra"
     infra.mkdir()
-    outputs = {name: {"value": entry["value"], "type": "string" if isinstance(entry["value"], str) else ["map", "string"]}
+    outputs = {name: {"value": entry["value"],
+                      "type": "string" if isinstance(entry["value"], str) else ["map", "string"]}
                for name, entry in terraform_outputs().items()}
     (infra / "terraform.tfstate").write_text(json.dumps({
         "version": 4, "terraform_version": "1.5.7", "serial": 1, "lineage": "6a0e4f0c-0000-4000-8000-000000000000",
