@@ -29,7 +29,7 @@ def test_the_cli_subscription_keeps_completion_events_and_does_not_expire(root: 
     subscription = root["resource"]["google_pubsub_subscription"]["completions_cli"]
     assert subscription["topic"] == '${google_pubsub_topic.topics["completions"].id}'
     assert "push_config" not in subscription, "a pull subscription: the CLI reads it"
-    assert subscription["message_retention_duration"] == "604800s"  # 7 days, like the dead letters
+    assert subscription["message_retention_duration"] == "604800s"  # 7 days
     [expiration] = subscription["expiration_policy"]
     assert expiration["ttl"] == "", "an empty ttl never expires; the default deletes it after 31 idle days"
     assert subscription["retain_acked_messages"] is False
