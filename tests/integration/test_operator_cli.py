@@ -227,3 +227,38 @@ def test_the_console_script_runs_from_anywhere(stack: Stack, tmp_path: Path) -> 
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == f"dicom store {stack.endpoints['dicomStore']}"
+
+
+def test_events_since_then_follow_prints_the_kept_then_the_new_each_once(
+        stack: Stack, imported: synthetic.SyntheticSet) -> None:
+    study = imported.studies[0].uid
+    bucket = stack.config.export_bucket
+    _export(stack, "--resources", f"/studies/{study}", "--request-id", "op-cli-kept",
+            "--destination", f"gs://{bucket}/op/kept")
+    follower = subprocess.Popen([str(DICOM_EVENTS), "events", "--since", "1h", "--follow", "--json", "--local",
+                                 "--state-dir", str(stack.state_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    printed: list[dict[str, Any]] = []
+
+    def read_until(request_id: str) -> None:
+        assert follower.stdout is not None
+        while not any(e.get("requestId") == request_id for e in printed):  # the test's timeout bounds this
+            line = follower.stdout.readline()
+            assert line, "events --follow ended by itself"
+            printed.append(json.loads(line))
+
+    try:
+        read_until("op-cli-kept")  # from the state bucket's records
+        _export(stack, "--resources", f"/studies/{study}", "--request-id", "op-cli-new",
+                "--destination", f"gs://{bucket}/op/new")
+        read_until("op-cli-new")  # from the private subscription
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=30) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    ids = [e["eventId"] for e in printed]
+    assert len(ids) == len(set(ids)), "an event both kept and delivered is printed once"
+    kept = [e["endTime"] for e in printed[:[e.get("requestId") for e in printed].index("op-cli-kept") + 1]]
+    assert kept == sorted(kept), "the kept events come oldest first"
