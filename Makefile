@@ -6,10 +6,13 @@ CHECKOV_VENV := .venv-checkov
 
 .PHONY: install demo test test-unit test-functional test-integration test-infra provider-schemas bench lint clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# The `dicom-events` command (.venv/bin/dicom-events), from this checkout: the pinned
+	# requirements above are its dependencies.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -56,4 +59,4 @@ lint: install
 	$(PY) -m mypy functions localcloud bench main.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .localcloud .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .localcloud .pytest_cache *.egg-info

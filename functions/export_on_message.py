@@ -225,6 +225,8 @@ class ExportOnMessage:
                                           destination=destination, dicom_store=self._s.dicom_store,
                                           now=datetime.fromtimestamp(self._clock(), UTC), kind=kind)
         self._publisher.publish(data, attributes)
+        # Kept like the poller's events, so `status` and `events --since` show rejections too.
+        self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{attributes['eventId']}.json"), data)
         return ExportOutcome("rejected", reason)
 
 

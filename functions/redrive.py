@@ -222,6 +222,7 @@ class Redriver:
                                               redrive_of=original, dicom_store=self._s.dicom_store,
                                               now=datetime.fromtimestamp(self._clock(), UTC))
         self._publisher.publish(data, attributes)
+        self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{attributes['eventId']}.json"), data)
         return RedriveOutcome("nothing", reason)
 
     def _reject(self, message: PubsubMessage, request_id: str | None, reason: str) -> RedriveOutcome:
@@ -231,5 +232,6 @@ class Redriver:
                                           destination=None, dicom_store=self._s.dicom_store,
                                           now=datetime.fromtimestamp(self._clock(), UTC), kind="redrive")
         self._publisher.publish(data, attributes)
+        self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{attributes['eventId']}.json"), data)
         return RedriveOutcome("rejected", reason)
 

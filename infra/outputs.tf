@@ -73,3 +73,24 @@ output "functions_repository" {
   description = "Artifact Registry repository of the functions' images."
   value       = google_artifact_registry_repository.functions.id
 }
+
+# Read by the operator CLI (`dicom-events configure --from-terraform infra/`).
+output "project_id" {
+  description = "Project that hosts the pipeline."
+  value       = var.project_id
+}
+
+output "region" {
+  description = "Region of the functions and buckets."
+  value       = var.region
+}
+
+output "completion_subscription" {
+  description = "Pull subscription on the completion topic that keeps events for the operator CLI (dicom-events events)."
+  value       = google_pubsub_subscription.completions_cli.id
+}
+
+output "import_environment" {
+  description = "The import function's environment: the CLI classifies uploads and finds the state prefix with the function's own settings."
+  value       = local.functions.import.environment
+}

@@ -87,3 +87,20 @@ resource "google_pubsub_subscription" "export_dead_letter" {
     ttl = ""
   }
 }
+
+# The operator CLI's mailbox of completion events (`dicom-events events`): events published while
+# nobody reads are kept here for a week instead of being lost. Never expires while unused.
+resource "google_pubsub_subscription" "completions_cli" {
+  project = var.project_id
+  name    = "${var.name_prefix}-completions-cli"
+  topic   = google_pubsub_topic.topics["completions"].id
+  labels  = local.labels
+
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+  retain_acked_messages      = false
+
+  expiration_policy {
+    ttl = ""
+  }
+}

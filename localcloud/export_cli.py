@@ -1,4 +1,4 @@
-"""`python -m localcloud export ...`: publish one export request, wait for its completion event.
+"""`dicom-events export ...`: publish one export request, wait for its completion event.
 
 The request is built in contract form (docs/contracts.md, "Export request") and checked with the export
 function's own parser (`functions.export_request.parse_export_request`) before it is sent, so a
@@ -22,7 +22,7 @@ from typing import Any
 
 from functions.errors import InvalidExportRequestError
 from functions.export_request import dedup_key, parse_export_request
-from localcloud.connect import LocalCloud
+from localcloud.connect import Connection
 from localcloud.progress import Reporter, aligned
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
@@ -101,7 +101,7 @@ class ExportResult:
         return self.state == SUCCEEDED
 
 
-def run_export(cloud: LocalCloud, request: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+def run_export(cloud: Connection, request: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
                reporter: Reporter | None = None) -> ExportResult:
     """Publishes `request` (built by `build_request`) and waits for its completion event."""
     parsed = parse_export_request(json.dumps(request).encode())
@@ -111,7 +111,7 @@ def run_export(cloud: LocalCloud, request: dict[str, Any], *, timeout: float = D
     return publish_and_wait(cloud, request, kind=kind, repeated=repeated, timeout=timeout, reporter=reporter)
 
 
-def publish_and_wait(cloud: LocalCloud, request: dict[str, Any], *, kind: str, repeated: bool,
+def publish_and_wait(cloud: Connection, request: dict[str, Any], *, kind: str, repeated: bool,
                      timeout: float = DEFAULT_TIMEOUT_SECONDS, reporter: Reporter | None = None) -> ExportResult:
     """Publishes `request` on the export-requests topic and waits for the `kind` event with its
     requestId; for a `repeated` requestId (no new event comes) the earlier one from `done/`."""
@@ -119,7 +119,7 @@ def publish_and_wait(cloud: LocalCloud, request: dict[str, Any], *, kind: str, r
     started = time.monotonic()
     request_id = str(request["requestId"])
     with cloud.event_stream() as stream:
-        message_id = cloud.publish(cloud.endpoints["topics"]["exportRequests"], json.dumps(request).encode())
+        message_id = cloud.publish(cloud.deployment.export_requests_topic, json.dumps(request).encode())
         reporter.say(kind, f"request {request_id} published (message {message_id})")
         next_scan = started
         while True:
@@ -137,7 +137,7 @@ def publish_and_wait(cloud: LocalCloud, request: dict[str, Any], *, kind: str, r
             time.sleep(_POLL_SECONDS)
 
 
-def find_done_event(cloud: LocalCloud, request_id: str, kind: str = "export") -> dict[str, Any] | None:
+def find_done_event(cloud: Connection, request_id: str, kind: str = "export") -> dict[str, Any] | None:
     """The newest `kind` event with this requestId among the `done/` records, if any."""
     for blob in cloud.state_objects("done"):
         event = cloud.read_state(blob)
@@ -146,12 +146,18 @@ def find_done_event(cloud: LocalCloud, request_id: str, kind: str = "export") ->
     return None
 
 
-def render_result(result: ExportResult, label: str = "export") -> list[str]:
+def timeout_json(result: ExportResult) -> dict[str, Any]:
+    """`--json` when no event came in time: one object, so that a script always gets JSON."""
+    return {"requestId": result.request["requestId"], "state": "TIMEOUT", "waitedSeconds": round(result.seconds, 1),
+            "repeatedRequestId": result.repeated}
+
+
+def render_result(result: ExportResult, label: str = "export", status_hint: str = "dicom-events status") -> list[str]:
     from localcloud.ingest import describe_event
 
     if result.event is None:
         return [aligned(label, f"no completion event for {result.request['requestId']} "
-                               f"after {result.seconds:.0f} s (see: python -m localcloud status)")]
+                               f"after {result.seconds:.0f} s (see: {status_hint})")]
     lines = []
     if result.repeated:
         lines.append(aligned(label, f"requestId {result.request['requestId']} was used before; "

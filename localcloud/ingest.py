@@ -37,6 +37,7 @@ Other events are counted and left alone (they stay in the state bucket's `done/`
 from __future__ import annotations
 
 import mimetypes
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -151,7 +152,8 @@ def describe_event(event: dict[str, Any]) -> str:
     """One compact line: kind, state, counters, where, how long."""
     counters = event.get("counters") or {}
     where = event.get("source") or event.get("destination") or ""
-    parts = [f"{event.get('kind', '?'):<7}{event.get('state', '?'):<22}"]
+    # The widest kind (storageClass) and state (SUCCEEDED_WITH_ERRORS) keep a space after them.
+    parts = [f"{event.get('kind', '?'):<6} {event.get('state', '?'):<21} "]
     if event.get("state") == "REJECTED":
         parts.append(str(event.get("reason", ""))[:160])
     else:
@@ -161,7 +163,10 @@ def describe_event(event: dict[str, Any]) -> str:
     if event.get("durationSeconds") is not None:
         parts.append(f"  {float(event['durationSeconds']):.1f} s")
     if event.get("error"):
-        parts.append(f"  error: {str(event['error'].get('message', ''))[:120]}")
+        # The operation's log link is printed on its own line by the CLI (the emulator's for the
+        # local cloud): a console link cut at 120 characters helps nobody.
+        message = re.sub(r"\s*\(?https?://\S+\)?", "", str(event["error"].get("message", "")))
+        parts.append(f"  error: {message[:120]}")
     return "".join(parts)
 
 

@@ -18,7 +18,8 @@ LABEL_WIDTH = 12
 
 def aligned(label: str, text: str) -> str:
     """One line: a short label column, then the text."""
-    return f"{label:<{LABEL_WIDTH}}{text}".rstrip()
+    # A label as wide as the column (storageClass) or wider still keeps one space before the text.
+    return f"{label:<{LABEL_WIDTH - 1}} {text}".rstrip() if label else f"{'':<{LABEL_WIDTH}}{text}".rstrip()
 
 
 class Bar:

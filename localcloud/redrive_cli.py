@@ -1,4 +1,4 @@
-"""`python -m localcloud redrive RECEIPT`: re-import what a failed import's receipt names.
+"""`dicom-events redrive RECEIPT`: re-import what a failed import's receipt names.
 
 RECEIPT is the failed import's operation id, its completion event's `eventId` (`op-ID`), the
 operation name, or the receipt object (`receipts/ID.json`). The command publishes a redrive
@@ -17,7 +17,7 @@ from typing import Any
 from functions.errors import InvalidExportRequestError
 from functions.export_request import short_hash
 from functions.redrive import ACTION, parse_redrive_request
-from localcloud.connect import LocalCloud
+from localcloud.connect import Connection
 from localcloud.export_cli import DEFAULT_TIMEOUT_SECONDS, ExportResult, RequestError, publish_and_wait
 from localcloud.progress import Reporter
 
@@ -32,7 +32,7 @@ def build_request(receipt: str, request_id: str | None = None) -> dict[str, Any]
     return body
 
 
-def run_redrive(cloud: LocalCloud, request: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+def run_redrive(cloud: Connection, request: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
                 reporter: Reporter | None = None) -> ExportResult:
     key = short_hash("requestId", str(request["requestId"]))
     repeated = cloud.gcs.read(cloud.state_bucket, cloud.state_path("redrives", f"{key}.json")) is not None

@@ -146,3 +146,22 @@ def test_demo_goes_through_the_functions(tmp_path: Path) -> None:
     assert 0 < selected < total
     assert lines[-1].startswith("demo        everything succeeded in ")
     assert not (tmp_path / "state" / ENDPOINTS_FILE).exists()
+
+
+def test_down_stops_a_running_up_and_waits_for_it(
+    up: tuple[subprocess.Popen[str], dict[str, Any], Path],
+) -> None:
+    process, endpoints, state_dir = up
+    groups = [pid for name, pid in endpoints["processes"].items() if name != "up"]
+
+    done = subprocess.run(_localcloud("down", "--state-dir", str(state_dir)), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=90)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"local cloud stopped (pid {process.pid})"
+    assert process.wait(timeout=30) == 0
+    assert all(_group_gone(g) for g in groups)
+    assert not (state_dir / ENDPOINTS_FILE).exists()
+    again = subprocess.run(_localcloud("down", "--state-dir", str(state_dir)), cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 0 and again.stdout.strip() == f"local cloud none running for {state_dir}"

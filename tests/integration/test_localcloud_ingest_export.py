@@ -21,7 +21,7 @@ from localcloud.stack import Stack
 from tests import dicom_factory
 
 INGEST_KEYS = {"uploaded", "imported", "failed", "skipped", "operations"}
-STATUS_KEYS = {"dicomStore", "functions", "operations", "jobs", "windows", "events", "signals"}
+STATUS_KEYS = {"project", "dicomStore", "functions", "operations", "jobs", "windows", "receipts", "events", "signals"}
 TIMEOUT = "120"  # the commands' own failure deadline; they return as soon as the work is done
 
 
@@ -161,7 +161,8 @@ def test_status(stack: Stack, imported: synthetic.SyntheticSet) -> None:
     assert current["functions"] == {role: {"instances": 1, "restarts": 0} for role in ("import", "export", "poll")}
     assert all(isinstance(current[key], list) for key in ("operations", "jobs", "windows", "events"))
     assert 1 <= len(current["events"]) <= 3
-    assert all(e["eventId"].startswith("op-") for e in current["events"])
+    # Operations' events, and the REJECTED ones the export function keeps too.
+    assert all(e["eventId"].startswith(("op-", "rejected-")) for e in current["events"])
     ends = [e["endTime"] for e in current["events"]]
     assert ends == sorted(ends, reverse=True)  # newest first
     for op in current["operations"]:
