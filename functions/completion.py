@@ -123,12 +123,12 @@ class ObjectCounts:
     undecided: int
     held_back: int = 0  # redrive: failed objects it did not import again (their reason still holds)
 
-    def to_dict(self, counters: Counters, error: OperationError | None) -> dict[str, Any]:
+    def to_dict(self, counters: Counters) -> dict[str, Any]:
         out: dict[str, Any] = {"total": self.total, "landed": self.landed, "failed": self.failed,
                                "undecided": self.undecided}
         if self.held_back:
             out["heldBack"] = self.held_back
-        out["countersAgree"] = (error is None and self.undecided == 0 and self.landed == counters.success
+        out["countersAgree"] = (self.undecided == 0 and self.landed == counters.success
                                 and self.failed - self.held_back == counters.failure)
         return out
 
@@ -255,7 +255,7 @@ def completion_payload(
         "requestId": record.request_id or None,
         "redriveOf": record.redrive_of if kind == "redrive" else None,
         "counters": status.counters.to_dict(),
-        "objects": (record.objects.to_dict(status.counters, status.error)
+        "objects": (record.objects.to_dict(status.counters)
                     if record.objects is not None and kind in ("import", "redrive") else None),
         "createTime": status.create_time,
         "endTime": status.end_time,

@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import struct
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -154,20 +156,30 @@ def read_uids(data: bytes) -> tuple[str, str, str] | None:
     return uids if all(uids) else None
 
 
-def attributes_readable(data: bytes) -> bool:
-    """Whether every element before the pixel data converts to a value (our parser's view of
-    "parseable"); `data` is the object's beginning."""
-    import warnings
+_NUMBERS = {"IS": re.compile(r"[+-]?[0-9]+"), "DS": re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")}
 
+
+def attributes_readable(data: bytes) -> bool:
+    """Whether the elements before the pixel data parse, and every number string (IS, DS) is a
+    number: our view of "parseable", which a store that indexes attributes needs. `data` is the
+    object's beginning."""
     from pydicom import dcmread
+    from pydicom.multival import MultiValue
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # pydicom warns, rather than fails, on invalid values
+            warnings.simplefilter("ignore")  # pydicom warns on invalid values; they are judged here
             dataset = dcmread(io.BytesIO(data), stop_before_pixels=True)
             for element in dataset.iterall():
-                _ = element.value
-    except Exception:  # noqa: BLE001 - a bad value, VR or length
+                pattern = _NUMBERS.get(str(element.VR))
+                value = element.value
+                if pattern is None or value is None or value == "":
+                    continue
+                values = value if isinstance(value, MultiValue) else [value]
+                texts = [str(getattr(v, "original_string", None) or v).strip() for v in values]
+                if not all(pattern.fullmatch(t) for t in texts if t):
+                    return False
+    except Exception:  # noqa: BLE001 - a bad VR, length or structure
         return False
     return True
 
@@ -237,6 +249,7 @@ class _Probe:
     source: _Source
     fate: Fate | None = None  # decided without the store's content
     uids: tuple[str, str, str] | None = None
+    readable: bool = True  # attributes_readable of its header
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -265,8 +278,8 @@ class FailedObjectFinder:
     def account(self, entries: Sequence[dict[str, Any]], *, api_failures: int | None) -> Accounting:
         """The fate of every manifest entry, in manifest order.
 
-        `api_failures` is the operation's `counter.failure` when it ended without an error (then
-        the counter covers every object), None otherwise. Entries with a `held` reason were not
+        `api_failures` is the operation's `counter.failure` when its counters cover every object
+        (success + failure = the objects imported), None otherwise. Entries with a `held` reason were not
         imported (a redrive held them back) and fail with it.
         """
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
@@ -308,10 +321,10 @@ class FailedObjectFinder:
             logger.warning("could not ask the store about an object", extra=fields(object=source.uri,
                                                                                   error=type(exc).__name__))
             return _Probe(source, Fate(source.uri, UNDECIDED, STORE_UNAVAILABLE))
+        readable = attributes_readable(data)
         if not stored:
-            reason = NOT_STORED if attributes_readable(data) else UNPARSEABLE
-            return _Probe(source, Fate(source.uri, FAILED, reason))
-        return _Probe(source, uids=header.uids)
+            return _Probe(source, Fate(source.uri, FAILED, NOT_STORED if readable else UNPARSEABLE))
+        return _Probe(source, uids=header.uids, readable=readable)
 
     def _header(self, source: _Source) -> tuple[Header, bytes]:
         """Reads a growing beginning of the object (64 KiB, then x4) until it tells, at most
@@ -352,7 +365,10 @@ class FailedObjectFinder:
                 return Fate(uri, UNDECIDED, STORE_UNAVAILABLE)
             if mine is None or theirs is None:
                 return Fate(uri, UNDECIDED, TOO_LARGE)
-            return Fate(uri, LANDED) if mine == theirs else Fate(uri, FAILED, UID_CONFLICT)
+            if mine == theirs:
+                return Fate(uri, LANDED)
+            # A file that is not parseable would fail under any UIDs: that is the reason to fix first.
+            return Fate(uri, FAILED, UID_CONFLICT if probe.readable else UNPARSEABLE)
 
         # Per UID triple in turn (its digest is read once), objects of different triples at once.
         by_uids: dict[tuple[str, str, str], list[_Probe]] = {}
@@ -365,7 +381,7 @@ class FailedObjectFinder:
 
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
             list(pool.map(judge_group, by_uids.values()))
-        conflicts = [p for p in candidates if p.fate is not None and p.fate.reason == UID_CONFLICT]
+        conflicts = [p for p in candidates if p.fate is not None and p.fate.reason in (UID_CONFLICT, UNPARSEABLE)]
         if unexplained is not None and len(conflicts) > unexplained:
             # More differ than the API says failed: the comparison cannot be trusted for them.
             for probe in conflicts:

@@ -168,12 +168,14 @@ class Poller:
             manifest = self._gcs.read(self._s.state_bucket, name)
             entries.extend(manifest.data.get("objects", []) if manifest else [])
         counters = status.counters
-        imported = [e for e in entries if not e.get("held")]
-        if status.error is None and counters.failure == 0 and counters.success >= len(imported) \
-                and len(imported) == len(entries):
+        imported = sum(1 for e in entries if not e.get("held"))
+        # The counter covers every object only when it counted as many as were imported (an
+        # import with failed items ends with an error too, so the error alone says nothing).
+        complete = counters.success + counters.failure == imported
+        if complete and counters.failure == 0 and imported == len(entries):
             accounting = Accounting([Fate(str(e["uri"]), LANDED) for e in entries])  # nothing to look at
         else:
-            accounting = self._finder.account(entries, api_failures=None if status.error else counters.failure)
+            accounting = self._finder.account(entries, api_failures=counters.failure if complete else None)
         if accounting.failed or accounting.undecided:
             # The receipt holds the whole lists, so exactly these files can be redriven.
             failed = accounting.failed
