@@ -156,7 +156,8 @@ def read_uids(data: bytes) -> tuple[str, str, str] | None:
     return uids if all(uids) else None
 
 
-_NUMBERS = {"IS": re.compile(r"[+-]?[0-9]+"), "DS": re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")}
+_NUMBERS = {"IS": re.compile(r"[+-]?[0-9]+"),
+            "DS": re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")}
 
 
 def attributes_readable(data: bytes) -> bool:
