@@ -547,7 +547,8 @@ def test_schema_and_parser_agree_on_random_requests(seed: int) -> None:
 def test_object_counts_and_fates_belong_to_imports_and_redrives_only() -> None:
     fate = {"object": "gs://up/a.dcm", "reason": "NOT_DICOM", "message": "not DICOM"}
     event = {"eventId": "op-1", "kind": "import", "state": "SUCCEEDED_WITH_ERRORS",
-             "operation": f"{DATASET}/operations/1", "dicomStore": STORE, "counters": {"success": 1, "failure": 1, "pending": 0},
+             "operation": f"{DATASET}/operations/1", "dicomStore": STORE,
+             "counters": {"success": 1, "failure": 1, "pending": 0},
              "objects": {"total": 2, "landed": 1, "failed": 1, "undecided": 0, "countersAgree": True},
              "failedObjects": ["gs://up/a.dcm"], "failedObjectsTotal": 1, "failures": [fate]}
     assert errors("completion-event.v1", event) == []
