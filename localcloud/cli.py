@@ -180,7 +180,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     else:
         for line in ingest.render_summary(result):
             print(line)
-    return 0 if result.ok else 1
+    for warning in ingest.warnings_for(result):
+        print(warning, file=sys.stderr)
+    return ingest.exit_code(result, strict=args.strict)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -214,7 +216,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if result.repeated:  # stdout carries only the event
             print(export_cli.render_result(result, label)[0], file=sys.stderr)
         _print_json(result.event)
-    return 0 if result.ok else 1
+    for warning in export_cli.warnings_for(result):
+        print(warning, file=sys.stderr)
+    return export_cli.exit_code(result, strict=getattr(args, "strict", False))
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
@@ -324,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_parser.add_argument("--timeout", type=_positive, default=ingest.DEFAULT_TIMEOUT_SECONDS,
                                metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
     ingest_parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    ingest_parser.add_argument("--strict", action="store_true",
+                               help="exit 4 when there was nothing to import (every file skipped, or none)")
     state_dir(ingest_parser)
 
     def selectors(sub: argparse.ArgumentParser, required: bool) -> None:
@@ -346,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--timeout", type=_positive, default=export_cli.DEFAULT_TIMEOUT_SECONDS,
                                metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
     export_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
+    export_parser.add_argument("--strict", action="store_true",
+                               help="exit 4 when the selection matched nothing (SUCCEEDED with 0 instances)")
     state_dir(export_parser)
 
     class_parser = command("storage-class", cmd_export, "move the selected instances (no selector: the whole "
@@ -358,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     class_parser.add_argument("--timeout", type=_positive, default=export_cli.DEFAULT_TIMEOUT_SECONDS,
                               metavar="SECONDS", help="give up waiting after this long (default %(default)s)")
     class_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
+    class_parser.add_argument("--strict", action="store_true",
+                              help="exit 4 when the selection matched nothing (SUCCEEDED with 0 instances)")
     state_dir(class_parser)
 
     redrive_parser = command("redrive", cmd_redrive, "re-import the objects a failed import's receipt names "
