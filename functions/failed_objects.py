@@ -295,10 +295,6 @@ class FailedObjectFinder:
             self._compare(candidates, None if api_failures is None else api_failures - named)
         return Accounting([p.fate or Fate(p.source.uri, UNDECIDED, UNREADABLE) for p in probes])
 
-    def find(self, entries: Sequence[dict[str, Any]]) -> list[str]:
-        """The `uri` of every entry that did not land or is undecided, in manifest order."""
-        return [f.uri for f in self.account(entries, api_failures=None).fates if f.outcome != LANDED]
-
     # -- steps 1 and 2 ---------------------------------------------------------------------------
     def _probe(self, entry: dict[str, Any]) -> _Probe:
         source = _source(entry)
