@@ -14,6 +14,7 @@ cannot fix stay named with what to do.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from collections import Counter
@@ -28,6 +29,7 @@ from pydicom.data import get_testdata_files
 from pydicom.uid import generate_uid
 
 from functions.failed_objects import attributes_readable, read_uids
+from functions.redrive import Redriver
 from tests import dicom_factory
 from tests.integration.harness import Deployment, clear_faults, deliver_all, distinct, pubsub_message
 
@@ -61,9 +63,12 @@ def _stored_bytes(d: Deployment, uids: tuple[str, str, str]) -> bytes | None:
 
 def _receipts(d: Deployment) -> list[dict[str, Any]]:
     bucket = d.storage_client.bucket(d.settings.state_bucket)
-    import json
-
     return [json.loads(bucket.blob(name).download_as_bytes()) for name in d.state_objects("receipts/")]
+
+
+def _manifests(d: Deployment) -> list[dict[str, Any]]:
+    bucket = d.storage_client.bucket(d.settings.state_bucket)
+    return [json.loads(bucket.blob(name).download_as_bytes()) for name in d.state_objects("manifests/")]
 
 
 def _import(d: Deployment, files: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -130,6 +135,14 @@ def test_every_pydicom_test_file_is_stored_as_itself_or_named_with_its_reason(d:
     assert reasons["UID_CONFLICT"] >= 3 and reasons["NOT_DICOM"] >= 10, reasons
     failures_total = sum(e["counters"]["failure"] for e in events)
     assert failures_total == len(failures)
+    # The emulator's per-file error entries (Google's ImportDicomLogEntry) name the same objects.
+    staged = {entry.get("staged") or entry["uri"]: entry["uri"] for manifest in _manifests(d)
+              for entry in manifest.get("objects", [])}
+    for event in events:
+        op_id = event["operation"].rsplit("/", 1)[1]
+        entries = d.emulator(f"operations/{op_id}/logs")["entries"]
+        logged = {staged.get(e["jsonPayload"]["source"], e["jsonPayload"]["source"]) for e in entries}
+        assert logged == set(event.get("failedObjects", [])), event["eventId"]
     if os.environ.get("ACCOUNTING_TABLE"):
         _write_table(Path(os.environ["ACCOUNTING_TABLE"]), outcomes, failures)
 
@@ -144,8 +157,6 @@ def test_every_pydicom_test_file_is_stored_as_itself_or_named_with_its_reason(d:
     renamed.save_as(fixed, enforce_file_format=True)
     bucket.blob(conflict.split("/", 3)[3]).upload_from_string(fixed.getvalue())
 
-    from functions.redrive import Redriver
-
     redriver = Redriver.from_deps(d.deps)
     receipts = [e for e in events if e.get("failedObjects")]
     actions = [redriver.handle(pubsub_message(
@@ -156,7 +167,7 @@ def test_every_pydicom_test_file_is_stored_as_itself_or_named_with_its_reason(d:
     assert len(redriven) == len(receipts)
     started = [e for e in redriven if "operation" in e]
     _check_counts(started)
-    assert _stored_bytes(d, read_uids(dicom_factory_bytes(d, not_dicom))) is not None  # type: ignore[arg-type]
+    assert _stored_bytes(d, read_uids(_current_bytes(d, not_dicom))) is not None  # type: ignore[arg-type]
     assert _stored_bytes(d, read_uids(fixed.getvalue())) == fixed.getvalue()  # type: ignore[arg-type]
     # Conflicts that nobody fixed are not imported again: each stays named with what to do.
     for receipt in receipts:
@@ -174,7 +185,7 @@ def test_every_pydicom_test_file_is_stored_as_itself_or_named_with_its_reason(d:
         1 for e in started for f in e.get("failures", []) if f["reason"] in held)
 
 
-def dicom_factory_bytes(d: Deployment, uri: str) -> bytes:
+def _current_bytes(d: Deployment, uri: str) -> bytes:
     return d.storage_client.bucket(d.upload_bucket).blob(uri.split("/", 3)[3]).download_as_bytes()
 
 
