@@ -15,6 +15,10 @@ Decisions:
   else SUCCEEDED. An `error` without a code (proto3 omits 0) or with a garbage code is FAILED.
 - Counters come out as ints. The API sends int64 as strings and leaves out zeros; a missing,
   negative or unparsable counter is 0.
+- `objects` (import, redrive) counts the job's objects as the poller judged them
+  (functions.failed_objects): landed + failed + undecided = total; `countersAgree` says whether
+  that matches the API's counters. `failures` and `undecidedObjects` give each named object's
+  reason, under the same cap as `failedObjects` (decision 0721).
 - Times are passed through when they are RFC 3339; `durationSeconds` is `endTime - createTime`
   rounded to milliseconds, left out if either is missing or unparsable, never negative.
 - Optional keys are left out rather than null. Key order is fixed (the order of docs/contracts.md), JSON
