@@ -136,21 +136,43 @@ def read_header(data: bytes, *, complete: bool) -> Header:
         return Header(need_more=True) if not complete else Header(reason=NOT_DICOM)
     if data[128:132] != b"DICM":
         return Header(reason=NOT_DICOM)
-    uids = read_uids(data)
+    uids = read_uids(data, complete=complete)
     if uids is not None:
         return Header(uids=uids)
     return Header(reason=UNPARSEABLE) if complete else Header(need_more=True)
 
 
-def read_uids(data: bytes) -> tuple[str, str, str] | None:
-    """(study, series, instance) UIDs of a DICOM Part 10 byte string (or its beginning); None if
-    they cannot be read from it."""
-    from pydicom import dcmread  # lazy: only the poller's accounting needs it
+_LAST_UID_TAG = 0x0020000E  # SeriesInstanceUID: the last of the three in tag order
+
+
+class _Prefix(io.BytesIO):
+    """The beginning of a longer object: a read that runs past it raises instead of coming back
+    short (pydicom would take a cut value for the whole one)."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if size is not None and size > 0 and len(data) < size:
+            raise EOFError("the read beginning of the object ends here")
+        return data
+
+
+def read_uids(data: bytes, *, complete: bool = True) -> tuple[str, str, str] | None:
+    """(study, series, instance) UIDs of a DICOM Part 10 byte string; None if they cannot be read
+    from it. With `complete=False`, `data` is the beginning of a longer object: UIDs are returned
+    only when they end inside it."""
+    from pydicom.filereader import read_partial  # lazy: only the poller's accounting needs it
+
+    def past_uids(tag: int, _vr: str | None, _length: int) -> bool:
+        return tag > _LAST_UID_TAG
 
     try:
-        dataset = dcmread(io.BytesIO(data), stop_before_pixels=True, defer_size=1024,
-                          specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
-        uids = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid values are judged elsewhere
+            dataset = read_partial(io.BytesIO(data) if complete else _Prefix(data), stop_when=past_uids,
+                                   defer_size=1024,
+                                   specific_tags=[0x0020000D, 0x0020000E, 0x00080018])
+            uids = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID),
+                    str(dataset.SOPInstanceUID))
     except Exception:  # noqa: BLE001 - any parser failure means "cannot be read from these bytes"
         return None
     return uids if all(uids) else None

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.events import STORAGE_FINALIZED, StorageObjectEvent
-from functions.failed_objects import digest, read_uids
+from functions.failed_objects import HEADER_LIMIT, digest, read_uids
 from functions.gcs import Gcs
 from functions.gcs_wildcards import api_wildcard_match
 from functions.healthcare import HealthcareClient
@@ -171,7 +171,8 @@ def classify(bucket: str, name: str, generation: int, size: int, settings: Setti
 def local_uids(path: Path) -> tuple[str, str, str] | None:
     try:
         with path.open("rb") as file:
-            return read_uids(file.read(4 * 1024 * 1024))  # the header, however large the file
+            head = file.read(HEADER_LIMIT)  # the header, however large the file
+        return read_uids(head, complete=len(head) < HEADER_LIMIT)
     except OSError:
         return None
 

@@ -132,6 +132,15 @@ def test_the_digest_skips_the_file_meta_group_however_the_stream_is_cut(chunk: i
     assert fo.digest([data], 10) is None
 
 
+def test_a_beginning_cut_inside_a_uid_never_gives_a_shortened_uid() -> None:
+    data = dicom_factory.instance()
+    full = fo.read_uids(data)
+    assert full is not None
+    found = {cut: fo.read_uids(data[:cut], complete=False) for cut in range(132, len(data))}
+    assert {uids for uids in found.values() if uids is not None} <= {full}
+    assert found[len(data) - 1] == full  # the UIDs come before the pixel data: a prefix suffices
+
+
 def test_header_rules() -> None:
     data = dicom_factory.instance()
     assert fo.read_header(data, complete=True).uids is not None
