@@ -169,10 +169,11 @@ class Poller:
             entries.extend(manifest.data.get("objects", []) if manifest else [])
         counters = status.counters
         imported = sum(1 for e in entries if not e.get("held"))
-        # The counter covers every object only when it counted as many as were imported (an
-        # import with failed items ends with an error too, so the error alone says nothing).
-        complete = counters.success + counters.failure == imported
-        if complete and counters.failure == 0 and imported == len(entries):
+        # The counter covers every object only when it counted at least as many as were imported
+        # (a wildcard may also read older objects; an import with failed items ends with an
+        # error too, so the error alone says nothing).
+        complete = counters.success + counters.failure >= imported
+        if complete and counters.failure == 0 and status.error is None and imported == len(entries):
             accounting = Accounting([Fate(str(e["uri"]), LANDED) for e in entries])  # nothing to look at
         else:
             accounting = self._finder.account(entries, api_failures=counters.failure if complete else None)
