@@ -9,6 +9,7 @@ Runs, each in its own interpreter so that one failing does not stop the others:
   bench.cold_start        what importing main.py adds to a bare functions-framework import
   bench.poller_scale      one poller run with 1,000 tracked operations in flight
   bench.export_request    validating an export request of 100,000 paths
+  bench.accounting        pydicom's test files: what judging every object of an import costs
   bench.local_stack       start-up of the local cloud, and the demo end to end
   bench.chaos             10,000 files (--quick: 1,000) through the local cloud while instances
                           are SIGKILLed and the API answers 429/503; checks nothing is lost
@@ -33,6 +34,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("bench.cold_start", [], ["--runs", "5"]),
     ("bench.poller_scale", [], ["--operations", "300"]),
     ("bench.export_request", [], ["--runs", "3"]),
+    ("bench.accounting", [], []),
     ("bench.local_stack", [], ["--starts", "1"]),
     ("bench.chaos", [], ["--quick"]),
 ]

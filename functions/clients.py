@@ -81,8 +81,8 @@ class ObjectStore(Protocol):
         ...
 
     def download(self, bucket: str, name: str, *, generation: int | None = None,
-                 end: int | None = None) -> bytes:
-        """Object bytes (the first `end + 1` bytes when `end` is given)."""
+                 start: int = 0, end: int | None = None) -> bytes:
+        """Object bytes from `start` (through `end` when given, inclusive; fewer at the object's end)."""
         ...
 
     def open_writer(self, bucket: str, name: str, content_type: str = "text/plain") -> Any:
@@ -121,6 +121,11 @@ class HealthcareApi(Protocol):
 
     def instance_exists(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
         """True when the store holds the instance."""
+        ...
+
+    def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Iterator[bytes]:
+        """WADO-RS: the stored instance as the store holds it (`transfer-syntax=*`), in chunks.
+        A missing instance raises `ApiError` with status 404."""
         ...
 
 

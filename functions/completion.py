@@ -15,6 +15,10 @@ Decisions:
   else SUCCEEDED. An `error` without a code (proto3 omits 0) or with a garbage code is FAILED.
 - Counters come out as ints. The API sends int64 as strings and leaves out zeros; a missing,
   negative or unparsable counter is 0.
+- `objects` (import, redrive) counts the job's objects as the poller judged them
+  (functions.failed_objects): landed + failed + undecided = total; `countersAgree` says whether
+  that matches the API's counters. `failures` and `undecidedObjects` give each named object's
+  reason, under the same cap as `failedObjects` (decision 0721).
 - Times are passed through when they are RFC 3339; `durationSeconds` is `endTime - createTime`
   rounded to milliseconds, left out if either is missing or unparsable, never negative.
 - Optional keys are left out rather than null. Key order is fixed (the order of docs/contracts.md), JSON
@@ -54,8 +58,8 @@ _RFC3339 = re.compile(
 )
 _KEY_ORDER = (
     "eventId", "kind", "state", "operation", "dicomStore", "source", "destination", "requestId",
-    "redriveOf", "counters", "createTime", "endTime", "durationSeconds", "logsUrl", "error", "failedObjects",
-    "failedObjectsTotal", "reason",
+    "redriveOf", "counters", "objects", "createTime", "endTime", "durationSeconds", "logsUrl", "error",
+    "failedObjects", "failedObjectsTotal", "failures", "undecidedObjects", "undecidedObjectsTotal", "reason",
 )  # fmt: skip
 
 
@@ -72,6 +76,11 @@ class TrackedOperation:
     failed_objects: tuple[str, ...] = ()  # import: objects that did not land (may be partial)
     failed_objects_total: int = 0  # how many did not land in all
     redrive_of: str | None = None  # redrive: the operation whose receipt it re-imports
+    # import: {"object", "reason", "message"} per failed object (the order of failed_objects) and
+    # per undecided one; None: the objects were not accounted (no manifest)
+    failures: tuple[dict[str, str], ...] = ()
+    undecided: tuple[dict[str, str], ...] = ()
+    objects: ObjectCounts | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "dicomStore": self.dicom_store}
@@ -106,6 +115,26 @@ class TrackedOperation:
             failed_objects_total=int(data.get("failedObjectsTotal") or 0),
             redrive_of=data.get("redriveOf"),
         )
+
+
+@dataclass(frozen=True)
+class ObjectCounts:
+    """The objects of an import job (its manifest): each landed, failed or undecided."""
+
+    total: int
+    landed: int
+    failed: int
+    undecided: int
+    held_back: int = 0  # redrive: failed objects it did not import again (their reason still holds)
+
+    def to_dict(self, counters: Counters) -> dict[str, Any]:
+        out: dict[str, Any] = {"total": self.total, "landed": self.landed, "failed": self.failed,
+                               "undecided": self.undecided}
+        if self.held_back:
+            out["heldBack"] = self.held_back
+        out["countersAgree"] = (self.undecided == 0 and self.landed == counters.success
+                                and self.failed - self.held_back == counters.failure)
+        return out
 
 
 @dataclass(frozen=True)
@@ -230,6 +259,8 @@ def completion_payload(
         "requestId": record.request_id or None,
         "redriveOf": record.redrive_of if kind == "redrive" else None,
         "counters": status.counters.to_dict(),
+        "objects": (record.objects.to_dict(status.counters)
+                    if record.objects is not None and kind in ("import", "redrive") else None),
         "createTime": status.create_time,
         "endTime": status.end_time,
         "durationSeconds": status.duration_seconds,
@@ -241,6 +272,12 @@ def completion_payload(
         if record.failed_objects and failed_objects_cap > 0:
             event["failedObjects"] = list(record.failed_objects[:failed_objects_cap])
         event["failedObjectsTotal"] = total
+        if record.failures and failed_objects_cap > 0:
+            event["failures"] = [dict(f) for f in record.failures[:failed_objects_cap]]
+    if record.undecided and kind in ("import", "redrive"):
+        if failed_objects_cap > 0:
+            event["undecidedObjects"] = [dict(f) for f in record.undecided[:failed_objects_cap]]
+        event["undecidedObjectsTotal"] = len(record.undecided)
     return _ordered(event)
 
 

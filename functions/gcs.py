@@ -137,10 +137,15 @@ class Gcs:
             token, _, _ = target.rewrite(source, token=token, timeout=self._timeout, retry=DEFAULT_RETRY)
 
     def download(self, bucket: str, name: str, *, generation: int | None = None,
-                 end: int | None = None) -> bytes:
-        """Object bytes (the first `end + 1` bytes when `end` is given)."""
+                 start: int = 0, end: int | None = None) -> bytes:
+        """Object bytes from `start` (through `end` when given, inclusive): a Range read, so a
+        bounded part of a huge object costs only that part."""
         blob = self._blob(bucket, name, generation)
-        data: bytes = blob.download_as_bytes(end=end, timeout=self._timeout, retry=DEFAULT_RETRY)
+        try:
+            data: bytes = blob.download_as_bytes(start=start or None, end=end, timeout=self._timeout,
+                                                 retry=DEFAULT_RETRY)
+        except gexc.RequestRangeNotSatisfiable:
+            return b""  # `start` at or past the end of the object
         return data
 
     def open_writer(self, bucket: str, name: str, content_type: str = "text/plain") -> Any:

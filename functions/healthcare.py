@@ -155,6 +155,30 @@ class HealthcareClient:
             raise
 
 
+    def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Iterator[bytes]:
+        """WADO-RS RetrieveInstance as stored (`application/dicom; transfer-syntax=*`), streamed in
+        1 MiB chunks; a missing instance raises `ApiError` with status 404."""
+        url = f"{self._base}/v1/{self._store}/dicomWeb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+
+        def once() -> requests.Response:
+            response = self._session.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"},
+                                         stream=True, timeout=self._timeout)
+            if response.status_code >= 400:
+                response.close()
+                raise _error(response, self._store)
+            return response
+
+        try:
+            opened: requests.Response = self._retry(once)()
+        except RetryError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApiError):
+                raise cause from exc
+            raise TransientApiError(503, f"{type(cause).__name__}: {cause}", resource=self._store) from exc
+        with opened:
+            yield from opened.iter_content(chunk_size=1024 * 1024)
+
+
 def _error(response: requests.Response, resource: str) -> Exception:
     try:
         error = response.json().get("error", {})

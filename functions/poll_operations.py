@@ -18,7 +18,7 @@ from typing import Any
 from functions import completion
 from functions.batching import WindowBatcher
 from functions.clients import EventPublisher, HealthcareApi, ObjectStore
-from functions.failed_objects import FailedObjectFinder
+from functions.failed_objects import LANDED, Accounting, FailedObjectFinder, Fate
 from functions.jobs import Job, JobQueue, StartedOperation
 from functions.log import fields
 from functions.settings import Settings
@@ -130,25 +130,30 @@ class Poller:
     def _finish(self, started: StartedOperation, operation: dict[str, Any]) -> str:
         status = completion.parse_operation(operation)
         job = started.job
-        failed: list[str] = []
-        if job.kind == "import" and job.manifest and (status.counters.failure > 0 or status.error is not None):
-            failed = self._failed_objects(started)
+        accounting = self._account(started, status) if job.kind == "import" and job.manifest else None
+        failed = accounting.failed if accounting else []
+        undecided = accounting.undecided if accounting else []
         record = completion.TrackedOperation(
             name=started.name, kind="redrive" if job.redrive_of else job.kind, dicom_store=self._s.dicom_store,
             request_id=job.request_id, source=job.import_uri if job.kind == "import" else None,
             destination=job.destination if job.kind == "export" else None,
-            failed_objects=tuple(failed), failed_objects_total=len(failed), redrive_of=job.redrive_of or None)
+            failed_objects=tuple(f.uri for f in failed), failed_objects_total=len(failed),
+            redrive_of=job.redrive_of or None, failures=tuple(f.to_dict() for f in failed),
+            undecided=tuple(f.to_dict() for f in undecided),
+            objects=completion.ObjectCounts(accounting.objects, accounting.landed, len(failed), len(undecided),
+                                            accounting.held_back) if accounting else None)
         data, attributes = completion.build_completion_event(operation, record,
                                                              failed_objects_cap=self._s.failed_objects_cap)
         self._publisher.publish(data, attributes)
         self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{started.operation_id}.json"), data)
-        if not failed and status.error is None:
+        if not failed and not undecided and status.error is None:
             self._clean_up(started)
         self._queue.forget(started)
         logger.info("operation finished", extra=fields(operation=started.name, kind=job.kind,
                                                        state=attributes.get("state"), event=attributes.get("eventId"),
                                                        success=status.counters.success,
-                                                       failure=status.counters.failure, failed_objects=len(failed)))
+                                                       failure=status.counters.failure, failed_objects=len(failed),
+                                                       undecided_objects=len(undecided)))
         return attributes["eventId"]
 
     def _manifests(self, job: Job) -> list[str]:
@@ -156,18 +161,31 @@ class Poller:
         stem = job.manifest.removesuffix(".json")
         return [info.name for info in self._gcs.list(self._s.state_bucket, f"{stem}.")]
 
-    def _failed_objects(self, started: StartedOperation) -> list[str]:
+    def _account(self, started: StartedOperation, status: completion.OperationStatus) -> Accounting:
+        """The fate of each object of the job (functions.failed_objects); a receipt when some did not land."""
         entries: list[dict[str, Any]] = []
         for name in self._manifests(started.job):
             manifest = self._gcs.read(self._s.state_bucket, name)
             entries.extend(manifest.data.get("objects", []) if manifest else [])
-        failed = self._finder.find(entries)
-        if failed:
-            # The receipt holds the whole list, so exactly these files can be redriven.
+        counters = status.counters
+        imported = sum(1 for e in entries if not e.get("held"))
+        # The counter covers every object only when it counted at least as many as were imported
+        # (a wildcard may also read older objects; an import with failed items ends with an
+        # error too, so the error alone says nothing).
+        complete = counters.success + counters.failure >= imported
+        if complete and counters.failure == 0 and status.error is None and imported == len(entries):
+            accounting = Accounting([Fate(str(e["uri"]), LANDED) for e in entries])  # nothing to look at
+        else:
+            accounting = self._finder.account(entries, api_failures=counters.failure if complete else None)
+        if accounting.failed or accounting.undecided:
+            # The receipt holds the whole lists, so exactly these files can be redriven.
+            failed = accounting.failed
             self._gcs.write(self._s.state_bucket, self._s.state_path("receipts", f"{started.operation_id}.json"),
                             {"operation": started.name, "batch": started.job.request_id,
-                             "failedObjects": failed, "failedObjectsTotal": len(failed)})
-        return failed
+                             "failedObjects": [f.uri for f in failed], "failedObjectsTotal": len(failed),
+                             "failures": [f.to_dict() for f in failed],
+                             "undecidedObjects": [f.to_dict() for f in accounting.undecided]})
+        return accounting
 
     def _clean_up(self, started: StartedOperation) -> None:
         job = started.job

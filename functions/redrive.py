@@ -1,5 +1,11 @@
 """Redrive: re-import exactly the objects of a failed import's receipt that are still not in the store.
 
+Each object the receipt names (failed or undecided) is judged again as the poller judges it
+(functions.failed_objects): one whose own instance is stored now is left alone; one that would
+fail the same way again (a UID conflict with the stored instance, a file still not DICOM or
+unparseable) is held back: not imported, but named with its reason in the redrive's completion
+event, so the user knows to delete the stored instance or fix the file first.
+
 A message on the export-requests topic, `{"action": "redrive", "receipt": "...", "requestId": "..."}`,
 names a receipt (`receipts/{operation id}.json`, written by the poller for an import with failed
 objects). The objects still missing from the store are staged (server-side copies of their
@@ -19,14 +25,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from functions.batching import Upload, WindowBatcher
 from functions.completion import redrive_noop_event, rejected_event
 from functions.errors import InvalidExportRequestError
 from functions.events import PubsubMessage
 from functions.export_request import decode_request_object, is_valid_request_id, short_hash
-from functions.failed_objects import FailedObjectFinder
+from functions.failed_objects import (
+    FAILED,
+    LANDED,
+    MESSAGES,
+    NOT_DICOM,
+    UID_CONFLICT,
+    UNPARSEABLE,
+    FailedObjectFinder,
+    Fate,
+)
 from functions.gcs import Gcs
 from functions.healthcare import HealthcareClient
 from functions.jobs import Job, JobQueue
@@ -103,6 +118,36 @@ def operation_id_of(receipt: str) -> str:
     return operation_id
 
 
+# Reasons a redrive does not import an object again: the same bytes would fail the same way.
+HELD_REASONS = (UID_CONFLICT, NOT_DICOM, UNPARSEABLE)
+
+
+def _receipt_objects(receipt: dict[str, Any]) -> list[str]:
+    """Every object a receipt names: the failed ones, then the undecided ones, each once."""
+    undecided = [u.get("object") for u in receipt.get("undecidedObjects") or [] if isinstance(u, dict)]
+    seen: dict[str, None] = {}
+    for uri in [*(receipt.get("failedObjects") or []), *undecided]:
+        if isinstance(uri, str) and uri.startswith("gs://"):
+            seen.setdefault(uri, None)
+    return list(seen)
+
+
+def nothing_reason(listed: int, gone: list[str], held: list[Fate]) -> str:
+    """Why a redrive starts nothing, and what to do about the objects it held back."""
+    stored = listed - len(gone) - len(held)
+    if stored == listed:
+        return f"all {listed} objects of the receipt are in the store; nothing to redrive"
+    parts = [f"{stored} of the receipt's {listed} objects are in the store"]
+    if gone:
+        parts.append(f"{len(gone)} no longer exist in Cloud Storage")
+    for reason in HELD_REASONS:
+        names = [f.uri for f in held if f.reason == reason]
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{len(names)} held back as {reason} ({shown}): {MESSAGES[reason]}")
+    return "; ".join(parts) + "; nothing to redrive"
+
+
 @dataclass(frozen=True)
 class RedriveOutcome:
     action: str  # started | queued | nothing | duplicate | rejected
@@ -154,22 +199,23 @@ class Redriver:
             # An earlier attempt of this message started the import and died before saying so.
             self._record(key, message, request, claimed_at, job_id)
             return RedriveOutcome("duplicate", job_id)
-        listed = [str(uri) for uri in receipt.data.get("failedObjects", []) if str(uri).startswith("gs://")]
-        missing = self._finder.find([{"uri": uri} for uri in listed])
-        uploads, gone = self._current(missing)
+        listed = _receipt_objects(receipt.data)
+        fates = self._finder.account([{"uri": uri} for uri in listed], api_failures=None).fates
+        # A UID conflict, a file that is still not DICOM or unparseable would only fail again:
+        # those stay named (held back, with their reason) and are not imported.
+        held = [f for f in fates if f.outcome == FAILED and f.reason in HELD_REASONS]
+        uploads, gone = self._current([f.uri for f in fates if f.outcome != LANDED and f not in held])
         if not uploads:
             # Nothing started: free the request id, so the same request later gets the same answer.
             self._gcs.delete(self._s.state_bucket, self._claim_path(key))
-            reason = (f"all {len(listed)} objects of the receipt are in the store; nothing to redrive" if not gone
-                      else f"{len(listed) - len(gone)} objects of the receipt are in the store and {len(gone)} "
-                           "no longer exist in Cloud Storage; nothing to redrive")
-            return self._nothing(message, request, original, reason)
+            return self._nothing(message, request, original, nothing_reason(len(listed), gone, held))
         # Deterministic names: a retry after a crash stages onto the same copies and writes the
         # same job, which the queue takes only once.
         staging_prefix = self._s.state_path("staging", job_id) + "/"
         entries = self._batcher.stage(uploads, staging_prefix)
         manifest = self._s.state_path("manifests", f"{job_id}.json")
-        self._gcs.write(self._s.state_bucket, manifest, {"objects": entries})
+        held_entries = [{"uri": f.uri, "held": f.reason} for f in held]
+        self._gcs.write(self._s.state_bucket, manifest, {"objects": [*entries, *held_entries]})
         job = Job(job_id=job_id, kind="import", request_id=request.request_id or message.message_id,
                   created_at=claimed_at, import_uri=f"gs://{self._s.state_bucket}/{staging_prefix}**",
                   manifest=manifest, object_count=len(entries), staging_prefix=staging_prefix,
@@ -177,7 +223,8 @@ class Redriver:
         result = self._queue.submit(job)
         self._record(key, message, request, claimed_at, job_id)
         logger.info("redrive accepted", extra=fields(redrive_of=original, job=job_id, objects=len(entries),
-                                                     gone=len(gone), operation=result.started, queued=result.queued))
+                                                     gone=len(gone), held_back=len(held), operation=result.started,
+                                                     queued=result.queued))
         return RedriveOutcome("started" if result.started else "queued", result.started or job_id)
 
     def _claim_path(self, key: str) -> str:

@@ -101,6 +101,35 @@ class ExportResult:
         return self.state == SUCCEEDED
 
 
+EXIT_OK = 0
+EXIT_FAILED = 1  # the event is not SUCCEEDED
+EXIT_PENDING = 3  # no completion event before the timeout
+EXIT_NOTHING = 4  # --strict: SUCCEEDED, but the selection matched no instance
+
+
+def matched_nothing(result: ExportResult) -> bool:
+    """SUCCEEDED with zero instances: a selection (a typo'd resource path, say) that matched nothing."""
+    counters = (result.event or {}).get("counters") or {}
+    return result.state == SUCCEEDED and not counters.get("success") and not counters.get("failure")
+
+
+def warnings_for(result: ExportResult) -> list[str]:
+    """What a user should hear about even when the request succeeded."""
+    if matched_nothing(result):
+        return ["warning: the selection matched no instance (check the resource paths, query or SQL)"]
+    return []
+
+
+def exit_code(result: ExportResult, *, strict: bool = False) -> int:
+    """The command's exit status: 0 SUCCEEDED, 1 any other state, 3 no event before the timeout,
+    4 with `strict` when the selection matched nothing."""
+    if result.event is None:
+        return EXIT_PENDING
+    if not result.ok:
+        return EXIT_FAILED
+    return EXIT_NOTHING if strict and matched_nothing(result) else EXIT_OK
+
+
 def run_export(cloud: Connection, request: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
                reporter: Reporter | None = None) -> ExportResult:
     """Publishes `request` (built by `build_request`) and waits for its completion event."""

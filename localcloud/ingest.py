@@ -21,11 +21,18 @@ import operations (and completion events) an upload causes is not known up front
 3. The events are collected from a private subscription opened before the upload (see
    `localcloud.connect`), drained once more after the quiet check.
 
-Then each expected object is looked up in the store by its UIDs (read from the local file with
-pydicom; QIDO-RS on study, series and SOP Instance UID). `imported` counts the expected objects
-found, `failed` lists the others (the import events name them in `failedObjects`; a file that is
-not DICOM cannot be found at all), `skipped` the ignored ones. At the timeout, whatever is not
-stored counts as failed.
+Then each expected object gets its outcome, the way the poller decides it
+(`functions.failed_objects`): *imported* when the store holds its very instance (its UIDs, read
+from the local file, are found by QIDO-RS and the stored instance's data set has the file's
+SHA-256; the same UIDs with other content are not this file's), *failed* when an import event
+names it (`failures`, with the reason), *undecided* when an event says its fate is unknown, or
+when the work is done and it is neither stored as itself nor named. At the timeout, objects with
+none of these outcomes yet are *pending*, not failed. `instances` is how many distinct instances
+the imported files make in the store (identical copies of one file are one instance).
+
+Exit codes (`exit_code`): 0 everything imported; 1 some object failed or is undecided; 3 the
+timeout passed with objects pending; 4 (`--strict` only) nothing was there to import (every file
+skipped, or an empty folder). A warning says so without `--strict` too.
 
 Limits: "quiet" is store-wide, so another upload in flight at the same time delays the end of
 this one (never its result). Events belong to this ingest when they are import events of this
@@ -47,9 +54,10 @@ from pathlib import Path
 from typing import Any
 
 from functions.events import STORAGE_FINALIZED, StorageObjectEvent
-from functions.failed_objects import read_uids
+from functions.failed_objects import HEADER_LIMIT, digest, read_uids
 from functions.gcs import Gcs
 from functions.gcs_wildcards import api_wildcard_match
+from functions.healthcare import HealthcareClient
 from functions.selection import ignore_reason
 from functions.settings import Settings
 from functions.windows import object_key
@@ -57,6 +65,11 @@ from localcloud.connect import EventStream, LocalCloud
 from localcloud.progress import Reporter, aligned
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
+EXIT_OK = 0
+EXIT_FAILED = 1  # an object failed or is undecided
+EXIT_PENDING = 3  # the timeout passed with objects still in flight
+EXIT_NOTHING = 4  # --strict: nothing was there to import
+_COMPARE_LIMIT = 1024**3
 _THREADS = 8
 _POLL_SECONDS = 0.5
 _LISTED_NAMES = 10  # skipped/failed names shown in the human summary
@@ -71,6 +84,7 @@ class UploadedObject:
     size: int
     skip_reason: str | None  # None: the import function takes it
     uids: tuple[str, str, str] | None  # study, series, instance; None: not DICOM
+    digest: str | None = None  # data set SHA-256 (functions.failed_objects.digest) of a DICOM file
 
     @property
     def uri(self) -> str:
@@ -80,7 +94,7 @@ class UploadedObject:
 @dataclass
 class IngestResult:
     uploaded: int
-    imported: int
+    imported: int  # objects stored as themselves
     failed: list[str]
     skipped: list[str]
     operations: list[dict[str, Any]]
@@ -89,20 +103,51 @@ class IngestResult:
     skip_reasons: dict[str, str] = field(default_factory=dict)
     other_events: int = 0
     seconds: float = 0.0
+    instances: int = 0  # distinct instances the imported objects make in the store
+    failures: list[dict[str, str]] = field(default_factory=list)  # {"object", "reason", "message"} per failed
+    undecided: list[dict[str, str]] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # still in flight at the timeout
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.timed_out
+        return not self.failed and not self.undecided and not self.pending and not self.timed_out
+
+    @property
+    def nothing_to_import(self) -> bool:
+        return self.uploaded == len(self.skipped)
 
     def to_json(self) -> dict[str, Any]:
-        """The `--json` answer (issue 3): exactly these keys."""
+        """The `--json` answer. uploaded = imported + failed + undecided + pending + skipped."""
         return {
             "uploaded": self.uploaded,
             "imported": self.imported,
+            "instances": self.instances,
             "failed": list(self.failed),
+            "failures": list(self.failures),
+            "undecided": list(self.undecided),
+            "pending": list(self.pending),
             "skipped": list(self.skipped),
             "operations": list(self.operations),
         }
+
+
+def exit_code(result: IngestResult, *, strict: bool = False) -> int:
+    """The command's exit status (see the module docstring)."""
+    if result.failed or result.undecided:
+        return EXIT_FAILED
+    if result.pending or result.timed_out:
+        return EXIT_PENDING
+    if strict and result.nothing_to_import:
+        return EXIT_NOTHING
+    return EXIT_OK
+
+
+def warnings_for(result: IngestResult) -> list[str]:
+    """What a user should hear about even when nothing failed."""
+    if result.nothing_to_import:
+        return [f"warning: nothing to import: all {result.uploaded} files were skipped (ignored by design)"
+                if result.uploaded else "warning: nothing to import: the folder holds no files"]
+    return []
 
 
 def object_name(prefix: str, relative: str) -> str:
@@ -126,7 +171,18 @@ def classify(bucket: str, name: str, generation: int, size: int, settings: Setti
 
 def local_uids(path: Path) -> tuple[str, str, str] | None:
     try:
-        return read_uids(path.read_bytes())
+        with path.open("rb") as file:
+            head = file.read(HEADER_LIMIT)  # the header, however large the file
+        return read_uids(head, complete=len(head) < HEADER_LIMIT)
+    except OSError:
+        return None
+
+
+def local_digest(path: Path) -> str | None:
+    """The file's data set digest, compared with the stored instance's; None if unreadable."""
+    try:
+        with path.open("rb") as file:
+            return digest(iter(lambda: file.read(1024 * 1024), b""), _COMPARE_LIMIT)
     except OSError:
         return None
 
@@ -172,16 +228,26 @@ def describe_event(event: dict[str, Any]) -> str:
 
 def render_summary(result: IngestResult) -> list[str]:
     """The human summary after an ingest."""
+    distinct = f" ({result.instances} distinct)" if result.instances and result.instances != result.imported else ""
     lines = [aligned("uploaded", f"{result.uploaded} objects to {result.destination}"),
-             aligned("imported", f"{result.imported} instances stored")]
+             aligned("imported", f"{result.imported} instances stored{distinct}")]
     lines.append(aligned("skipped", f"{len(result.skipped)} objects (ignored by design)"))
     lines.extend(_listed(result.skipped, result.skip_reasons))
     if result.failed:
         lines.append(aligned("failed", f"{len(result.failed)} objects not imported"))
-        lines.extend(_listed(result.failed, {}))
+        lines.extend(_listed(result.failed, {f["object"]: f["reason"] for f in result.failures}))
+    if result.undecided:
+        lines.append(aligned("undecided", f"{len(result.undecided)} objects whose fate is unknown"))
+        lines.extend(_listed([u["object"] for u in result.undecided],
+                             {u["object"]: u["reason"] for u in result.undecided}))
+    if result.pending:
+        lines.append(aligned("pending", f"{len(result.pending)} objects still in flight at the timeout"))
+        lines.extend(_listed(result.pending, {}))
     lines.append(aligned("events", f"{len(result.operations)} import completion events"
                          + (f" ({result.other_events} others ignored)" if result.other_events else "")))
-    verdict = "timed out" if result.timed_out else ("with failures" if result.failed else "all imported")
+    verdict = ("with failures" if result.failed or result.undecided else
+               "timed out" if result.timed_out else
+               "nothing to import" if result.nothing_to_import else "all imported")
     lines.append(aligned("done", f"{verdict} in {result.seconds:.1f} s"))
     return lines
 
@@ -206,8 +272,9 @@ def upload(cloud: LocalCloud, files: Sequence[tuple[Path, str]], settings: Setti
         blob.upload_from_filename(str(path), content_type=content_type)
         generation, size = int(blob.generation or 0), int(blob.size or 0)
         reason = classify(cloud.upload_bucket, name, generation, size, settings)
+        uids = None if reason else local_uids(path)
         return UploadedObject(path=path, name=name, bucket=cloud.upload_bucket, generation=generation,
-                              size=size, skip_reason=reason, uids=None if reason else local_uids(path))
+                              size=size, skip_reason=reason, uids=uids, digest=local_digest(path) if uids else None)
 
     uploaded: list[UploadedObject] = []
     with reporter.bar("upload", len(files), "files") as bar, ThreadPoolExecutor(_THREADS) as pool:
@@ -239,10 +306,13 @@ class _Waiter:
         self.cloud = cloud
         self.gcs = cloud.gcs
         self.s = settings
+        self.healthcare = HealthcareClient(settings)
         self.expected = expected
         self.unseen = {object_key(o.bucket, o.name, o.generation): o for o in expected}
-        self.stored: set[str] = set()
-        self.named_failed: set[str] = set()
+        self.stored: set[str] = set()  # stored as themselves
+        self.other_content: set[str] = set()  # their UIDs are stored with other content
+        self.failures: dict[str, dict[str, str]] = {}  # uri -> {"object", "reason", "message"}
+        self.undecided: dict[str, dict[str, str]] = {}
         self.events: list[dict[str, Any]] = []
         self.event_ids: set[str] = set()
         self.other_events = 0
@@ -257,7 +327,11 @@ class _Waiter:
                 continue  # at-least-once delivery: the same event again
             self.event_ids.add(str(event.get("eventId")))
             self.events.append(event)
-            self.named_failed.update(event.get("failedObjects") or [])
+            reasons = {f.get("object"): f for f in event.get("failures") or []}
+            for uri in event.get("failedObjects") or []:
+                self.failures[uri] = reasons.get(uri) or {"object": uri, "reason": "", "message": ""}
+            for fate in event.get("undecidedObjects") or []:
+                self.undecided[str(fate.get("object"))] = fate
             self.on_event(event)
 
     def check_seen(self) -> None:
@@ -268,17 +342,29 @@ class _Waiter:
                 del self.unseen[key]
 
     def check_store(self, pool: ThreadPoolExecutor) -> None:
-        todo = [o for o in self.expected if o.uri not in self.stored and o.uids is not None]
-        for obj, found in zip(todo, pool.map(lambda o: self.cloud.instance_stored(*o.uids), todo), strict=True):
-            if found:
+        todo = [o for o in self.expected
+                if o.uri not in self.stored and o.uri not in self.other_content and o.uids is not None]
+        for obj, outcome in zip(todo, pool.map(self._stored_as_itself, todo), strict=True):
+            if outcome is True:
                 self.stored.add(obj.uri)
+            elif outcome is False:
+                self.other_content.add(obj.uri)  # the store never replaces an instance: final
+
+    def _stored_as_itself(self, obj: UploadedObject) -> bool | None:
+        """True: the store holds this file's instance; False: its UIDs with other content; None: neither yet."""
+        assert obj.uids is not None
+        if not self.cloud.instance_stored(*obj.uids):
+            return None
+        theirs = digest(self.healthcare.retrieve_instance(*obj.uids), _COMPARE_LIMIT)
+        return theirs is not None and theirs == obj.digest
 
     def quiet(self) -> bool:
         return not import_work_left(self.gcs, self.s)
 
     @property
     def accounted(self) -> int:
-        return len(self.stored) + len({o.uri for o in self.expected} & self.named_failed - self.stored)
+        named = set(self.failures) | set(self.undecided)
+        return len(self.stored) + len({o.uri for o in self.expected} & named - self.stored)
 
 
 def run_ingest(cloud: LocalCloud, root: Path, prefix: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
@@ -293,12 +379,12 @@ def run_ingest(cloud: LocalCloud, root: Path, prefix: str, *, timeout: float = D
         expected = [o for o in objects if o.skip_reason is None]
         waiter = _Waiter(cloud, settings, expected, lambda e: reporter.print(aligned("event", describe_event(e))))
         timed_out = _wait(waiter, stream, reporter, deadline=started + timeout)
-    failed = [o.uri for o in expected if o.uri not in waiter.stored]
     skipped = [o for o in objects if o.skip_reason is not None]
+    outcomes = outcomes_of(expected, waiter, timed_out=timed_out)
     return IngestResult(
         uploaded=len(objects),
         imported=len(waiter.stored),
-        failed=failed,
+        failed=[f["object"] for f in outcomes["failed"]],
         skipped=[o.uri for o in skipped],
         operations=waiter.events,
         timed_out=timed_out,
@@ -306,7 +392,31 @@ def run_ingest(cloud: LocalCloud, root: Path, prefix: str, *, timeout: float = D
         skip_reasons={o.uri: str(o.skip_reason) for o in skipped},
         other_events=waiter.other_events,
         seconds=time.monotonic() - started,
+        instances=len({o.uids for o in expected if o.uri in waiter.stored}),
+        failures=outcomes["failed"],
+        undecided=outcomes["undecided"],
+        pending=[f["object"] for f in outcomes["pending"]],
     )
+
+
+def outcomes_of(expected: Sequence[UploadedObject], waiter: _Waiter, *,
+                timed_out: bool) -> dict[str, list[dict[str, str]]]:
+    """Each expected object that is not stored as itself: failed, undecided or pending, in upload order."""
+    out: dict[str, list[dict[str, str]]] = {"failed": [], "undecided": [], "pending": []}
+    for obj in expected:
+        if obj.uri in waiter.stored:
+            continue
+        if obj.uri in waiter.failures:
+            out["failed"].append(waiter.failures[obj.uri])
+        elif obj.uri in waiter.undecided:
+            out["undecided"].append(waiter.undecided[obj.uri])
+        elif timed_out:
+            out["pending"].append({"object": obj.uri, "reason": "", "message": ""})
+        else:
+            # The work is done, yet no event names it and the store does not hold it as itself.
+            out["undecided"].append({"object": obj.uri, "reason": "UNACCOUNTED",
+                                     "message": "not stored as itself and named by no completion event"})
+    return out
 
 
 def _wait(waiter: _Waiter, stream: EventStream, reporter: Reporter, *, deadline: float) -> bool:

@@ -6,9 +6,10 @@ the application default credentials. `--local` points the same commands at the l
 running for `--state-dir` (its emulators, anonymous credentials). `python -m localcloud` offers
 the same commands for the local cloud only.
 
-Exit status: 0 success; 1 something did not succeed (a failed or missing import, an export that
-did not end SUCCEEDED, a timeout, no deployment configured or reachable); 2 bad arguments
-(nothing was uploaded or published).
+Exit status: 0 success; 1 something did not succeed (a failed or undecided import, an export that
+did not end SUCCEEDED, no deployment configured or reachable); 2 bad arguments (nothing was
+uploaded or published); 3 `--timeout` passed with work still in flight (pending, not failed);
+4 `--strict` only: nothing to import, or a selection that matched no instance.
 """
 
 from __future__ import annotations
@@ -227,7 +228,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 print(line)
             for line in logs_lines(connection, result.operations):
                 print(line)
-        return 0 if result.ok else 1
+        for warning in ingest.warnings_for(result):
+            print(warning, file=sys.stderr)
+        return ingest.exit_code(result, strict=args.strict)
 
     return run_with_connection(args, work)
 
@@ -286,7 +289,9 @@ def _report(args: argparse.Namespace, connection: Connection, result: export_cli
         if result.repeated:  # stdout carries only the event
             print(lines[0], file=sys.stderr)
         print_json(result.event)
-    return 0 if result.ok else 1
+    for warning in export_cli.warnings_for(result):
+        print(warning, file=sys.stderr)
+    return export_cli.exit_code(result, strict=getattr(args, "strict", False))
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
@@ -415,6 +420,8 @@ def add_operator_commands(commands: Any, *, local_only: bool) -> None:
                                help="object name prefix in the upload bucket (default: the folder's name)")
     timeout(ingest_parser, ingest.DEFAULT_TIMEOUT_SECONDS)
     ingest_parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    ingest_parser.add_argument("--strict", action="store_true",
+                               help="exit 4 when there was nothing to import (every file skipped, or none)")
     target(ingest_parser)
 
     def selectors(sub: argparse.ArgumentParser, required: bool) -> None:
@@ -439,6 +446,8 @@ def add_operator_commands(commands: Any, *, local_only: bool) -> None:
                                "starts no second export")
     timeout(export_parser, export_cli.DEFAULT_TIMEOUT_SECONDS)
     export_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
+    export_parser.add_argument("--strict", action="store_true",
+                        help="exit 4 when the selection matched nothing (SUCCEEDED with 0 instances)")
     target(export_parser)
 
     class_parser = command("storage-class", cmd_export, "move the selected instances (no selector: the whole "
@@ -450,6 +459,8 @@ def add_operator_commands(commands: Any, *, local_only: bool) -> None:
                               "starts no second change")
     timeout(class_parser, export_cli.DEFAULT_TIMEOUT_SECONDS)
     class_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
+    class_parser.add_argument("--strict", action="store_true",
+                        help="exit 4 when the selection matched nothing (SUCCEEDED with 0 instances)")
     target(class_parser)
 
     redrive_parser = command("redrive", cmd_redrive, "re-import the objects a failed import's receipt names "

@@ -313,7 +313,7 @@ def import_dicom(emu: Emulator, call: Call) -> Any:
     _need_store(emu, call)
     pattern, storage_class = parse_import_request(call.body)
     worker = import_worker(emu.store, emu.gcs, emu.stats, call.store, pattern, storage_class)
-    return emu.operations.start(call.dataset, call.version, "ImportDicomData", worker)
+    return emu.operations.start(call.dataset, call.version, "ImportDicomData", worker, resource=call.store)
 
 
 @route("POST", rf"{_STORE}:export", "export", api="datasets.dicomStores.export")
@@ -324,7 +324,7 @@ def export_dicom(emu: Emulator, call: Call) -> Any:
         worker = bigquery_export_worker(emu.store, emu.gcs, emu.bigquery, call.store, request)
     else:
         worker = export_worker(emu.store, emu.gcs, call.store, request)
-    return emu.operations.start(call.dataset, call.version, "ExportDicomData", worker)
+    return emu.operations.start(call.dataset, call.version, "ExportDicomData", worker, resource=call.store)
 
 
 @route(

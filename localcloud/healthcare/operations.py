@@ -46,6 +46,7 @@ class Operation:
     service: str  # e.g. "dicom.DicomService"
     method: str  # e.g. "ImportDicomData"
     response_type: str  # e.g. "dicom.ImportDicomDataResponse"
+    resource: str = ""  # the store it works on (the log entries' resource labels)
     create_time: str = field(default_factory=now_rfc3339)
     end_time: str | None = None
     success: int = 0
@@ -129,10 +130,36 @@ class OperationContext:
             self._op.failure += 1
             self._op.pending = max(0, self._op.pending - 1)
             if len(self._op.logs) < _MAX_LOG_ENTRIES:
-                self._op.logs.append({"source": source, "error": {"code": code, "message": message}})
+                self._op.logs.append(log_entry(self._op, source, code, message))
 
 
 Worker = Callable[[OperationContext], None]
+
+# The per-item entry types Google's Cloud Logging shows for these methods (jsonPayload "@type").
+_LOG_ENTRY_TYPES = {"ImportDicomData": "ImportDicomLogEntry", "ExportDicomData": "ExportDicomLogEntry"}
+
+
+def log_entry(op: Operation, item: str, code: int, message: str) -> dict[str, Any]:
+    """One failed item as a Cloud Logging entry of the Healthcare API: `jsonPayload` holds the
+    entry type, the item (`source`: the gs:// object an import read; `destination` for an export)
+    and the google.rpc.Status; `operation` the operation's id; `resource` the store."""
+    entry_type = _LOG_ENTRY_TYPES.get(op.method, f"{op.method}LogEntry")
+    item_key = "destination" if op.method == "ExportDicomData" else "source"
+    parts = (op.resource or op.dataset).split("/")
+    labels = {"project_id": parts[1], "location": parts[3], "dataset_id": parts[5]}
+    if len(parts) > 7:
+        labels["dicom_store_id"] = parts[7]
+    return {
+        "jsonPayload": {
+            "@type": f"type.googleapis.com/google.cloud.healthcare.logging.{entry_type}",
+            item_key: item,
+            "error": {"code": code, "message": message},
+        },
+        "operation": {"id": op.name, "producer": f"healthcare.googleapis.com/{op.method}"},
+        "resource": {"type": "healthcare_dicom_store", "labels": labels},
+        "severity": "ERROR",
+        "timestamp": now_rfc3339(),
+    }
 
 
 class Operations:
@@ -185,8 +212,10 @@ class Operations:
         *,
         service: str = "dicom.DicomService",
         response_type: str | None = None,
+        resource: str = "",
     ) -> dict[str, Any]:
         op = self._new(dataset, version, service, method, response_type or f"dicom.{method}Response")
+        op.resource = resource
         with self._lock:
             self._live[op.op_id] = op
         self._stats.operation_started(op.name)

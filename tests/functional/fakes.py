@@ -155,12 +155,12 @@ class FakeObjectStore:
             self._store(dst_bucket, dst_name, source.data, dict(source.metadata))
 
     def download(self, bucket: str, name: str, *, generation: int | None = None,
-                 end: int | None = None) -> bytes:
+                 start: int = 0, end: int | None = None) -> bytes:
         with self._call("download", name):
             obj = self._objects(bucket).get(name)
             if obj is None or (generation is not None and obj.generation != generation):
                 raise gexc.NotFound(f"gs://{bucket}/{name}")
-            return obj.data if end is None else obj.data[:end + 1]
+            return obj.data[start:] if end is None else obj.data[start:end + 1]
 
     def open_writer(self, bucket: str, name: str, content_type: str = "text/plain") -> Any:
         return _Writer(lambda text: self.write(bucket, name, text.encode()))
@@ -248,6 +248,7 @@ class FakeHealthcare:
         self._ids = itertools.count(1)
         self.operations: dict[str, FakeOperation] = {}
         self.instances: dict[str, Instance] = {}
+        self.blobs: dict[str, bytes] = {}  # SOP instance UID -> the bytes stored for it
         self.imported: Counter[str] = Counter()  # SOP instance UID -> times an import stored it
         self.storage_classes: dict[str, str] = {}  # SOP instance UID -> blob storage class (absent: STANDARD)
         self.max_running = 0
@@ -336,6 +337,14 @@ class FakeHealthcare:
             found = self.instances.get(sop_uid)
             return found is not None and (found.study, found.series) == (study_uid, series_uid)
 
+    def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Iterator[bytes]:
+        with self._call("retrieve_instance", sop_uid):
+            found = self.instances.get(sop_uid)
+            if found is None or (found.study, found.series) != (study_uid, series_uid):
+                raise api_error(404, f"instance {sop_uid} not found", status="NOT_FOUND", resource=sop_uid)
+            data = self.blobs.get(sop_uid, b"")
+        yield data
+
     # -- internals ---------------------------------------------------------------------------
     def _matching(self, pattern: Any) -> builtins.list[tuple[str, str, int]]:
         matched = []
@@ -356,10 +365,11 @@ class FakeHealthcare:
         for bucket, name, generation in op.objects:
             data = self._store.peek(bucket, name, generation)
             instance = _parse(data) if data is not None else None
-            if instance is None:
-                op.failure += 1
+            if instance is None or self.blobs.get(instance.sop, data) != data:
+                op.failure += 1  # not DICOM, or the same SOP Instance UID with different content
                 continue
             self.instances[instance.sop] = instance
+            self.blobs[instance.sop] = data or b""
             self.imported[instance.sop] += 1
             op.success += 1
 

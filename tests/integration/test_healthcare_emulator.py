@@ -145,7 +145,8 @@ class Store:
         return {i["00080018"]["Value"][0] for i in self.dicomweb.search_for_instances()}
 
     def logs(self, operation: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.emu.control("GET", f"operations/{operation['name'].rsplit('/', 1)[1]}/logs")["entries"]
+        entries = self.emu.control("GET", f"operations/{operation['name'].rsplit('/', 1)[1]}/logs")["entries"]
+        return [entry["jsonPayload"] for entry in entries]
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +285,14 @@ def test_import_of_pydicom_files_counts_failures_duplicates_and_conflicts(
     assert logged[f"gs://{bucket.name}/in/empty.dcm"] == "empty DICOM instance found"
     conflicts = {f"gs://{bucket.name}/in/MR_small.dcm", f"gs://{bucket.name}/in/MR_small_bigendian.dcm"}
     assert len(conflicts & set(logged)) == 1
+    # Each entry has the shape of the Healthcare API's Cloud Logging entries for import errors.
+    entry = emulator.control("GET", f"operations/{op['name'].rsplit('/', 1)[1]}/logs")["entries"][0]
+    assert entry["jsonPayload"]["@type"] == "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
+    assert entry["jsonPayload"]["source"] in logged and entry["jsonPayload"]["error"]["code"] == 3
+    assert entry["operation"]["id"] == op["name"] and entry["severity"] == "ERROR"
+    assert entry["resource"] == {"type": "healthcare_dicom_store", "labels": {
+        "project_id": store.name.split("/")[1], "location": store.name.split("/")[3],
+        "dataset_id": store.name.split("/")[5], "dicom_store_id": store.name.split("/")[7]}}
     expected = {pydicom.dcmread(TEST_FILES / name).SOPInstanceUID for name in SAMPLES}
     assert store.sops() == expected
 

@@ -20,7 +20,8 @@ from localcloud.connect import LocalCloud
 from localcloud.stack import Stack
 from tests import dicom_factory
 
-INGEST_KEYS = {"uploaded", "imported", "failed", "skipped", "operations"}
+INGEST_KEYS = {"uploaded", "imported", "instances", "failed", "failures", "undecided", "pending", "skipped",
+               "operations"}
 STATUS_KEYS = {"project", "dicomStore", "functions", "operations", "jobs", "windows", "receipts", "events", "signals"}
 TIMEOUT = "120"  # the commands' own failure deadline; they return as soon as the work is done
 
@@ -78,6 +79,7 @@ def test_ingest_reports_failed_and_skipped_objects(stack: Stack, tmp_path: Path)
     assert result["uploaded"] == 4
     assert result["imported"] == 2
     assert result["failed"] == [f"{bucket}/mixed/series/broken.dcm"]
+    assert [f["reason"] for f in result["failures"]] == ["NOT_DICOM"]
     assert result["skipped"] == [f"{bucket}/mixed/notes.json"]
     operations: list[dict[str, Any]] = result["operations"]
     assert operations and {e["kind"] for e in operations} == {"import"}
@@ -211,3 +213,80 @@ def test_redrive_of_an_import_the_api_failed(stack: Stack, tmp_path: Path) -> No
     again = localcloud(stack, "redrive", event["eventId"], "--timeout", TIMEOUT)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "nothing to redrive" in again.stdout
+
+
+def _store_sops(stack: Stack) -> set[str]:
+    url = f"{stack.endpoints['healthcare']}/v1/{stack.endpoints['dicomStore']}/dicomWeb/instances"
+    response = requests.get(url, params={"limit": "5000"}, timeout=10)
+    response.raise_for_status()
+    return {i["00080018"]["Value"][0] for i in (response.json() if response.content.strip() else [])}
+
+
+def test_ingest_totals_match_the_store_and_name_uid_conflicts(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "conflicts"
+    folder.mkdir()
+    sop = "1.2.826.0.1.3680043.8.498.99.1"
+    (folder / "a.dcm").write_bytes(dicom_factory.instance(study="1.2.3.77", series="1.2.3.77.1", sop=sop,
+                                                          patient_id="A"))
+    (folder / "b.dcm").write_bytes(dicom_factory.instance(study="1.2.3.77", series="1.2.3.77.1", sop=sop,
+                                                          patient_id="B"))  # same UIDs, other content
+    same = dicom_factory.instance()
+    (folder / "c.dcm").write_bytes(same)
+    (folder / "c-copy.dcm").write_bytes(same)  # identical: both stored as themselves, one instance
+    before = _store_sops(stack)
+    done = localcloud(stack, "ingest", str(folder), "--prefix", "conflicts", "--json", "--timeout", TIMEOUT)
+    assert done.returncode == 1, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    added = _store_sops(stack) - before
+    assert result["imported"] == 3 and result["instances"] == len(added) == 2
+    [failure] = result["failures"]
+    assert failure["reason"] == "UID_CONFLICT" and failure["object"] in result["failed"]
+    assert "delete the stored instance" in failure["message"]
+    assert result["undecided"] == [] and result["pending"] == []
+    assert result["uploaded"] == result["imported"] + len(result["failed"]) + len(result["skipped"])
+
+
+def test_ingest_timeout_reports_pending_objects_with_its_own_exit_code(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "IM.dcm").write_bytes(dicom_factory.instance())
+    config = f"{stack.endpoints['healthcare']}/_emulator/config"
+    requests.post(config, json={"operationDelaySeconds": 600}, timeout=10).raise_for_status()
+    try:
+        done = localcloud(stack, "ingest", str(folder), "--prefix", "slow", "--json", "--timeout", "3")
+    finally:
+        requests.post(config, json={"operationDelaySeconds": 0}, timeout=10).raise_for_status()
+        _release_running(stack)
+    assert done.returncode == 3, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["pending"] == [f"gs://{stack.config.upload_bucket}/slow/IM.dcm"]
+    assert result["failed"] == [] and result["imported"] == 0
+
+
+def _release_running(stack: Stack) -> None:
+    dataset = stack.endpoints["dicomStore"].rsplit("/dicomStores/", 1)[0]
+    base = stack.endpoints["healthcare"]
+    listed = requests.get(f"{base}/v1/{dataset}/operations", timeout=10).json().get("operations", [])
+    for op in listed:
+        if not op.get("done"):
+            requests.post(f"{base}/_emulator/operations/{op['name'].rsplit('/', 1)[1]}:release", timeout=10)
+
+
+def test_strict_fails_when_nothing_matched(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "sidecars"
+    folder.mkdir()
+    (folder / "notes.json").write_text("{}")
+    loose = localcloud(stack, "ingest", str(folder), "--prefix", "sidecars", "--json", "--timeout", TIMEOUT)
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    assert "nothing to import" in loose.stderr
+    strict = localcloud(stack, "ingest", str(folder), "--prefix", "sidecars", "--strict", "--timeout", TIMEOUT)
+    assert strict.returncode == 4, strict.stdout + strict.stderr
+
+    typo = ("export", "--resources", "/studies/1.2.3.4.5.6.7.8.99999", "--destination",
+            f"gs://{stack.config.export_bucket}/typo", "--json", "--timeout", TIMEOUT)
+    loose = localcloud(stack, *typo)
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    assert json.loads(loose.stdout)["counters"]["success"] == 0
+    assert "matched no instance" in loose.stderr
+    strict = localcloud(stack, *typo, "--strict", "--request-id", "typo-strict")
+    assert strict.returncode == 4, strict.stdout + strict.stderr

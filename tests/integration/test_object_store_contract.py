@@ -120,3 +120,12 @@ def test_a_streamed_text_object_reads_back(store: tuple[ObjectStore, str]) -> No
         out.write("/studies/1\n")
         out.write("/studies/2\n")
     assert s.download(bucket, "filters/f.txt") == b"/studies/1\n/studies/2\n"
+
+
+def test_a_range_read_returns_only_that_range(store: tuple[ObjectStore, str]) -> None:
+    s, bucket = store
+    s.write(bucket, "up/big.dcm", b"0123456789")
+    assert s.download(bucket, "up/big.dcm", start=3, end=5) == b"345"
+    assert s.download(bucket, "up/big.dcm", start=8, end=100) == b"89"  # short at the end
+    assert s.download(bucket, "up/big.dcm", start=7) == b"789"
+    assert s.download(bucket, "up/big.dcm", start=10, end=19) == b""  # at the end: nothing, no error

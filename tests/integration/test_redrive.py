@@ -83,6 +83,7 @@ def test_a_failed_import_is_redriven_after_the_fix_and_a_second_redrive_does_not
 
 def test_a_repeated_redrive_request_starts_one_import(d: Deployment) -> None:
     uploads = [d.upload("again/ok.dcm", dicom_factory.instance()), d.upload("again/bad.dcm", b"nope")]
+    d.emulator("faults/operations", {"count": 1, "code": 14, "message": "injected: backend unavailable"})
     deliver_all(d.handler(), uploads)
     failed = [e for e in distinct(d.completions_until_quiet()) if e.get("failedObjectsTotal")]
     assert failed
@@ -92,7 +93,10 @@ def test_a_repeated_redrive_request_starts_one_import(d: Deployment) -> None:
     second = _redrive(d, receipt, "same-id")
     assert (first, second) == ("started", "duplicate")
     [event] = d.pull_completions(1)
-    # bad.dcm is still not DICOM: the redrive fails again, with its own receipt.
-    assert (event["kind"], event["state"]) in {("redrive", "FAILED"), ("redrive", "SUCCEEDED_WITH_ERRORS")}
+    # ok.dcm is imported again; bad.dcm is still not DICOM: held back, named with its reason.
+    assert (event["kind"], event["state"]) == ("redrive", "SUCCEEDED")
     assert event["failedObjects"] == [f"gs://{d.upload_bucket}/again/bad.dcm"]
+    assert [f["reason"] for f in event["failures"]] == ["NOT_DICOM"]
+    assert event["objects"] == {"total": 2, "landed": 1, "failed": 1, "undecided": 0, "heldBack": 1,
+                                "countersAgree": True}
     assert emulator_calls(d, "import") == imports_before + 1

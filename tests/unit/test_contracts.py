@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from functions.completion import TrackedOperation, build_completion_event, redrive_noop_event, rejected_event
+from functions.completion import (
+    ObjectCounts,
+    TrackedOperation,
+    build_completion_event,
+    redrive_noop_event,
+    rejected_event,
+)
 from functions.errors import InvalidExportRequestError
 from functions.export_request import SUPPORTED_MIME_TYPES, parse_export_request
 from functions.redrive import parse_redrive_request
@@ -169,7 +175,15 @@ def _records() -> list[TrackedOperation]:
                                         redrive_of=f"{DATASET}/operations/42", failed_objects=failed[1],
                                         failed_objects_total=1))
     records.append(TrackedOperation(name=names[0], kind=None, dicom_store=STORE))
-    records.append(TrackedOperation(name=names[0], kind="import", dicom_store=STORE, source=None, request_id=""))
+    fate = {"object": "gs://up/a.dcm", "reason": "UID_CONFLICT", "message": "delete the stored instance first"}
+    unknown = {"object": "gs://up/u.dcm", "reason": "UNREADABLE", "message": "could not be read"}
+    for kind, counts in (("import", ObjectCounts(4, 2, 1, 1)), ("redrive", ObjectCounts(2, 0, 1, 1, held_back=1))):
+        records.append(TrackedOperation(name=names[0], kind=kind, dicom_store=STORE, source="gs://up/in/**",
+                                        redrive_of=f"{DATASET}/operations/42" if kind == "redrive" else None,
+                                        failed_objects=("gs://up/a.dcm",), failed_objects_total=1, failures=(fate,),
+                                        undecided=(unknown,), objects=counts))
+    records.append(TrackedOperation(name=names[0], kind="import", dicom_store=STORE, source=None, request_id="",
+                                    objects=ObjectCounts(0, 0, 0, 0)))
     records.append(TrackedOperation(name=names[0], kind="import", dicom_store=STORE, failed_objects_total=3))
     return records
 
@@ -528,3 +542,16 @@ def test_schema_and_parser_agree_on_random_requests(seed: int) -> None:
         body = {key: rng.choice(values) for key, values in _POOL.items() if rng.random() < 0.35}
         data = json.dumps(body, ensure_ascii=False).encode()
         assert _schema_accepts(data) == _function_accepts(data), body
+
+
+def test_object_counts_and_fates_belong_to_imports_and_redrives_only() -> None:
+    fate = {"object": "gs://up/a.dcm", "reason": "NOT_DICOM", "message": "not DICOM"}
+    event = {"eventId": "op-1", "kind": "import", "state": "SUCCEEDED_WITH_ERRORS",
+             "operation": f"{DATASET}/operations/1", "dicomStore": STORE,
+             "counters": {"success": 1, "failure": 1, "pending": 0},
+             "objects": {"total": 2, "landed": 1, "failed": 1, "undecided": 0, "countersAgree": True},
+             "failedObjects": ["gs://up/a.dcm"], "failedObjectsTotal": 1, "failures": [fate]}
+    assert errors("completion-event.v1", event) == []
+    assert errors("completion-event.v1", {**event, "kind": "export"})
+    assert errors("completion-event.v1", {**event, "failures": [{**fate, "reason": "SOMETHING"}]})
+    assert errors("completion-event.v1", {**event, "undecidedObjects": [fate]})  # without its total

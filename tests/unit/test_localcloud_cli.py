@@ -248,12 +248,42 @@ def test_which_events_belong_to_an_ingest(event: dict[str, Any], belongs: bool) 
 def test_ingest_json_has_exactly_the_contract_keys() -> None:
     result = IngestResult(uploaded=3, imported=1, failed=["gs://b/bad.dcm"], skipped=["gs://b/s.json"],
                           operations=[{"eventId": "op-1"}], timed_out=False, other_events=4)
-    assert result.to_json() == {"uploaded": 3, "imported": 1, "failed": ["gs://b/bad.dcm"],
+    assert result.to_json() == {"uploaded": 3, "imported": 1, "instances": 0, "failed": ["gs://b/bad.dcm"],
+                                "failures": [], "undecided": [], "pending": [],
                                 "skipped": ["gs://b/s.json"], "operations": [{"eventId": "op-1"}]}
     assert json.loads(json.dumps(result.to_json())) == result.to_json()
     assert not result.ok
     assert IngestResult(1, 1, [], [], []).ok
     assert not IngestResult(1, 1, [], [], [], timed_out=True).ok
+
+
+def test_ingest_exit_codes() -> None:
+    assert ingest.exit_code(IngestResult(1, 1, [], [], [])) == 0
+    assert ingest.exit_code(IngestResult(2, 1, ["gs://b/x"], [], [])) == 1
+    undecided = IngestResult(1, 0, [], [], [], undecided=[{"object": "gs://b/x", "reason": "", "message": ""}])
+    assert ingest.exit_code(undecided) == 1
+    pending = IngestResult(2, 1, [], [], [], timed_out=True, pending=["gs://b/y"])
+    assert ingest.exit_code(pending) == 3 and not pending.ok
+    # A failure outranks the timeout: it is certain, the pending objects are not.
+    assert ingest.exit_code(IngestResult(3, 1, ["gs://b/x"], [], [], timed_out=True, pending=["gs://b/y"])) == 1
+    all_skipped = IngestResult(2, 0, [], ["gs://b/a.json", "gs://b/b.json"], [])
+    assert ingest.exit_code(all_skipped) == 0 and ingest.exit_code(all_skipped, strict=True) == 4
+    assert ingest.warnings_for(all_skipped) == ["warning: nothing to import: all 2 files were skipped "
+                                                "(ignored by design)"]
+    assert ingest.exit_code(IngestResult(0, 0, [], [], []), strict=True) == 4
+    assert ingest.warnings_for(IngestResult(1, 1, [], [], [])) == []
+
+
+def test_export_exit_codes_and_the_warning_for_a_selection_that_matched_nothing() -> None:
+    request = {"requestId": "r"}
+    nothing = export_cli.ExportResult(request, {"state": "SUCCEEDED", "counters": {"success": 0}}, 1.0)
+    assert export_cli.exit_code(nothing) == 0 and export_cli.exit_code(nothing, strict=True) == 4
+    assert "matched no instance" in export_cli.warnings_for(nothing)[0]
+    some = export_cli.ExportResult(request, {"state": "SUCCEEDED", "counters": {"success": 3}}, 1.0)
+    assert export_cli.exit_code(some, strict=True) == 0 and export_cli.warnings_for(some) == []
+    failed = export_cli.ExportResult(request, {"state": "FAILED", "counters": {}}, 1.0)
+    assert export_cli.exit_code(failed, strict=True) == 1
+    assert export_cli.exit_code(export_cli.ExportResult(request, None, 9.0)) == 3
 
 
 def test_summary_lines_are_aligned_and_name_failures_and_skips() -> None:
