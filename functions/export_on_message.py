@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from functions import sql_gate
 from functions.clients import EventPublisher, HealthcareApi, ObjectStore, SqlRunner
 from functions.completion import rejected_event
 from functions.errors import InvalidExportRequestError, SqlQueryError
@@ -174,7 +175,12 @@ class ExportOnMessage:
     def _sql_paths(self, sql: str) -> Iterator[str]:
         if self._bq is None:
             raise SqlQueryError("this deployment has no BigQuery client; the sql selector is not available")
-        result = self._bq.run_query(sql, timeout_seconds=self._s.sql_timeout_seconds)
+        # BigQuery's own dry run decides whether the statement may run at all (nothing runs or
+        # is billed by it); maximumBytesBilled bounds the real run as well.
+        sql_gate.decide(self._bq.dry_run(sql), sql=sql, allowed_datasets=self._s.sql_datasets,
+                        max_bytes_billed=self._s.sql_max_bytes_billed)
+        result = self._bq.run_query(sql, timeout_seconds=self._s.sql_timeout_seconds,
+                                    max_bytes_billed=self._s.sql_max_bytes_billed)
         limit = self._s.sql_max_rows
         if result.total_rows is not None and result.total_rows > limit:
             # Known before a single row is read: nothing is written.

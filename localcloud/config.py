@@ -91,6 +91,7 @@ class LocalConfig:
             "DICOM_EXPORT_ALLOWED_DESTINATIONS": f"gs://{self.export_bucket}",
             "HEALTHCARE_API_URL": healthcare,
             "BIGQUERY_API_URL": bigquery,
+            "DICOM_SQL_ALLOWED_DATASETS": self.stream_dataset,
             "DICOM_DEBOUNCE_SECONDS": _number(self.debounce_seconds),
             "DICOM_SETTLE_SECONDS": _number(self.settle_seconds),
             "DICOM_CLAIM_LEASE_SECONDS": _number(self.claim_lease_seconds),

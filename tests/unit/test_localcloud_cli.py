@@ -137,8 +137,8 @@ def test_build_request_with_sql_and_for_a_storage_class() -> None:
     body = export_cli.build_request(resources=["/studies/1/series/2"], storage_class="ARCHIVE", request_id="c")
     assert body == {"requestId": "c", "action": "setStorageClass", "storageClass": "ARCHIVE",
                     "resources": ["/studies/1/series/2"]}
-    with pytest.raises(export_cli.RequestError, match="single SELECT"):
-        export_cli.build_request(destination="gs://dicom-export/a", sql="DROP TABLE t")
+    with pytest.raises(export_cli.RequestError, match="sql is empty"):
+        export_cli.build_request(destination="gs://dicom-export/a", sql="  ")
     with pytest.raises(export_cli.RequestError, match="one of"):
         export_cli.build_request(destination="gs://dicom-export/a", sql="SELECT 1", resources=["/studies/1"])
 

@@ -40,6 +40,10 @@ def test_defaults_and_derived_names() -> None:
         ("HEALTHCARE_API_URL", "healthcare.local", "HEALTHCARE_API_URL"),
         ("BIGQUERY_API_URL", "bigquery.local", "BIGQUERY_API_URL"),
         ("DICOM_SQL_MAX_ROWS", "0", "DICOM_SQL_MAX_ROWS"),
+        ("DICOM_SQL_ALLOWED_DATASETS", "p.INFORMATION_SCHEMA", "DICOM_SQL_ALLOWED_DATASETS"),
+        ("DICOM_SQL_ALLOWED_DATASETS", "a b", "DICOM_SQL_ALLOWED_DATASETS"),
+        ("DICOM_SQL_MAX_BYTES_BILLED", "0", "DICOM_SQL_MAX_BYTES_BILLED"),
+        ("DICOM_SQL_SERVICE_ACCOUNT", "someone@example.com", "DICOM_SQL_SERVICE_ACCOUNT"),
         ("DICOM_COMPLETION_TOPIC", "dicom-completions", "DICOM_COMPLETION_TOPIC"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
     ],
@@ -90,6 +94,9 @@ NON_DEFAULT = {
     "BIGQUERY_API_URL": "http://127.0.0.1:9050",
     "DICOM_SQL_MAX_ROWS": "5000",
     "DICOM_SQL_TIMEOUT_SECONDS": "30",
+    "DICOM_SQL_ALLOWED_DATASETS": "dicom_stream, other-project.reports",
+    "DICOM_SQL_MAX_BYTES_BILLED": "1000000",
+    "DICOM_SQL_SERVICE_ACCOUNT": "dicom-sql@p.iam.gserviceaccount.com",
 }
 
 
