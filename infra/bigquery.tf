@@ -25,11 +25,15 @@ resource "google_bigquery_dataset" "stream" {
 }
 
 locals {
+  # DICOM_SQL_ALLOWED_DATASETS: the stream dataset unless the variable lists others.
+  sql_allowed_datasets = coalesce(var.sql_allowed_datasets, [google_bigquery_dataset.stream.dataset_id])
+  # The allowed datasets of this project (bare ids, or qualified with this project's id).
+  sql_readable_datasets = toset([for d in local.sql_allowed_datasets : element(split(".", d), length(split(".", d)) - 1)
+  if length(split(".", d)) == 1 || startswith(d, "${var.project_id}.")])
+
   bigquery_dataset_grants = {
     # The Healthcare service agent creates and appends to the stream table.
     healthcare-stream-write = { role = "roles/bigquery.dataEditor", member = local.healthcare_agent }
-    # The export function reads it for sql selectors; it never writes.
-    export-stream-read = { role = "roles/bigquery.dataViewer", member = local.runtime["export"] }
   }
 }
 
@@ -42,11 +46,23 @@ resource "google_bigquery_dataset_iam_member" "grants" {
   member     = each.value.member
 }
 
+# The query account reads the allowed datasets, and nothing else (docs/decisions/0872).
+resource "google_bigquery_dataset_iam_member" "sql_readers" {
+  for_each = local.sql_readable_datasets
+
+  project    = var.project_id
+  dataset_id = each.value
+  role       = "roles/bigquery.dataViewer"
+  member     = "serviceAccount:${google_service_account.sql.email}"
+
+  depends_on = [google_bigquery_dataset.stream]
+}
+
 # Running a query job is a project permission (bigquery.jobs.create): jobUser has no narrower
 # resource. The data itself is reachable only through the dataset grants above.
 resource "google_project_iam_member" "bigquery_job_users" {
   for_each = {
-    export     = local.runtime["export"]
+    sql        = "serviceAccount:${google_service_account.sql.email}"
     healthcare = local.healthcare_agent
   }
 

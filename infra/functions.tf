@@ -90,6 +90,15 @@ locals {
   }
 }
 
+# A slow query must end REJECTED inside one delivery: if the function or the ack deadline ran out
+# first, the request would be redelivered and finally dead-lettered without an event.
+check "sql_timeout_fits_one_delivery" {
+  assert {
+    condition     = var.sql_timeout_seconds + 30 <= min(local.function_settings.export.timeout_seconds, google_pubsub_subscription.export_requests.ack_deadline_seconds)
+    error_message = "sql_timeout_seconds + 30 must not exceed the export function's timeout and the export-requests subscription's ack deadline."
+  }
+}
+
 check "import_timeout_covers_the_batching_window" {
   assert {
     condition     = local.function_settings.import.timeout_seconds >= var.debounce_seconds + var.settle_seconds + 30
@@ -140,6 +149,9 @@ locals {
     BIGQUERY_API_URL                  = var.bigquery_api_url
     DICOM_SQL_MAX_ROWS                = tostring(var.sql_max_rows)
     DICOM_SQL_TIMEOUT_SECONDS         = tostring(var.sql_timeout_seconds)
+    DICOM_SQL_ALLOWED_DATASETS        = join(",", local.sql_allowed_datasets)
+    DICOM_SQL_MAX_BYTES_BILLED        = format("%d", var.sql_max_bytes_billed)
+    DICOM_SQL_SERVICE_ACCOUNT         = google_service_account.sql.email
   }
 
   env_poll = {

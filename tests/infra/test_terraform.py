@@ -37,8 +37,8 @@ PROJECT_LEVEL_ALLOWLIST = {
     "roles/logging.logWriter": "build service account: build logs",
     # Only with a condition naming the gcf-v2-sources buckets (created by Google, so unnamed here).
     "roles/storage.objectViewer": "build service account: the function source copies",
-    # bigquery.jobs.create is a project permission; the data is granted on the stream dataset only.
-    "roles/bigquery.jobUser": "export function (sql selectors) and Healthcare service agent (streaming)",
+    # bigquery.jobs.create is a project permission; the data is granted on the allowed datasets only.
+    "roles/bigquery.jobUser": "query account (sql selectors) and Healthcare service agent (streaming)",
 }
 
 # Healthcare API permissions the custom roles may carry (access-control page of the API).
@@ -456,14 +456,92 @@ def test_the_readme_variable_table_matches_variables_tf(root: dict[str, Any]) ->
 
 
 def test_bigquery_grants_are_least_privilege(root: dict[str, Any]) -> None:
-    grants = _resources(root, "google_bigquery_dataset_iam_member")
-    found = root["locals"]
-    blocks = found if isinstance(found, list) else [found]
-    dataset = next(b["bigquery_dataset_grants"] for b in blocks if "bigquery_dataset_grants" in b)
-    assert {name: g["role"] for name, g in dataset.items()} == {
-        "healthcare-stream-write": "roles/bigquery.dataEditor", "export-stream-read": "roles/bigquery.dataViewer"}
-    assert "local.runtime[\"export\"]" in str(dataset["export-stream-read"]["member"])
-    assert grants, "the dataset grants are resources"
+    dataset = root["locals"]["bigquery_dataset_grants"]
+    assert {name: g["role"] for name, g in dataset.items()} == {"healthcare-stream-write": "roles/bigquery.dataEditor"}
+    # The query account reads the allowed datasets; the export function holds no BigQuery role.
+    readers = _resources(root, "google_bigquery_dataset_iam_member")["sql_readers"]
+    assert readers["role"] == "roles/bigquery.dataViewer"
+    assert readers["member"] == "serviceAccount:${google_service_account.sql.email}"
+    assert readers["for_each"] == "${local.sql_readable_datasets}"
     jobs = _resources(root, "google_project_iam_member")["bigquery_job_users"]
     assert jobs["role"] == "roles/bigquery.jobUser"
-    assert set(jobs["for_each"]) == {"export", "healthcare"}
+    assert set(jobs["for_each"]) == {"sql", "healthcare"}
+    assert "runtime[\"export\"]" not in str(jobs["for_each"])
+    # The export function may impersonate the query account, and only it.
+    token = _resources(root, "google_service_account_iam_member")["export_impersonates_sql"]
+    assert token["service_account_id"] == "${google_service_account.sql.name}"
+    assert token["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert root["locals"]["env_export"]["DICOM_SQL_SERVICE_ACCOUNT"] == "${google_service_account.sql.email}"
+    # The query account has no Cloud Storage role anywhere.
+    for config_resources in root["resource"].values():
+        for body in config_resources.values():
+            if "storage" in str(body.get("role", "")):
+                assert "google_service_account.sql" not in str(body.get("member", "")), body
+
+
+def test_export_requests_publishers_come_from_the_variable(root: dict[str, Any]) -> None:
+    grants = root["locals"]["request_publisher_grants"]
+    assert "var.export_request_publishers" in str(grants)
+    assert "request_publisher_grants" in _resources(root, "google_pubsub_topic_iam_member")["grants"]["for_each"]
+
+
+def test_a_slow_query_ends_inside_one_delivery(root: dict[str, Any]) -> None:
+    checks = root["check"] if isinstance(root["check"], dict) else {k: v for c in root["check"] for k, v in c.items()}
+    (assertion,) = checks["sql_timeout_fits_one_delivery"]["assert"]
+    condition = assertion["condition"]
+    assert "var.sql_timeout_seconds + 30" in condition
+    assert "local.function_settings.export.timeout_seconds" in condition
+    assert "google_pubsub_subscription.export_requests.ack_deadline_seconds" in condition
+    defaults = root["locals"]["function_defaults"]
+    assert root["variable"]["sql_timeout_seconds"]["default"] + 30 <= defaults["export"]["timeout_seconds"]
+
+
+# The export function's row of the IAM table names each role it holds and where; read from the
+# Terraform: role (custom roles by their key) -> what it is granted on.
+_EXPORT = "local.runtime[\"export\"]"
+
+
+def _export_grants_in_terraform(root: dict[str, Any]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    locals_ = root["locals"]
+    for name, grant in locals_["dicom_store_grants"].items():
+        if _EXPORT in grant["member"]:
+            found.add((grant["role"], "DICOM store"))
+    for grant in locals_["bucket_grants"].values():
+        if _EXPORT in grant["member"]:
+            found.add((grant["role"], f"{grant['bucket']} bucket"))
+    for grant in locals_["topic_grants"].values():
+        if _EXPORT in grant["member"]:
+            found.add((grant["role"], f"{grant['topic']} topic"))
+    for rtype, resources in root["resource"].items():
+        if rtype.endswith("_iam_member") and rtype not in ("google_healthcare_dicom_store_iam_member",
+                                                           "google_storage_bucket_iam_member",
+                                                           "google_pubsub_topic_iam_member"):
+            for body in resources.values():
+                member = str(body.get("member", ""))
+                if _EXPORT in member or "runtime[\"export\"]" in str(body.get("for_each", "")):
+                    found.add((body["role"], rtype))
+    return found
+
+
+def _export_rows_in_readme() -> set[tuple[str, str]]:
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    rows = set()
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("export function"):
+            role = re.search(r"`(roles/[\w.]+)`|custom `(\w+)`", cells[1])
+            assert role, line
+            rows.add((role.group(1) or role.group(2), cells[2]))
+    return rows
+
+
+_WHERE = {"DICOM store": "DICOM store", "state bucket": "state bucket", "upload bucket": "upload bucket",
+          "completions topic": "completions topic",
+          "google_service_account_iam_member": "the query account only"}
+
+
+def test_the_iam_table_lists_exactly_the_export_functions_grants(root: dict[str, Any]) -> None:
+    terraform = {(role, _WHERE.get(where, where)) for role, where in _export_grants_in_terraform(root)}
+    readme = _export_rows_in_readme()
+    assert readme == terraform, f"README only: {sorted(readme - terraform)}; Terraform only: {sorted(terraform - readme)}"
