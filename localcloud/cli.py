@@ -189,7 +189,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         request = export_cli.build_request(
             destination=getattr(args, "destination", None), resources=args.resources, filter_uri=args.filter_uri,
             query=args.query, sql=args.sql, mime_type=getattr(args, "mime_type", None), request_id=args.request_id,
-            storage_class=storage_class,
+            storage_class=storage_class, whole_store=getattr(args, "whole_store", False),
         )
     except export_cli.RequestError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -348,9 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
     state_dir(export_parser)
 
-    class_parser = command("storage-class", cmd_export, "move the selected instances (no selector: the whole "
-                           "store) to a storage class and wait for the completion event")
+    class_parser = command("storage-class", cmd_export, "move the selected instances (or, with --whole-store, "
+                           "every instance) to a storage class and wait for the completion event")
     selectors(class_parser, required=False)
+    class_parser.add_argument("--whole-store", action="store_true",
+                              help="change every instance of the store (instead of a selector)")
     class_parser.add_argument("--class", dest="storage_class", required=True,
                               choices=("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"))
     class_parser.add_argument("--request-id", metavar="ID", help="default: cli-<uuid>; a repeated id "

@@ -234,7 +234,13 @@ def test_set_storage_class_with_a_sql_selector_and_of_the_whole_store() -> None:
         == "started"
     w.settle()
     assert sorted(w.hc.storage_classes) == sops[:3]
-    assert _send(w, {"action": "setStorageClass", "storageClass": "NEARLINE"}).action == "started"
+    # One message without a selector is no longer a whole-store change: it must say so.
+    forgot = _send(w, {"requestId": "forgot", "action": "setStorageClass", "storageClass": "ARCHIVE"})
+    assert forgot.action == "rejected" and "wholeStore" in forgot.detail
+    assert [op for op in w.hc.running if op.kind == "storageClass"] == []
+    assert _events(w)[-1]["state"] == "REJECTED"
+    w.publisher.events.pop()
+    assert _send(w, {"action": "setStorageClass", "storageClass": "NEARLINE", "wholeStore": True}).action == "started"
     [op] = [op for op in w.hc.running if op.kind == "storageClass"]
     assert op.uri == "", "no filter: the whole store"
     w.settle()
@@ -257,7 +263,7 @@ def test_storage_class_changes_share_the_slots_with_exports() -> None:
     w.deliver(w.upload("in/a.dcm"), w.instance())
     w.settle()
     first = _send(w, {"destination": "gs://exports/a"})
-    second = _send(w, {"action": "setStorageClass", "storageClass": "ARCHIVE"})
+    second = _send(w, {"action": "setStorageClass", "storageClass": "ARCHIVE", "wholeStore": True})
     assert (first.action, second.action) == ("started", "queued")
     w.settle()
     assert w.hc.max_running == 1
