@@ -15,12 +15,11 @@ Where this differs from BigQuery is listed in localcloud/BIGQUERY.md.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import argparse
-import uuid
 
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -155,10 +154,12 @@ def dry_run_statistics(engine: Any, project: str, sql: str, default_dataset: str
     from crucible.dialects.bigquery import errors as bq_errors
     from crucible.dialects.bigquery.dialect import DIALECT
     from crucible.engine import CrucibleUnsupportedError, ExecContext, SqlPlan
+    import duckdb
     from crucible.engine.errors import from_duckdb
 
     statements = DIALECT.split(sql)
-    trees = [getattr(s, "tree") for s in statements]
+    trees: list[Any] = [getattr(s, "tree")  # noqa: B009 - crucible's Statement, typed as object
+                        for s in statements]
     kind = "SCRIPT" if len(trees) > 1 else statement_type(trees[0])
     tables: dict[tuple[str, str, str], None] = {}
     for tree in trees:
@@ -188,7 +189,7 @@ def dry_run_statistics(engine: Any, project: str, sql: str, default_dataset: str
             if isinstance(plan, SqlPlan):
                 try:  # binds names and types without reading a row
                     cursor.execute("EXPLAIN " + plan.sql, plan.params)
-                except Exception as exc:  # duckdb.Error
+                except duckdb.Error as exc:
                     raise from_duckdb(exc) from exc
     statistics: dict[str, Any] = {"statementType": kind, "totalBytesProcessed": str(total),
                                   "totalBytesBilled": "0", "cacheHit": False}
@@ -239,7 +240,8 @@ def create_app(engine: Any) -> Any:
         body: dict[str, Any] = await request.json()  # cached: crucible's handler reads it again
         configuration = body.get("configuration") or {}
         query = configuration.get("query") or {}
-        limit = query.get("maximumBytesBilled")
+        raw_limit = query.get("maximumBytesBilled")
+        limit = int(raw_limit) if raw_limit is not None else None
         if not isinstance(query.get("query"), str) or (not configuration.get("dryRun") and limit is None):
             return await server.jobs_insert(request)
         default = query.get("defaultDataset") or {}
@@ -250,9 +252,9 @@ def create_app(engine: Any) -> Any:
             return http_error(exc)
         if configuration.get("dryRun"):
             return JSONResponse(job(project, body, statistics))
-        if int(statistics["totalBytesProcessed"]) > int(limit):
+        if limit is not None and int(statistics["totalBytesProcessed"]) > limit:
             error = {"reason": "bytesBilledLimitExceeded", "location": "query",
-                     "message": f"Query exceeded limit for bytes billed: {int(limit)}. "
+                     "message": f"Query exceeded limit for bytes billed: {limit}. "
                                 f"{statistics['totalBytesProcessed']} or higher required."}
             return JSONResponse(job(project, body, {"statementType": statistics["statementType"]}, error))
         return await server.jobs_insert(request)

@@ -17,8 +17,8 @@ from functions.errors import ApiError
 from functions.events import PubsubMessage
 from functions.export_on_message import ExportOnMessage
 from functions.healthcare import HealthcareClient
-from functions.settings import Settings
 from functions.jobs import JobQueue
+from functions.settings import Settings
 from tests.functional.world import World
 
 SECRET = "PAT-SECRET-4711"

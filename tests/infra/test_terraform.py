@@ -504,7 +504,7 @@ _EXPORT = "local.runtime[\"export\"]"
 def _export_grants_in_terraform(root: dict[str, Any]) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     locals_ = root["locals"]
-    for name, grant in locals_["dicom_store_grants"].items():
+    for grant in locals_["dicom_store_grants"].values():
         if _EXPORT in grant["member"]:
             found.add((grant["role"], "DICOM store"))
     for grant in locals_["bucket_grants"].values():
@@ -544,4 +544,5 @@ _WHERE = {"DICOM store": "DICOM store", "state bucket": "state bucket", "upload 
 def test_the_iam_table_lists_exactly_the_export_functions_grants(root: dict[str, Any]) -> None:
     terraform = {(role, _WHERE.get(where, where)) for role, where in _export_grants_in_terraform(root)}
     readme = _export_rows_in_readme()
-    assert readme == terraform, f"README only: {sorted(readme - terraform)}; Terraform only: {sorted(terraform - readme)}"
+    assert readme == terraform, (f"README only: {sorted(readme - terraform)}; "
+                                 f"Terraform only: {sorted(terraform - readme)}")

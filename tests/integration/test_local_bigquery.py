@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from google.cloud import bigquery
 
 from localcloud import bigquery as local_bigquery
