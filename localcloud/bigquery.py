@@ -151,10 +151,10 @@ def referenced_tables(tree: Any, project: str, dataset: str | None) -> list[tupl
 def dry_run_statistics(engine: Any, project: str, sql: str, default_dataset: str | None = None) -> dict[str, Any]:
     """The `statistics.query` BigQuery gives a dry run of `sql`; raises crucible's CrucibleError
     (served as BigQuery's 400 invalidQuery / 404 notFound) for a statement BigQuery would refuse."""
+    import duckdb
     from crucible.dialects.bigquery import errors as bq_errors
     from crucible.dialects.bigquery.dialect import DIALECT
     from crucible.engine import CrucibleUnsupportedError, ExecContext, SqlPlan
-    import duckdb
     from crucible.engine.errors import from_duckdb
 
     statements = DIALECT.split(sql)
