@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from functions.batching import Upload, WindowBatcher
 from functions.completion import redrive_noop_event, rejected_event
@@ -31,6 +31,8 @@ from functions.gcs import Gcs
 from functions.healthcare import HealthcareClient
 from functions.jobs import Job, JobQueue
 from functions.log import fields
+from functions.refusal import refusal_reason
+from functions.retry import classify
 from functions.publish import Publisher
 from functions.settings import Settings
 
@@ -148,13 +150,26 @@ class Redriver:
             logger.info("repeated redrive request: nothing new starts",
                         extra=fields(request_id=request.request_id, message_id=message.message_id))
             return RedriveOutcome("duplicate")
+        submitted: list[bool] = []
+        try:
+            return self._run(message, request, receipt.data, original, key, claimed_at, retaken, submitted)
+        except Exception as exc:
+            fault = classify(exc)
+            if fault.retry or submitted:
+                raise  # the claim stays ours (the redelivery retakes it), or the job is in the queue
+            # A 403, a missing bucket, a 400: no redelivery helps. Free the requestId, say why once.
+            self._gcs.delete(self._s.state_bucket, self._claim_path(key))
+            return self._reject(message, request.request_id, refusal_reason(fault))
+
+    def _run(self, message: PubsubMessage, request: RedriveRequest, receipt: dict[str, Any], original: str,
+             key: str, claimed_at: float, retaken: bool, submitted: list[bool]) -> RedriveOutcome:
         stamp = datetime.fromtimestamp(claimed_at, UTC).strftime("%Y%m%dT%H%M%S%fZ")
         job_id = f"{stamp}-redrive-{key[:16]}"
         if retaken and any(t.job.job_id == job_id for t in self._queue.tracked()):
             # An earlier attempt of this message started the import and died before saying so.
             self._record(key, message, request, claimed_at, job_id)
             return RedriveOutcome("duplicate", job_id)
-        listed = [str(uri) for uri in receipt.data.get("failedObjects", []) if str(uri).startswith("gs://")]
+        listed = [str(uri) for uri in receipt.get("failedObjects", []) if str(uri).startswith("gs://")]
         missing = self._finder.find([{"uri": uri} for uri in listed])
         uploads, gone = self._current(missing)
         if not uploads:
@@ -173,7 +188,8 @@ class Redriver:
         job = Job(job_id=job_id, kind="import", request_id=request.request_id or message.message_id,
                   created_at=claimed_at, import_uri=f"gs://{self._s.state_bucket}/{staging_prefix}**",
                   manifest=manifest, object_count=len(entries), staging_prefix=staging_prefix,
-                  message_id=message.message_id, redrive_of=original)
+                  message_id=message.message_id, redrive_of=original, claim=self._claim_path(key))
+        submitted.append(True)
         result = self._queue.submit(job)
         self._record(key, message, request, claimed_at, job_id)
         logger.info("redrive accepted", extra=fields(redrive_of=original, job=job_id, objects=len(entries),
