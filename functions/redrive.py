@@ -31,9 +31,9 @@ from functions.gcs import Gcs
 from functions.healthcare import HealthcareClient
 from functions.jobs import Job, JobQueue
 from functions.log import fields
+from functions.publish import Publisher
 from functions.refusal import refusal_reason
 from functions.retry import classify
-from functions.publish import Publisher
 from functions.settings import Settings
 
 if TYPE_CHECKING:
