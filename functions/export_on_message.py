@@ -32,6 +32,7 @@ from functions.export_request import (
     QuerySelector,
     ResourcesSelector,
     SqlSelector,
+    WholeStore,
     dedup_key,
     filter_lines,
     is_valid_request_id,
@@ -128,7 +129,8 @@ class ExportOnMessage:
         job = Job(job_id=f"{stamp}-{kind}-{key[:16]}", kind=kind,
                   request_id=request.request_id or message.message_id, created_at=claimed_at,
                   destination=request.destination or "", mime_type=request.mime_type, filter_uri=filter_uri,
-                  storage_class=request.storage_class, message_id=message.message_id, claim=self._claim_path(key))
+                  storage_class=request.storage_class, message_id=message.message_id, claim=self._claim_path(key),
+                  whole_store=request.action == "setStorageClass" and isinstance(request.selector, WholeStore))
         if retaken and self._tracked(job.job_id):
             # An earlier attempt started the export and died before it could say so in the claim.
             # (Once that export is reported and forgotten, this check cannot see it any more.)

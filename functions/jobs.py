@@ -24,6 +24,7 @@ from typing import Any, Literal
 from functions import coalescing, unconfirmed_starts
 from functions.clients import HealthcareApi, ObjectStore, Record
 from functions.errors import ApiError, PermanentApiError, RetryableError, UnknownOutcomeError
+from functions.job_checks import job_problem
 from functions.log import fields
 from functions.refusal import refusal_reason
 from functions.retry import classify
@@ -59,6 +60,7 @@ class Job:
     message_id: str = ""
     redrive_of: str = ""  # import jobs of a redrive: the operation whose receipt they re-import
     claim: str = ""  # export/redrive: the request's claim object, freed when the start is refused
+    whole_store: bool = False  # storageClass without a filter file: the request said wholeStore
     grown: tuple[str, ...] = ()  # batches of later windows staged into it while it waited (coalescing)
 
     def to_json(self) -> dict[str, Any]:
@@ -381,6 +383,12 @@ class JobQueue:
         job_id = job.job_id
         attempted_at = self._clock()
         try:
+            problem = job_problem(job, self._s)
+            if problem is not None:
+                # Written by something other than this deployment's own code: never started.
+                logger.error("refusing a job this deployment would not have written",
+                             extra=fields(job=job_id, kind=job.kind, reason=problem))
+                raise PermanentApiError(400, problem, status="FAILED_PRECONDITION", resource="job")
             name = self._start(job)
         except PermanentApiError as exc:
             logger.error("the API refused to start the job", extra=fields(job=job_id, status=exc.status_code,
@@ -538,7 +546,8 @@ class JobQueue:
             "name": name, "done": True,
             # The API's message stays in the log line above: it may quote request values.
             "error": {"code": 3 if exc.status_code == 400 else 7 if exc.status_code == 403 else 5,
-                      "message": refusal_reason(classify(exc), "the start of the operation")},
+                      "message": (f"the job was refused before it started: {exc.message}" if exc.resource == "job"
+                                  else refusal_reason(classify(exc), "the start of the operation"))},
             "metadata": {"createTime": _rfc3339(self._clock()), "endTime": _rfc3339(self._clock())},
         })
         return name

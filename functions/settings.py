@@ -29,6 +29,7 @@ _COMMON = (
     "DICOM_STORE",
     "DICOM_STATE_BUCKET",
     "DICOM_STATE_PREFIX",
+    "DICOM_UPLOAD_BUCKET",
     "HEALTHCARE_API_URL",
     "DICOM_MAX_CONCURRENT_OPERATIONS",
     "DICOM_CLAIM_LEASE_SECONDS",
@@ -69,6 +70,9 @@ class Settings:
     dicom_store: str  # DICOM_STORE: projects/P/locations/L/datasets/D/dicomStores/S
     state_bucket: str  # DICOM_STATE_BUCKET: claims, queue, operation records, staging, receipts
     state_prefix: str = ""  # DICOM_STATE_PREFIX: "" or "some/prefix/" inside the state bucket
+    # DICOM_UPLOAD_BUCKET: the only bucket (besides the state bucket's staging) imports read; ""
+    # = any bucket but the state bucket (functions.job_checks).
+    upload_bucket: str = ""
     completion_topic: str = ""  # DICOM_COMPLETION_TOPIC: projects/P/topics/T
     healthcare_api_url: str = DEFAULT_HEALTHCARE_API_URL  # HEALTHCARE_API_URL
     import_prefixes: tuple[str, ...] = ()  # DICOM_IMPORT_PREFIXES: comma-separated; empty = whole bucket
@@ -143,6 +147,7 @@ class Settings:
             ),
             state_bucket=reader.required("DICOM_STATE_BUCKET", _match(BUCKET_RE, "a bucket name")),
             state_prefix=reader.optional("DICOM_STATE_PREFIX", _prefix, ""),
+            upload_bucket=reader.optional("DICOM_UPLOAD_BUCKET", _match(BUCKET_RE, "a bucket name"), ""),
             completion_topic=reader.required_if_read(
                 "DICOM_COMPLETION_TOPIC", _match(TOPIC_NAME_RE, "projects/P/topics/T"), ""
             ),

@@ -87,6 +87,7 @@ class LocalConfig:
         candidates = {
             "DICOM_STORE": self.dicom_store_path,
             "DICOM_STATE_BUCKET": self.state_bucket,
+            "DICOM_UPLOAD_BUCKET": self.upload_bucket,
             "DICOM_COMPLETION_TOPIC": self.topic_path(self.completions_topic),
             "DICOM_EXPORT_ALLOWED_DESTINATIONS": f"gs://{self.export_bucket}",
             "HEALTHCARE_API_URL": healthcare,

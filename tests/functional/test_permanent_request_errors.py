@@ -149,3 +149,31 @@ def test_the_poller_starts_an_import_queued_behind_requests_that_wait_for_a_slot
         w.sim.advance(10)
     kinds = sorted(op.kind for op in w.hc.running)
     assert kinds == ["export", "import"], kinds
+
+
+# --- jobs read back from the state bucket are checked when they start ------------------------------
+
+
+def test_forged_job_records_are_refused_when_they_start() -> None:
+    from functions.jobs import Job
+
+    w, _ = _world()
+    operations_before = len(w.hc.operations)
+    forged = [
+        Job(job_id="20260101T000000000000Z-export-forged", kind="export", request_id="f-1", created_at=0,
+            destination="gs://evil-bucket/loot"),
+        Job(job_id="20260101T000000000001Z-storageClass-forged", kind="storageClass", request_id="f-2",
+            created_at=0, storage_class="ARCHIVE"),
+        Job(job_id="20260101T000000000002Z-import-forged", kind="import", request_id="f-3", created_at=0,
+            import_uri="gs://someone-elses-bucket/**"),
+    ]
+    for job in forged:
+        w.store.write("state", w.settings.state_path("jobs", f"{job.job_id}.json"),
+                      {"job": job.to_json(), "state": "PENDING"})
+    w.settle()
+    assert len(w.hc.operations) == operations_before, "nothing was started"
+    events = {e["requestId"]: e for e in _events(w)}
+    assert {r: e["state"] for r, e in events.items()} == {"f-1": "FAILED", "f-2": "FAILED", "f-3": "FAILED"}
+    assert "DICOM_EXPORT_ALLOWED_DESTINATIONS" in json.dumps(events["f-1"])
+    assert "whole store" in json.dumps(events["f-2"])
+    assert "upload bucket" in json.dumps(events["f-3"])
