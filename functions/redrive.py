@@ -42,7 +42,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ACTION = "redrive"
-FIELDS = ("action", "receipt", "requestId")
+FIELDS = ("action", "receipt", "requestId", "part")
+# Objects one redrive request checks and stages: what one function run finishes well inside its
+# timeout (a listing and a ranged read per object, copies in rounds). A larger receipt is redriven
+# in parts (`"part": k`), one request each (docs/decisions/0880).
+MAX_REDRIVE_OBJECTS = 500
 # What a receipt reference may be: an operation id, the completion event's eventId (`op-ID`), a
 # full operation name, or the receipt object (`receipts/ID.json`, optionally as a gs:// URI).
 _OPERATION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -59,6 +63,7 @@ _RECEIPT_REF = re.compile(
 class RedriveRequest:
     operation_id: str  # the failed import's operation id: its receipt is receipts/{id}.json
     request_id: str | None = None
+    part: int | None = None  # 1-based: objects (part-1)*MAX_REDRIVE_OBJECTS .. part*MAX_REDRIVE_OBJECTS-1
 
 
 def is_redrive(data: bytes) -> bool:
@@ -92,7 +97,11 @@ def parse_redrive_request(data: bytes) -> RedriveRequest:
     if not isinstance(receipt, str) or not receipt:
         raise InvalidExportRequestError("receipt is required: an operation id, its event id (op-ID), "
                                         "or the receipt object receipts/ID.json")
-    return RedriveRequest(operation_id_of(receipt), request_id)
+    part = body.get("part")
+    if part is not None and (isinstance(part, bool) or not isinstance(part, int) or not 1 <= part <= 100_000):
+        raise InvalidExportRequestError("part must be an integer from 1 (the receipt's objects are redriven "
+                                        f"{MAX_REDRIVE_OBJECTS} at a time)")
+    return RedriveRequest(operation_id_of(receipt), request_id, part)
 
 
 def operation_id_of(receipt: str) -> str:
@@ -170,6 +179,17 @@ class Redriver:
             self._record(key, message, request, claimed_at, job_id)
             return RedriveOutcome("duplicate", job_id)
         listed = [str(uri) for uri in receipt.get("failedObjects", []) if str(uri).startswith("gs://")]
+        parts = max(1, -(-len(listed) // MAX_REDRIVE_OBJECTS))
+        if request.part is None and parts > 1 or (request.part or 1) > parts:
+            self._gcs.delete(self._s.state_bucket, self._claim_path(key))
+            asked = f"part {request.part}" if request.part else "the whole receipt"
+            return self._reject(message, request.request_id,
+                                f"the receipt lists {len(listed)} objects and one redrive takes at most "
+                                f"{MAX_REDRIVE_OBJECTS}; {asked} cannot be redriven: send parts 1 to {parts} "
+                                '("part": 1, ...), one request each')
+        if request.part is not None:
+            first = (request.part - 1) * MAX_REDRIVE_OBJECTS
+            listed = listed[first:first + MAX_REDRIVE_OBJECTS]
         missing = self._finder.find([{"uri": uri} for uri in listed])
         uploads, gone = self._current(missing)
         if not uploads:
