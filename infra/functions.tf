@@ -172,12 +172,11 @@ locals {
       entry_point = "import_dicom_on_upload"
       description = "Batches uploaded DICOM files into Healthcare API imports."
       environment = merge(local.env_common, local.env_batching, local.env_event_age)
+      # The upload bucket's notifications (pubsub.tf, docs/decisions/0882).
       event_trigger = {
-        event_type   = "google.cloud.storage.object.v1.finalized"
+        event_type   = "google.cloud.pubsub.topic.v1.messagePublished"
         retry_policy = "RETRY_POLICY_RETRY"
-        event_filters = [
-          { attribute = "bucket", value = google_storage_bucket.buckets["upload"].name },
-        ]
+        pubsub_topic = google_pubsub_topic.topics["uploads"].id
       }
       invoker_members = {}
     }
@@ -238,8 +237,6 @@ module "function" {
 
   depends_on = [
     google_project_service.enabled,
-    # Eventarc's Cloud Storage trigger needs the storage agent to publish before it is created.
-    google_project_iam_member.gcs_agent_publisher,
     # The build runs as the build account as soon as the function is created.
     google_artifact_registry_repository_iam_member.build_writer,
     google_project_iam_member.build_log_writer,

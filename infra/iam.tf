@@ -214,13 +214,13 @@ resource "google_service_account_iam_member" "pubsub_agent_mints_push_tokens" {
 }
 
 /******************************************
-  Project-level grants (the allowlist in tests/infra names each role)
+  Cloud Storage service agent: the uploads topic only (no project-level Pub/Sub grant)
  *****************************************/
 
-# Project-level on purpose: a Cloud Storage trigger's transport topic is created by Eventarc, so
-# Terraform cannot name it, and Eventarc documents this grant on the project.
-resource "google_project_iam_member" "gcs_agent_publisher" {
+# The Cloud Storage service agent publishes the upload bucket's notifications, to that one topic.
+resource "google_pubsub_topic_iam_member" "gcs_agent_uploads_publisher" {
   project = var.project_id
+  topic   = google_pubsub_topic.topics["uploads"].name
   role    = "roles/pubsub.publisher"
   member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
 }

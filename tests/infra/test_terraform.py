@@ -31,8 +31,6 @@ ENTRY_POINTS = {
 PROJECT_LEVEL_ALLOWLIST = {
     # IAM lists "Project" as the lowest-level resource of this role.
     "roles/eventarc.eventReceiver": "Eventarc trigger identity of the Cloud Storage trigger",
-    # Eventarc creates a Cloud Storage trigger's transport topic itself; Terraform cannot name it.
-    "roles/pubsub.publisher": "Cloud Storage service agent publishing to Eventarc's topic",
     # Logs Writer has no narrower resource; the build account writes build logs.
     "roles/logging.logWriter": "build service account: build logs",
     # Only with a condition naming the gcf-v2-sources buckets (created by Google, so unnamed here).
@@ -157,12 +155,16 @@ def test_one_function_module_deploys_all_three(root: dict[str, Any], module: dic
 def test_import_is_triggered_by_finalize_on_the_upload_bucket(
     root: dict[str, Any], module: dict[str, Any]
 ) -> None:
+    # The upload bucket's finalize notifications go to the uploads topic, which triggers the import.
     trigger = root["locals"]["functions"]["import"]["event_trigger"]
-    assert trigger["event_type"] == "google.cloud.storage.object.v1.finalized"
+    assert trigger["event_type"] == "google.cloud.pubsub.topic.v1.messagePublished"
     assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"
-    assert trigger["event_filters"] == [
-        {"attribute": "bucket", "value": '${google_storage_bucket.buckets["upload"].name}'}
-    ]
+    assert trigger["pubsub_topic"] == '${google_pubsub_topic.topics["uploads"].id}'
+    notification = _resources(root, "google_storage_notification")["uploads"]
+    assert notification["bucket"] == '${google_storage_bucket.buckets["upload"].name}'
+    assert notification["topic"] == '${google_pubsub_topic.topics["uploads"].id}'
+    assert notification["event_types"] == ["OBJECT_FINALIZE"] and notification["payload_format"] == "JSON_API_V1"
+    assert "${google_pubsub_topic_iam_member.gcs_agent_uploads_publisher}" in notification["depends_on"]
     # The module turns the object into the function's event_trigger block.
     (function,) = _resources(module, "google_cloudfunctions2_function").values()
     dynamic = function["dynamic"][0]["event_trigger"]
@@ -203,7 +205,7 @@ def test_export_is_delivered_from_the_export_requests_topic_with_a_dead_letter_t
         subscriptions["export_dead_letter"]["topic"]
         == '${google_pubsub_topic.topics["export_dead_letter"].id}'
     )
-    assert set(root["locals"]["topics"]) == {"export_requests", "export_dead_letter", "completions"}
+    assert set(root["locals"]["topics"]) == {"export_requests", "export_dead_letter", "completions", "uploads"}
 
 
 def test_poller_is_called_over_http_by_the_scheduler_with_oidc(root: dict[str, Any]) -> None:
@@ -271,16 +273,11 @@ def test_project_level_grants_are_allowlisted(root: dict[str, Any], module: dict
             assert body["role"] in PROJECT_LEVEL_ALLOWLIST, f"project-level {body['role']} ({name})"
             seen.add(body["role"])
     assert seen == set(PROJECT_LEVEL_ALLOWLIST)
-    # Only the Cloud Storage service agent publishes project-wide.
-    (publisher,) = (
-        body
-        for body in _resources(root, "google_project_iam_member").values()
-        if body["role"] == "roles/pubsub.publisher"
-    )
-    assert (
-        publisher["member"]
-        == "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
-    )
+    # Nobody publishes project-wide: the Cloud Storage service agent publishes to the uploads topic.
+    grant = _resources(root, "google_pubsub_topic_iam_member")["gcs_agent_uploads_publisher"]
+    assert grant["topic"] == '${google_pubsub_topic.topics["uploads"].name}'
+    assert (grant["role"], grant["member"]) == (
+        "roles/pubsub.publisher", "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}")
     # The one project-level storage grant is confined to the function-source buckets.
     (viewer,) = (
         body
