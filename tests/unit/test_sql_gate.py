@@ -82,3 +82,33 @@ def test_allowed_datasets_are_bare_or_project_qualified() -> None:
     for bad in ("", "a b", "p.INFORMATION_SCHEMA", "p.d-x"):
         with pytest.raises(ValueError):
             parse_allowed_datasets([bad], "p")
+
+
+def test_queries_run_as_the_query_account_by_impersonation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.auth import impersonated_credentials
+    from google.auth.credentials import AnonymousCredentials
+
+    from functions import bigquery as bq_module
+    from functions.settings import Settings
+
+    account = "dicom-sql@p.iam.gserviceaccount.com"
+    credentials = bq_module.query_credentials(account, source=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    assert isinstance(credentials, impersonated_credentials.Credentials)
+    assert credentials.service_account_email == account
+    assert bq_module.BIGQUERY_SCOPE in credentials._target_scopes  # noqa: SLF001 - no public accessor
+
+    made: list[str] = []
+
+    def fake(service_account: str, source: object = None) -> object:
+        made.append(service_account)
+        return credentials
+
+    monkeypatch.setattr(bq_module, "query_credentials", fake)
+    settings = Settings(dicom_store="projects/p/locations/l/datasets/d/dicomStores/s", state_bucket="state",
+                        sql_service_account=account)
+    client = bq_module.BigQueryClient(settings)._bq()
+    assert made == [account] and client._credentials is credentials  # noqa: SLF001
+    local = bq_module.BigQueryClient(Settings(dicom_store=settings.dicom_store, state_bucket="state",
+                                              sql_service_account=account, bigquery_api_url="http://127.0.0.1:1"))
+    local._bq()  # noqa: SLF001 - the local BigQuery checks no credentials: nothing is impersonated
+    assert made == [account]
