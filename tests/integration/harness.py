@@ -131,7 +131,7 @@ class Deployment:
             dicom_store=f"{dataset}/dicomStores/store", state_bucket=state, completion_topic=topic,
             healthcare_api_url=healthcare_url, debounce_seconds=1.0, settle_seconds=0.3,
             claim_lease_seconds=3.0, retry_deadline_seconds=10.0, http_timeout_seconds=20.0,
-            export_allowed_destinations=(f"gs://{export}",), upload_bucket=upload,
+            export_allowed_destinations=(f"gs://{export}",),
         )
         settings = replace(settings, **overrides)
         return cls(settings, healthcare_url, upload, export, subscription, client, Deps.from_settings(settings))
