@@ -585,8 +585,11 @@ def test_the_seed_sql_on_the_stores_streamed_table_exports_exactly_the_selected_
 
 def test_hostile_sql_is_refused_by_the_local_bigquerys_dry_run_and_nothing_runs(
         store: Store, healthcare_emulator: str, bigquery_emulator: str, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     from localcloud import bigquery as local_bigquery
 
+    caplog.set_level(logging.DEBUG)
     _wait_for_stream(store, bigquery_emulator)
     project, dataset = _dataset_of(store).split(".")
     other = f"{project}.other_{uuid.uuid4().hex[:8]}"
