@@ -543,3 +543,41 @@ def test_the_iam_table_lists_exactly_the_export_functions_grants(root: dict[str,
     readme = _export_rows_in_readme()
     assert readme == terraform, (f"README only: {sorted(readme - terraform)}; "
                                  f"Terraform only: {sorted(terraform - readme)}")
+
+
+def _readme_rows(principal_prefix: str) -> set[tuple[str, str]]:
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    rows = set()
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith(principal_prefix):
+            role = re.search(r"`(roles/[\w.]+)`", cells[1])
+            assert role, line
+            rows.add((role.group(1), cells[2].split(" (")[0]))
+    return rows
+
+
+def _grants_to(root: dict[str, Any], member_text: str) -> set[tuple[str, str]]:
+    """(role, resource type) of every IAM grant whose member (or for_each of members) names `member_text`."""
+    found = set()
+    for rtype, resources in root["resource"].items():
+        if not rtype.endswith("_iam_member"):
+            continue
+        for body in resources.values():
+            if member_text in str(body.get("member", "")) or member_text in str(body.get("for_each", "")):
+                found.add((body["role"], rtype))
+    return found
+
+
+def test_the_iam_table_lists_the_query_accounts_and_the_storage_agents_grants(root: dict[str, Any]) -> None:
+    where = {"google_project_iam_member": "**project**",
+             "google_bigquery_dataset_iam_member": "each allowed dataset of this project",
+             "google_pubsub_topic_iam_member": "uploads topic"}
+    query = {(role, where[rtype]) for role, rtype in _grants_to(root, "google_service_account.sql.email")}
+    assert query == _readme_rows("query account"), (query, _readme_rows("query account"))
+    storage_agent = {(role, where[rtype]) for role, rtype in
+                     _grants_to(root, "data.google_storage_project_service_account.gcs.email_address")}
+    assert storage_agent == _readme_rows("Cloud Storage service agent") == {("roles/pubsub.publisher", "uploads topic")}
+    publishers = _readme_rows("members of `export_request_publishers`")
+    assert publishers == {("roles/pubsub.publisher", "export-requests topic")}
+    assert "var.export_request_publishers" in str(root["locals"]["request_publisher_grants"])
