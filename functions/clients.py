@@ -23,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from functions.sql_gate import DryRun
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -141,8 +143,18 @@ class QueryResult:
 class SqlRunner(Protocol):
     """BigQuery, for the `sql` selector."""
 
-    def run_query(self, sql: str, *, timeout_seconds: float) -> QueryResult:
-        """Runs one query job and waits for it (at most `timeout_seconds`).
+    def dry_run(self, sql: str) -> DryRun:
+        """BigQuery's dry run of `sql` (nothing runs, nothing is billed).
+
+        Raises:
+            SqlQueryError: BigQuery refused the statement.
+            TransientApiError: a fault worth a redelivery (429, 5xx).
+        """
+        ...
+
+    def run_query(self, sql: str, *, timeout_seconds: float, max_bytes_billed: int) -> QueryResult:
+        """Runs one query job and waits for it (at most `timeout_seconds`); a job that would bill
+        more than `max_bytes_billed` bytes fails without a charge.
 
         Raises:
             SqlQueryError: BigQuery refused or failed the query, or it did not finish in time.

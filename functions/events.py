@@ -1,7 +1,11 @@
 """Typed views of the CloudEvents the functions receive; payloads are decoded once, here.
 
 Eventarc sends the Cloud Storage object resource as data, with int64 fields as strings (test
-payloads often use ints: both are accepted). A Pub/Sub event carries the message under
+payloads often use ints: both are accepted). The deployment delivers uploads as Cloud Storage
+Pub/Sub notifications (JSON_API_V1) on a topic of its own, so that the Cloud Storage service
+agent may publish to that one topic only (docs/decisions/0882): a `messagePublished` event whose
+message carries the same object resource and the attributes `eventType`, `eventTime`; both
+forms give the same `StorageObjectEvent`. A Pub/Sub event carries the message under
 `message`, with snake_case twins of some keys and no `subscription` when functions-framework
 converted a raw push.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +80,8 @@ class StorageObjectEvent:
         Raises:
             InvalidEventError: a required field is missing or malformed.
         """
+        if attributes.get("type") == PUBSUB_PUBLISHED:
+            return cls._from_notification(PubsubMessage.from_cloud_event(attributes, data))
         if not isinstance(data, Mapping):
             raise InvalidEventError(f"storage event data is not a JSON object ({type(data).__name__})")
         name = data.get("name")
@@ -102,6 +109,30 @@ class StorageObjectEvent:
             time_created=created,
             event_time=event_time,
         )
+
+
+    @classmethod
+    def _from_notification(cls, message: PubsubMessage) -> StorageObjectEvent:
+        """A Cloud Storage Pub/Sub notification (payload JSON_API_V1) as the Eventarc event it mirrors."""
+        try:
+            resource = json.loads(message.data) if message.data else None
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidEventError("the Cloud Storage notification's data is not JSON") from None
+        kind = message.attributes.get("eventType", "")
+        event_type = _NOTIFICATION_TYPES.get(kind, kind)
+        event_time = message.attributes.get("eventTime") or (
+            message.publish_time.isoformat() if message.publish_time else None)
+        return cls.from_cloud_event({"id": message.message_id, "type": event_type, "time": event_time,
+                                     "subject": f"objects/{message.attributes.get('objectId', '')}"}, resource)
+
+
+# Cloud Storage notification eventType -> the Eventarc event type of the same change.
+_NOTIFICATION_TYPES = {
+    "OBJECT_FINALIZE": STORAGE_FINALIZED,
+    "OBJECT_DELETE": "google.cloud.storage.object.v1.deleted",
+    "OBJECT_ARCHIVE": "google.cloud.storage.object.v1.archived",
+    "OBJECT_METADATA_UPDATE": "google.cloud.storage.object.v1.metadataUpdated",
+}
 
 
 @dataclass(frozen=True)

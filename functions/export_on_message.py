@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from functions import sql_gate
 from functions.clients import EventPublisher, HealthcareApi, ObjectStore, SqlRunner
 from functions.completion import rejected_event
 from functions.errors import InvalidExportRequestError, SqlQueryError
@@ -31,6 +32,7 @@ from functions.export_request import (
     QuerySelector,
     ResourcesSelector,
     SqlSelector,
+    WholeStore,
     dedup_key,
     filter_lines,
     is_valid_request_id,
@@ -38,6 +40,8 @@ from functions.export_request import (
 )
 from functions.jobs import Job, JobQueue, Kind
 from functions.log import fields
+from functions.refusal import refusal_reason
+from functions.retry import classify
 from functions.settings import Settings
 from functions.sql_selection import SqlResultError, paths_from_rows
 
@@ -94,6 +98,23 @@ class ExportOnMessage:
                         extra=fields(request_id=request.request_id, **with_id))
             return ExportOutcome("duplicate")
         kind: Kind = "storageClass" if request.action == "setStorageClass" else "export"
+        submitted: list[bool] = []
+        try:
+            return self._run(message, request, key, kind, claimed_at, retaken, submitted)
+        except Exception as exc:
+            fault = classify(exc)
+            if fault.retry or submitted:
+                raise  # the claim stays ours (the redelivery retakes it), or the job is in the queue
+            # No redelivery can help (a 403, a missing bucket, a 400): free the requestId and
+            # say why, once. The service's own message is not repeated (it may quote values).
+            self._gcs.delete(self._s.state_bucket, self._claim_path(key))
+            self._gcs.delete(self._s.state_bucket, self._s.state_path("filters", f"{key}.txt"))
+            return self._reject(message, request.request_id, refusal_reason(fault), destination=request.destination,
+                                kind=kind)
+
+    def _run(self, message: PubsubMessage, request: ExportRequest, key: str, kind: Kind, claimed_at: float,
+             retaken: bool, submitted: list[bool]) -> ExportOutcome:
+        with_id = {"message_id": message.message_id}
         filter_uri = request.selector.uri if isinstance(request.selector, FilterUriSelector) else None
         if isinstance(request.selector, (ResourcesSelector, QuerySelector, SqlSelector)):
             try:
@@ -108,7 +129,8 @@ class ExportOnMessage:
         job = Job(job_id=f"{stamp}-{kind}-{key[:16]}", kind=kind,
                   request_id=request.request_id or message.message_id, created_at=claimed_at,
                   destination=request.destination or "", mime_type=request.mime_type, filter_uri=filter_uri,
-                  storage_class=request.storage_class, message_id=message.message_id)
+                  storage_class=request.storage_class, message_id=message.message_id, claim=self._claim_path(key),
+                  whole_store=request.action == "setStorageClass" and isinstance(request.selector, WholeStore))
         if retaken and self._tracked(job.job_id):
             # An earlier attempt started the export and died before it could say so in the claim.
             # (Once that export is reported and forgotten, this check cannot see it any more.)
@@ -118,6 +140,7 @@ class ExportOnMessage:
             logger.info("redelivered export request: its export already runs",
                         extra=fields(request_id=job.request_id, job=job.job_id, **with_id))
             return ExportOutcome("duplicate", job.job_id)
+        submitted.append(True)
         result = self._queue.submit(job)
         self._gcs.write(self._s.state_bucket, self._claim_path(key),
                         {"messageId": message.message_id, "requestId": request.request_id,
@@ -174,7 +197,12 @@ class ExportOnMessage:
     def _sql_paths(self, sql: str) -> Iterator[str]:
         if self._bq is None:
             raise SqlQueryError("this deployment has no BigQuery client; the sql selector is not available")
-        result = self._bq.run_query(sql, timeout_seconds=self._s.sql_timeout_seconds)
+        # BigQuery's own dry run decides whether the statement may run at all (nothing runs or
+        # is billed by it); maximumBytesBilled bounds the real run as well.
+        sql_gate.decide(self._bq.dry_run(sql), sql=sql, allowed_datasets=self._s.sql_datasets,
+                        max_bytes_billed=self._s.sql_max_bytes_billed)
+        result = self._bq.run_query(sql, timeout_seconds=self._s.sql_timeout_seconds,
+                                    max_bytes_billed=self._s.sql_max_bytes_billed)
         limit = self._s.sql_max_rows
         if result.total_rows is not None and result.total_rows > limit:
             # Known before a single row is read: nothing is written.

@@ -13,6 +13,8 @@ Decisions (each one is tested):
 - `action`: `export` (the default) or `setStorageClass` (with `storageClass`, and without
   `destination` and `mimeType`); `redrive` never reaches this parser (functions.redrive).
 - Selector: at most one of `resources`, `filterUri`, `query`, `sql`; none means the whole store.
+  A storage-class change of the whole store must say so: `"wholeStore": true` (and no selector);
+  a forgotten selector is refused, never taken for "everything" (docs/decisions/0851).
 - `sql`: one SELECT/WITH statement (`functions.sql_selection.check_sql`); run by the function.
 - `resources`: `/studies/U`, `/studies/U/series/U` or `/studies/U/series/U/instances/U` exactly.
   UIDs follow DICOM PS3.5 section 9.1: components of digits separated by dots, no empty component,
@@ -50,7 +52,7 @@ MAX_DESTINATION_PREFIX_BYTES = 768
 MAX_OBJECT_NAME_BYTES = 1024
 
 FIELDS = ("requestId", "destination", "resources", "filterUri", "query", "sql", "mimeType", "action",
-          "storageClass")
+          "storageClass", "wholeStore")
 SELECTOR_FIELDS = ("resources", "filterUri", "query", "sql")
 EXPORT = "export"
 SET_STORAGE_CLASS = "setStorageClass"
@@ -177,6 +179,8 @@ class ExportRequest:
             out["mimeType"] = self.mime_type
         if self.storage_class is not None:
             out["storageClass"] = self.storage_class
+        if self.action == SET_STORAGE_CLASS and isinstance(self.selector, WholeStore):
+            out["wholeStore"] = True
         return out
 
 
@@ -249,6 +253,18 @@ def parse_export_request(data: bytes, *, allowed_destinations: Sequence[str] | N
         storage_class = _require_str(body, "storageClass")
         if storage_class not in BLOB_STORAGE_CLASSES:
             raise _reject(f"storageClass {_show(storage_class, 40)} is not one of {', '.join(BLOB_STORAGE_CLASSES)}")
+
+    if "wholeStore" in body:
+        if action != SET_STORAGE_CLASS:
+            raise _reject('wholeStore belongs to "action": "setStorageClass"; an export without a selector '
+                          "exports the whole store")
+        if body["wholeStore"] is not True:
+            raise _reject("wholeStore must be true, or left out")
+        if given:
+            raise _reject(f"wholeStore and {given[0]} contradict each other; give one of them")
+    elif action == SET_STORAGE_CLASS and isinstance(selector, WholeStore):
+        raise _reject('a storage-class change needs a selector (resources, filterUri, query or sql), or '
+                      '"wholeStore": true to change every instance of the store')
 
     mime_type = None
     if "mimeType" in body:

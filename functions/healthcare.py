@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from google.api_core.exceptions import RetryError
@@ -52,9 +53,24 @@ class HealthcareClient:
               params: Mapping[str, str] | None = None, resource: str = "",
               policy: Retry | None = None) -> requests.Response:
         def once() -> requests.Response:
-            response = self._session.request(method, url, json=json_body, params=params, timeout=self._timeout)
+            if not params:
+                response = self._session.request(method, url, json=json_body, timeout=self._timeout)
+                if response.status_code >= 400:
+                    raise _error(response, resource)
+                return response
+            # A query string holds search keys (tag values such as a PatientID): a fault of this
+            # call names the path only, and an API error keeps its status, never its message
+            # (it may quote a value). `from None`: no chained exception carries the URL either.
+            try:
+                response = self._session.request(method, url, json=json_body, params=params, timeout=self._timeout)
+            except requests.RequestException as exc:
+                raise type(exc)(f"{type(exc).__name__} on {method} {urlsplit(url).path} "
+                                "(the query string is not shown)") from None
             if response.status_code >= 400:
-                raise _error(response, resource)
+                error = _error(response, resource)
+                raise api_error(response.status_code, f"{method} {urlsplit(url).path} answered "
+                                f"{response.status_code} (the message is not shown: it may quote the query)",
+                                status=getattr(error, "status", ""), resource=resource)
             return response
 
         try:

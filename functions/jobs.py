@@ -24,13 +24,20 @@ from typing import Any, Literal
 from functions import coalescing, unconfirmed_starts
 from functions.clients import HealthcareApi, ObjectStore, Record
 from functions.errors import ApiError, PermanentApiError, RetryableError, UnknownOutcomeError
+from functions.job_checks import job_problem
 from functions.log import fields
+from functions.refusal import refusal_reason
+from functions.retry import classify
 from functions.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["import", "export", "storageClass"]  # storageClass: dicomStores.setBlobStorageSettings
 REFUSED_PREFIX = "refused-"  # operation ids of starts the API refused (see `_record_refusal`)
+# Slots 0..INGEST_SLOTS-1 take imports of uploads only: exports, storage-class changes and
+# redrives (whatever a publisher of export requests can start) never hold every slot, so they
+# cannot starve ingest (docs/decisions/0874). Not with a single slot: requests would never run.
+INGEST_SLOTS = 1
 _READ_THREADS = 16
 
 
@@ -52,6 +59,8 @@ class Job:
     filter_uri: str | None = None
     message_id: str = ""
     redrive_of: str = ""  # import jobs of a redrive: the operation whose receipt they re-import
+    claim: str = ""  # export/redrive: the request's claim object, freed when the start is refused
+    whole_store: bool = False  # storageClass without a filter file: the request said wholeStore
     grown: tuple[str, ...] = ()  # batches of later windows staged into it while it waited (coalescing)
 
     def to_json(self) -> dict[str, Any]:
@@ -111,6 +120,7 @@ class StartResult:
     queued: bool  # no free slot: the job waits for the poller
     unconfirmed: bool = False  # the outcome is unknown: the job holds its slot until the poller knows
     coalescing: bool = False  # an import waits for the running one, taking later uploads (no slot taken)
+    capped: bool = False  # a request's job found only ingest slots free: the jobs behind it may start
 
 
 class JobQueue:
@@ -247,7 +257,7 @@ class JobQueue:
             return StartResult(None, queued=False, coalescing=True)
         slot = self._acquire_slot(job)
         if slot is None:
-            return StartResult(None, queued=True)
+            return StartResult(None, queued=True, capped=is_request(job))
         if coalescing.live_holds(record.data, now):
             # Later windows are growing it. It could start now, so it takes no new growers (else
             # overlapping windows could hold it forever); the last grower to commit, or the
@@ -373,6 +383,12 @@ class JobQueue:
         job_id = job.job_id
         attempted_at = self._clock()
         try:
+            problem = job_problem(job, self._s)
+            if problem is not None:
+                # Written by something other than this deployment's own code: never started.
+                logger.error("refusing a job this deployment would not have written",
+                             extra=fields(job=job_id, kind=job.kind, reason=problem))
+                raise PermanentApiError(400, problem, status="FAILED_PRECONDITION", resource="job")
             name = self._start(job)
         except PermanentApiError as exc:
             logger.error("the API refused to start the job", extra=fields(job=job_id, status=exc.status_code,
@@ -528,8 +544,10 @@ class JobQueue:
         name = f"{self._s.dataset}/operations/{REFUSED_PREFIX}{job.job_id}"
         self._gcs.write(self._s.state_bucket, self._s.state_path("refusals", f"{REFUSED_PREFIX}{job.job_id}.json"), {
             "name": name, "done": True,
+            # The API's message stays in the log line above: it may quote request values.
             "error": {"code": 3 if exc.status_code == 400 else 7 if exc.status_code == 403 else 5,
-                      "message": f"the API refused to start the operation: HTTP {exc.status_code} {exc.message}"},
+                      "message": (f"the job was refused before it started: {exc.message}" if exc.resource == "job"
+                                  else refusal_reason(classify(exc), "the start of the operation"))},
             "metadata": {"createTime": _rfc3339(self._clock()), "endTime": _rfc3339(self._clock())},
         })
         return name
@@ -540,13 +558,19 @@ class JobQueue:
         # order spreads concurrent starters over the free slots instead of all racing for one.
         prefix = self._s.state_path("slots/")
         held = {info.name[len(prefix):] for info in self._gcs.list(self._s.state_bucket, prefix)}
-        order = [i for i in range(self._s.max_concurrent_operations) if str(i) not in held]
+        first = self.first_slot_of(job)
+        order = [i for i in range(first, self._s.max_concurrent_operations) if str(i) not in held]
         random.shuffle(order)
         for index in order:
             if self._gcs.create(self._s.state_bucket, self.slot_path(index),
                                 {"job": job.job_id, "acquiredAt": self._clock()}, _labels(job)) is not None:
                 return index
         return None
+
+    def first_slot_of(self, job: Job) -> int:
+        """The lowest slot index `job` may take: requests' jobs leave the ingest slots free."""
+        reserved = INGEST_SLOTS if self._s.max_concurrent_operations > INGEST_SLOTS else 0
+        return reserved if is_request(job) else 0
 
     def release_slot(self, index: int, job_id: str) -> None:
         """Frees slot `index` if it is still held for `job_id`."""
@@ -634,6 +658,11 @@ class JobQueue:
         self._gcs.delete(self._s.state_bucket, self.operation_path(tracked.operation_id))
         if tracked.refused:
             self._gcs.delete(self._s.state_bucket, self._s.state_path("refusals", f"{tracked.operation_id}.json"))
+
+
+def is_request(job: Job) -> bool:
+    """A job an export request started (export, storage-class change, redrive), not an upload's import."""
+    return job.kind != "import" or bool(job.redrive_of)
 
 
 def _labels(job: Job) -> dict[str, str]:

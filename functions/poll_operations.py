@@ -148,6 +148,9 @@ class Poller:
         self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{started.operation_id}.json"), data)
         if not failed and not undecided and status.error is None:
             self._clean_up(started)
+        if started.refused and job.claim:
+            # Nothing ran: the request may be sent again (its FAILED event says why).
+            self._gcs.delete(self._s.state_bucket, job.claim)
         self._queue.forget(started)
         logger.info("operation finished", extra=fields(operation=started.name, kind=job.kind,
                                                        state=attributes.get("state"), event=attributes.get("eventId"),
@@ -207,8 +210,10 @@ class Poller:
             result = self._queue.try_start(job_id, tracked_jobs)
             if result.started:
                 summary.jobs_started += 1
-            elif result.coalescing:
-                waiting += 1  # an import left to grow while another runs; the jobs behind it may start
+            elif result.coalescing or result.capped:
+                # An import left to grow while another runs, or a request's job that found only
+                # the ingest slots free: the jobs behind it may start.
+                waiting += 1
             elif result.queued:
                 # No free slot: trying the rest would only hammer the slot objects.
                 summary.jobs_queued = len(pending) - index

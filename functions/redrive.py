@@ -47,6 +47,8 @@ from functions.healthcare import HealthcareClient
 from functions.jobs import Job, JobQueue
 from functions.log import fields
 from functions.publish import Publisher
+from functions.refusal import refusal_reason
+from functions.retry import classify
 from functions.settings import Settings
 
 if TYPE_CHECKING:
@@ -55,7 +57,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ACTION = "redrive"
-FIELDS = ("action", "receipt", "requestId")
+FIELDS = ("action", "receipt", "requestId", "part")
+# Objects one redrive request checks and stages: what one function run finishes well inside its
+# timeout (a listing and a ranged read per object, copies in rounds). A larger receipt is redriven
+# in parts (`"part": k`), one request each (docs/decisions/0880).
+MAX_REDRIVE_OBJECTS = 500
 # What a receipt reference may be: an operation id, the completion event's eventId (`op-ID`), a
 # full operation name, or the receipt object (`receipts/ID.json`, optionally as a gs:// URI).
 _OPERATION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -72,6 +78,7 @@ _RECEIPT_REF = re.compile(
 class RedriveRequest:
     operation_id: str  # the failed import's operation id: its receipt is receipts/{id}.json
     request_id: str | None = None
+    part: int | None = None  # 1-based: objects (part-1)*MAX_REDRIVE_OBJECTS .. part*MAX_REDRIVE_OBJECTS-1
 
 
 def is_redrive(data: bytes) -> bool:
@@ -105,7 +112,11 @@ def parse_redrive_request(data: bytes) -> RedriveRequest:
     if not isinstance(receipt, str) or not receipt:
         raise InvalidExportRequestError("receipt is required: an operation id, its event id (op-ID), "
                                         "or the receipt object receipts/ID.json")
-    return RedriveRequest(operation_id_of(receipt), request_id)
+    part = body.get("part")
+    if part is not None and (isinstance(part, bool) or not isinstance(part, int) or not 1 <= part <= 100_000):
+        raise InvalidExportRequestError("part must be an integer from 1 (the receipt's objects are redriven "
+                                        f"{MAX_REDRIVE_OBJECTS} at a time)")
+    return RedriveRequest(operation_id_of(receipt), request_id, part)
 
 
 def operation_id_of(receipt: str) -> str:
@@ -193,13 +204,37 @@ class Redriver:
             logger.info("repeated redrive request: nothing new starts",
                         extra=fields(request_id=request.request_id, message_id=message.message_id))
             return RedriveOutcome("duplicate")
+        submitted: list[bool] = []
+        try:
+            return self._run(message, request, receipt.data, original, key, claimed_at, retaken, submitted)
+        except Exception as exc:
+            fault = classify(exc)
+            if fault.retry or submitted:
+                raise  # the claim stays ours (the redelivery retakes it), or the job is in the queue
+            # A 403, a missing bucket, a 400: no redelivery helps. Free the requestId, say why once.
+            self._gcs.delete(self._s.state_bucket, self._claim_path(key))
+            return self._reject(message, request.request_id, refusal_reason(fault))
+
+    def _run(self, message: PubsubMessage, request: RedriveRequest, receipt: dict[str, Any], original: str,
+             key: str, claimed_at: float, retaken: bool, submitted: list[bool]) -> RedriveOutcome:
         stamp = datetime.fromtimestamp(claimed_at, UTC).strftime("%Y%m%dT%H%M%S%fZ")
         job_id = f"{stamp}-redrive-{key[:16]}"
         if retaken and any(t.job.job_id == job_id for t in self._queue.tracked()):
             # An earlier attempt of this message started the import and died before saying so.
             self._record(key, message, request, claimed_at, job_id)
             return RedriveOutcome("duplicate", job_id)
-        listed = _receipt_objects(receipt.data)
+        listed = _receipt_objects(receipt)
+        parts = max(1, -(-len(listed) // MAX_REDRIVE_OBJECTS))
+        if request.part is None and parts > 1 or (request.part or 1) > parts:
+            self._gcs.delete(self._s.state_bucket, self._claim_path(key))
+            asked = f"part {request.part}" if request.part else "the whole receipt"
+            return self._reject(message, request.request_id,
+                                f"the receipt lists {len(listed)} objects and one redrive takes at most "
+                                f"{MAX_REDRIVE_OBJECTS}; {asked} cannot be redriven: send parts 1 to {parts} "
+                                '("part": 1, ...), one request each')
+        if request.part is not None:
+            first = (request.part - 1) * MAX_REDRIVE_OBJECTS
+            listed = listed[first:first + MAX_REDRIVE_OBJECTS]
         fates = self._finder.account([{"uri": uri} for uri in listed], api_failures=None).fates
         # A UID conflict, a file that is still not DICOM or unparseable would only fail again:
         # those stay named (held back, with their reason) and are not imported.
@@ -219,7 +254,8 @@ class Redriver:
         job = Job(job_id=job_id, kind="import", request_id=request.request_id or message.message_id,
                   created_at=claimed_at, import_uri=f"gs://{self._s.state_bucket}/{staging_prefix}**",
                   manifest=manifest, object_count=len(entries), staging_prefix=staging_prefix,
-                  message_id=message.message_id, redrive_of=original)
+                  message_id=message.message_id, redrive_of=original, claim=self._claim_path(key))
+        submitted.append(True)
         result = self._queue.submit(job)
         self._record(key, message, request, claimed_at, job_id)
         logger.info("redrive accepted", extra=fields(redrive_of=original, job=job_id, objects=len(entries),

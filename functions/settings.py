@@ -29,6 +29,7 @@ _COMMON = (
     "DICOM_STORE",
     "DICOM_STATE_BUCKET",
     "DICOM_STATE_PREFIX",
+    "DICOM_UPLOAD_BUCKET",
     "HEALTHCARE_API_URL",
     "DICOM_MAX_CONCURRENT_OPERATIONS",
     "DICOM_CLAIM_LEASE_SECONDS",
@@ -52,7 +53,8 @@ FUNCTION_VARIABLES: Mapping[str, frozenset[str]] = {
     "export_dicom_on_message": frozenset(
         _COMMON
         + ("DICOM_COMPLETION_TOPIC", "DICOM_EXPORT_ALLOWED_DESTINATIONS", "DICOM_MAX_EVENT_AGE_SECONDS",
-           "BIGQUERY_API_URL", "DICOM_SQL_MAX_ROWS", "DICOM_SQL_TIMEOUT_SECONDS")
+           "BIGQUERY_API_URL", "DICOM_SQL_MAX_ROWS", "DICOM_SQL_TIMEOUT_SECONDS",
+           "DICOM_SQL_ALLOWED_DATASETS", "DICOM_SQL_MAX_BYTES_BILLED", "DICOM_SQL_SERVICE_ACCOUNT")
     ),
     "poll_dicom_operations": frozenset(
         _COMMON + _IMPORT + ("DICOM_COMPLETION_TOPIC", "DICOM_POLL_CONCURRENCY", "DICOM_FAILED_OBJECTS_CAP")
@@ -68,6 +70,9 @@ class Settings:
     dicom_store: str  # DICOM_STORE: projects/P/locations/L/datasets/D/dicomStores/S
     state_bucket: str  # DICOM_STATE_BUCKET: claims, queue, operation records, staging, receipts
     state_prefix: str = ""  # DICOM_STATE_PREFIX: "" or "some/prefix/" inside the state bucket
+    # DICOM_UPLOAD_BUCKET: the only bucket (besides the state bucket's staging) imports read; ""
+    # = any bucket but the state bucket (functions.job_checks).
+    upload_bucket: str = ""
     completion_topic: str = ""  # DICOM_COMPLETION_TOPIC: projects/P/topics/T
     healthcare_api_url: str = DEFAULT_HEALTHCARE_API_URL  # HEALTHCARE_API_URL
     import_prefixes: tuple[str, ...] = ()  # DICOM_IMPORT_PREFIXES: comma-separated; empty = whole bucket
@@ -86,7 +91,13 @@ class Settings:
     export_allowed_destinations: tuple[str, ...] = ()  # DICOM_EXPORT_ALLOWED_DESTINATIONS: gs:// prefixes
     bigquery_api_url: str = DEFAULT_BIGQUERY_API_URL  # BIGQUERY_API_URL: the `sql` selector's BigQuery
     sql_max_rows: int = 1_000_000  # DICOM_SQL_MAX_ROWS: more rows from a `sql` selector are REJECTED
-    sql_timeout_seconds: float = 300.0  # DICOM_SQL_TIMEOUT_SECONDS: a slower `sql` query is REJECTED
+    sql_timeout_seconds: float = 60.0  # DICOM_SQL_TIMEOUT_SECONDS: a slower `sql` query is REJECTED
+    # DICOM_SQL_ALLOWED_DATASETS: `dataset` (in the store's project) or `project.dataset` entries a
+    # `sql` selector may read; empty = the selector is refused (docs/decisions/0870).
+    sql_allowed_datasets: tuple[str, ...] = ()
+    sql_max_bytes_billed: int = 10 * 1024**3  # DICOM_SQL_MAX_BYTES_BILLED: maximumBytesBilled of each query
+    # DICOM_SQL_SERVICE_ACCOUNT: the account queries run as (impersonated); "" = the function's own.
+    sql_service_account: str = ""
     poll_concurrency: int = 16  # DICOM_POLL_CONCURRENCY: parallel operations.get calls
     failed_objects_cap: int = 100  # DICOM_FAILED_OBJECTS_CAP: names listed in a completion event
     http_timeout_seconds: float = 60.0  # DICOM_HTTP_TIMEOUT_SECONDS: per HTTP call
@@ -101,6 +112,13 @@ class Settings:
     @property
     def project(self) -> str:
         return self.dicom_store.split("/")[1]
+
+    @property
+    def sql_datasets(self) -> tuple[tuple[str, str], ...]:
+        """`sql_allowed_datasets` as (project, dataset) pairs; a bare dataset is in `project`."""
+        from functions.sql_gate import parse_allowed_datasets
+
+        return parse_allowed_datasets(self.sql_allowed_datasets, self.project)
 
     def state_path(self, *parts: str) -> str:
         """Object name inside the state bucket, under the configured prefix."""
@@ -129,6 +147,7 @@ class Settings:
             ),
             state_bucket=reader.required("DICOM_STATE_BUCKET", _match(BUCKET_RE, "a bucket name")),
             state_prefix=reader.optional("DICOM_STATE_PREFIX", _prefix, ""),
+            upload_bucket=reader.optional("DICOM_UPLOAD_BUCKET", _match(BUCKET_RE, "a bucket name"), ""),
             completion_topic=reader.required_if_read(
                 "DICOM_COMPLETION_TOPIC", _match(TOPIC_NAME_RE, "projects/P/topics/T"), ""
             ),
@@ -149,7 +168,10 @@ class Settings:
             ),
             bigquery_api_url=reader.optional("BIGQUERY_API_URL", _url, DEFAULT_BIGQUERY_API_URL),
             sql_max_rows=reader.optional("DICOM_SQL_MAX_ROWS", _positive_int, 1_000_000),
-            sql_timeout_seconds=reader.optional("DICOM_SQL_TIMEOUT_SECONDS", _positive_float, 300.0),
+            sql_timeout_seconds=reader.optional("DICOM_SQL_TIMEOUT_SECONDS", _positive_float, 60.0),
+            sql_allowed_datasets=reader.optional("DICOM_SQL_ALLOWED_DATASETS", _datasets, ()),
+            sql_max_bytes_billed=reader.optional("DICOM_SQL_MAX_BYTES_BILLED", _positive_int, 10 * 1024**3),
+            sql_service_account=reader.optional("DICOM_SQL_SERVICE_ACCOUNT", _service_account, ""),
             poll_concurrency=reader.optional("DICOM_POLL_CONCURRENCY", _positive_int, 16),
             failed_objects_cap=reader.optional("DICOM_FAILED_OBJECTS_CAP", _positive_int, 100),
             http_timeout_seconds=reader.optional("DICOM_HTTP_TIMEOUT_SECONDS", _positive_float, 60.0),
@@ -258,6 +280,20 @@ def _gcs_prefixes(raw: str) -> tuple[str, ...]:
         except InvalidExportRequestError as exc:
             raise ValueError(f"{exc.reason}; expected gs://bucket[/prefix]") from None
     return tuple(prefixes)
+
+
+def _datasets(raw: str) -> tuple[str, ...]:
+    from functions.sql_gate import parse_allowed_datasets
+
+    entries = _csv(raw)
+    parse_allowed_datasets(entries, "project")  # the form only; the project comes from DICOM_STORE
+    return entries
+
+
+def _service_account(raw: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gserviceaccount\.com", raw):
+        raise ValueError("expected a service account e-mail (NAME@PROJECT.iam.gserviceaccount.com)")
+    return raw
 
 
 def _log_level(raw: str) -> str:

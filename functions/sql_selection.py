@@ -1,9 +1,8 @@
 """The `sql` selector: which statements we run, and how result rows become filter-file paths. Pure.
 
-`check_sql` runs when the request is parsed (before anything is started or claimed): one `SELECT`
-or `WITH` statement, nothing else. It is a lexical check that skips string literals, quoted
-identifiers and comments, so a `;` or keyword inside them does not count. It is the first of two
-fences: the export function's BigQuery role only reads (docs/decisions/0850-sql-selector.md).
+`check_sql` runs when the request is parsed: the text is not empty, not over BigQuery's length
+limit and holds no NUL. Whether it may run is BigQuery's dry run's to say (`functions.sql_gate`):
+a reading of the text is no match for BigQuery's own parser (docs/decisions/0870).
 
 `paths_from_rows` turns the rows of the query into resource paths while they stream: either one
 column of `/studies/..[/series/..[/instances/..]]` paths, or the UID columns `StudyInstanceUID`
@@ -29,7 +28,6 @@ _UID_RE = re.compile(rf"{_COMPONENT}(?:\.{_COMPONENT})*")
 _PATH_RE = re.compile(
     rf"/studies/({_UID_RE.pattern})(?:/series/({_UID_RE.pattern})(?:/instances/({_UID_RE.pattern}))?)?"
 )
-_FIRST_WORD = re.compile(r"[A-Za-z]+")  # not "_": quoted text is blanked to "_"
 
 
 class SqlResultError(InvalidExportRequestError):
@@ -37,82 +35,16 @@ class SqlResultError(InvalidExportRequestError):
 
 
 def check_sql(sql: str) -> str:
-    """The statement without surrounding blanks and trailing `;`; raises InvalidExportRequestError."""
+    """The statement without surrounding blanks; raises InvalidExportRequestError for an empty,
+    over-long or NUL-holding text. What the statement is, and what it reads, is decided by
+    BigQuery's dry run (`functions.sql_gate`), not by reading the text here."""
     if not sql.strip():
         raise InvalidExportRequestError("sql is empty; give one SELECT statement")
     if len(sql) > MAX_SQL_CHARS:
         raise InvalidExportRequestError(f"sql is {len(sql)} characters long; at most {MAX_SQL_CHARS} are allowed")
     if "\x00" in sql:
         raise InvalidExportRequestError("sql contains a NUL character")
-    code = _code_only(sql)
-    body = code.rstrip().rstrip(";").rstrip()
-    if ";" in body:
-        raise InvalidExportRequestError("sql holds more than one statement; give exactly one SELECT statement")
-    stripped = body.lstrip().lstrip("(").lstrip()
-    match = _FIRST_WORD.match(stripped)
-    first = match.group(0).upper() if match else ""
-    if first not in ("SELECT", "WITH"):
-        shown = first[:20] or "no keyword"
-        raise InvalidExportRequestError(
-            f"sql must be a single SELECT (or WITH ... SELECT) statement, not {shown}; "
-            "data and schema changes, scripts and procedures are not run"
-        )
-    # The same cut on the original text (the code-only copy has the same offsets).
-    end = len(code.rstrip().rstrip(";").rstrip())
-    return sql[:end].strip()
-
-
-def _code_only(sql: str) -> str:
-    """`sql` with comments blanked out and string literals and quoted identifiers replaced by `_`
-    (same length, so offsets carry over; a literal is never mistaken for trailing blanks)."""
-    out = list(sql)
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c == "-" and sql.startswith("--", i) or c == "#":
-            end = sql.find("\n", i)
-            end = n if end < 0 else end
-        elif c == "/" and sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            if end < 0:
-                raise InvalidExportRequestError("sql has an unterminated /* comment")
-            end += 2
-        elif c in "'\"`":
-            end = _end_of_quoted(sql, i)
-            out[i:end] = "_" * (end - i)
-            i = end
-            continue
-        else:
-            i += 1
-            continue
-        for k in range(i, end):
-            if out[k] != "\n":
-                out[k] = " "
-        i = end
-    return "".join(out)
-
-
-def _end_of_quoted(sql: str, start: int) -> int:
-    """Index after the literal or quoted identifier that starts at `start`."""
-    quote = sql[start]
-    triple = quote * 3
-    if quote != "`" and sql.startswith(triple, start):
-        end = sql.find(triple, start + 3)
-        if end < 0:
-            raise InvalidExportRequestError("sql has an unterminated triple-quoted string")
-        return end + 3
-    # Raw strings (r'...') keep backslashes, but a backslash before the quote still does not end it.
-    i = start + 1
-    while i < len(sql):
-        if sql[i] == "\\":
-            i += 2
-            continue
-        if sql[i] == quote:
-            return i + 1
-        if sql[i] == "\n" and quote != "`":
-            break
-        i += 1
-    raise InvalidExportRequestError("sql has an unterminated quoted string or identifier")
+    return sql.strip()
 
 
 def row_shape(columns: Sequence[str]) -> int:

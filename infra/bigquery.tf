@@ -35,26 +35,30 @@ resource "google_bigquery_dataset_iam_member" "healthcare_stream_writer" {
 }
 
 locals {
-  bigquery_dataset_grants = {
-    # The export function reads it for sql selectors; it never writes.
-    export-stream-read = { role = "roles/bigquery.dataViewer", member = local.runtime["export"] }
-  }
+  # DICOM_SQL_ALLOWED_DATASETS: the stream dataset unless the variable lists others.
+  sql_allowed_datasets = coalesce(var.sql_allowed_datasets, [google_bigquery_dataset.stream.dataset_id])
+  # The allowed datasets of this project (bare ids, or qualified with this project's id).
+  sql_readable_datasets = toset([for d in local.sql_allowed_datasets : element(split(".", d), length(split(".", d)) - 1)
+  if length(split(".", d)) == 1 || startswith(d, "${var.project_id}.")])
 }
 
-resource "google_bigquery_dataset_iam_member" "grants" {
-  for_each = local.bigquery_dataset_grants
+# The query account reads the allowed datasets, and nothing else (docs/decisions/0872).
+resource "google_bigquery_dataset_iam_member" "sql_readers" {
+  for_each = local.sql_readable_datasets
 
   project    = var.project_id
-  dataset_id = google_bigquery_dataset.stream.dataset_id
-  role       = each.value.role
-  member     = each.value.member
+  dataset_id = each.value
+  role       = "roles/bigquery.dataViewer"
+  member     = "serviceAccount:${google_service_account.sql.email}"
+
+  depends_on = [google_bigquery_dataset.stream]
 }
 
 # Running a query job is a project permission (bigquery.jobs.create): jobUser has no narrower
 # resource. The data itself is reachable only through the dataset grants above.
 resource "google_project_iam_member" "bigquery_job_users" {
   for_each = {
-    export     = local.runtime["export"]
+    sql        = "serviceAccount:${google_service_account.sql.email}"
     healthcare = local.healthcare_agent
   }
 

@@ -90,6 +90,15 @@ locals {
   }
 }
 
+# A slow query must end REJECTED inside one delivery: if the function or the ack deadline ran out
+# first, the request would be redelivered and finally dead-lettered without an event.
+check "sql_timeout_fits_one_delivery" {
+  assert {
+    condition     = var.sql_timeout_seconds + 30 <= min(local.function_settings.export.timeout_seconds, google_pubsub_subscription.export_requests.ack_deadline_seconds)
+    error_message = "sql_timeout_seconds + 30 must not exceed the export function's timeout and the export-requests subscription's ack deadline."
+  }
+}
+
 check "import_timeout_covers_the_batching_window" {
   assert {
     condition     = local.function_settings.import.timeout_seconds >= var.debounce_seconds + var.settle_seconds + 30
@@ -106,6 +115,7 @@ locals {
   env_common = {
     DICOM_STORE                     = local.dicom_store_name
     DICOM_STATE_BUCKET              = google_storage_bucket.buckets["state"].name
+    DICOM_UPLOAD_BUCKET             = google_storage_bucket.buckets["upload"].name
     DICOM_STATE_PREFIX              = local.state_prefix
     HEALTHCARE_API_URL              = var.healthcare_api_url
     DICOM_MAX_CONCURRENT_OPERATIONS = tostring(var.max_concurrent_operations)
@@ -140,6 +150,9 @@ locals {
     BIGQUERY_API_URL                  = var.bigquery_api_url
     DICOM_SQL_MAX_ROWS                = tostring(var.sql_max_rows)
     DICOM_SQL_TIMEOUT_SECONDS         = tostring(var.sql_timeout_seconds)
+    DICOM_SQL_ALLOWED_DATASETS        = join(",", local.sql_allowed_datasets)
+    DICOM_SQL_MAX_BYTES_BILLED        = format("%d", var.sql_max_bytes_billed)
+    DICOM_SQL_SERVICE_ACCOUNT         = google_service_account.sql.email
   }
 
   env_poll = {
@@ -159,12 +172,11 @@ locals {
       entry_point = "import_dicom_on_upload"
       description = "Batches uploaded DICOM files into Healthcare API imports."
       environment = merge(local.env_common, local.env_batching, local.env_event_age)
+      # The upload bucket's notifications (pubsub.tf, docs/decisions/0882).
       event_trigger = {
-        event_type   = "google.cloud.storage.object.v1.finalized"
+        event_type   = "google.cloud.pubsub.topic.v1.messagePublished"
         retry_policy = "RETRY_POLICY_RETRY"
-        event_filters = [
-          { attribute = "bucket", value = google_storage_bucket.buckets["upload"].name },
-        ]
+        pubsub_topic = google_pubsub_topic.topics["uploads"].id
       }
       invoker_members = {}
     }
@@ -225,8 +237,6 @@ module "function" {
 
   depends_on = [
     google_project_service.enabled,
-    # Eventarc's Cloud Storage trigger needs the storage agent to publish before it is created.
-    google_project_iam_member.gcs_agent_publisher,
     # The build runs as the build account as soon as the function is created.
     google_artifact_registry_repository_iam_member.build_writer,
     google_project_iam_member.build_log_writer,

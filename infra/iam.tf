@@ -20,6 +20,23 @@ resource "google_service_account" "export_push" {
   depends_on = [google_project_service.enabled]
 }
 
+# The identity sql selector queries run as (docs/decisions/0872): jobUser on the project,
+# dataViewer on the allowed datasets (infra/bigquery.tf), no Cloud Storage role anywhere. The
+# export function impersonates it, and may impersonate no other account.
+resource "google_service_account" "sql" {
+  project      = var.project_id
+  account_id   = local.service_account_ids.sql_query
+  display_name = "BigQuery queries of the DICOM export function's sql selector"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account_iam_member" "export_impersonates_sql" {
+  service_account_id = google_service_account.sql.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.runtime["export"]
+}
+
 locals {
   healthcare_agent = "serviceAccount:${google_project_service_identity.healthcare.email}"
   pubsub_agent     = "serviceAccount:${google_project_service_identity.pubsub.email}"
@@ -153,10 +170,17 @@ locals {
     export-completions = { topic = "completions", role = "roles/pubsub.publisher", member = local.runtime["export"] } # REJECTED events
     poll-completions   = { topic = "completions", role = "roles/pubsub.publisher", member = local.runtime["poll"] }
   }
+  # Who may send export requests. Publishing there grants running SQL on the allowed datasets,
+  # exports to the allowed destinations, storage-class changes and redrives (infra/README.md).
+  request_publisher_grants = {
+    for member in var.export_request_publishers : "request-publisher-${member}" => {
+      topic = "export_requests", role = "roles/pubsub.publisher", member = member
+    }
+  }
 }
 
 resource "google_pubsub_topic_iam_member" "grants" {
-  for_each = local.topic_grants
+  for_each = merge(local.topic_grants, local.request_publisher_grants)
 
   project = var.project_id
   topic   = google_pubsub_topic.topics[each.value.topic].name
@@ -190,13 +214,13 @@ resource "google_service_account_iam_member" "pubsub_agent_mints_push_tokens" {
 }
 
 /******************************************
-  Project-level grants (the allowlist in tests/infra names each role)
+  Cloud Storage service agent: the uploads topic only (no project-level Pub/Sub grant)
  *****************************************/
 
-# Project-level on purpose: a Cloud Storage trigger's transport topic is created by Eventarc, so
-# Terraform cannot name it, and Eventarc documents this grant on the project.
-resource "google_project_iam_member" "gcs_agent_publisher" {
+# The Cloud Storage service agent publishes the upload bucket's notifications, to that one topic.
+resource "google_pubsub_topic_iam_member" "gcs_agent_uploads_publisher" {
   project = var.project_id
+  topic   = google_pubsub_topic.topics["uploads"].name
   role    = "roles/pubsub.publisher"
   member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
 }

@@ -32,6 +32,7 @@ locals {
     poll_invoker   = "${var.name_prefix}-poll-invoker"
     export_push    = "${var.name_prefix}-export-push"
     build          = "${var.name_prefix}-build"
+    sql_query      = "${var.name_prefix}-sql"
   }
 
   # The project that holds the DICOM store: this one, or the one of an existing dataset or store.

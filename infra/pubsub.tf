@@ -7,6 +7,7 @@ locals {
     export_requests    = "${var.name_prefix}-export-requests"
     export_dead_letter = "${var.name_prefix}-export-requests-dead-letter"
     completions        = "${var.name_prefix}-completions"
+    uploads            = "${var.name_prefix}-uploads"
   }
 }
 
@@ -103,4 +104,21 @@ resource "google_pubsub_subscription" "completions_cli" {
   expiration_policy {
     ttl = ""
   }
+}
+
+/******************************************
+  Uploads -> import function
+ *****************************************/
+
+# Uploads reach the import function as Cloud Storage Pub/Sub notifications on a topic of ours.
+# An Eventarc Cloud Storage trigger publishes through a topic Eventarc creates, for which the
+# Cloud Storage service agent needs pubsub.publisher on the whole project; with our own topic it
+# gets it on this one topic only (docs/decisions/0882). The import function reads both forms.
+resource "google_storage_notification" "uploads" {
+  bucket         = google_storage_bucket.buckets["upload"].name
+  payload_format = "JSON_API_V1"
+  topic          = google_pubsub_topic.topics["uploads"].id
+  event_types    = ["OBJECT_FINALIZE"]
+
+  depends_on = [google_pubsub_topic_iam_member.gcs_agent_uploads_publisher]
 }

@@ -402,13 +402,46 @@ variable "sql_max_rows" {
 }
 
 variable "sql_timeout_seconds" {
-  description = "DICOM_SQL_TIMEOUT_SECONDS: a sql selector query that runs longer is cancelled and REJECTED."
+  description = "DICOM_SQL_TIMEOUT_SECONDS: a sql selector query that runs longer is cancelled and REJECTED; with 30 s to spare it must fit in the export function's timeout and ack deadline (a check)."
   type        = number
-  default     = 300
+  default     = 60
 
   validation {
     condition     = var.sql_timeout_seconds > 0
     error_message = "sql_timeout_seconds must be > 0."
+  }
+}
+
+variable "sql_allowed_datasets" {
+  description = "DICOM_SQL_ALLOWED_DATASETS: BigQuery datasets (dataset, or project.dataset) a sql selector may read; BigQuery's dry run must list only their tables. null: the stream dataset. The query account gets dataViewer on each dataset of this project; grant datasets of other projects yourself."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.sql_allowed_datasets == null || alltrue([for d in coalesce(var.sql_allowed_datasets, []) : can(regex("^([a-z0-9.:-]+\\.)?[A-Za-z0-9_]+$", d)) && upper(element(split(".", d), length(split(".", d)) - 1)) != "INFORMATION_SCHEMA"])
+    error_message = "sql_allowed_datasets entries are dataset ids or project.dataset, never INFORMATION_SCHEMA."
+  }
+}
+
+variable "sql_max_bytes_billed" {
+  description = "DICOM_SQL_MAX_BYTES_BILLED: maximumBytesBilled of each sql selector query; a dry run that reports more bytes is REJECTED before anything runs."
+  type        = number
+  default     = 10737418240
+
+  validation {
+    condition     = var.sql_max_bytes_billed >= 1 && floor(var.sql_max_bytes_billed) == var.sql_max_bytes_billed
+    error_message = "sql_max_bytes_billed must be an integer >= 1."
+  }
+}
+
+variable "export_request_publishers" {
+  description = "Members (user:, group:, serviceAccount:) granted roles/pubsub.publisher on the export-requests topic. Publishing there grants running SQL on the allowed datasets, exports to the allowed destinations, storage-class changes of the whole store and redrives of failed imports."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.export_request_publishers : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):", m)) && !contains(["allusers", "allauthenticatedusers"], lower(m))])
+    error_message = "export_request_publishers entries are IAM members such as group:ops@example.com; never allUsers or allAuthenticatedUsers."
   }
 }
 

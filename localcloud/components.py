@@ -9,6 +9,7 @@ buffer fills). Readiness is polled, never assumed after a fixed sleep.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import signal
@@ -380,11 +381,11 @@ def start_bigquery_emulator(workdir: Path, port: int | None = None) -> Component
     port = port or free_port()
     data_dir = Path(workdir) / "bigquery"
     data_dir.mkdir(parents=True, exist_ok=True)
-    crucible = Path(sys.executable).with_name("crucible")
-    if not crucible.is_file():
-        raise ComponentError(f"bigquery-emulator: {crucible} not found. {BIGQUERY_INSTALL_HINT}")
+    if importlib.util.find_spec("crucible") is None:
+        raise ComponentError(f"bigquery-emulator: crucible is not installed. {BIGQUERY_INSTALL_HINT}")
+    # crucible's server, plus the dry runs and maximumBytesBilled it lacks (localcloud/bigquery.py).
     argv = [
-        str(crucible), "serve", "--dialect", "bigquery",
+        sys.executable, "-m", "localcloud.bigquery",
         "--host", LOOPBACK, "--port", str(port), "--database", str(data_dir / "bigquery.duckdb"),
     ]  # fmt: skip
     return launch(
@@ -393,6 +394,7 @@ def start_bigquery_emulator(workdir: Path, port: int | None = None) -> Component
         workdir=workdir,
         port=port,
         ready=lambda url: http_answers(url + "/_crucible/health", expect_ok=True),
+        env=dict(os.environ, PYTHONPATH=_pythonpath()),
     )
 
 

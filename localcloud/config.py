@@ -87,10 +87,12 @@ class LocalConfig:
         candidates = {
             "DICOM_STORE": self.dicom_store_path,
             "DICOM_STATE_BUCKET": self.state_bucket,
+            "DICOM_UPLOAD_BUCKET": self.upload_bucket,
             "DICOM_COMPLETION_TOPIC": self.topic_path(self.completions_topic),
             "DICOM_EXPORT_ALLOWED_DESTINATIONS": f"gs://{self.export_bucket}",
             "HEALTHCARE_API_URL": healthcare,
             "BIGQUERY_API_URL": bigquery,
+            "DICOM_SQL_ALLOWED_DATASETS": self.stream_dataset,
             "DICOM_DEBOUNCE_SECONDS": _number(self.debounce_seconds),
             "DICOM_SETTLE_SECONDS": _number(self.settle_seconds),
             "DICOM_CLAIM_LEASE_SECONDS": _number(self.claim_lease_seconds),

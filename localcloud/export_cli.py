@@ -52,7 +52,7 @@ def parse_query(pairs: Sequence[str]) -> dict[str, str]:
 def build_request(*, destination: str | None = None, resources: Sequence[str] | None = None,
                   filter_uri: str | None = None, query: Sequence[str] | None = None, sql: str | None = None,
                   mime_type: str | None = None, request_id: str | None = None,
-                  storage_class: str | None = None) -> dict[str, Any]:
+                  storage_class: str | None = None, whole_store: bool = False) -> dict[str, Any]:
     """The export request message in contract form, validated; raises RequestError.
 
     With `storage_class` it is a storage-class change (`"action": "setStorageClass"`) instead of
@@ -62,6 +62,8 @@ def build_request(*, destination: str | None = None, resources: Sequence[str] | 
     if storage_class is not None:
         body["action"] = "setStorageClass"
         body["storageClass"] = storage_class
+        if whole_store:
+            body["wholeStore"] = True
     if destination is not None:
         body["destination"] = destination
     given = [name for name, value in (("--resources", resources), ("--filter-uri", filter_uri),

@@ -257,7 +257,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         request = export_cli.build_request(
             destination=getattr(args, "destination", None), resources=resources, filter_uri=args.filter_uri,
             query=args.query, sql=args.sql, mime_type=getattr(args, "mime_type", None), request_id=args.request_id,
-            storage_class=storage_class,
+            storage_class=storage_class, whole_store=getattr(args, "whole_store", False),
         )
     except (export_cli.RequestError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -450,9 +450,11 @@ def add_operator_commands(commands: Any, *, local_only: bool) -> None:
                         help="exit 4 when the selection matched nothing (SUCCEEDED with 0 instances)")
     target(export_parser)
 
-    class_parser = command("storage-class", cmd_export, "move the selected instances (no selector: the whole "
-                           "store) to a storage class and wait for the completion event")
+    class_parser = command("storage-class", cmd_export, "move the selected instances (or, with --whole-store, "
+                           "every instance) to a storage class and wait for the completion event")
     selectors(class_parser, required=False)
+    class_parser.add_argument("--whole-store", action="store_true",
+                              help="change every instance of the store (instead of a selector)")
     class_parser.add_argument("--class", dest="storage_class", required=True,
                               choices=("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"))
     class_parser.add_argument("--request-id", metavar="ID", help="default: cli-<uuid>; a repeated id "

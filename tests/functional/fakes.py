@@ -34,6 +34,7 @@ from google.api_core import exceptions as gexc
 
 from functions.clients import ObjectInfo, QueryResult, Record
 from functions.errors import PermanentApiError, api_error
+from functions.sql_gate import DryRun, TableRef
 from tests.functional.faults import Faults
 
 Clock = Callable[[], float]
@@ -471,10 +472,17 @@ class FakePublisher:
 
 
 class FakeBigQuery:
-    """Answers every query with `columns` and `rows` (or raises `error`); records the queries."""
+    """Answers every query with `columns` and `rows` (or raises `error`); records the queries.
+
+    Its dry run answers `dry` (default: a SELECT of `p.dicom_stream.instances`, 1,000 bytes)."""
 
     def __init__(self, columns: tuple[str, ...] = ("path",), rows: builtins.list[tuple[Any, ...]] | None = None,
-                 *, error: Exception | None = None, report_total: bool = True) -> None:
+                 *, error: Exception | None = None, report_total: bool = True, dry: DryRun | None = None,
+                 dry_error: Exception | None = None) -> None:
+        self.dry_error = dry_error
+        self.dry = dry or DryRun("SELECT", (TableRef("p", "dicom_stream", "instances"),), (), 1000)
+        self.dry_runs: builtins.list[str] = []
+        self.max_bytes_billed: builtins.list[int] = []
         self.columns = columns
         self.rows = rows or []
         self.error = error
@@ -482,8 +490,15 @@ class FakeBigQuery:
         self.queries: builtins.list[str] = []
         self.rows_read = 0
 
-    def run_query(self, sql: str, *, timeout_seconds: float) -> QueryResult:
+    def dry_run(self, sql: str) -> DryRun:
+        self.dry_runs.append(sql)
+        if self.dry_error is not None:
+            raise self.dry_error
+        return self.dry
+
+    def run_query(self, sql: str, *, timeout_seconds: float, max_bytes_billed: int) -> QueryResult:
         self.queries.append(sql)
+        self.max_bytes_billed.append(max_bytes_billed)
         if self.error is not None:
             raise self.error
         return QueryResult(columns=self.columns, total_rows=len(self.rows) if self.report_total else None,

@@ -19,6 +19,7 @@ from functions.bigquery import query_error
 from functions.errors import TransientApiError
 from functions.events import PubsubMessage
 from functions.export_on_message import ExportOutcome
+from functions.sql_gate import DryRun, TableRef
 from tests import dicom_factory
 from tests.contracts import validate_completion_message
 from tests.functional.fakes import FakeBigQuery, Instance
@@ -109,33 +110,64 @@ def _bad_request() -> Exception:
                                                                     "'P123' at [1:30]"}])
 
 
+_TABLE = TableRef("p", "dicom_stream", "instances")
+# The lexer this replaced let this script through: BigQuery applies backslash escapes inside
+# triple-quoted strings, so the string ends earlier than a reader of the text thinks.
+_SCRIPT = "SELECT '''a\\'''';DECLARE x INT64;EXECUTE IMMEDIATE 'SELECT 1';SELECT 'x' AS y --'"
+
+
+def _dry(statement: str = "SELECT", *tables: TableRef, bytes_: int = 1000,
+         routines: tuple[TableRef, ...] = ()) -> DryRun:
+    return DryRun(statement, tables, routines, bytes_)
+
+
 @pytest.mark.parametrize(
-    ("sql", "bigquery", "reason", "queried"),
+    ("sql", "bigquery", "reason", "dry_ran", "queried"),
     [
-        ("SELECT x FROM t WHERE PatientID = 'P123", None, "unterminated quoted string", False),
-        ("DELETE FROM `p.d.t` WHERE TRUE", None, "single SELECT", False),
-        ("SELECT 1; DROP TABLE `p.d.t`", None, "more than one statement", False),
+        (_SCRIPT, lambda: FakeBigQuery(dry=_dry("SCRIPT", _TABLE)), "statement type SCRIPT", True, False),
+        ("WITH a AS (SELECT 1) INSERT INTO `p.dicom_stream.instances` (x) SELECT * FROM a",
+         lambda: FakeBigQuery(dry=_dry("INSERT", _TABLE)), "statement type INSERT", True, False),
+        ("EXPORT DATA OPTIONS(uri='gs://state/jobs/*.json') AS SELECT 1",
+         lambda: FakeBigQuery(dry=_dry("EXPORT_DATA", _TABLE)), "statement type EXPORT_DATA", True, False),
+        ("CREATE TABLE `p.dicom_stream.x` AS SELECT 1",
+         lambda: FakeBigQuery(dry=_dry("CREATE_TABLE_AS_SELECT", _TABLE)), "CREATE_TABLE_AS_SELECT", True, False),
+        ("SELECT * FROM `p.other.t`", lambda: FakeBigQuery(dry=_dry("SELECT", TableRef("p", "other", "t"))),
+         "the table p.other.t, outside the allowed datasets (p.dicom_stream)", True, False),
+        ("SELECT * FROM `q.dicom_stream.t`",
+         lambda: FakeBigQuery(dry=_dry("SELECT", _TABLE, TableRef("q", "dicom_stream", "t"))),
+         "the table q.dicom_stream.t", True, False),
+        ("SELECT * FROM `p.dicom_stream.INFORMATION_SCHEMA.TABLES`", lambda: FakeBigQuery(dry=_dry("SELECT", _TABLE)),
+         "names INFORMATION_SCHEMA", True, False),
+        ("SELECT * FROM EXTERNAL_QUERY('p.us.c', 'SELECT 1')", lambda: FakeBigQuery(dry=_dry("SELECT", _TABLE)),
+         "names EXTERNAL_QUERY", True, False),
+        ("SELECT '/studies/1.2'", lambda: FakeBigQuery(dry=_dry("SELECT")), "lists no referenced table", True, False),
+        ("SELECT 1", lambda: FakeBigQuery(dry=_dry("SELECT", _TABLE, bytes_=2001)),
+         "would process 2001 bytes; at most 2000", True, False),
+        ("SELECT x FROM t WHERE PatientID = 'P123",
+         lambda: FakeBigQuery(dry_error=query_error(_bad_request())), "400 invalidQuery, at [1:30]", True, False),
+        ("", None, "sql is empty", False, False),
         ("SELECT PatientID FROM t", lambda: FakeBigQuery(error=query_error(_bad_request())),
-         "400 invalidQuery", True),
-        ("SELECT 1", lambda: FakeBigQuery(("path",), []), "the sql returned no rows", True),
-        ("SELECT 1", lambda: FakeBigQuery(("a", "b"), [("1", "2")]), "returned 2 columns", True),
+         "400 invalidQuery", True, True),
+        ("SELECT 1", lambda: FakeBigQuery(("path",), []), "the sql returned no rows", True, True),
+        ("SELECT 1", lambda: FakeBigQuery(("a", "b"), [("1", "2")]), "returned 2 columns", True, True),
         ("SELECT 1", lambda: FakeBigQuery(("path",), [("/studies/1.2",), ("/studies/1.02/series/3",)]),
-         "row 2: column 'path' is not a resource path", True),
+         "row 2: column 'path' is not a resource path", True, True),
         ("SELECT 1", lambda: FakeBigQuery(("path",), [("/studies/1.2",), (None,)]),
-         "row 2: column 'path' is not a resource path", True),
+         "row 2: column 'path' is not a resource path", True, True),
         ("SELECT 1", lambda: FakeBigQuery(("StudyInstanceUID",), [("1.2",), ("Doe^Jane",)]),
-         "row 2: column 'StudyInstanceUID' is not a valid DICOM UID", True),
+         "row 2: column 'StudyInstanceUID' is not a valid DICOM UID", True, True),
         ("SELECT 1", lambda: FakeBigQuery(("path",), [(f"/studies/1.{i}",) for i in range(6)]),
-         "the sql returned 6 rows; at most 5", True),
+         "the sql returned 6 rows; at most 5", True, True),
         ("SELECT 1", lambda: FakeBigQuery(("path",), [(f"/studies/1.{i}",) for i in range(9)], report_total=False),
-         "more than 5 rows", True),
+         "more than 5 rows", True, True),
     ],
-    ids=["unterminated", "dml", "two-statements", "bigquery-error", "no-rows", "columns", "malformed-path",
-         "null-path", "malformed-uid", "over-limit-known", "over-limit-streamed"],
+    ids=["script", "with-insert", "export-data", "ddl", "other-dataset", "other-project", "information-schema",
+         "external-query", "no-table", "over-bytes", "dry-run-error", "empty", "bigquery-error", "no-rows",
+         "columns", "malformed-path", "null-path", "malformed-uid", "over-limit-known", "over-limit-streamed"],
 )
 def test_a_bad_sql_selection_is_rejected_with_a_reason_and_starts_nothing(
-        sql: str, bigquery: Any, reason: str, queried: bool) -> None:
-    w = World(sql_max_rows=5)
+        sql: str, bigquery: Any, reason: str, dry_ran: bool, queried: bool) -> None:
+    w = World(sql_max_rows=5, sql_max_bytes_billed=2000)
     w.deliver(w.upload("in/a.dcm"), w.instance())
     w.settle()
     w.publisher.events.clear()
@@ -148,8 +180,10 @@ def test_a_bad_sql_selection_is_rejected_with_a_reason_and_starts_nothing(
     assert reason in event["reason"], event["reason"]
     for value in ("P123", "Doe^Jane", "1.02"):
         assert value not in event["reason"], "a value of the query or a row is never echoed"
-    assert bool(bq.queries) == queried
+    assert bool(bq.dry_runs) == dry_ran
+    assert bool(bq.queries) == queried, "a statement the dry run refuses never runs"
     assert bq.rows_read <= 6, "the row limit stops reading"
+    assert bq.max_bytes_billed in ([], [2000])
     _assert_nothing_started(w, before)
 
 
@@ -200,7 +234,13 @@ def test_set_storage_class_with_a_sql_selector_and_of_the_whole_store() -> None:
         == "started"
     w.settle()
     assert sorted(w.hc.storage_classes) == sops[:3]
-    assert _send(w, {"action": "setStorageClass", "storageClass": "NEARLINE"}).action == "started"
+    # One message without a selector is no longer a whole-store change: it must say so.
+    forgot = _send(w, {"requestId": "forgot", "action": "setStorageClass", "storageClass": "ARCHIVE"})
+    assert forgot.action == "rejected" and "wholeStore" in forgot.detail
+    assert [op for op in w.hc.running if op.kind == "storageClass"] == []
+    assert _events(w)[-1]["state"] == "REJECTED"
+    w.publisher.events.pop()
+    assert _send(w, {"action": "setStorageClass", "storageClass": "NEARLINE", "wholeStore": True}).action == "started"
     [op] = [op for op in w.hc.running if op.kind == "storageClass"]
     assert op.uri == "", "no filter: the whole store"
     w.settle()
@@ -223,7 +263,7 @@ def test_storage_class_changes_share_the_slots_with_exports() -> None:
     w.deliver(w.upload("in/a.dcm"), w.instance())
     w.settle()
     first = _send(w, {"destination": "gs://exports/a"})
-    second = _send(w, {"action": "setStorageClass", "storageClass": "ARCHIVE"})
+    second = _send(w, {"action": "setStorageClass", "storageClass": "ARCHIVE", "wholeStore": True})
     assert (first.action, second.action) == ("started", "queued")
     w.settle()
     assert w.hc.max_running == 1

@@ -67,7 +67,8 @@ class World:
         self.store = FakeObjectStore(self.sim.clock, self.faults)
         settings = Settings(dicom_store=STORE, state_bucket=STATE, completion_topic=TOPIC, debounce_seconds=5.0,
                             settle_seconds=2.0, claim_lease_seconds=30.0, max_concurrent_operations=5,
-                            export_allowed_destinations=("gs://exports",))
+                            export_allowed_destinations=("gs://exports",), sql_allowed_datasets=("dicom_stream",),
+                            upload_bucket=UPLOADS)
         self.settings = replace(settings, **overrides)
         self.hc = FakeHealthcare(self.store, self.sim.clock, self.settings.dataset, self.faults)
         self.publisher = FakePublisher(self.faults)

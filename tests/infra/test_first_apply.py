@@ -76,7 +76,7 @@ def _expand(template: str, prefix: str) -> str:
 def test_every_service_account_id_fits_with_any_allowed_prefix(root: dict[str, Any], prefixes: list[str]) -> None:
     ids = root["locals"]["service_account_ids"]
     assert set(ids) == {"import_runtime", "import_trigger", "export_runtime", "poll_runtime", "poll_invoker",
-                        "export_push", "build"}
+                        "sql_query", "export_push", "build"}
     for prefix in prefixes:
         expanded = {key: _expand(template, prefix) for key, template in ids.items()}
         for key, account_id in expanded.items():

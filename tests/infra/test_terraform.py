@@ -31,14 +31,12 @@ ENTRY_POINTS = {
 PROJECT_LEVEL_ALLOWLIST = {
     # IAM lists "Project" as the lowest-level resource of this role.
     "roles/eventarc.eventReceiver": "Eventarc trigger identity of the Cloud Storage trigger",
-    # Eventarc creates a Cloud Storage trigger's transport topic itself; Terraform cannot name it.
-    "roles/pubsub.publisher": "Cloud Storage service agent publishing to Eventarc's topic",
     # Logs Writer has no narrower resource; the build account writes build logs.
     "roles/logging.logWriter": "build service account: build logs",
     # Only with a condition naming the gcf-v2-sources buckets (created by Google, so unnamed here).
     "roles/storage.objectViewer": "build service account: the function source copies",
-    # bigquery.jobs.create is a project permission; the data is granted on the stream dataset only.
-    "roles/bigquery.jobUser": "export function (sql selectors) and Healthcare service agent (streaming)",
+    # bigquery.jobs.create is a project permission; the data is granted on the allowed datasets only.
+    "roles/bigquery.jobUser": "query account (sql selectors) and Healthcare service agent (streaming)",
 }
 
 # Healthcare API permissions the custom roles may carry (access-control page of the API).
@@ -157,12 +155,16 @@ def test_one_function_module_deploys_all_three(root: dict[str, Any], module: dic
 def test_import_is_triggered_by_finalize_on_the_upload_bucket(
     root: dict[str, Any], module: dict[str, Any]
 ) -> None:
+    # The upload bucket's finalize notifications go to the uploads topic, which triggers the import.
     trigger = root["locals"]["functions"]["import"]["event_trigger"]
-    assert trigger["event_type"] == "google.cloud.storage.object.v1.finalized"
+    assert trigger["event_type"] == "google.cloud.pubsub.topic.v1.messagePublished"
     assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"
-    assert trigger["event_filters"] == [
-        {"attribute": "bucket", "value": '${google_storage_bucket.buckets["upload"].name}'}
-    ]
+    assert trigger["pubsub_topic"] == '${google_pubsub_topic.topics["uploads"].id}'
+    notification = _resources(root, "google_storage_notification")["uploads"]
+    assert notification["bucket"] == '${google_storage_bucket.buckets["upload"].name}'
+    assert notification["topic"] == '${google_pubsub_topic.topics["uploads"].id}'
+    assert notification["event_types"] == ["OBJECT_FINALIZE"] and notification["payload_format"] == "JSON_API_V1"
+    assert "${google_pubsub_topic_iam_member.gcs_agent_uploads_publisher}" in notification["depends_on"]
     # The module turns the object into the function's event_trigger block.
     (function,) = _resources(module, "google_cloudfunctions2_function").values()
     dynamic = function["dynamic"][0]["event_trigger"]
@@ -203,7 +205,7 @@ def test_export_is_delivered_from_the_export_requests_topic_with_a_dead_letter_t
         subscriptions["export_dead_letter"]["topic"]
         == '${google_pubsub_topic.topics["export_dead_letter"].id}'
     )
-    assert set(root["locals"]["topics"]) == {"export_requests", "export_dead_letter", "completions"}
+    assert set(root["locals"]["topics"]) == {"export_requests", "export_dead_letter", "completions", "uploads"}
 
 
 def test_poller_is_called_over_http_by_the_scheduler_with_oidc(root: dict[str, Any]) -> None:
@@ -271,16 +273,11 @@ def test_project_level_grants_are_allowlisted(root: dict[str, Any], module: dict
             assert body["role"] in PROJECT_LEVEL_ALLOWLIST, f"project-level {body['role']} ({name})"
             seen.add(body["role"])
     assert seen == set(PROJECT_LEVEL_ALLOWLIST)
-    # Only the Cloud Storage service agent publishes project-wide.
-    (publisher,) = (
-        body
-        for body in _resources(root, "google_project_iam_member").values()
-        if body["role"] == "roles/pubsub.publisher"
-    )
-    assert (
-        publisher["member"]
-        == "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
-    )
+    # Nobody publishes project-wide: the Cloud Storage service agent publishes to the uploads topic.
+    grant = _resources(root, "google_pubsub_topic_iam_member")["gcs_agent_uploads_publisher"]
+    assert grant["topic"] == '${google_pubsub_topic.topics["uploads"].name}'
+    assert (grant["role"], grant["member"]) == (
+        "roles/pubsub.publisher", "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}")
     # The one project-level storage grant is confined to the function-source buckets.
     (viewer,) = (
         body
@@ -454,14 +451,132 @@ def test_the_readme_variable_table_matches_variables_tf(root: dict[str, Any]) ->
 
 def test_bigquery_grants_are_least_privilege(root: dict[str, Any]) -> None:
     grants = _resources(root, "google_bigquery_dataset_iam_member")
-    found = root["locals"]
-    blocks = found if isinstance(found, list) else [found]
-    dataset = next(b["bigquery_dataset_grants"] for b in blocks if "bigquery_dataset_grants" in b)
-    assert {name: g["role"] for name, g in dataset.items()} == {"export-stream-read": "roles/bigquery.dataViewer"}
-    assert "local.runtime[\"export\"]" in str(dataset["export-stream-read"]["member"])
-    assert set(grants) == {"grants", "healthcare_stream_writer"}
+    assert set(grants) == {"healthcare_stream_writer", "sql_readers"}
     writer = grants["healthcare_stream_writer"]
     assert (writer["role"], writer["member"]) == ("roles/bigquery.dataEditor", "${local.healthcare_agent}")
+    # The query account reads the allowed datasets; the export function holds no BigQuery role.
+    readers = grants["sql_readers"]
+    assert readers["role"] == "roles/bigquery.dataViewer"
+    assert readers["member"] == "serviceAccount:${google_service_account.sql.email}"
+    assert readers["for_each"] == "${local.sql_readable_datasets}"
     jobs = _resources(root, "google_project_iam_member")["bigquery_job_users"]
     assert jobs["role"] == "roles/bigquery.jobUser"
-    assert set(jobs["for_each"]) == {"export", "healthcare"}
+    assert set(jobs["for_each"]) == {"sql", "healthcare"}
+    assert "runtime[\"export\"]" not in str(jobs["for_each"])
+    # The export function may impersonate the query account, and only it.
+    token = _resources(root, "google_service_account_iam_member")["export_impersonates_sql"]
+    assert token["service_account_id"] == "${google_service_account.sql.name}"
+    assert token["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert root["locals"]["env_export"]["DICOM_SQL_SERVICE_ACCOUNT"] == "${google_service_account.sql.email}"
+    # The query account has no Cloud Storage role anywhere.
+    for config_resources in root["resource"].values():
+        for body in config_resources.values():
+            if "storage" in str(body.get("role", "")):
+                assert "google_service_account.sql" not in str(body.get("member", "")), body
+
+
+def test_export_requests_publishers_come_from_the_variable(root: dict[str, Any]) -> None:
+    grants = root["locals"]["request_publisher_grants"]
+    assert "var.export_request_publishers" in str(grants)
+    assert "request_publisher_grants" in _resources(root, "google_pubsub_topic_iam_member")["grants"]["for_each"]
+
+
+def test_a_slow_query_ends_inside_one_delivery(root: dict[str, Any]) -> None:
+    checks = root["check"] if isinstance(root["check"], dict) else {k: v for c in root["check"] for k, v in c.items()}
+    (assertion,) = checks["sql_timeout_fits_one_delivery"]["assert"]
+    condition = assertion["condition"]
+    assert "var.sql_timeout_seconds + 30" in condition
+    assert "local.function_settings.export.timeout_seconds" in condition
+    assert "google_pubsub_subscription.export_requests.ack_deadline_seconds" in condition
+    defaults = root["locals"]["function_defaults"]
+    assert root["variable"]["sql_timeout_seconds"]["default"] + 30 <= defaults["export"]["timeout_seconds"]
+
+
+# The export function's row of the IAM table names each role it holds and where; read from the
+# Terraform: role (custom roles by their key) -> what it is granted on.
+_EXPORT = "local.runtime[\"export\"]"
+
+
+def _export_grants_in_terraform(root: dict[str, Any]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    locals_ = root["locals"]
+    for grant in locals_["dicom_store_grants"].values():
+        if _EXPORT in grant["member"]:
+            found.add((grant["role"], "DICOM store"))
+    for grant in locals_["bucket_grants"].values():
+        if _EXPORT in grant["member"]:
+            found.add((grant["role"], f"{grant['bucket']} bucket"))
+    for grant in locals_["topic_grants"].values():
+        if _EXPORT in grant["member"]:
+            found.add((grant["role"], f"{grant['topic']} topic"))
+    for rtype, resources in root["resource"].items():
+        if rtype.endswith("_iam_member") and rtype not in ("google_healthcare_dicom_store_iam_member",
+                                                           "google_storage_bucket_iam_member",
+                                                           "google_pubsub_topic_iam_member"):
+            for body in resources.values():
+                member = str(body.get("member", ""))
+                if _EXPORT in member or "runtime[\"export\"]" in str(body.get("for_each", "")):
+                    found.add((body["role"], rtype))
+    return found
+
+
+def _export_rows_in_readme() -> set[tuple[str, str]]:
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    rows = set()
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("export function"):
+            role = re.search(r"`(roles/[\w.]+)`|custom `(\w+)`", cells[1])
+            assert role, line
+            rows.add((role.group(1) or role.group(2), cells[2]))
+    return rows
+
+
+_WHERE = {"DICOM store": "DICOM store", "state bucket": "state bucket", "upload bucket": "upload bucket",
+          "completions topic": "completions topic",
+          "google_service_account_iam_member": "the query account only"}
+
+
+def test_the_iam_table_lists_exactly_the_export_functions_grants(root: dict[str, Any]) -> None:
+    terraform = {(role, _WHERE.get(where, where)) for role, where in _export_grants_in_terraform(root)}
+    readme = _export_rows_in_readme()
+    assert readme == terraform, (f"README only: {sorted(readme - terraform)}; "
+                                 f"Terraform only: {sorted(terraform - readme)}")
+
+
+def _readme_rows(principal_prefix: str) -> set[tuple[str, str]]:
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    rows = set()
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith(principal_prefix):
+            role = re.search(r"`(roles/[\w.]+)`", cells[1])
+            assert role, line
+            rows.add((role.group(1), cells[2].split(" (")[0]))
+    return rows
+
+
+def _grants_to(root: dict[str, Any], member_text: str) -> set[tuple[str, str]]:
+    """(role, resource type) of every IAM grant whose member (or for_each of members) names `member_text`."""
+    found = set()
+    for rtype, resources in root["resource"].items():
+        if not rtype.endswith("_iam_member"):
+            continue
+        for body in resources.values():
+            if member_text in str(body.get("member", "")) or member_text in str(body.get("for_each", "")):
+                found.add((body["role"], rtype))
+    return found
+
+
+def test_the_iam_table_lists_the_query_accounts_and_the_storage_agents_grants(root: dict[str, Any]) -> None:
+    where = {"google_project_iam_member": "**project**",
+             "google_bigquery_dataset_iam_member": "each allowed dataset of this project",
+             "google_pubsub_topic_iam_member": "uploads topic"}
+    query = {(role, where[rtype]) for role, rtype in _grants_to(root, "google_service_account.sql.email")}
+    assert query == _readme_rows("query account"), (query, _readme_rows("query account"))
+    storage_agent = {(role, where[rtype]) for role, rtype in
+                     _grants_to(root, "data.google_storage_project_service_account.gcs.email_address")}
+    assert storage_agent == _readme_rows("Cloud Storage service agent") == {("roles/pubsub.publisher", "uploads topic")}
+    publishers = _readme_rows("members of `export_request_publishers`")
+    assert publishers == {("roles/pubsub.publisher", "export-requests topic")}
+    assert "var.export_request_publishers" in str(root["locals"]["request_publisher_grants"])

@@ -86,6 +86,24 @@ def _upload_event(d: Deployment, client: Any, name: str, payload: bytes) -> Any:
     return _storage_event(client, d.upload_bucket, data)
 
 
+def _notification(d: Deployment, client: Any, name: str, payload: bytes) -> Any:
+    """Uploads `name`, then pushes the Cloud Storage Pub/Sub notification of it (JSON_API_V1) as the
+    deployment's uploads topic delivers it (docs/decisions/0882)."""
+    blob = d.storage_client.bucket(d.upload_bucket).blob(name)
+    blob.upload_from_string(payload)
+    created = blob.time_created.isoformat().replace("+00:00", "Z")
+    resource = {"kind": "storage#object", "id": f"{d.upload_bucket}/{name}/{blob.generation}",
+                "bucket": d.upload_bucket, "name": name, "generation": str(blob.generation), "metageneration": "1",
+                "size": str(blob.size), "timeCreated": created, "updated": created, "storageClass": "STANDARD"}
+    attributes = {"notificationConfig": f"projects/_/buckets/{d.upload_bucket}/notificationConfigs/1",
+                  "eventType": "OBJECT_FINALIZE", "payloadFormat": "JSON_API_V1", "bucketId": d.upload_bucket,
+                  "objectId": name, "objectGeneration": str(blob.generation), "eventTime": created}
+    envelope = {"message": {"data": base64.b64encode(json.dumps(resource).encode()).decode(),
+                            "messageId": uuid.uuid4().hex, "publishTime": _now(), "attributes": attributes},
+                "subscription": f"projects/{PROJECT}/subscriptions/uploads"}
+    return client.post(f"/projects/{PROJECT}/topics/uploads", json=envelope)
+
+
 def _push(client: Any, data: bytes, message_id: str | None = None) -> Any:
     """A raw Pub/Sub push envelope to /projects/P/topics/T, as a push subscription sends it."""
     envelope = {"message": {"data": base64.b64encode(data).decode(), "messageId": message_id or uuid.uuid4().hex,
@@ -132,6 +150,18 @@ def test_storage_events_other_files_ignored_dcm_imported_malformed_dropped(d: De
 
     sop = generate_uid()
     response = _upload_event(d, client, "inbox/study/one.dcm", dicom_factory.instance(sop=sop))
+    assert response.status_code == 200, response.data
+    assert len(d.state_objects("seen/")) == 1
+    [event] = d.pull_completions(1)
+    assert (event["kind"], event["state"], event["counters"]["success"]) == ("import", "SUCCEEDED", 1), event
+    assert _stored_sops(d) == {sop}
+
+
+def test_an_upload_notified_through_the_uploads_topic_is_imported(d: Deployment,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _client(monkeypatch, d, "import_dicom_on_upload")
+    sop = generate_uid()
+    response = _notification(d, client, "inbox/notified/one.dcm", dicom_factory.instance(sop=sop))
     assert response.status_code == 200, response.data
     assert len(d.state_objects("seen/")) == 1
     [event] = d.pull_completions(1)

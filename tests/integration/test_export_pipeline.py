@@ -550,12 +550,17 @@ def _wait_for_stream(store: Store, bigquery_emulator: str) -> None:
     wait_for(complete, timeout=120, interval=0.3, what=state)
 
 
+def _dataset_of(store: Store) -> str:
+    return store.stream_table.rsplit(".", 1)[0]
+
+
 def test_the_seed_sql_on_the_stores_streamed_table_exports_exactly_the_selected_instances(
         store: Store, healthcare_emulator: str, bigquery_emulator: str) -> None:
     # The rows were written by the Healthcare emulator as the imports stored the instances
     # (streamConfigs), not by this test.
     _wait_for_stream(store, bigquery_emulator)
-    d = Deployment.create(healthcare_emulator, dicom_store=store.name, bigquery_api_url=bigquery_emulator)
+    d = Deployment.create(healthcare_emulator, dicom_store=store.name, bigquery_api_url=bigquery_emulator,
+                          sql_allowed_datasets=(_dataset_of(store),))
     handler = export_handler(d)
     chosen = [*store.b, store.a[1]]  # the MR study, and one instance of another study
     sql = ("SELECT CONCAT('/studies/', StudyInstanceUID, '/series/', SeriesInstanceUID, '/instances/', "
@@ -578,11 +583,69 @@ def test_the_seed_sql_on_the_stores_streamed_table_exports_exactly_the_selected_
     assert set(_exported(d)) == {i.key("sql") for i in chosen}
 
 
+def test_hostile_sql_is_refused_by_the_local_bigquerys_dry_run_and_nothing_runs(
+        store: Store, healthcare_emulator: str, bigquery_emulator: str, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from localcloud import bigquery as local_bigquery
+
+    caplog.set_level(logging.DEBUG)
+    _wait_for_stream(store, bigquery_emulator)
+    project, dataset = _dataset_of(store).split(".")
+    other = f"{project}.other_{uuid.uuid4().hex[:8]}"
+    bq = local_bigquery.client(bigquery_emulator, PROJECT)
+    bq.create_dataset(other)
+    bq.query(f"CREATE TABLE `{other}.secrets` AS SELECT '1.2' AS StudyInstanceUID").result()
+    d = Deployment.create(healthcare_emulator, dicom_store=store.name, bigquery_api_url=bigquery_emulator,
+                          sql_allowed_datasets=(dataset,), sql_max_bytes_billed=100 * 1024 * 1024)
+    table = store.stream_table
+    hostile = {
+        # A script the old lexer took for one SELECT (backslash escapes inside a triple-quoted string).
+        "script": ("SELECT '''a\\'''';DECLARE x INT64;SELECT 'x' AS y --'", "SCRIPT"),
+        "with-insert": (f"WITH a AS (SELECT '1.9' AS u) INSERT INTO `{table}` (StudyInstanceUID) SELECT u FROM a",
+                        "INSERT"),
+        "ddl": (f"CREATE TABLE `{project}.{dataset}.copy` AS SELECT * FROM `{table}`", "CREATE_TABLE_AS_SELECT"),
+        "other-dataset": (f"SELECT StudyInstanceUID FROM `{other}.secrets`", "outside the allowed datasets"),
+        "information-schema": (f"SELECT table_name FROM `{project}.{dataset}.INFORMATION_SCHEMA.TABLES`",
+                               "INFORMATION_SCHEMA"),
+        # A failed cast that quotes a value; a quote in it breaks any blanking of quoted parts.
+        "patient-id": (f"SELECT CAST(CONCAT(PatientID, \"'\") AS INT64) FROM `{table}` "
+                       f"WHERE PatientID = '{PATIENT_A}'", "BigQuery refused"),
+    }
+    handler = export_handler(d)
+    rows_before = _streamed(bigquery_emulator, table)
+    for request_id, (sql, _) in hostile.items():
+        body = {"requestId": request_id, "destination": f"gs://{d.export_bucket}/{request_id}", "sql": sql}
+        assert handler.handle(_msg(body)).action == "rejected", request_id
+    events = _by_request(d.pull_completions(len(hostile)))
+    for request_id, (_, reason) in hostile.items():
+        assert events[request_id]["state"] == "REJECTED" and reason in events[request_id]["reason"], events[request_id]
+    assert _streamed(bigquery_emulator, table) == rows_before, "no row was written"
+    assert [t.table_id for t in bq.list_tables(f"{project}.{dataset}")] == [table.rsplit(".", 1)[1]]
+    assert not _exported(d)
+    # No patient value reached an event or a log line.
+    text = json.dumps(events) + "\n".join(r.getMessage() + json.dumps(r.__dict__, default=str) for r in caplog.records)
+    assert PATIENT_A not in text
+
+
+def test_a_query_over_the_byte_limit_is_rejected_by_the_dry_run(store: Store, healthcare_emulator: str,
+                                                                 bigquery_emulator: str) -> None:
+    _wait_for_stream(store, bigquery_emulator)
+    d = Deployment.create(healthcare_emulator, dicom_store=store.name, bigquery_api_url=bigquery_emulator,
+                          sql_allowed_datasets=(_dataset_of(store),), sql_max_bytes_billed=1000)
+    sql = f"SELECT CONCAT('/studies/', StudyInstanceUID) FROM `{store.stream_table}`"
+    body = {"requestId": "bytes", "destination": f"gs://{d.export_bucket}/bytes", "sql": sql}
+    assert export_handler(d).handle(_msg(body)).action == "rejected"
+    [event] = d.pull_completions(1)
+    assert event["state"] == "REJECTED" and "DICOM_SQL_MAX_BYTES_BILLED" in event["reason"], event
+
+
 def test_a_sql_selected_series_moves_to_coldline_and_nothing_else(store: Store, healthcare_emulator: str,
                                                                    bigquery_emulator: str) -> None:
     # The UID-column form of a result: one row per series of study B, from the streamed table.
     _wait_for_stream(store, bigquery_emulator)
-    d = Deployment.create(healthcare_emulator, dicom_store=store.name, bigquery_api_url=bigquery_emulator)
+    d = Deployment.create(healthcare_emulator, dicom_store=store.name, bigquery_api_url=bigquery_emulator,
+                          sql_allowed_datasets=(_dataset_of(store),))
     before = {i.sop: _storage_class(d, i) for i in store.everything}
     assert "COLDLINE" not in before.values()
     sql = (f"SELECT DISTINCT StudyInstanceUID, SeriesInstanceUID FROM `{store.stream_table}` "

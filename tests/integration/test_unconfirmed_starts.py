@@ -186,7 +186,8 @@ def _export_job(d: Deployment, name: str) -> Job:
 
 def test_a_starter_that_knows_its_operation_takes_it_back_from_a_wrong_adoption(d: Deployment) -> None:
     _studies(d, 1)
-    d = Deployment.create(d.healthcare_url, dicom_store=d.settings.dicom_store, max_concurrent_operations=2)
+    # Three slots: the two exports take slots 1 and 2 (slot 0 is kept for imports, decision 0874).
+    d = Deployment.create(d.healthcare_url, dicom_store=d.settings.dicom_store, max_concurrent_operations=3)
     offset = [0.0]
     resolver = _short_timeout_queue(d, offset)
     d.emulator("faults", {"method": "export", "count": 1, "status": 500})

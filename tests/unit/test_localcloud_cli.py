@@ -137,8 +137,8 @@ def test_build_request_with_sql_and_for_a_storage_class() -> None:
     body = export_cli.build_request(resources=["/studies/1/series/2"], storage_class="ARCHIVE", request_id="c")
     assert body == {"requestId": "c", "action": "setStorageClass", "storageClass": "ARCHIVE",
                     "resources": ["/studies/1/series/2"]}
-    with pytest.raises(export_cli.RequestError, match="single SELECT"):
-        export_cli.build_request(destination="gs://dicom-export/a", sql="DROP TABLE t")
+    with pytest.raises(export_cli.RequestError, match="sql is empty"):
+        export_cli.build_request(destination="gs://dicom-export/a", sql="  ")
     with pytest.raises(export_cli.RequestError, match="one of"):
         export_cli.build_request(destination="gs://dicom-export/a", sql="SELECT 1", resources=["/studies/1"])
 
@@ -392,3 +392,12 @@ def test_progress_on_a_terminal_draws_a_tqdm_bar() -> None:
         reporter.say("event", "above the bar")
     text = stream.getvalue()
     assert "4/4 objects" in text and "event       above the bar" in text
+
+
+def test_a_whole_store_storage_class_change_needs_its_flag() -> None:
+    with pytest.raises(export_cli.RequestError, match="wholeStore"):
+        export_cli.build_request(storage_class="ARCHIVE", request_id="c")
+    body = export_cli.build_request(storage_class="ARCHIVE", request_id="c", whole_store=True)
+    assert body == {"requestId": "c", "action": "setStorageClass", "storageClass": "ARCHIVE", "wholeStore": True}
+    args = build_parser().parse_args(["storage-class", "--class", "ARCHIVE", "--whole-store"])
+    assert args.whole_store is True

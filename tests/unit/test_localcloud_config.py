@@ -52,6 +52,7 @@ def test_export_and_poll_know_the_completion_topic_and_allowed_destination() -> 
     assert export.completion_topic == "projects/local-project/topics/dicom-completions"
     assert export.export_allowed_destinations == ("gs://dicom-export",)
     assert export.bigquery_api_url == "http://127.0.0.1:1004"  # sql selectors query the local BigQuery
+    assert export.sql_datasets == ((export.project, "dicom_stream"),)  # and only the stream dataset
     poll = Settings.from_env(
         LocalConfig().function_env("poll_dicom_operations", **HOSTS), "poll_dicom_operations"
     )

@@ -32,7 +32,9 @@ def test_a_reference_without_an_operation_id_is_rejected(reference: str) -> None
 
 def test_a_valid_request_parses() -> None:
     request = parse_redrive_request(json.dumps({"action": "redrive", "receipt": "op-1", "requestId": "r:1"}).encode())
-    assert (request.operation_id, request.request_id) == ("1", "r:1")
+    assert (request.operation_id, request.request_id, request.part) == ("1", "r:1", None)
+    with_part = parse_redrive_request(json.dumps({"action": "redrive", "receipt": "1", "part": 2}).encode())
+    assert with_part.part == 2
 
 
 @pytest.mark.parametrize("body,reason", [
@@ -41,6 +43,9 @@ def test_a_valid_request_parses() -> None:
     ({"action": "redrive", "receipt": "1", "destination": "gs://b"}, "unknown field"),
     ({"action": "redrive", "receipt": "1", "requestId": "has space"}, "requestId"),
     ({"action": "export", "receipt": "1"}, "action must be"),
+    ({"action": "redrive", "receipt": "1", "part": 0}, "part must be an integer from 1"),
+    ({"action": "redrive", "receipt": "1", "part": "2"}, "part must be an integer from 1"),
+    ({"action": "redrive", "receipt": "1", "part": True}, "part must be an integer from 1"),
 ])
 def test_bad_requests_are_rejected_with_a_reason(body: dict[str, object], reason: str) -> None:
     with pytest.raises(InvalidExportRequestError, match=reason):

@@ -40,6 +40,10 @@ def test_defaults_and_derived_names() -> None:
         ("HEALTHCARE_API_URL", "healthcare.local", "HEALTHCARE_API_URL"),
         ("BIGQUERY_API_URL", "bigquery.local", "BIGQUERY_API_URL"),
         ("DICOM_SQL_MAX_ROWS", "0", "DICOM_SQL_MAX_ROWS"),
+        ("DICOM_SQL_ALLOWED_DATASETS", "p.INFORMATION_SCHEMA", "DICOM_SQL_ALLOWED_DATASETS"),
+        ("DICOM_SQL_ALLOWED_DATASETS", "a b", "DICOM_SQL_ALLOWED_DATASETS"),
+        ("DICOM_SQL_MAX_BYTES_BILLED", "0", "DICOM_SQL_MAX_BYTES_BILLED"),
+        ("DICOM_SQL_SERVICE_ACCOUNT", "someone@example.com", "DICOM_SQL_SERVICE_ACCOUNT"),
         ("DICOM_COMPLETION_TOPIC", "dicom-completions", "DICOM_COMPLETION_TOPIC"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
     ],
@@ -71,6 +75,7 @@ NON_DEFAULT = {
     "DICOM_STATE_BUCKET": "other-state-bucket",
     "DICOM_COMPLETION_TOPIC": "projects/p/topics/other-completions",
     "DICOM_STATE_PREFIX": "pipeline",
+    "DICOM_UPLOAD_BUCKET": "uploads-bucket",
     "HEALTHCARE_API_URL": "http://127.0.0.1:8090",
     "DICOM_MAX_CONCURRENT_OPERATIONS": "3",
     "DICOM_CLAIM_LEASE_SECONDS": "45",
@@ -90,6 +95,9 @@ NON_DEFAULT = {
     "BIGQUERY_API_URL": "http://127.0.0.1:9050",
     "DICOM_SQL_MAX_ROWS": "5000",
     "DICOM_SQL_TIMEOUT_SECONDS": "30",
+    "DICOM_SQL_ALLOWED_DATASETS": "dicom_stream, other-project.reports",
+    "DICOM_SQL_MAX_BYTES_BILLED": "1000000",
+    "DICOM_SQL_SERVICE_ACCOUNT": "dicom-sql@p.iam.gserviceaccount.com",
 }
 
 

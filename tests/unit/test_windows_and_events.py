@@ -151,3 +151,27 @@ def test_is_importable_matches_what_the_function_takes(bucket: str, name: str, e
     from functions.selection import is_importable
 
     assert is_importable(bucket, name, 10, SETTINGS) is expected
+
+
+def test_a_cloud_storage_notification_reads_like_the_eventarc_finalize_event() -> None:
+    import base64
+    import json as _json
+
+    from functions.events import PUBSUB_PUBLISHED, STORAGE_FINALIZED, StorageObjectEvent
+
+    resource = {"bucket": "up", "name": "in/a.dcm", "generation": "17", "size": "5",
+                "timeCreated": "2026-01-01T00:00:00Z"}
+
+    def event(kind: str, data: bytes) -> StorageObjectEvent:
+        message = {"data": base64.b64encode(data).decode(), "messageId": "99", "publishTime": "2026-01-01T00:00:02Z",
+                   "attributes": {"eventType": kind, "eventTime": "2026-01-01T00:00:01Z", "objectId": "in/a.dcm",
+                                  "bucketId": "up", "payloadFormat": "JSON_API_V1"}}
+        return StorageObjectEvent.from_cloud_event({"id": "ce-1", "type": PUBSUB_PUBLISHED}, {"message": message})
+
+    finalized = event("OBJECT_FINALIZE", _json.dumps(resource).encode())
+    assert (finalized.event_id, finalized.event_type, finalized.uri, finalized.generation, finalized.size) == \
+        ("99", STORAGE_FINALIZED, "gs://up/in/a.dcm", 17, 5)
+    assert finalized.event_time is not None and finalized.event_time.second == 1
+    assert event("OBJECT_DELETE", _json.dumps(resource).encode()).event_type != STORAGE_FINALIZED
+    with pytest.raises(InvalidEventError, match="not JSON"):
+        event("OBJECT_FINALIZE", b"{nope")
