@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -45,6 +45,7 @@ FAILED = "FAILED"
 CANCELLED = "CANCELLED"
 REJECTED = "REJECTED"
 CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED
+FAILED_PRECONDITION_CODE = 9  # google.rpc.Code.FAILED_PRECONDITION
 UNKNOWN_CODE = 2  # google.rpc.Code.UNKNOWN, for an error whose code is not an integer
 
 MAX_ERROR_MESSAGE_CHARS = 2000
@@ -341,22 +342,33 @@ def rejected_event(
 
 def redrive_noop_event(
     reason: str, *, request_id: str | None, message_id: str, redrive_of: str, dicom_store: str, now: datetime,
+    held: Sequence[Mapping[str, str]] = (), failed_objects_cap: int = 100,
 ) -> tuple[bytes, dict[str, str]]:
-    """The event of a redrive that had nothing to import: SUCCEEDED, zero counters, `reason`.
+    """The event of a redrive that had nothing to import: zero counters, `reason`.
 
+    SUCCEEDED when every object of the receipt is stored; FAILED when objects were held back
+    (`held`: their `{object, reason, message}`, named in `failedObjects` and `failures`): nothing
+    was imported, and those files are still not in the store.
     `eventId` is `redrive-<hash>` of the Pub/Sub message id, so a redelivery repeats it.
     """
     stamp = _format_time(now)
+    named = list(held)[:failed_objects_cap]
     event = _ordered({
         "eventId": f"redrive-{short_hash('messageId', message_id)}",
         "kind": "redrive",
-        "state": SUCCEEDED,
+        "state": FAILED if held else SUCCEEDED,
         "dicomStore": dicom_store,
         "requestId": request_id if is_valid_request_id(request_id) else None,
         "redriveOf": _echo(redrive_of),
         "counters": Counters().to_dict(),
         "createTime": stamp,
         "endTime": stamp,
+        # FAILED_PRECONDITION: the files must be fixed (or the stored instance deleted) first.
+        "error": {"code": FAILED_PRECONDITION_CODE, "message": f"{len(held)} objects held back; see failures"}
+        if held else None,
+        "failedObjects": [f["object"] for f in named] or None,
+        "failedObjectsTotal": len(held) or None,
+        "failures": [dict(f) for f in named] or None,
         "reason": _truncate(reason, MAX_REASON_CHARS),
     })
     return _encode(event)

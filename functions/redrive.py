@@ -243,7 +243,7 @@ class Redriver:
         if not uploads:
             # Nothing started: free the request id, so the same request later gets the same answer.
             self._gcs.delete(self._s.state_bucket, self._claim_path(key))
-            return self._nothing(message, request, original, nothing_reason(len(listed), gone, held))
+            return self._nothing(message, request, original, nothing_reason(len(listed), gone, held), held)
         # Deterministic names: a retry after a crash stages onto the same copies and writes the
         # same job, which the queue takes only once.
         staging_prefix = self._s.state_path("staging", job_id) + "/"
@@ -299,11 +299,14 @@ class Redriver:
                                       time_created=info.time_created))
         return uploads, gone
 
-    def _nothing(self, message: PubsubMessage, request: RedriveRequest, original: str, reason: str) -> RedriveOutcome:
+    def _nothing(self, message: PubsubMessage, request: RedriveRequest, original: str, reason: str,
+                 held: list[Fate]) -> RedriveOutcome:
         logger.info("redrive has nothing to import", extra=fields(redrive_of=original, reason=reason))
         data, attributes = redrive_noop_event(reason, request_id=request.request_id, message_id=message.message_id,
                                               redrive_of=original, dicom_store=self._s.dicom_store,
-                                              now=datetime.fromtimestamp(self._clock(), UTC))
+                                              now=datetime.fromtimestamp(self._clock(), UTC),
+                                              held=[f.to_dict() for f in held],
+                                              failed_objects_cap=self._s.failed_objects_cap)
         self._publisher.publish(data, attributes)
         self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{attributes['eventId']}.json"), data)
         return RedriveOutcome("nothing", reason)

@@ -12,6 +12,7 @@ from google.api_core.exceptions import Forbidden
 
 from functions.events import PubsubMessage
 from functions.redrive import MAX_REDRIVE_OBJECTS, RedriveOutcome, Redriver
+from tests import dicom_factory
 from tests.functional.world import STATE, UPLOADS, World
 
 TOTAL = MAX_REDRIVE_OBJECTS * 2 + 7
@@ -21,7 +22,8 @@ def _world() -> World:
     w = World()
     names = [f"in/x{i:05d}.dcm" for i in range(TOTAL)]
     for name in names:
-        w.store.write(UPLOADS, name, b"not yet DICOM")
+        # Readable DICOM files the store does not hold (NOT_STORED): a redrive imports them again.
+        w.store.write(UPLOADS, name, dicom_factory.instance())
     w.store.write(STATE, w.settings.state_path("receipts", "op1.json"),
                   {"operation": f"{w.settings.dataset}/operations/op1",
                    "failedObjects": [f"gs://{UPLOADS}/{n}" for n in names], "failedObjectsTotal": TOTAL})

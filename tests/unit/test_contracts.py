@@ -558,3 +558,16 @@ def test_object_counts_and_fates_belong_to_imports_and_redrives_only() -> None:
     assert errors("completion-event.v1", {**event, "kind": "export"})
     assert errors("completion-event.v1", {**event, "failures": [{**fate, "reason": "SOMETHING"}]})
     assert errors("completion-event.v1", {**event, "undecidedObjects": [fate]})  # without its total
+
+
+def test_a_redrive_that_held_everything_back_is_failed_and_names_the_objects() -> None:
+    now = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    held = [{"object": "gs://up/ward/broken.dcm", "reason": "NOT_DICOM", "message": "not a DICOM Part 10 file"}]
+    data, attributes = redrive_noop_event("0 of the receipt's 1 objects are in the store; nothing to redrive",
+                                          request_id="fix-1", message_id="77", redrive_of=f"{DATASET}/operations/42",
+                                          dicom_store=STORE, now=now, held=held)
+    event = validate_completion_message(data, attributes)
+    assert (event["state"], attributes["state"]) == ("FAILED", "FAILED")
+    assert event["failedObjects"] == ["gs://up/ward/broken.dcm"] and event["failedObjectsTotal"] == 1
+    assert event["failures"] == held and event["error"]["code"] == 9
+    assert event["counters"] == {"success": 0, "failure": 0, "pending": 0} and "operation" not in event
