@@ -8,7 +8,8 @@ unreachable loopback endpoints: nothing may touch the network at import). It tim
 `import functions_framework` alone, and `import functions_framework; import main`, inside the
 child with perf_counter (interpreter start-up excluded), median of --runs each, interleaved. Then
 `-X importtime` lists the modules that main.py pulls in beyond functions_framework, by cumulative
-time (median over 3 runs). Target (bench/README.md): main.py adds under 150 ms.
+time (median over 3 runs). Targets (bench/README.md): main.py adds under 50 ms; the first event's
+set-up (handler and clients, lazy) stays under 150 ms.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 from functions.settings import ALL_VARIABLES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TARGET_MS = 150.0
+TARGET_MS = 50.0  # what importing main.py may add
+FIRST_EVENT_TARGET_MS = 150.0  # the first event's handler and client set-up
 
 # What infra/ sets for the import function (plausible values; no endpoint is reachable).
 IMPORT_FUNCTION_ENV = {
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "modules": {"functionsFramework": modules_bare, "withMain": modules_main},
         "firstEventSetupMs": round(statistics.median(first_event), 1),
         "targetMs": TARGET_MS,
+        "firstEventTargetMs": FIRST_EVENT_TARGET_MS,
+        "firstEventMet": statistics.median(first_event) < FIRST_EVENT_TARGET_MS,
         "met": statistics.median(main_only) < TARGET_MS and med_with - med_bare < TARGET_MS,
         "importtimeMainMs": round(statistics.median(cumulative.get("main", [0.0])), 1),
         "offenders": offenders,
@@ -171,9 +175,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"{'main after functions_framework (same child)':<44} {statistics.median(main_only):>8.1f}"
           f"   (range {min(main_only):.1f}-{max(main_only):.1f})")
     print(f"{'first event: build the import handler + clients':<44} {statistics.median(first_event):>8.1f}"
-          f"   (lazy, paid by the first request, not by the import; not part of the target)")
+          f"   (lazy, paid by the first request, not by the import)")
     print(f"modules loaded: {modules_bare} -> {modules_main} (+{modules_main - modules_bare})")
     print(f"target: main.py adds < {TARGET_MS:.0f} ms: {'met' if summary['met'] else 'MISSED'}")
+    print(f"target: first event set-up < {FIRST_EVENT_TARGET_MS:.0f} ms: "
+          f"{'met' if summary['firstEventMet'] else 'MISSED'}")
     print(f"\n-X importtime, modules main.py pulls in beyond functions_framework (median of 3; main itself "
           f"{summary['importtimeMainMs']} ms cumulative):")
     print(f"{'module':<48} {'cum ms':>8} {'self ms':>8} {'depth':>5}")

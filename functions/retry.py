@@ -21,16 +21,23 @@ import http.client
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import requests
-import urllib3
-from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
-from google.auth.exceptions import GoogleAuthError
-
 from functions.errors import RETRYABLE_STATUS_CODES, ApiError, DicomPipelineError, DropEventError, RetryableError
+
+if TYPE_CHECKING:
+    from google.api_core import exceptions as gexc
+    from google.api_core.retry import Retry
+
+# The client libraries' exception modules are looked up, never imported here: an exception of a
+# module that is not loaded cannot exist, and importing google.api_core, grpc and requests at cold
+# start would cost the functions about 100 ms before their first event.
+
+
+def _loaded(name: str) -> ModuleType | None:
+    return sys.modules.get(name)
 
 # HTTP statuses a later identical call may not meet.
 RETRYABLE_HTTP_STATUSES = RETRYABLE_STATUS_CODES | {499}  # 499: gRPC CANCELLED
@@ -41,18 +48,23 @@ _GRPC_HTTP = {"OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 4
               "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
               "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501,
               "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401}
-# Faults of the request itself (a bad URL, a body that cannot be sent): no redelivery changes them.
-_PERMANENT_REQUEST_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
-    requests.exceptions.InvalidHeader, requests.exceptions.InvalidJSONError,
-)
 
 
-# Broken or cut-off answers below requests (google-cloud-storage's media transfers meet them raw).
-_TRANSPORT_FAULTS: tuple[type[BaseException], ...] = (
-    http.client.HTTPException, urllib3.exceptions.PoolError, urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.SSLError, urllib3.exceptions.TimeoutError,
-)
+def _permanent_request_errors() -> tuple[type[BaseException], ...]:
+    """Faults of the request itself (a bad URL, a body that cannot be sent): no redelivery changes them."""
+    rex: Any = _loaded("requests.exceptions")
+    if rex is None:
+        return ()
+    return (rex.InvalidURL, rex.MissingSchema, rex.InvalidSchema, rex.InvalidHeader, rex.InvalidJSONError)
+
+
+def _transport_faults() -> tuple[type[BaseException], ...]:
+    """Broken or cut-off answers below requests (google-cloud-storage's media transfers meet them raw)."""
+    uex: Any = _loaded("urllib3.exceptions")
+    found: tuple[type[BaseException], ...] = (http.client.HTTPException,)
+    if uex is not None:
+        found += (uex.PoolError, uex.ProtocolError, uex.SSLError, uex.TimeoutError)
+    return found
 
 
 @dataclass(frozen=True)
@@ -84,28 +96,31 @@ def classify(exc: BaseException) -> Fault:
         if isinstance(exc, (RetryableError, DropEventError)):
             return Fault(isinstance(exc, RetryableError), message=str(exc), ours=True)
         return Fault(True, message=str(exc), known=False)  # e.g. ConfigurationError: a redelivery, no loop
-    if isinstance(exc, gexc.RetryError):
+    api: Any = _loaded("google.api_core.exceptions")
+    if api is not None and isinstance(exc, api.RetryError):
         # An in-process retry budget ran out: the last fault decides (it was a transient one).
         return classify(exc.cause) if exc.cause is not None else Fault(True, message=str(exc))
-    if isinstance(exc, gexc.GoogleAPICallError):
+    if api is not None and isinstance(exc, api.GoogleAPICallError):
         return _google_api_fault(exc)
     grpc_code = _grpc_code_name(exc)
     if grpc_code is not None:
         return Fault(grpc_code in _RETRYABLE_GRPC, _GRPC_HTTP.get(grpc_code), message=_details(exc))
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+    rex: Any = _loaded("requests.exceptions")
+    if rex is not None and isinstance(exc, rex.HTTPError) and exc.response is not None:
         status = exc.response.status_code
         return Fault(status in RETRYABLE_HTTP_STATUSES, status, _url_resource(exc.response.url), str(exc))
-    if isinstance(exc, _PERMANENT_REQUEST_ERRORS):
+    if isinstance(exc, _permanent_request_errors()):
         return Fault(False, message=str(exc))
     answered = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(answered, int):
         # Media errors of google-cloud-storage (InvalidResponse) carry the HTTP answer.
         return Fault(answered in RETRYABLE_HTTP_STATUSES, answered, message=str(exc))
-    if isinstance(exc, _TRANSPORT_FAULTS):
+    if isinstance(exc, _transport_faults()):
         return Fault(True, message=str(exc))
     # Connection errors and timeouts (requests', urllib3's, sockets', futures'), google-auth
     # transport and token refresh faults: another try may succeed.
-    if isinstance(exc, (OSError, GoogleAuthError)):
+    auth: Any = _loaded("google.auth.exceptions")
+    if isinstance(exc, OSError) or (auth is not None and isinstance(exc, auth.GoogleAuthError)):
         return Fault(True, message=str(exc))
     return Fault(True, message=str(exc), known=False)
 
@@ -115,7 +130,8 @@ def _google_api_fault(exc: gexc.GoogleAPICallError) -> Fault:
     if grpc_code is not None:
         retry = grpc_code in _RETRYABLE_GRPC
     elif exc.code is not None:
-        retry = int(exc.code) in RETRYABLE_HTTP_STATUSES or isinstance(exc, gexc.Aborted)
+        api: Any = _loaded("google.api_core.exceptions")  # loaded: `exc` is one of its errors
+        retry = int(exc.code) in RETRYABLE_HTTP_STATUSES or isinstance(exc, api.Aborted)
     else:
         # A wrapper without a status (e.g. pubsub's PublishError): decided by what it wraps.
         cause = exc.__cause__ or (exc.errors[0] if exc.errors and isinstance(exc.errors[0], BaseException) else None)
@@ -164,6 +180,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def policy(deadline_seconds: float, predicate: Callable[[BaseException], bool] | None = None) -> Retry:
     """Backoff 0.5 s doubling to 8 s, with jitter, until `deadline_seconds` have passed."""
+    from google.api_core.retry import Retry
+
     return Retry(predicate=predicate or is_transient, initial=0.5, maximum=8.0, multiplier=2.0,
                  timeout=deadline_seconds)
 
@@ -185,7 +203,8 @@ def start_outcome(exc: BaseException) -> StartOutcome:
         # retries exactly these two). Other 4xx are answers to the request as sent: nothing started.
         # 500, 502 and 504 may come after the backend acted.
         return "unknown" if exc.status_code in (500, 502, 504) else "refused"
-    if isinstance(exc, requests.ConnectTimeout) or _never_connected(exc):
+    rex: Any = _loaded("requests.exceptions")
+    if (rex is not None and isinstance(exc, rex.ConnectTimeout)) or _never_connected(exc):
         return "refused"
     # Read timeouts, connections dropped after the request was sent, anything else.
     return "unknown"
@@ -193,7 +212,8 @@ def start_outcome(exc: BaseException) -> StartOutcome:
 
 def _never_connected(exc: BaseException) -> bool:
     """A connection that was refused or could not be resolved: the request was never sent."""
-    if not isinstance(exc, requests.ConnectionError):
+    rex: Any = _loaded("requests.exceptions")
+    if rex is None or not isinstance(exc, rex.ConnectionError):
         return False
     from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
