@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from sortedcontainers import SortedList
 
 from functions.clients import ObjectInfo, QueryResult, Record
 from functions.errors import PermanentApiError, api_error
@@ -59,6 +60,8 @@ class FakeObjectStore:
         self._faults = faults
         self._lock = threading.RLock()
         self._buckets: dict[str, dict[str, _Object]] = {}
+        # Names in order per bucket: a listing walks its prefix only, never sorts the bucket.
+        self._sorted: dict[str, SortedList] = {}
         self._generations = itertools.count(1_700_000_000_000_001)
         self.writes: Counter[str] = Counter()  # object name -> successful writes and deletes
 
@@ -71,7 +74,7 @@ class FakeObjectStore:
 
     def names(self, bucket: str, prefix: str = "") -> builtins.list[str]:
         with self._lock:
-            return sorted(n for n in self._buckets.get(bucket, {}) if n.startswith(prefix))
+            return builtins.list(self._names_from(bucket, prefix))
 
     def json(self, bucket: str, name: str) -> dict[str, Any]:
         with self._lock:
@@ -123,16 +126,17 @@ class FakeObjectStore:
             if obj is None or (generation is not None and obj.generation != generation):
                 return False
             del objects[name]
+            self._index(bucket).remove(name)
             self.writes[name] += 1
             return True
 
     def list(self, bucket: str, prefix: str, *, recursive: bool = True,
              max_results: int | None = None) -> Iterator[ObjectInfo]:
         with self._call("list", prefix):
+            objects = self._objects(bucket)
             found = []
-            for name, obj in sorted(self._objects(bucket).items()):
-                if not name.startswith(prefix) or (not recursive and "/" in name[len(prefix):]):
-                    continue
+            for name in self._names_from(bucket, prefix, recursive=recursive):
+                obj = objects[name]
                 found.append(ObjectInfo(name, obj.generation, len(obj.data), dict(obj.metadata), obj.time_created))
                 if max_results is not None and len(found) >= max_results:
                     break
@@ -140,12 +144,7 @@ class FakeObjectStore:
 
     def list_prefixes(self, bucket: str, prefix: str) -> builtins.list[str]:
         with self._call("list_prefixes", prefix):
-            folders = set()
-            for name in self._objects(bucket):
-                rest = name[len(prefix):] if name.startswith(prefix) else None
-                if rest is not None and "/" in rest:
-                    folders.add(prefix + rest[:rest.index("/") + 1])
-            return sorted(folders)
+            return builtins.list(self._folders(bucket, prefix))
 
     def copy(self, src_bucket: str, src_name: str, generation: int, dst_bucket: str, dst_name: str) -> None:
         with self._call("copy", dst_name):
@@ -169,9 +168,46 @@ class FakeObjectStore:
     def _objects(self, bucket: str) -> dict[str, _Object]:
         return self._buckets.setdefault(bucket, {})
 
+    def _index(self, bucket: str) -> SortedList:
+        return self._sorted.setdefault(bucket, SortedList())
+
+    def _names_from(self, bucket: str, prefix: str, *, recursive: bool = True) -> Iterator[str]:
+        """Names under `prefix` in order; not `recursive`: those without a further `/`."""
+        index = self._index(bucket)
+        position = index.bisect_left(prefix)
+        while position < len(index):
+            name = index[position]
+            if not name.startswith(prefix):
+                return
+            slash = name.find("/", len(prefix))
+            if recursive or slash < 0:
+                yield name
+                position += 1
+            else:  # skip the whole folder
+                position = index.bisect_left(name[:slash] + "0")  # "0" follows "/"
+        return
+
+    def _folders(self, bucket: str, prefix: str) -> Iterator[str]:
+        """The folders (`prefix` + `x/`) right under `prefix`, in order."""
+        index = self._index(bucket)
+        position = index.bisect_left(prefix)
+        while position < len(index):
+            name = index[position]
+            if not name.startswith(prefix):
+                return
+            slash = name.find("/", len(prefix))
+            if slash < 0:
+                position += 1
+                continue
+            yield name[:slash + 1]
+            position = index.bisect_left(name[:slash] + "0")
+
     def _store(self, bucket: str, name: str, data: bytes, metadata: dict[str, str] | None) -> _Object:
         obj = _Object(data, next(self._generations), self._clock(), dict(metadata or {}))
-        self._objects(bucket)[name] = obj
+        objects = self._objects(bucket)
+        if name not in objects:
+            self._index(bucket).add(name)
+        objects[name] = obj
         self.writes[name] += 1
         return obj
 
