@@ -103,6 +103,7 @@ class Simulation:
         self._order = itertools.count()
         self._local = threading.local()
         self._main_thread = threading.get_ident()
+        self._current: Task | None = None
 
     # -- what the handlers get ---------------------------------------------------------------
     def clock(self) -> float:
@@ -121,6 +122,18 @@ class Simulation:
         task._wait_for_turn()
         if task.process is not None and task.process.dead:
             raise Killed(f"{task.process.name} died while {task.name} slept")
+
+    def in_task(self) -> bool:
+        """Is the caller a task's own thread (one that may sleep)?"""
+        return getattr(self._local, "task", None) is not None
+
+    def on_main_thread(self) -> bool:
+        return threading.get_ident() == self._main_thread
+
+    @property
+    def current(self) -> Task | None:
+        """The task whose turn it is (its thread-pool workers run within that turn)."""
+        return self._current
 
     # -- what the test does ------------------------------------------------------------------
     def spawn(self, fn: Callable[[], Any], *, name: str, process: Process | None = None) -> Task:
@@ -179,9 +192,12 @@ class Simulation:
 
     def _run_turn(self, task: Task) -> None:
         self._yielded.clear()
+        self._current = task
         task._go.set()
         if not task._thread.is_alive() and not task.done:
             task._thread.start()
-        if not self._yielded.wait(timeout=_TURN_TIMEOUT_SECONDS):
+        finished = self._yielded.wait(timeout=_TURN_TIMEOUT_SECONDS)
+        self._current = None
+        if not finished:
             raise AssertionError(f"task {task.name} neither slept nor finished within "
                                  f"{_TURN_TIMEOUT_SECONDS:.0f} s of real time (a deadlock?)")
