@@ -238,6 +238,8 @@ class Bench:
 
         def serve() -> None:
             meter = Meter()
+            began = self.world.sim.clock()
+
             self.world.sim.current.meter = meter  # type: ignore[union-attr]
             try:
                 outcome = handler.handle(event)
@@ -246,6 +248,7 @@ class Bench:
                 return
             if outcome.led is not None and outcome.led.claimed:
                 self.leader_meters.append(meter)
+                meter.waited["total"] = self.world.sim.clock() - began
 
         self.world.sim.spawn(serve, name=event.name, process=process)
 
@@ -356,6 +359,8 @@ class Bench:
             "poller_most_listed": max((m.listed for m in self.poll_meters), default=0),
             "poller_most_calls": max((sum(m.calls.values()) for m in self.poll_meters), default=0),
             "upload_to_start_p50_s": round(_pct(waits, 0.50), 1), "upload_to_start_p95_s": round(_pct(waits, 0.95), 1),
+            "slowest_leader_seconds_by_kind": _slowest(self.leader_meters),
+            "slowest_poller_seconds_by_kind": _slowest(self.poll_meters),
             "errors": dict(self.errors), "wall_s": round(wall, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
@@ -365,6 +370,13 @@ def _pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _slowest(meters: list[Meter]) -> dict[str, float]:
+    if not meters:
+        return {}
+    slowest = max(meters, key=lambda m: sum(v for k, v in m.waited.items() if k != "total"))
+    return {k: round(v, 1) for k, v in slowest.waited.most_common()}
 
 
 def _kinds(names: Counter[str]) -> dict[str, int]:

@@ -5,10 +5,10 @@ On (the simulation bench, and the functional tests that need it), every call of 
 through `CloudConditions.before` first:
 
 - **Latency.** Each call takes a time from `Latency` (per kind of call, scaled, with a seeded tail:
-  a few calls take many times longer). A task sleeps it (other tasks run meanwhile). A handler's
-  thread-pool worker cannot sleep; its time adds up per worker, and the task that owns the pool
-  sleeps the longest worker's total the next time it reads the clock or calls a fake: the pool's
-  wall time, as threads working side by side take.
+  a few calls take many times longer). A task sleeps it (other tasks run meanwhile). The
+  handlers' thread pools become `SimulatedPool`s (`install_pools`): the items run one after the
+  other in the task's turn, each on the simulated worker free first, and the task then sleeps the
+  busiest worker's time, as threads working side by side take.
 - **One write per second per object name** (Cloud Storage's quotas page: "maximum rate of writes
   to the same object name"). A create, replace, write, copy to or delete of a name that was
   changed less than a second ago is answered 429.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,7 @@ class Meter:
 
     calls: Counter[str] = field(default_factory=Counter)
     listed: int = 0
+    waited: Counter[str] = field(default_factory=Counter)  # seconds by call kind ("pool": its workers)
 
 
 @dataclass
@@ -110,7 +112,7 @@ class CloudConditions:
         self._observe = observe
         self._rng = random.Random(latency.seed if latency else 0)
         self._lock = threading.Lock()
-        self._debt: dict[int, float] = {}  # pool worker thread -> seconds its calls took so far
+        self._local = threading.local()  # `pool`: the workers of the pool the task runs now
         # bucket -> second -> name -> write times (only the last two seconds are kept)
         self._recent: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(dict)
         self._first_write: dict[str, float] = {}
@@ -119,32 +121,48 @@ class CloudConditions:
 
     # -- time ----------------------------------------------------------------------------------
     def clock(self) -> float:
-        """The handlers' clock: a task first waits for its thread pool's calls to end."""
-        self._settle()
-        return self._sim.clock() + self._debt.get(threading.get_ident(), 0.0)
+        """The handlers' clock (inside a pool: the time of the worker running the current item)."""
+        return self._now()
 
     def _now(self) -> float:
-        return self._sim.clock() + self._debt.get(threading.get_ident(), 0.0)
+        pool: _Lanes | None = getattr(self._local, "pool", None)
+        return self._sim.clock() + (pool.current if pool is not None else 0.0)
 
-    def _wait(self, seconds: float) -> None:
+    def _wait(self, seconds: float, kind: str = "") -> None:
         if seconds <= 0:
             return
-        if self._sim.in_task():
-            self._settle()
-            self._sim.sleep(seconds)
-        elif not self._sim.on_main_thread():  # a pool worker of the running task
-            with self._lock:
-                ident = threading.get_ident()
-                self._debt[ident] = self._debt.get(ident, 0.0) + seconds
-
-    def _settle(self) -> None:
-        if not self._sim.in_task() or not self._debt:
+        pool: _Lanes | None = getattr(self._local, "pool", None)
+        if pool is not None:
+            pool.current += seconds  # the worker's time; the pool's wall time is waited at its end
             return
-        with self._lock:
-            longest = max(self._debt.values(), default=0.0)
-            self._debt.clear()
-        if longest > 0:
-            self._sim.sleep(longest)
+        if self._sim.in_task():
+            meter = self._meter()
+            if meter is not None:
+                meter.waited[kind] += seconds
+            self._sim.sleep(seconds)
+
+    def run_pool(self, workers: int, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+        """Runs `fn` over `items` as `workers` threads would, one item after the other on the
+        calling task's thread: each item goes to the worker free first, and the task then sleeps
+        the time the busiest worker took (the pool's wall time). Exceptions come back as results."""
+        if not self._sim.in_task() or getattr(self._local, "pool", None) is not None:
+            return [_outcome(fn, item) for item in items]
+        lanes = _Lanes(workers)
+        self._local.pool = lanes
+        try:
+            results = []
+            for item in items:
+                lanes.take()
+                results.append(_outcome(fn, item))
+                lanes.give_back()
+        finally:
+            self._local.pool = None
+        if lanes.wall > 0:
+            meter = self._meter()
+            if meter is not None:
+                meter.waited["pool"] += lanes.wall
+            self._sim.sleep(lanes.wall)
+        return results
 
     # -- the fakes call these --------------------------------------------------------------------
     def before(self, client: str, method: str, bucket: str, name: str) -> None:
@@ -152,7 +170,7 @@ class CloudConditions:
         if self.latency is not None:
             with self._lock:
                 seconds = self.latency.seconds(client, method, self._rng)
-            self._wait(seconds)
+            self._wait(seconds, f"{client}.{method}")
         if client != "store" or method not in WRITES:
             return
         waited, delay = 0.0, RETRY_INITIAL
@@ -164,7 +182,7 @@ class CloudConditions:
                 with self._lock:
                     self.observed.gave_up += 1
                 raise gexc.TooManyRequests(f"{refused}: gs://{bucket}/{name}")
-            self._wait(delay)
+            self._wait(delay, "429")
             waited += delay
             delay = min(delay * RETRY_MULTIPLIER, RETRY_MAXIMUM)
 
@@ -234,6 +252,88 @@ class CloudConditions:
         doublings = 0 if first is None else int(max(now - first, 0.0) // RAMP_DOUBLING_SECONDS)
         return INITIAL_BUCKET_WRITES * 2 ** min(doublings, 20)
 
+    def install_pools(self) -> Callable[[], None]:
+        """Makes the handlers' thread pools `SimulatedPool`s on this simulation; returns the undo."""
+        import functions.batching
+        import functions.failed_objects
+        import functions.jobs
+        import functions.poll_operations
+
+        modules = (functions.batching, functions.failed_objects, functions.jobs, functions.poll_operations)
+        before = [m.ThreadPoolExecutor for m in modules]  # type: ignore[attr-defined]
+        conditions = self
+
+        class Pool(SimulatedPool):
+            def __init__(self, max_workers: int | None = None, **_: Any) -> None:
+                super().__init__(conditions, max_workers or 1)
+
+        for module in modules:
+            module.ThreadPoolExecutor = Pool  # type: ignore[attr-defined]
+
+        def undo() -> None:
+            for module, original in zip(modules, before, strict=True):
+                module.ThreadPoolExecutor = original  # type: ignore[attr-defined]
+
+        return undo
+
     def _meter(self) -> Meter | None:
         task: Any = self._sim.current
         return getattr(task, "meter", None) if task is not None else None
+
+
+class _Lanes:
+    """The workers of one simulated pool: how long each has been busy."""
+
+    def __init__(self, workers: int) -> None:
+        self._busy = [0.0] * max(workers, 1)
+        self._taken = 0
+        self.current = 0.0  # busy time of the worker running the current item
+
+    def take(self) -> None:
+        self._taken = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self.current = self._busy[self._taken]
+
+    def give_back(self) -> None:
+        self._busy[self._taken] = self.current
+
+    @property
+    def wall(self) -> float:
+        return max(self._busy)
+
+
+def _outcome(fn: Callable[..., Any], item: tuple[Any, ...]) -> Any:
+    try:
+        return fn(*item)
+    except Exception as exc:
+        return _Raised(exc)
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error: Exception
+
+
+class SimulatedPool:
+    """A stand-in for `ThreadPoolExecutor` (its `map`) under `CloudConditions`: the work runs in the
+    task's own turn and takes the time `max_workers` threads would (`CloudConditions.run_pool`)."""
+
+    def __init__(self, conditions: CloudConditions, max_workers: int) -> None:
+        self._conditions = conditions
+        self._workers = max_workers
+
+    def __enter__(self) -> SimulatedPool:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        return None
+
+    def map(self, fn: Callable[..., Any], *iterables: Any) -> Iterator[Any]:
+        results = self._conditions.run_pool(self._workers, fn, list(zip(*iterables, strict=False)))
+
+        def unwrap() -> Iterator[Any]:
+            for result in results:
+                if isinstance(result, _Raised):
+                    raise result.error
+                yield result
+
+        return unwrap()

@@ -68,6 +68,8 @@ class World:
         self.sim = Simulation(T0)
         self.faults = Faults(self.sim)
         self.cloud = cloud(self.sim) if cloud is not None else None
+        # Under `cloud` the handlers' thread pools take simulated time too; `close` puts them back.
+        self.close = self.cloud.install_pools() if self.cloud is not None else (lambda: None)
         # The handlers' clock: under latency, a task first waits for its thread pool's calls.
         self.clock: Callable[[], float] = self.cloud.clock if self.cloud is not None else self.sim.clock
         self.store = FakeObjectStore(self.sim.clock, self.faults, self.cloud)
