@@ -227,7 +227,11 @@ class WindowBatcher:
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
         # (a job left STARTING is restarted by the poller when its lease ends).
-        self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
+        # In rounds that renew the claim: deleting a large window's records takes as long as
+        # copying it, and a claim that ran out meanwhile would have the poller take over a live
+        # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
+        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads,
+                        keep=lambda ahead: self._keep_claim(lease, ahead) or True)
         self._gcs.delete(self._s.state_bucket, lease.path, lease.generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         if growth is not None:
@@ -555,16 +559,21 @@ class WindowBatcher:
             target = str(entry["staged"]).split("/", 3)[3]
             self._gcs.copy(upload.bucket, upload.name, upload.generation, self._s.state_bucket, target)
 
-        items = list(zip(uploads, entries, strict=True))
+        self._in_rounds(copy, list(zip(uploads, entries, strict=True)), keep)
+        return entries
+
+    def _in_rounds(self, action: Callable[[Any], object], items: list[Any], keep: Callable[[float], bool]) -> bool:
+        """`action` over `items` in rounds of `STAGE_CHUNK`, asking `keep(ahead)` before each round
+        (`ahead`: twice what the round before took); False when `keep` refused and the rest was left."""
         ahead = 0.0
         for start in range(0, len(items), STAGE_CHUNK):
             if not keep(ahead):
-                break
+                return False
             began = self._clock()
-            self._parallel(copy, items[start:start + STAGE_CHUNK])
+            self._parallel(action, items[start:start + STAGE_CHUNK])
             # A saturated Cloud Storage makes a round slower than the margin: look that far ahead.
             ahead = 2 * (self._clock() - began)
-        return entries
+        return True
 
     @staticmethod
     def _parallel(action: Callable[..., object], items: Iterable[object]) -> None:

@@ -368,3 +368,32 @@ def test_a_window_in_a_large_tree_lists_at_most_a_thousand_objects_beyond_its_ow
     assert max(count for _, count in listed) <= OTHERS_LISTED + len(names) + 1
     assert any(d.outcome.led is not None and d.outcome.led.claimed for d in deliveries)
     world.check_invariants(expected=names)
+
+
+def test_a_leader_whose_record_deletions_outlast_its_lease_renews_its_claim_and_keeps_the_window(
+        world: World) -> None:
+    """Seen in bench.simulate at 500 files/s and x5 latency: deleting a large window's records took
+    longer than the lease left after the fence, and the poller took the window over from its live
+    leader (decision 0751). Here the poller runs while the last rounds of deletions are going on."""
+    lease = world.settings.claim_lease_seconds
+    names = _names("del", 4 * STAGE_CHUNK)
+    recovered: list[int] = []
+
+    def slow_round(then_poll: bool) -> Callable[[], None]:
+        def meanwhile() -> None:
+            world.sim.jump(0.6 * lease)  # each round of deletions takes most of a lease
+            if then_poll:
+                recovered.append(world.poller().run().windows_recovered)
+        return meanwhile
+
+    for round_ in range(4):
+        world.faults.meanwhile(slow_round(then_poll=round_ >= 2), method="delete", name="windows/",
+                               nth=1 + round_ * STAGE_CHUNK)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert len(world.faults.fired) == 4, world.faults.fired
+    assert recovered == [0, 0], "the poller took the window over from its live leader"
+    assert len(led(deliveries).jobs) == 1
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1
