@@ -295,6 +295,9 @@ class Bench:
         for index, (name, at) in enumerate(zip(names(c.pattern, c.files, c.seed),
                                                upload_times(c.pattern, c.files, c.rate), strict=True)):
             next_poll = self._advance_to(T0 + at, next_poll)
+            if index and index % max(c.files // 10, 1) == 0:
+                print(f"  {index:,} uploaded, {w.sim.clock() - T0:,.0f} s simulated, "
+                      f"{time.monotonic() - started:,.0f} s wall", file=sys.stderr, flush=True)
             while duplicates and duplicates[0][0] <= w.sim.clock():
                 self._deliver(duplicates.pop(0)[1])
             info = w.store.put(UPLOADS, name, _PREFIX + str(index).encode())
