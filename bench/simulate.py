@@ -226,12 +226,12 @@ class Bench:
         self.errors: Counter[str] = Counter()
         self.staged_copies = 0
 
-    def _instance(self, index: int) -> tuple[Process, ImportOnUpload]:
+    def _instance(self, index: int) -> tuple[str, ImportOnUpload]:
         w = self.world
         queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock)
         batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=False)
         handler = ImportOnUpload(w.settings, w.store, batcher, clock=w.clock, sleep=w.sim.sleep)
-        return Process(f"import-{index}"), handler
+        return f"import-{index}", handler
 
     def _deliver(self, event: StorageObjectEvent) -> None:
         process, handler = self.instances[self.rng.randrange(len(self.instances))]
@@ -250,7 +250,8 @@ class Bench:
                 self.leader_meters.append(meter)
                 meter.waited["total"] = self.world.sim.clock() - began
 
-        self.world.sim.spawn(serve, name=event.name, process=process)
+        # No `process`: a process keeps its tasks (to kill them), and a million would stay in memory.
+        self.world.sim.spawn(serve, name=event.name)
 
     def _poll(self) -> None:
         w = self.world

@@ -49,7 +49,7 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Object:
     data: bytes
     generation: int
