@@ -380,7 +380,7 @@ def _slowest(meters: list[Meter]) -> dict[str, float]:
     if not meters:
         return {}
     slowest = max(meters, key=lambda m: sum(v for k, v in m.waited.items() if k != "total"))
-    return {k: round(v, 1) for k, v in slowest.waited.most_common()}
+    return {k: round(v, 1) for k, v in sorted(slowest.waited.items(), key=lambda kv: -kv[1])}
 
 
 def _kinds(names: Counter[str]) -> dict[str, int]:

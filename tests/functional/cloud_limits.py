@@ -85,7 +85,7 @@ class Meter:
 
     calls: Counter[str] = field(default_factory=Counter)
     listed: int = 0
-    waited: Counter[str] = field(default_factory=Counter)  # seconds by call kind ("pool": its workers)
+    waited: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # seconds by call kind
 
 
 @dataclass
@@ -207,7 +207,7 @@ class CloudConditions:
         if self.limits is not None and self.limits.pages and self.latency is not None and pages > 1:
             with self._lock:
                 seconds = sum(self.latency.seconds(client, method, self._rng) for _ in range(pages - 1))
-            self._wait(seconds)
+            self._wait(seconds, f"{client}.{method}")
 
     def wrote(self, bucket: str, name: str) -> None:
         """A write (or delete) of `name` took effect now."""
