@@ -21,6 +21,7 @@ from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.jobs import Job, JobQueue
 from functions.log import fields
+from functions.retry import is_transient
 from functions.selection import is_importable
 from functions.settings import Settings
 from functions.windows import window_close
@@ -50,6 +51,9 @@ _IO_THREADS = 16
 STAGE_CHUNK = 2 * _IO_THREADS
 # Swaps of a job record that other growers change too: each loss is followed by a fresh read.
 _SWAP_ATTEMPTS = 5
+# Rounds for the same calls of a round that Cloud Storage throttled (decision 0752): with the
+# client's 8 s per call and a renewal in between, about a minute of throttling.
+_ROUND_ATTEMPTS = 6
 
 
 @dataclass(frozen=True)
@@ -564,16 +568,47 @@ class WindowBatcher:
 
     def _in_rounds(self, action: Callable[[Any], object], items: list[Any], keep: Callable[[float], bool]) -> bool:
         """`action` over `items` in rounds of `STAGE_CHUNK`, asking `keep(ahead)` before each round
-        (`ahead`: twice what the round before took); False when `keep` refused and the rest was left."""
+        (`ahead`: twice what the round before took); False when `keep` refused and the rest was left.
+
+        Items whose call failed with a transient fault (429, 503 after the client's own retries,
+        `functions.gcs.STORAGE_RETRY_SECONDS`) are tried again in a round of their own, after
+        `keep`: a throttled Cloud Storage slows the leader down but never costs it its claim
+        (decision 0752). After `_ROUND_ATTEMPTS` rounds for the same items the fault is raised.
+        """
         ahead = 0.0
         for start in range(0, len(items), STAGE_CHUNK):
-            if not keep(ahead):
-                return False
-            began = self._clock()
-            self._parallel(action, items[start:start + STAGE_CHUNK])
-            # A saturated Cloud Storage makes a round slower than the margin: look that far ahead.
-            ahead = 2 * (self._clock() - began)
+            todo = items[start:start + STAGE_CHUNK]
+            for attempt in range(_ROUND_ATTEMPTS):
+                if not keep(ahead):
+                    return False
+                began = self._clock()
+                failed = self._parallel_transient(action, todo)
+                # A saturated Cloud Storage makes a round slower than the margin: look that far ahead.
+                ahead = 2 * (self._clock() - began)
+                if not failed:
+                    break
+                if attempt == _ROUND_ATTEMPTS - 1:
+                    raise failed[0][1]
+                logger.warning("a round of calls was throttled; trying its failed calls again",
+                               extra=fields(failed=len(failed), error=type(failed[0][1]).__name__))
+                todo = [item for item, _ in failed]
         return True
+
+    def _parallel_transient(self, action: Callable[[Any], object], items: list[Any]) -> list[tuple[Any, Exception]]:
+        """Runs `action` over `items` in parallel; the items that failed with a transient fault (the
+        others' faults are raised)."""
+        failed: list[tuple[Any, Exception]] = []
+
+        def attempt(item: Any) -> None:
+            try:
+                action(item)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failed.append((item, exc))
+
+        self._parallel(attempt, items)
+        return failed
 
     @staticmethod
     def _parallel(action: Callable[..., object], items: Iterable[object]) -> None:

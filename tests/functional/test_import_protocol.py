@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import TooManyRequests
 
 from functions.batching import OTHERS_LISTED, STAGE_CHUNK
 from functions.errors import PermanentApiError, TransientApiError
@@ -397,3 +398,31 @@ def test_a_leader_whose_record_deletions_outlast_its_lease_renews_its_claim_and_
     world.settle()
     world.check_invariants()
     assert len(world.hc.operations) == 1
+
+
+def test_a_leader_whose_copies_are_throttled_past_its_lease_renews_its_claim_and_copies_them_again(
+        world: World) -> None:
+    """Cloud Storage answers 429 to several copies of a round, each after the client's own retries
+    (8 s, functions.gcs.STORAGE_RETRY_SECONDS): together longer than the lease. The leader renews
+    its claim and copies those again; the window stays its own (decision 0752)."""
+    old = "hot/a010.dcm"  # an imported file amid the new ones: the window stages
+    world.store.put(UPLOADS, old, dicom_factory.instance())
+    new = [f"hot/a{i:03d}.dcm" for i in range(STAGE_CHUNK + 4) if f"hot/a{i:03d}.dcm" != old]
+
+    def throttled() -> Exception:
+        world.sim.jump(8.0)  # the client's retries of this call, in vain
+        return TooManyRequests("429 rate of writes to the bucket")
+
+    world.faults.fail(throttled, method="copy", nth=2, times=5)
+    recovered: list[int] = []
+    world.faults.meanwhile(lambda: recovered.append(world.poller().run().windows_recovered),
+                           method="copy", nth=STAGE_CHUNK + 6)  # in the round after the throttled one
+    deliveries = world.upload_burst(new, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert len(world.faults.fired) == 6, world.faults.fired
+    assert recovered == [0], "the poller took the window over from its live leader"
+    result = led(deliveries)
+    assert result.staged == len(new) and len(result.jobs) == 1
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1 and world.state("staging/") == []
