@@ -118,7 +118,8 @@ class CloudConditions:
         # bucket -> second -> name -> write times (only the last two seconds are kept)
         self._recent: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(dict)
         self._first_write: dict[str, float] = {}
-        self._this_second: dict[str, tuple[int, int]] = {}  # bucket -> (second, writes in it)
+        # bucket -> second -> writes in it (a pool's workers run ahead of the task: several seconds)
+        self._per_second: dict[str, dict[int, int]] = defaultdict(dict)
         self.observed = Observed()
 
     # -- time ----------------------------------------------------------------------------------
@@ -217,11 +218,15 @@ class CloudConditions:
         second = int(at)
         with self._lock:
             self._first_write.setdefault(bucket, at)
-            counted_second, count = self._this_second.get(bucket, (second, 0))
-            self._this_second[bucket] = (second, count + 1 if counted_second == second else 1)
+            counts = self._per_second[bucket]
+            counts[second] = counts.get(second, 0) + 1
+            if len(counts) > 600:
+                for old in sorted(counts)[:300]:
+                    del counts[old]
             by_second = self._recent[bucket]
-            for old in [s for s in by_second if s < second - 1]:
-                del by_second[old]
+            if len(by_second) > 120:  # a pool's workers write seconds ahead: keep a margin
+                for old in sorted(by_second)[:60]:
+                    del by_second[old]
             times = [t for s in (second - 1, second) for t in by_second.get(s, {}).get(name, ())
                      if at - t < SAME_NAME_INTERVAL]
             by_second.setdefault(second, {}).setdefault(name, []).append(at)
@@ -243,8 +248,7 @@ class CloudConditions:
                                              for t in by_second.get(s, {}).get(name, ())):
                 return "429 rate of writes to one object name"
             if self.limits.bucket_rate:
-                counted_second, done = self._this_second.get(bucket, (second, 0))
-                if counted_second == second and done >= self.capacity(bucket, now):
+                if self._per_second.get(bucket, {}).get(second, 0) >= self.capacity(bucket, now):
                     return "429 rate of writes to the bucket"
         return None
 

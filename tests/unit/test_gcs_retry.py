@@ -29,7 +29,8 @@ def test_a_call_throttled_without_end_gives_up_within_the_lease_a_leader_keeps(f
     started = fake_time.now
     with pytest.raises(RetryError):
         gcs.DEFAULT_RETRY(call)()
-    lease = Settings(dicom_store="projects/p/locations/l/datasets/d/dicomStores/s", state_bucket="b").claim_lease_seconds
+    lease = Settings(dicom_store="projects/p/locations/l/datasets/d/dicomStores/s",
+                     state_bucket="b").claim_lease_seconds
     assert calls >= 2
     assert fake_time.now - started <= gcs.STORAGE_RETRY_SECONDS < _fence_margin(lease)
 
