@@ -12,7 +12,8 @@ google-cloud-storage does). Every call takes a time from the latency model, scal
 (x1, x5), with a tail (--tail of the calls take 20 times longer). An import LRO runs 60 s plus 1 s
 per 1,000 files. Uploads arrive at --rate files per second, each finalize event delivered at once
 to one of --instances function instances, and --duplicates of them delivered a second time within
-30 s (Eventarc delivers at least once).
+30 s (Eventarc delivers at least once); an event whose handler fails (a 429 that outlasted the
+retries) is delivered again after 10 s, 20 s ... up to 600 s, as Eventarc does.
 
 Patterns:
   bulk     a migration tree bulk/<a>/<b>/<n>.dcm, 100 files a folder, at a steady rate
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import heapq
+import itertools
 import json
 import random
 import resource
@@ -57,6 +60,10 @@ LRO_SECONDS_PER_1000 = 1.0
 STUDY_FILES = 200
 STUDY_GAP_SECONDS = 30.0
 DRAIN_LIMIT_SECONDS = 6 * 3600.0
+# Eventarc (a Pub/Sub push subscription) delivers an event again after an error answer, backing
+# off from about 10 s to 600 s.
+REDELIVERY_FIRST_SECONDS = 10.0
+REDELIVERY_MAX_SECONDS = 600.0
 _PREFIX = b"SIM:"
 
 
@@ -224,7 +231,9 @@ class Bench:
         self.poll_meters: list[Meter] = []
         self.leader_meters: list[Meter] = []
         self.errors: Counter[str] = Counter()
-        self.staged_copies = 0
+        self.redelivered = 0
+        self._later: list[tuple[float, int, StorageObjectEvent, int]] = []  # (when, order, event, attempt)
+        self._order = itertools.count()
 
     def _instance(self, index: int) -> tuple[str, ImportOnUpload]:
         w = self.world
@@ -233,7 +242,7 @@ class Bench:
         handler = ImportOnUpload(w.settings, w.store, batcher, clock=w.clock, sleep=w.sim.sleep)
         return f"import-{index}", handler
 
-    def _deliver(self, event: StorageObjectEvent) -> None:
+    def _deliver(self, event: StorageObjectEvent, attempt: int = 0) -> None:
         process, handler = self.instances[self.rng.randrange(len(self.instances))]
 
         def serve() -> None:
@@ -243,8 +252,10 @@ class Bench:
             self.world.sim.current.meter = meter  # type: ignore[union-attr]
             try:
                 outcome = handler.handle(event)
-            except Exception as exc:  # the platform would redeliver; counted, the run goes on
+            except Exception as exc:  # an error answer: Eventarc delivers the event again, backing off
                 self.errors[type(exc).__name__] += 1
+                delay = min(REDELIVERY_FIRST_SECONDS * 2 ** attempt, REDELIVERY_MAX_SECONDS)
+                self._later_deliver(self.world.sim.clock() + delay, event, attempt + 1)
                 return
             if outcome.led is not None and outcome.led.claimed:
                 self.leader_meters.append(meter)
@@ -252,6 +263,16 @@ class Bench:
 
         # No `process`: a process keeps its tasks (to kill them), and a million would stay in memory.
         self.world.sim.spawn(serve, name=event.name)
+
+    def _later_deliver(self, when: float, event: StorageObjectEvent, attempt: int) -> None:
+        heapq.heappush(self._later, (when, next(self._order), event, attempt))
+
+    def _deliver_due(self) -> None:
+        now = self.world.sim.clock()
+        while self._later and self._later[0][0] <= now:
+            _, _, event, attempt = heapq.heappop(self._later)
+            self.redelivered += attempt > 0
+            self._deliver(event, attempt)
 
     def _poll(self) -> None:
         w = self.world
@@ -282,6 +303,7 @@ class Bench:
             step = min(target, next_poll, float(int(sim.clock()) + 1))
             sim.run_until(step)
             self._finish_due()
+            self._deliver_due()
             if sim.clock() >= next_poll:
                 self._poll()
                 next_poll += SCHEDULER_PERIOD
@@ -292,15 +314,12 @@ class Bench:
         c, w = self.config, self.world
         started = time.monotonic()
         next_poll = T0 + SCHEDULER_PERIOD
-        duplicates: list[tuple[float, StorageObjectEvent]] = []
         for index, (name, at) in enumerate(zip(names(c.pattern, c.files, c.seed),
                                                upload_times(c.pattern, c.files, c.rate), strict=True)):
             next_poll = self._advance_to(T0 + at, next_poll)
             if index and index % max(c.files // 10, 1) == 0:
                 print(f"  {index:,} uploaded, {w.sim.clock() - T0:,.0f} s simulated, "
                       f"{time.monotonic() - started:,.0f} s wall", file=sys.stderr, flush=True)
-            while duplicates and duplicates[0][0] <= w.sim.clock():
-                self._deliver(duplicates.pop(0)[1])
             info = w.store.put(UPLOADS, name, _PREFIX + str(index).encode())
             self.uploaded_at[index] = info.time_created
             created = datetime.fromtimestamp(info.time_created, UTC)
@@ -308,13 +327,9 @@ class Bench:
                                        name=name, generation=info.generation, size=info.size,
                                        time_created=created, event_time=created)
             self._deliver(event)
-            if self.rng.random() < c.duplicates:
-                duplicates.append((w.sim.clock() + self.rng.uniform(0.5, 30.0), event))
-                duplicates.sort(key=lambda item: item[0])
+            if self.rng.random() < c.duplicates:  # delivered twice although it was answered
+                self._later_deliver(w.sim.clock() + self.rng.uniform(0.5, 30.0), event, 0)
         uploads_done = w.sim.clock()
-        for at, event in duplicates:
-            next_poll = self._advance_to(max(at, w.sim.clock()), next_poll)
-            self._deliver(event)
         deadline = w.sim.clock() + DRAIN_LIMIT_SECONDS
         while not self._quiet() and w.sim.clock() < deadline:
             next_poll = self._advance_to(w.sim.clock() + SCHEDULER_PERIOD, next_poll)
@@ -323,7 +338,7 @@ class Bench:
 
     def _quiet(self) -> bool:
         w = self.world
-        return (not self.hc.running and w.sim.pending == 0
+        return (not self.hc.running and w.sim.pending == 0 and not self._later
                 and not any(w.store.names(STATE, w.settings.state_path(p)) for p in WORK_PREFIXES))
 
     def _report(self, wall: float, uploads_done: float) -> dict[str, Any]:
@@ -365,7 +380,7 @@ class Bench:
             "upload_to_start_p50_s": round(_pct(waits, 0.50), 1), "upload_to_start_p95_s": round(_pct(waits, 0.95), 1),
             "slowest_leader_seconds_by_kind": _slowest(self.leader_meters),
             "slowest_poller_seconds_by_kind": _slowest(self.poll_meters),
-            "errors": dict(self.errors), "wall_s": round(wall, 1),
+            "errors": dict(self.errors), "redelivered": self.redelivered, "wall_s": round(wall, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
 
