@@ -355,9 +355,19 @@ class WindowBatcher:
         now = self._clock()
         if lease.lost or lease.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
             return not lease.lost
-        until = now + self._s.claim_lease_seconds
-        generation = self._gcs.replace(self._s.state_bucket, lease.path,
-                                       {"holder": self._holder, "leaseUntil": until}, lease.generation)
+        while True:
+            until = self._clock() + self._s.claim_lease_seconds
+            try:
+                generation = self._gcs.replace(self._s.state_bucket, lease.path,
+                                               {"holder": self._holder, "leaseUntil": until}, lease.generation)
+                break
+            except Exception as exc:
+                # A throttled renewal is tried again while the lease lasts (decision 0752); after
+                # that the claim may be somebody else's, and a late swap would fail anyway.
+                if not is_transient(exc) or self._clock() >= lease.until:
+                    raise
+                logger.warning("renewing the window's claim was throttled; trying again",
+                               extra=fields(claim=lease.path, error=type(exc).__name__))
         if generation is None:
             lease.lost = True  # `run` says so once it stops
             return False

@@ -426,3 +426,28 @@ def test_a_leader_whose_copies_are_throttled_past_its_lease_renews_its_claim_and
     world.settle()
     world.check_invariants()
     assert len(world.hc.operations) == 1 and world.state("staging/") == []
+
+
+def test_a_leader_whose_claim_renewal_is_throttled_tries_again_within_its_lease(world: World) -> None:
+    """Seen in bench.simulate at 1,000,000 files and 500/s: the state bucket's write rate answered
+    429 to a claim renewal, and the planning run failed. The renewal is tried again while the lease
+    lasts (decision 0752); the window stays with its leader."""
+    lease = world.settings.claim_lease_seconds
+    old = "ren/a010.dcm"  # an imported file amid the new ones: the window stages
+    world.store.put(UPLOADS, old, dicom_factory.instance())
+    new = [f"ren/a{i:03d}.dcm" for i in range(2 * STAGE_CHUNK + 2) if f"ren/a{i:03d}.dcm" != old]
+
+    def throttled() -> Exception:
+        world.sim.jump(8.0)  # the client's retries of this call, in vain
+        return TooManyRequests("429 rate of writes to the bucket")
+
+    world.faults.meanwhile(lambda: world.sim.jump(0.5 * lease), method="copy", nth=1)  # a slow first round
+    world.faults.fail(throttled, method="replace", name="claims/", times=1)
+    deliveries = world.upload_burst(new, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert len(world.faults.fired) == 2, world.faults.fired
+    result = led(deliveries)
+    assert result.claimed and result.staged == len(new) and len(result.jobs) == 1
+    world.settle()
+    world.check_invariants()
+    assert len(world.hc.operations) == 1
