@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from google.api_core.exceptions import TooManyRequests
+
 from functions import coalescing, planning
 from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
@@ -334,7 +336,14 @@ class WindowBatcher:
             data = change(record.data)
             if data is None:
                 return None
-            generation = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
+            try:
+                generation = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
+            except TooManyRequests:
+                # Growers and starters write one job record, and Cloud Storage takes about one
+                # write per second per name: a 429 (a refusal, nothing was written) counts as a
+                # lost swap, not as a failed window (decision 0752).
+                logger.warning("a swap of a job record was throttled", extra=fields(job=job_id))
+                generation = None
             if generation is not None:
                 return data, generation
             record = self._gcs.read(self._s.state_bucket, path)
