@@ -9,11 +9,14 @@ drop duplicates by it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from google.api_core.exceptions import TooManyRequests
 
 from functions import completion
 from functions.batching import WindowBatcher
@@ -208,13 +211,37 @@ class Poller:
                     return
                 wanted = min(_PAGE, budget)
                 names = [i.name for i in self._gcs.list(self._s.state_bucket, prefix, max_results=wanted)]
-                with ThreadPoolExecutor(max_workers=STAGING_DELETE_THREADS) as pool:
-                    list(pool.map(lambda name: self._gcs.delete(self._s.state_bucket, name), names))
-                budget -= len(names)
-                summary.staged_deleted += len(names)
+                deleted = self._delete_unless_throttled(names)
+                budget -= deleted
+                summary.staged_deleted += deleted
+                if deleted < len(names):
+                    # The state bucket is at its write rate: the uploads' records need it more
+                    # than these deletes do. The next run goes on (decision 0750).
+                    logger.warning("deleting staged copies was throttled; the next run goes on",
+                                   extra=fields(prefix=prefix, deleted=summary.staged_deleted))
+                    return
                 if len(names) < wanted:
                     break  # the prefix is empty now
             self._gcs.delete(self._s.state_bucket, info.name, record.generation)
+
+    def _delete_unless_throttled(self, names: list[str]) -> int:
+        """Deletes `names` in parallel until Cloud Storage answers one delete 429; how many went."""
+        throttled = threading.Event()
+        deleted = []
+
+        def delete(name: str) -> None:
+            if throttled.is_set():
+                return
+            try:
+                self._gcs.delete(self._s.state_bucket, name)
+            except TooManyRequests:
+                throttled.set()
+                return
+            deleted.append(name)
+
+        with ThreadPoolExecutor(max_workers=STAGING_DELETE_THREADS) as pool:
+            list(pool.map(delete, names))
+        return len(deleted)
 
     def _start_jobs(self, summary: PollSummary, tracked_jobs: set[str]) -> None:
         pending = self._queue.pending_job_ids()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from google.api_core.exceptions import TooManyRequests
 
 from functions import poll_operations
 from functions.jobs import Job
@@ -162,3 +163,20 @@ def test_uploads_across_windows_and_instances_are_imported_once_under_the_limits
         assert w.state("staging/") == []
     finally:
         w.close()
+
+
+def test_deleting_staged_copies_stops_at_the_first_429_and_the_next_run_goes_on(world: World) -> None:
+    """A state bucket at its write rate (the uploads' records need it) answers a delete 429: the run
+    stops deleting, without an error, and the next run deletes the rest (decision 0750)."""
+    _staged_import(world, 2500)
+    world.faults.fail(TooManyRequests("429 rate of writes to the bucket"), method="delete", name="staging/",
+                      nth=1200)
+    first = world.poll()
+    world.sim.run_until_idle()
+    assert first.value().errors == [] and 0 < first.value().staged_deleted < 2500
+    assert world.state("cleanup/")
+    world.sim.advance(60.0)
+    second = world.poll()
+    world.sim.run_until_idle()
+    assert first.value().staged_deleted + second.value().staged_deleted == 2500
+    assert world.state("staging/") == [] and world.state("cleanup/") == []
