@@ -25,7 +25,6 @@ from functions.failed_objects import FailedObjectFinder
 from functions.jobs import Job, JobQueue, StartedOperation
 from functions.log import fields
 from functions.settings import Settings
-from functions.windows import is_window_id, object_key
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +154,6 @@ class Poller:
                                                              failed_objects_cap=self._s.failed_objects_cap)
         self._publisher.publish(data, attributes)
         self._gcs.write(self._s.state_bucket, self._s.state_path("done", f"{started.operation_id}.json"), data)
-        if job.kind == "import" and job.manifest and not job.redrive_of:
-            self._drop_window_records(job)
         if not failed and status.error is None:
             self._clean_up(started)
         self._queue.forget(started)
@@ -192,34 +189,6 @@ class Poller:
         if job.manifest:
             for name in self._manifests(job):
                 self._gcs.delete(self._s.state_bucket, name)
-
-    def _drop_window_records(self, job: Job) -> None:
-        """Deletes the window records still left of uploads this import read (decision 0753).
-
-        A leader that failed after its jobs became durable leaves records behind; taking its window
-        over is safe while the job is queued or running (its manifests say the uploads are covered),
-        not once it finished and they are gone. So the records go with the job: one listing per
-        window the job holds uploads of, and reads and deletes only when records are left.
-        """
-        by_window: dict[str, list[str]] = {}
-        for name in self._manifests(job):
-            batch = _manifest_batch(name, job)
-            window = batch.rsplit("-", 1)[0] if batch else ""
-            if window and is_window_id(window):
-                by_window.setdefault(window, []).append(name)
-        for window, manifests in by_window.items():
-            prefix = self._batcher.window_prefix(window)
-            left = {info.name for info in self._gcs.list(self._s.state_bucket, prefix)}
-            for manifest in manifests if left else []:
-                record = self._gcs.read(self._s.state_bucket, manifest)
-                for entry in record.data.get("objects", []) if record else []:
-                    bucket, _, name = str(entry["uri"]).removeprefix("gs://").partition("/")
-                    path = prefix + f"{object_key(bucket, name, int(entry['generation']))}.json"
-                    if path in left:
-                        self._gcs.delete(self._s.state_bucket, path)
-                        left.discard(path)
-            if not left:
-                logger.info("window records of a finished import dropped", extra=fields(window=window, job=job.job_id))
 
     def _cleanup_path(self, job_id: str) -> str:
         return self._s.state_path("cleanup", f"{job_id}.json")
@@ -288,16 +257,3 @@ class Poller:
                 summary.jobs_queued = len(pending) - index
                 break
         summary.jobs_queued += waiting
-
-
-def _manifest_batch(manifest: str, job: Job) -> str | None:
-    """The batch whose window uploads `manifest` lists: the job's own, an adopting window's
-    (`.adopted-{B}`), or a committed growth's (`.grown-{B}`, only once it is in `job.grown`)."""
-    base = manifest.rsplit("/", 1)[-1].removesuffix(".json")
-    job_id, _, rest = base.partition(".")
-    if not rest:
-        return job_id.rsplit("-", 1)[0]
-    kind, _, batch = rest.partition("-")
-    if kind == "adopted" or (kind == "grown" and batch in job.grown):
-        return batch
-    return None
