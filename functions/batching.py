@@ -16,11 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from google.api_core.exceptions import TooManyRequests
+
 from functions import coalescing, planning
 from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.jobs import Job, JobQueue
 from functions.log import fields
+from functions.retry import is_transient
 from functions.selection import is_importable
 from functions.settings import Settings
 from functions.windows import window_close
@@ -50,6 +53,9 @@ _IO_THREADS = 16
 STAGE_CHUNK = 2 * _IO_THREADS
 # Swaps of a job record that other growers change too: each loss is followed by a fresh read.
 _SWAP_ATTEMPTS = 5
+# Rounds for the same calls of a round that Cloud Storage throttled (decision 0752): with the
+# client's 8 s per call and a renewal in between, about a minute of throttling.
+_ROUND_ATTEMPTS = 6
 
 
 @dataclass(frozen=True)
@@ -227,7 +233,11 @@ class WindowBatcher:
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
         # (a job left STARTING is restarted by the poller when its lease ends).
-        self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads)
+        # In rounds that renew the claim: deleting a large window's records takes as long as
+        # copying it, and a claim that ran out meanwhile would have the poller take over a live
+        # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
+        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads,
+                        keep=lambda ahead: self._keep_claim(lease, ahead) or True)
         self._gcs.delete(self._s.state_bucket, lease.path, lease.generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         if growth is not None:
@@ -326,7 +336,14 @@ class WindowBatcher:
             data = change(record.data)
             if data is None:
                 return None
-            generation = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
+            try:
+                generation = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
+            except TooManyRequests:
+                # Growers and starters write one job record, and Cloud Storage takes about one
+                # write per second per name: a 429 (a refusal, nothing was written) counts as a
+                # lost swap, not as a failed window (decision 0752).
+                logger.warning("a swap of a job record was throttled", extra=fields(job=job_id))
+                generation = None
             if generation is not None:
                 return data, generation
             record = self._gcs.read(self._s.state_bucket, path)
@@ -347,9 +364,19 @@ class WindowBatcher:
         now = self._clock()
         if lease.lost or lease.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
             return not lease.lost
-        until = now + self._s.claim_lease_seconds
-        generation = self._gcs.replace(self._s.state_bucket, lease.path,
-                                       {"holder": self._holder, "leaseUntil": until}, lease.generation)
+        while True:
+            until = self._clock() + self._s.claim_lease_seconds
+            try:
+                generation = self._gcs.replace(self._s.state_bucket, lease.path,
+                                               {"holder": self._holder, "leaseUntil": until}, lease.generation)
+                break
+            except Exception as exc:
+                # A throttled renewal is tried again while the lease lasts (decision 0752); after
+                # that the claim may be somebody else's, and a late swap would fail anyway.
+                if not is_transient(exc) or self._clock() >= lease.until:
+                    raise
+                logger.warning("renewing the window's claim was throttled; trying again",
+                               extra=fields(claim=lease.path, error=type(exc).__name__))
         if generation is None:
             lease.lost = True  # `run` says so once it stops
             return False
@@ -555,16 +582,52 @@ class WindowBatcher:
             target = str(entry["staged"]).split("/", 3)[3]
             self._gcs.copy(upload.bucket, upload.name, upload.generation, self._s.state_bucket, target)
 
-        items = list(zip(uploads, entries, strict=True))
+        self._in_rounds(copy, list(zip(uploads, entries, strict=True)), keep)
+        return entries
+
+    def _in_rounds(self, action: Callable[[Any], object], items: list[Any], keep: Callable[[float], bool]) -> bool:
+        """`action` over `items` in rounds of `STAGE_CHUNK`, asking `keep(ahead)` before each round
+        (`ahead`: twice what the round before took); False when `keep` refused and the rest was left.
+
+        Items whose call failed with a transient fault (429, 503 after the client's own retries,
+        `functions.gcs.STORAGE_RETRY_SECONDS`) are tried again in a round of their own, after
+        `keep`: a throttled Cloud Storage slows the leader down but never costs it its claim
+        (decision 0752). After `_ROUND_ATTEMPTS` rounds for the same items the fault is raised.
+        """
         ahead = 0.0
         for start in range(0, len(items), STAGE_CHUNK):
-            if not keep(ahead):
-                break
-            began = self._clock()
-            self._parallel(copy, items[start:start + STAGE_CHUNK])
-            # A saturated Cloud Storage makes a round slower than the margin: look that far ahead.
-            ahead = 2 * (self._clock() - began)
-        return entries
+            todo = items[start:start + STAGE_CHUNK]
+            for attempt in range(_ROUND_ATTEMPTS):
+                if not keep(ahead):
+                    return False
+                began = self._clock()
+                failed = self._parallel_transient(action, todo)
+                # A saturated Cloud Storage makes a round slower than the margin: look that far ahead.
+                ahead = 2 * (self._clock() - began)
+                if not failed:
+                    break
+                if attempt == _ROUND_ATTEMPTS - 1:
+                    raise failed[0][1]
+                logger.warning("a round of calls was throttled; trying its failed calls again",
+                               extra=fields(failed=len(failed), error=type(failed[0][1]).__name__))
+                todo = [item for item, _ in failed]
+        return True
+
+    def _parallel_transient(self, action: Callable[[Any], object], items: list[Any]) -> list[tuple[Any, Exception]]:
+        """Runs `action` over `items` in parallel; the items that failed with a transient fault (the
+        others' faults are raised)."""
+        failed: list[tuple[Any, Exception]] = []
+
+        def attempt(item: Any) -> None:
+            try:
+                action(item)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failed.append((item, exc))
+
+        self._parallel(attempt, items)
+        return failed
 
     @staticmethod
     def _parallel(action: Callable[..., object], items: Iterable[object]) -> None:

@@ -23,9 +23,15 @@ if TYPE_CHECKING:
 
 
 _POOL_SIZE = 64
-# google-cloud-storage's backoff and deadline, with our classification of what is transient (the
-# same one the event boundary uses, so a fault retried here is one the platform would redeliver).
-DEFAULT_RETRY = _STORAGE_RETRY.with_predicate(is_transient)
+# How long one call waits out 429s and 5xx before the fault reaches the caller. Shorter than the
+# lease a leader keeps before each round of calls (`min(lease / 2, 10 s)`, decision 0705), so that
+# a throttled call never outlasts its claim; the leader then retries the round itself, renewing
+# its claim in between (decision 0752). google-cloud-storage's own deadline is 120 s.
+STORAGE_RETRY_SECONDS = 8.0
+# google-cloud-storage's backoff (1 s doubling to 60 s), with that deadline and our classification
+# of what is transient (the same one the event boundary uses, so a fault retried here is one the
+# platform would redeliver).
+DEFAULT_RETRY = _STORAGE_RETRY.with_predicate(is_transient).with_timeout(STORAGE_RETRY_SECONDS)
 
 
 def _dumps(data: dict[str, Any]) -> str:

@@ -162,7 +162,7 @@ variable "state_retention_days" {
 }
 
 variable "staging_retention_days" {
-  description = "Days after which staged batch copies under staging/ are deleted (a backstop: a successful import deletes them at once)."
+  description = "Days after which staged batch copies under staging/ are deleted (a backstop: after a successful import the poller deletes them, up to 60,000 a run)."
   type        = number
   default     = 2
 

@@ -14,7 +14,9 @@
 - `FakeBigQuery`: `SqlRunner` over a fixed table of rows: the test says which columns and rows a
   query returns (or which error it raises), and it counts how many rows were read.
 
-Every call goes through `Faults` (tests/functional/faults.py) before and after it takes effect.
+Every call goes through `Faults` (tests/functional/faults.py) before and after it takes effect,
+and, when given, `CloudConditions` (tests/functional/cloud_limits.py): the time calls take and
+Cloud Storage's request limits.
 """
 
 from __future__ import annotations
@@ -28,14 +30,18 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
+from sortedcontainers import SortedList
 
 from functions.clients import ObjectInfo, QueryResult, Record
 from functions.errors import PermanentApiError, api_error
 from functions.sql_gate import DryRun, TableRef
 from tests.functional.faults import Faults
+
+if TYPE_CHECKING:
+    from tests.functional.cloud_limits import CloudConditions
 
 Clock = Callable[[], float]
 
@@ -44,7 +50,7 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Object:
     data: bytes
     generation: int
@@ -55,11 +61,14 @@ class _Object:
 class FakeObjectStore:
     """Buckets spring into existence on first use."""
 
-    def __init__(self, clock: Clock, faults: Faults) -> None:
+    def __init__(self, clock: Clock, faults: Faults, conditions: CloudConditions | None = None) -> None:
         self._clock = clock
         self._faults = faults
+        self.conditions = conditions
         self._lock = threading.RLock()
         self._buckets: dict[str, dict[str, _Object]] = {}
+        # Names in order per bucket: a listing walks its prefix only, never sorts the bucket.
+        self._sorted: dict[str, SortedList] = {}
         self._generations = itertools.count(1_700_000_000_000_001)
         self.writes: Counter[str] = Counter()  # object name -> successful writes and deletes
 
@@ -72,7 +81,7 @@ class FakeObjectStore:
 
     def names(self, bucket: str, prefix: str = "") -> builtins.list[str]:
         with self._lock:
-            return sorted(n for n in self._buckets.get(bucket, {}) if n.startswith(prefix))
+            return builtins.list(self._names_from(bucket, prefix))
 
     def json(self, bucket: str, name: str) -> dict[str, Any]:
         with self._lock:
@@ -96,60 +105,63 @@ class FakeObjectStore:
     # -- ObjectStore -------------------------------------------------------------------------
     def create(self, bucket: str, name: str, data: dict[str, Any] | bytes | str,
                metadata: dict[str, str] | None = None) -> int | None:
-        with self._call("create", name):
+        with self._call("create", name, bucket):
             if name in self._objects(bucket):
                 return None
             return self._store(bucket, name, _encode(data), metadata).generation
 
     def read(self, bucket: str, name: str) -> Record | None:
-        with self._call("read", name):
+        with self._call("read", name, bucket):
             obj = self._objects(bucket).get(name)
             return None if obj is None else Record(json.loads(obj.data), obj.generation)
 
     def replace(self, bucket: str, name: str, data: dict[str, Any], generation: int) -> int | None:
-        with self._call("replace", name):
+        with self._call("replace", name, bucket):
             obj = self._objects(bucket).get(name)
             if obj is None or obj.generation != generation:
                 return None
             return self._store(bucket, name, _encode(data), None).generation
 
     def write(self, bucket: str, name: str, data: dict[str, Any] | bytes | str) -> None:
-        with self._call("write", name):
+        with self._call("write", name, bucket):
             self._store(bucket, name, _encode(data), None)
 
     def delete(self, bucket: str, name: str, generation: int | None = None) -> bool:
-        with self._call("delete", name):
+        with self._call("delete", name, bucket):
             objects = self._objects(bucket)
             obj = objects.get(name)
             if obj is None or (generation is not None and obj.generation != generation):
                 return False
             del objects[name]
+            self._index(bucket).remove(name)
             self.writes[name] += 1
+            if self.conditions is not None:
+                self.conditions.wrote(bucket, name)
             return True
 
     def list(self, bucket: str, prefix: str, *, recursive: bool = True,
              max_results: int | None = None) -> Iterator[ObjectInfo]:
-        with self._call("list", prefix):
+        with self._call("list", prefix, bucket):
+            objects = self._objects(bucket)
             found = []
-            for name, obj in sorted(self._objects(bucket).items()):
-                if not name.startswith(prefix) or (not recursive and "/" in name[len(prefix):]):
-                    continue
+            for name in self._names_from(bucket, prefix, recursive=recursive):
+                obj = objects[name]
                 found.append(ObjectInfo(name, obj.generation, len(obj.data), dict(obj.metadata), obj.time_created))
                 if max_results is not None and len(found) >= max_results:
                     break
+        if self.conditions is not None:
+            self.conditions.paged("store", "list", len(found))
         return iter(found)
 
     def list_prefixes(self, bucket: str, prefix: str) -> builtins.list[str]:
-        with self._call("list_prefixes", prefix):
-            folders = set()
-            for name in self._objects(bucket):
-                rest = name[len(prefix):] if name.startswith(prefix) else None
-                if rest is not None and "/" in rest:
-                    folders.add(prefix + rest[:rest.index("/") + 1])
-            return sorted(folders)
+        with self._call("list_prefixes", prefix, bucket):
+            folders = builtins.list(self._folders(bucket, prefix))
+        if self.conditions is not None:
+            self.conditions.paged("store", "list_prefixes", len(folders))
+        return folders
 
     def copy(self, src_bucket: str, src_name: str, generation: int, dst_bucket: str, dst_name: str) -> None:
-        with self._call("copy", dst_name):
+        with self._call("copy", dst_name, dst_bucket):
             source = self._objects(src_bucket).get(src_name)
             if source is None or source.generation != generation:
                 raise gexc.NotFound(f"gs://{src_bucket}/{src_name}#{generation}")
@@ -157,7 +169,7 @@ class FakeObjectStore:
 
     def download(self, bucket: str, name: str, *, generation: int | None = None,
                  start: int = 0, end: int | None = None) -> bytes:
-        with self._call("download", name):
+        with self._call("download", name, bucket):
             obj = self._objects(bucket).get(name)
             if obj is None or (generation is not None and obj.generation != generation):
                 raise gexc.NotFound(f"gs://{bucket}/{name}")
@@ -170,29 +182,75 @@ class FakeObjectStore:
     def _objects(self, bucket: str) -> dict[str, _Object]:
         return self._buckets.setdefault(bucket, {})
 
+    def _index(self, bucket: str) -> SortedList:
+        return self._sorted.setdefault(bucket, SortedList())
+
+    def _names_from(self, bucket: str, prefix: str, *, recursive: bool = True) -> Iterator[str]:
+        """Names under `prefix` in order; not `recursive`: those without a further `/`."""
+        index = self._index(bucket)
+        position = index.bisect_left(prefix)
+        while position < len(index):
+            name = index[position]
+            if not name.startswith(prefix):
+                return
+            slash = name.find("/", len(prefix))
+            if recursive or slash < 0:
+                yield name
+                position += 1
+            else:  # skip the whole folder
+                position = index.bisect_left(name[:slash] + "0")  # "0" follows "/"
+        return
+
+    def _folders(self, bucket: str, prefix: str) -> Iterator[str]:
+        """The folders (`prefix` + `x/`) right under `prefix`, in order."""
+        index = self._index(bucket)
+        position = index.bisect_left(prefix)
+        while position < len(index):
+            name = index[position]
+            if not name.startswith(prefix):
+                return
+            slash = name.find("/", len(prefix))
+            if slash < 0:
+                position += 1
+                continue
+            yield name[:slash + 1]
+            position = index.bisect_left(name[:slash] + "0")
+
     def _store(self, bucket: str, name: str, data: bytes, metadata: dict[str, str] | None) -> _Object:
         obj = _Object(data, next(self._generations), self._clock(), dict(metadata or {}))
-        self._objects(bucket)[name] = obj
+        objects = self._objects(bucket)
+        if name not in objects:
+            self._index(bucket).add(name)
+        objects[name] = obj
         self.writes[name] += 1
+        if self.conditions is not None:
+            self.conditions.wrote(bucket, name)
         return obj
 
-    def _call(self, method: str, name: str) -> _Checked:
-        return _Checked(self._faults, self._lock, "store", method, name)
+    def _call(self, method: str, name: str, bucket: str) -> _Checked:
+        return _Checked(self._faults, self._lock, "store", method, name, self.conditions, bucket)
 
 
 class _Checked:
-    """Runs the fault checks around a call; the call itself holds the fake's lock."""
+    """Runs the fault checks (and the cloud's conditions) around a call; the call itself holds the
+    fake's lock."""
 
-    def __init__(self, faults: Faults, lock: Any, client: str, method: str, name: str) -> None:
+    def __init__(self, faults: Faults, lock: Any, client: str, method: str, name: str,
+                 conditions: CloudConditions | None = None, bucket: str = "") -> None:
         self._faults, self._lock, self._client, self._method, self._name = faults, lock, client, method, name
+        self._conditions, self._bucket = conditions, bucket
 
     def __enter__(self) -> None:
+        if self._conditions is not None:
+            self._conditions.before(self._client, self._method, self._bucket, self._name)
         self._faults.check(self._client, self._method, self._name, "before")
         self._lock.acquire()
 
     def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
         self._lock.release()
         if kind is None:
+            if self._conditions is not None and self._method not in ("list", "list_prefixes"):
+                self._conditions.counted(self._client, self._method)
             self._faults.check(self._client, self._method, self._name, "after")
 
 
@@ -240,8 +298,10 @@ class FakeOperation:
 
 
 class FakeHealthcare:
-    def __init__(self, store: FakeObjectStore, clock: Clock, dataset: str, faults: Faults) -> None:
+    def __init__(self, store: FakeObjectStore, clock: Clock, dataset: str, faults: Faults,
+                 conditions: CloudConditions | None = None) -> None:
         self._store = store
+        self.conditions = conditions
         self._clock = clock
         self._dataset = dataset
         self._faults = faults
@@ -392,7 +452,7 @@ class FakeHealthcare:
         return selected
 
     def _call(self, method: str, name: str) -> _Checked:
-        return _Checked(self._faults, self._lock, "healthcare", method, name)
+        return _Checked(self._faults, self._lock, "healthcare", method, name, self.conditions)
 
 
 def _parse(data: bytes) -> Instance | None:

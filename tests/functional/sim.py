@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +58,7 @@ class Task:
         self.done = False
         self._sim = sim
         self._fn = fn
-        self._turn = False
+        self._go = threading.Event()  # set by the scheduler: this task's turn
         self._thread = threading.Thread(target=self._main, name=f"task-{name}", daemon=True)
 
     @property
@@ -73,8 +74,7 @@ class Task:
 
     def _main(self) -> None:
         sim = self._sim
-        with sim._changed:
-            sim._changed.wait_for(lambda: self._turn)
+        self._wait_for_turn()
         sim._local.task = self
         try:
             self.result = self._fn()
@@ -83,21 +83,27 @@ class Task:
             if isinstance(exc, Killed) and self.process is not None:
                 self.process.dead = True
         finally:
-            with sim._changed:
-                self.done = True
-                self._turn = False
-                sim._changed.notify_all()
+            self.done = True
+            sim._yielded.set()
+
+    def _wait_for_turn(self) -> None:
+        self._go.wait()
+        self._go.clear()
 
 
 class Simulation:
     def __init__(self, start: float) -> None:
         self._now = start
-        self._changed = threading.Condition()
-        self._ready: list[Task] = []
+        # Each task parks on its own event and the scheduler on `_yielded`: a turn wakes only the
+        # task whose turn it is, however many are parked (a migration parks thousands).
+        self._lock = threading.Lock()
+        self._yielded = threading.Event()
+        self._ready: deque[Task] = deque()
         self._sleepers: list[tuple[float, int, Task]] = []
         self._order = itertools.count()
         self._local = threading.local()
         self._main_thread = threading.get_ident()
+        self._current: Task | None = None
 
     # -- what the handlers get ---------------------------------------------------------------
     def clock(self) -> float:
@@ -110,13 +116,24 @@ class Simulation:
                 raise RuntimeError("sleep() from a thread that is neither the test nor a task (a pool worker?)")
             self.advance(seconds)
             return
-        with self._changed:
+        with self._lock:
             heapq.heappush(self._sleepers, (self._now + max(seconds, 0.0), next(self._order), task))
-            task._turn = False
-            self._changed.notify_all()
-            self._changed.wait_for(lambda: task._turn)
+        self._yielded.set()
+        task._wait_for_turn()
         if task.process is not None and task.process.dead:
             raise Killed(f"{task.process.name} died while {task.name} slept")
+
+    def in_task(self) -> bool:
+        """Is the caller a task's own thread (one that may sleep)?"""
+        return getattr(self._local, "task", None) is not None
+
+    def on_main_thread(self) -> bool:
+        return threading.get_ident() == self._main_thread
+
+    @property
+    def current(self) -> Task | None:
+        """The task whose turn it is (its thread-pool workers run within that turn)."""
+        return self._current
 
     # -- what the test does ------------------------------------------------------------------
     def spawn(self, fn: Callable[[], Any], *, name: str, process: Process | None = None) -> Task:
@@ -136,7 +153,7 @@ class Simulation:
         """Moves the clock on without running anything: the time a call in flight takes, from any
         thread (a handler's pool worker too, which must not sleep). Tasks due meanwhile run when
         time next moves."""
-        with self._changed:
+        with self._lock:
             self._now += seconds
 
     def run_until(self, target: float) -> None:
@@ -164,9 +181,9 @@ class Simulation:
 
     # -- scheduling --------------------------------------------------------------------------
     def _next(self, target: float) -> Task | None:
-        with self._changed:
+        with self._lock:
             if self._ready:
-                return self._ready.pop(0)
+                return self._ready.popleft()
             if self._sleepers and self._sleepers[0][0] <= target:
                 wake, _, task = heapq.heappop(self._sleepers)
                 self._now = max(self._now, wake)
@@ -174,11 +191,13 @@ class Simulation:
             return None
 
     def _run_turn(self, task: Task) -> None:
-        with self._changed:
-            task._turn = True
-            if not task._thread.is_alive() and not task.done:
-                task._thread.start()
-            self._changed.notify_all()
-            if not self._changed.wait_for(lambda: not task._turn, timeout=_TURN_TIMEOUT_SECONDS):
-                raise AssertionError(f"task {task.name} neither slept nor finished within "
-                                     f"{_TURN_TIMEOUT_SECONDS:.0f} s of real time (a deadlock?)")
+        self._yielded.clear()
+        self._current = task
+        task._go.set()
+        if not task._thread.is_alive() and not task.done:
+            task._thread.start()
+        finished = self._yielded.wait(timeout=_TURN_TIMEOUT_SECONDS)
+        self._current = None
+        if not finished:
+            raise AssertionError(f"task {task.name} neither slept nor finished within "
+                                 f"{_TURN_TIMEOUT_SECONDS:.0f} s of real time (a deadlock?)")

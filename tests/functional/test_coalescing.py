@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import TooManyRequests
 
 from functions import coalescing
 from functions.batching import STAGE_CHUNK, WindowResult
@@ -385,3 +386,19 @@ def test_a_grower_that_cannot_renew_its_hold_stops_copying_and_its_window_is_pla
     w.hc.finish(blocker.name)
     w.settle()
     w.check_invariants()
+
+
+def test_a_grower_whose_commit_is_throttled_swaps_again_and_keeps_its_growth() -> None:
+    """Cloud Storage answers 429 to a second write of one name within a second; a window that grows
+    a job swaps its record twice (hold, commit), often that fast. The 429 is a lost swap: read
+    again, swap again (decision 0752), not a failed window whose copies are made again."""
+    w, a, blocker = _blocked_world()
+    first = led(staging_window(w, 0, [a]))
+    w.faults.fail(lambda: TooManyRequests("429 rate of writes to one object name"), method="replace",
+                  name="jobs/", nth=2)  # the grower's commit (its hold was the first)
+    second = led(staging_window(w, 1, [a]))
+    assert w.faults.fired and second.grown == first.jobs[0] and second.staged == 2
+    w.hc.finish(blocker.name)
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 2

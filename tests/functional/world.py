@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +24,7 @@ from functions.jobs import JobQueue
 from functions.poll_operations import Poller, PollSummary
 from functions.settings import Settings
 from tests import dicom_factory
+from tests.functional.cloud_limits import CloudConditions
 from tests.functional.fakes import FakeHealthcare, FakeObjectStore, FakePublisher, Published
 from tests.functional.faults import Faults
 from tests.functional.sim import Process, Simulation, Task
@@ -35,7 +36,7 @@ STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
 TOPIC = "projects/p/topics/completions"
 SCHEDULER_PERIOD = 60.0
 # Prefixes that hold work in progress; all empty once the pipeline is done.
-WORK_PREFIXES = ("windows/", "claims/", "jobs/", "slots/", "operations/", "refusals/")
+WORK_PREFIXES = ("windows/", "claims/", "jobs/", "slots/", "operations/", "refusals/", "cleanup/")
 
 
 @dataclass
@@ -61,16 +62,23 @@ class Delivery:
 
 
 class World:
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, *, cloud: Callable[[Simulation], CloudConditions] | None = None, **overrides: Any) -> None:
+        """`cloud`: the latency and Cloud Storage limits to run under (tests/functional/cloud_limits.py);
+        by default calls take no time and nothing is throttled."""
         self.sim = Simulation(T0)
         self.faults = Faults(self.sim)
-        self.store = FakeObjectStore(self.sim.clock, self.faults)
+        self.cloud = cloud(self.sim) if cloud is not None else None
+        # Under `cloud` the handlers' thread pools take simulated time too; `close` puts them back.
+        self.close = self.cloud.install_pools() if self.cloud is not None else (lambda: None)
+        # The handlers' clock: under latency, a task first waits for its thread pool's calls.
+        self.clock: Callable[[], float] = self.cloud.clock if self.cloud is not None else self.sim.clock
+        self.store = FakeObjectStore(self.sim.clock, self.faults, self.cloud)
         settings = Settings(dicom_store=STORE, state_bucket=STATE, completion_topic=TOPIC, debounce_seconds=5.0,
                             settle_seconds=2.0, claim_lease_seconds=30.0, max_concurrent_operations=5,
                             export_allowed_destinations=("gs://exports",), sql_allowed_datasets=("dicom_stream",),
                             upload_bucket=UPLOADS)
         self.settings = replace(settings, **overrides)
-        self.hc = FakeHealthcare(self.store, self.sim.clock, self.settings.dataset, self.faults)
+        self.hc = FakeHealthcare(self.store, self.sim.clock, self.settings.dataset, self.faults, self.cloud)
         self.publisher = FakePublisher(self.faults)
         self.deliveries: list[Delivery] = []
         self.polls: list[Task] = []
@@ -81,25 +89,25 @@ class World:
     # -- the deployment ----------------------------------------------------------------------
     def instance(self, name: str | None = None) -> Instance:
         """A new function instance of the import function."""
-        queue = JobQueue(self.settings, self.store, self.hc, clock=self.sim.clock)
-        batcher = WindowBatcher(self.settings, self.store, queue, clock=self.sim.clock)
-        handler = ImportOnUpload(self.settings, self.store, batcher, clock=self.sim.clock, sleep=self.sim.sleep)
+        queue = JobQueue(self.settings, self.store, self.hc, clock=self.clock)
+        batcher = WindowBatcher(self.settings, self.store, queue, clock=self.clock)
+        handler = ImportOnUpload(self.settings, self.store, batcher, clock=self.clock, sleep=self.sim.sleep)
         return Instance(Process(name or f"import-{next(self._names)}"), handler, batcher, queue)
 
     def queue(self) -> JobQueue:
-        return JobQueue(self.settings, self.store, self.hc, clock=self.sim.clock)
+        return JobQueue(self.settings, self.store, self.hc, clock=self.clock)
 
     def batcher(self) -> WindowBatcher:
-        return WindowBatcher(self.settings, self.store, self.queue(), clock=self.sim.clock)
+        return WindowBatcher(self.settings, self.store, self.queue(), clock=self.clock)
 
     def exporter(self, bigquery: SqlRunner | None = None) -> ExportOnMessage:
         return ExportOnMessage(self.settings, self.store, self.hc, self.queue(), self.publisher,
-                               clock=self.sim.clock, bigquery=bigquery)
+                               clock=self.clock, bigquery=bigquery)
 
     def poller(self) -> Poller:
         queue = self.queue()
-        batcher = WindowBatcher(self.settings, self.store, queue, clock=self.sim.clock)
-        return Poller(self.settings, self.store, self.hc, queue, batcher, self.publisher, clock=self.sim.clock)
+        batcher = WindowBatcher(self.settings, self.store, queue, clock=self.clock)
+        return Poller(self.settings, self.store, self.hc, queue, batcher, self.publisher, clock=self.clock)
 
     # -- driving -----------------------------------------------------------------------------
     def upload(self, name: str, data: bytes | None = None, *, bucket: str = UPLOADS) -> StorageObjectEvent:

@@ -1,0 +1,450 @@
+"""The import path at any size, on the functional fakes and the simulated clock.
+
+    python -m bench.simulate [--pattern bulk|burst|trickle] [--files N] [--rate FILES_PER_S]
+                             [--latency SCALE] [--tail SHARE] [--no-limits] [--json]
+
+Runs the real `ImportOnUpload`, `WindowBatcher`, `JobQueue` and `Poller` on the in-memory fakes of
+tests/functional with the production settings (debounce 5 s, settle 2 s, claim lease 30 s, at
+most 5 LROs, imports wait up to 300 s to coalesce), the poller every 60 s as Cloud Scheduler runs
+it, and Cloud Storage's limits on (tests/functional/cloud_limits.py: one write per second per
+object name, the bucket's write ramp from 1,000/s, listings in pages of 1,000; 429s retried as
+google-cloud-storage does). Every call takes a time from the latency model, scaled by --latency
+(x1, x5), with a tail (--tail of the calls take 20 times longer). An import LRO runs 60 s plus 1 s
+per 1,000 files. Uploads arrive at --rate files per second, each finalize event delivered at once
+to one of --instances function instances, and --duplicates of them delivered a second time within
+30 s (Eventarc delivers at least once); an event whose handler fails (a 429 that outlasted the
+retries) is delivered again after 10 s, 20 s ... up to 600 s, as Eventarc does.
+
+Patterns:
+  bulk     a migration tree bulk/<a>/<b>/<n>.dcm, 100 files a folder, at a steady rate
+  burst    studies of 200 files (inbox/<study>/S<s>/IM<i>.dcm) at the rate, 30 s apart
+  trickle  scattered names (ward/<hash>.dcm) at the rate
+
+Time is simulated: 1,000,000 files at 50/s are 5.6 hours of uploads, run in minutes. Prints one
+block of numbers per run (or JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import itertools
+import json
+import random
+import resource
+import sys
+import threading
+import time
+from array import array
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from functions.batching import WindowBatcher, WindowResult, _Lease
+from functions.events import STORAGE_FINALIZED, StorageObjectEvent
+from functions.import_on_upload import ImportOnUpload
+from functions.jobs import JobQueue
+from functions.poll_operations import Poller
+from tests.functional.cloud_limits import CloudConditions, Latency, Limits, Meter
+from tests.functional.fakes import FakeHealthcare, FakeOperation
+from tests.functional.sim import Process
+from tests.functional.world import SCHEDULER_PERIOD, STATE, T0, UPLOADS, WORK_PREFIXES, World
+
+IMPORT_TIMEOUT = 120.0  # infra/functions.tf: the import function's timeout
+POLL_TIMEOUT = 300.0  # and the poller's
+LRO_BASE_SECONDS = 60.0
+LRO_SECONDS_PER_1000 = 1.0
+STUDY_FILES = 200
+STUDY_GAP_SECONDS = 30.0
+DRAIN_LIMIT_SECONDS = 6 * 3600.0
+# Eventarc (a Pub/Sub push subscription) delivers an event again after an error answer, backing
+# off from about 10 s to 600 s.
+REDELIVERY_FIRST_SECONDS = 10.0
+REDELIVERY_MAX_SECONDS = 600.0
+_PREFIX = b"SIM:"
+
+
+# -- the Healthcare API: imports that take their time ------------------------------------------
+
+class SimHealthcare(FakeHealthcare):
+    """Reads files by their index (no DICOM parsing) and remembers when each was first imported."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: array[int] = array("i")
+        self.started_at: array[float] = array("d")
+        self.imports = 0
+
+    def size(self, files: int) -> None:
+        self.reads = array("i", bytes(4 * files))
+        self.started_at = array("d", bytes(8 * files))
+
+    def _run_import(self, op: FakeOperation) -> None:
+        for bucket, name, generation in op.objects:
+            data = self._store.peek(bucket, name, generation)
+            if data is None or not data.startswith(_PREFIX):
+                op.failure += 1
+                continue
+            index = int(data[len(_PREFIX):])
+            if self.reads[index] == 0:
+                self.started_at[index] = op.created
+            self.reads[index] += 1
+            op.success += 1
+
+    def due(self, now: float) -> list[str]:
+        return [op.name for op in self.running
+                if op.kind == "import" and now >= op.created + lro_seconds(len(op.objects))]
+
+    def _start(self, kind: str, uri: str, objects: list[tuple[str, str, int]]) -> str:
+        if kind == "import":
+            self.imports += 1
+        return super()._start(kind, uri, objects)
+
+
+def lro_seconds(files: int) -> float:
+    return LRO_BASE_SECONDS + LRO_SECONDS_PER_1000 * files / 1000
+
+
+def lro_period(rate: float) -> float:
+    """How long an LRO runs that imports what arrives at `rate` while it runs (the target allows one
+    LRO per such period of uploads, plus 2)."""
+    return LRO_BASE_SECONDS / max(1.0 - rate * LRO_SECONDS_PER_1000 / 1000, 0.05)
+
+
+# -- the leaders, measured -----------------------------------------------------------------------
+
+@dataclass
+class Plans:
+    """What leaders did: plan times, takeovers of leaders still at work, the largest windows."""
+
+    leader_seconds: list[float] = field(default_factory=list)
+    poller_plan_seconds: list[float] = field(default_factory=list)
+    live_takeovers: int = 0
+    takeovers: int = 0
+    most_uploads: int = 0
+    planning: Counter[str] = field(default_factory=Counter)  # window -> runs holding its claim now
+
+
+class MeasuredBatcher(WindowBatcher):
+    def __init__(self, *args: Any, plans: Plans, by_poller: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plans = plans
+        self._by_poller = by_poller
+        self._local = threading.local()  # concurrent runs share this batcher; each is one thread
+
+    def run(self, window: str) -> WindowResult:
+        began = self._clock()
+        held = [False]
+        self._local.held = held
+        try:
+            result = super().run(window)
+        finally:
+            if held[0]:
+                self._plans.planning[window] -= 1
+        if result.claimed or held[0]:
+            seconds = self._clock() - began
+            (self._plans.poller_plan_seconds if self._by_poller else self._plans.leader_seconds).append(seconds)
+            self._plans.most_uploads = max(self._plans.most_uploads, result.uploads)
+        return result
+
+    def _claim(self, window: str) -> tuple[_Lease, bool] | None:
+        claimed = super()._claim(window)
+        if claimed is not None:
+            if claimed[1]:
+                self._plans.takeovers += 1
+                if self._plans.planning[window] > 0:
+                    self._plans.live_takeovers += 1
+            self._plans.planning[window] += 1
+            self._local.held[0] = True
+        return claimed
+
+
+# -- upload patterns -----------------------------------------------------------------------------
+
+def names(pattern: str, files: int, seed: int) -> Iterator[str]:
+    if pattern == "bulk":
+        for index in range(files):
+            a, rest = divmod(index, 10_000)
+            b, n = divmod(rest, 100)
+            yield f"bulk/{a:03d}/{b:03d}/{n:03d}.dcm"
+    elif pattern == "burst":
+        for index in range(files):
+            study, rest = divmod(index, STUDY_FILES)
+            series, image = divmod(rest, 50)
+            yield f"inbox/{_hash(seed, study)}/S{series + 1}/IM{image + 1:04d}.dcm"
+    elif pattern == "trickle":
+        for index in range(files):
+            yield f"ward/{_hash(seed, index)}.dcm"
+    else:
+        raise SystemExit(f"unknown pattern {pattern!r}")
+
+
+def upload_times(pattern: str, files: int, rate: float) -> Iterator[float]:
+    """Seconds after the start at which each file is uploaded."""
+    for index in range(files):
+        at = index / rate
+        if pattern == "burst":
+            at += (index // STUDY_FILES) * STUDY_GAP_SECONDS
+        yield at
+
+
+def _hash(seed: int, value: int) -> str:
+    return hashlib.sha256(f"{seed}-{value}".encode()).hexdigest()[:24]
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    pattern: str = "bulk"
+    files: int = 10_000
+    rate: float = 50.0
+    latency: float = 1.0
+    tail: float = 0.01
+    limits: bool = True
+    instances: int = 8
+    duplicates: float = 0.01
+    seed: int = 1
+
+
+class Bench:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        latency = Latency(scale=config.latency, tail_share=config.tail, seed=config.seed)
+        limits = Limits() if config.limits else None
+        self.world = World(cloud=lambda sim: CloudConditions(sim, latency=latency, limits=limits),
+                           poll_concurrency=16)
+        w = self.world
+        assert w.cloud is not None
+        self.cloud = w.cloud
+        self.hc = SimHealthcare(w.store, w.sim.clock, w.settings.dataset, w.faults, w.cloud)
+        self.hc.size(config.files)
+        w.hc = self.hc
+        self.plans = Plans()
+        self.rng = random.Random(config.seed)
+        self.instances = [self._instance(i) for i in range(config.instances)]
+        self.uploaded_at: array[float] = array("d", bytes(8 * config.files))
+        self.poll_seconds: list[float] = []
+        self.poll_meters: list[Meter] = []
+        self.leader_meters: list[Meter] = []
+        self.errors: Counter[str] = Counter()
+        self.redelivered = 0
+        self._later: list[tuple[float, int, StorageObjectEvent, int]] = []  # (when, order, event, attempt)
+        self._order = itertools.count()
+
+    def _instance(self, index: int) -> tuple[str, ImportOnUpload]:
+        w = self.world
+        queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock)
+        batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=False)
+        handler = ImportOnUpload(w.settings, w.store, batcher, clock=w.clock, sleep=w.sim.sleep)
+        return f"import-{index}", handler
+
+    def _deliver(self, event: StorageObjectEvent, attempt: int = 0) -> None:
+        process, handler = self.instances[self.rng.randrange(len(self.instances))]
+
+        def serve() -> None:
+            meter = Meter()
+            began = self.world.sim.clock()
+
+            self.world.sim.current.meter = meter  # type: ignore[union-attr]
+            try:
+                outcome = handler.handle(event)
+            except Exception as exc:  # an error answer: Eventarc delivers the event again, backing off
+                self.errors[type(exc).__name__] += 1
+                delay = min(REDELIVERY_FIRST_SECONDS * 2 ** attempt, REDELIVERY_MAX_SECONDS)
+                self._later_deliver(self.world.sim.clock() + delay, event, attempt + 1)
+                return
+            if outcome.led is not None and outcome.led.claimed:
+                self.leader_meters.append(meter)
+                meter.waited["total"] = self.world.sim.clock() - began
+
+        # No `process`: a process keeps its tasks (to kill them), and a million would stay in memory.
+        self.world.sim.spawn(serve, name=event.name)
+
+    def _later_deliver(self, when: float, event: StorageObjectEvent, attempt: int) -> None:
+        heapq.heappush(self._later, (when, next(self._order), event, attempt))
+
+    def _deliver_due(self) -> None:
+        now = self.world.sim.clock()
+        while self._later and self._later[0][0] <= now:
+            _, _, event, attempt = heapq.heappop(self._later)
+            self.redelivered += attempt > 0
+            self._deliver(event, attempt)
+
+    def _poll(self) -> None:
+        w = self.world
+        queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock)
+        batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=True)
+        poller = Poller(w.settings, w.store, w.hc, queue, batcher, w.publisher, clock=w.clock)
+
+        def run() -> None:
+            meter = Meter()
+            self.world.sim.current.meter = meter  # type: ignore[union-attr]
+            began = w.sim.clock()
+            summary = poller.run()
+            self.poll_seconds.append(w.sim.clock() - began)
+            self.poll_meters.append(meter)
+            for error in summary.errors:
+                self.errors[f"poller: {error.split(':', 2)[1].strip()}"] += 1
+
+        w.sim.spawn(run, name=f"poll@{w.sim.clock() - T0:.0f}", process=Process("poller"))
+
+    def _finish_due(self) -> None:
+        for name in self.hc.due(self.world.sim.clock()):
+            self.hc.finish(name)
+
+    def _advance_to(self, target: float, next_poll: float) -> float:
+        """Runs the simulation to `target`, ticking the poller and finishing LROs on the way."""
+        sim = self.world.sim
+        while True:
+            step = min(target, next_poll, float(int(sim.clock()) + 1))
+            sim.run_until(step)
+            self._finish_due()
+            self._deliver_due()
+            if sim.clock() >= next_poll:
+                self._poll()
+                next_poll += SCHEDULER_PERIOD
+            if sim.clock() >= target:
+                return next_poll
+
+    def run(self) -> dict[str, Any]:
+        c, w = self.config, self.world
+        started = time.monotonic()
+        next_poll = T0 + SCHEDULER_PERIOD
+        for index, (name, at) in enumerate(zip(names(c.pattern, c.files, c.seed),
+                                               upload_times(c.pattern, c.files, c.rate), strict=True)):
+            next_poll = self._advance_to(T0 + at, next_poll)
+            if index and index % max(c.files // 10, 1) == 0:
+                print(f"  {index:,} uploaded, {w.sim.clock() - T0:,.0f} s simulated, "
+                      f"{time.monotonic() - started:,.0f} s wall", file=sys.stderr, flush=True)
+            info = w.store.put(UPLOADS, name, _PREFIX + str(index).encode())
+            self.uploaded_at[index] = info.time_created
+            created = datetime.fromtimestamp(info.time_created, UTC)
+            event = StorageObjectEvent(event_id=f"e{index}", event_type=STORAGE_FINALIZED, bucket=UPLOADS,
+                                       name=name, generation=info.generation, size=info.size,
+                                       time_created=created, event_time=created)
+            self._deliver(event)
+            if self.rng.random() < c.duplicates:  # delivered twice although it was answered
+                self._later_deliver(w.sim.clock() + self.rng.uniform(0.5, 30.0), event, 0)
+        uploads_done = w.sim.clock()
+        deadline = w.sim.clock() + DRAIN_LIMIT_SECONDS
+        while not self._quiet() and w.sim.clock() < deadline:
+            next_poll = self._advance_to(w.sim.clock() + SCHEDULER_PERIOD, next_poll)
+        w.sim.run_until_idle()
+        return self._report(time.monotonic() - started, uploads_done)
+
+    def _quiet(self) -> bool:
+        w = self.world
+        return (not self.hc.running and w.sim.pending == 0 and not self._later
+                and not any(w.store.names(STATE, w.settings.state_path(p)) for p in WORK_PREFIXES))
+
+    def _report(self, wall: float, uploads_done: float) -> dict[str, Any]:
+        c, w, o = self.config, self.world, self.cloud.observed
+        files = c.files
+        reads = self.hc.reads
+        twice = sum(1 for r in reads if r > 1)
+        missing = sum(1 for r in reads if r == 0)
+        waits = sorted(self.hc.started_at[i] - self.uploaded_at[i] for i in range(files) if reads[i])
+        store_calls = {k.split(".", 1)[1]: v for k, v in o.calls.items() if k.startswith("store.")}
+        state_writes = o.writes_per_second.get(STATE, Counter())
+        left = w.store.names(STATE, w.settings.state_path("staging/"))
+        upload_seconds = uploads_done - T0
+        return {
+            "pattern": c.pattern, "files": files, "rate": c.rate, "latency": c.latency, "tail": c.tail,
+            "limits": c.limits, "simulated_hours": round((w.sim.clock() - T0) / 3600, 2),
+            "lros": self.hc.imports, "lros_at_once": self.hc.max_running,
+            "lro_target": int(upload_seconds // lro_period(c.rate)) + 2,
+            "read_twice": twice, "missing": missing,
+            "staged_copies": store_calls.get("copy", 0), "copies_left": len(left),
+            "gcs_calls_per_file": round(sum(store_calls.values()) / files, 2),
+            "gcs_calls_per_file_by_kind": {k: round(v / files, 3) for k, v in sorted(store_calls.items())},
+            "list_calls": store_calls.get("list", 0) + store_calls.get("list_prefixes", 0),
+            "items_listed": o.listed, "largest_listing": o.largest_listing,
+            "most_writes_one_name_per_s": o.most_writes_one_name,
+            "names_written_twice_in_1s": len(o.hot_names),
+            "hot_names": _kinds(o.hot_names), "throttled_429": sum(o.throttled.values()),
+            "throttled_by_kind": dict(o.throttled.most_common()), "gave_up_429": o.gave_up,
+            "state_peak_writes_per_s": max(state_writes.values(), default=0),
+            "longest_leader_plan_s": round(max(self.plans.leader_seconds, default=0.0), 1),
+            "longest_poller_plan_s": round(max(self.plans.poller_plan_seconds, default=0.0), 1),
+            "longest_poller_run_s": round(max(self.poll_seconds, default=0.0), 1),
+            "takeovers": self.plans.takeovers, "live_leader_takeovers": self.plans.live_takeovers,
+            "most_uploads_one_window": self.plans.most_uploads,
+            "leader_most_listed": max((m.listed for m in self.leader_meters), default=0),
+            "leader_most_calls": max((sum(m.calls.values()) for m in self.leader_meters), default=0),
+            "poller_most_listed": max((m.listed for m in self.poll_meters), default=0),
+            "poller_most_calls": max((sum(m.calls.values()) for m in self.poll_meters), default=0),
+            "upload_to_start_p50_s": round(_pct(waits, 0.50), 1), "upload_to_start_p95_s": round(_pct(waits, 0.95), 1),
+            "slowest_leader_seconds_by_kind": _slowest(self.leader_meters),
+            "slowest_poller_seconds_by_kind": _slowest(self.poll_meters),
+            "errors": dict(self.errors), "redelivered": self.redelivered, "wall_s": round(wall, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        }
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _slowest(meters: list[Meter]) -> dict[str, float]:
+    if not meters:
+        return {}
+    slowest = max(meters, key=lambda m: sum(v for k, v in m.waited.items() if k != "total"))
+    return {k: round(v, 1) for k, v in sorted(slowest.waited.items(), key=lambda kv: -kv[1])}
+
+
+def _kinds(names: Counter[str]) -> dict[str, int]:
+    """Names written twice within a second, by kind (`jobs/`, `slots/` ...), with one example each."""
+    kinds: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    for name in names:
+        kind = name.split("/", 1)[0]
+        kinds[kind] += 1
+        example.setdefault(kind, name)
+    return {f"{k} (e.g. {example[k]})": v for k, v in kinds.most_common()}
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(f"\n{r['pattern']} {r['files']:,} files at {r['rate']:g}/s, latency x{r['latency']:g} "
+          f"(tail {r['tail']:.0%}), limits {'on' if r['limits'] else 'off'}: "
+          f"{r['simulated_hours']} h simulated in {r['wall_s']} s, peak RSS {r['peak_rss_mb']} MB")
+    for key, value in r.items():
+        if key not in ("pattern", "files", "rate", "latency", "tail", "limits", "simulated_hours", "wall_s",
+                       "peak_rss_mb"):
+            print(f"  {key:32s} {value}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pattern", default="bulk", choices=("bulk", "burst", "trickle"))
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=50.0, help="uploads per second")
+    parser.add_argument("--latency", type=float, default=1.0, help="scale of every call's latency (1, 5)")
+    parser.add_argument("--tail", type=float, default=0.01, help="share of calls that take 20 times longer")
+    parser.add_argument("--no-limits", action="store_true", help="without Cloud Storage's request limits")
+    parser.add_argument("--instances", type=int, default=8)
+    parser.add_argument("--duplicates", type=float, default=0.01, help="share of events delivered twice")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    config = Config(args.pattern, args.files, args.rate, args.latency, args.tail, not args.no_limits,
+                    args.instances, args.duplicates, args.seed)
+    import logging
+    logging.disable(logging.WARNING)  # the handlers' log lines, a million of them
+    report = Bench(config).run()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
+
