@@ -437,18 +437,23 @@ def add_operator_commands(commands: Any, *, local_only: bool) -> None:
         selector.add_argument("--sql", metavar="SELECT",
                               help="BigQuery Standard SQL returning resource paths or the UID columns")
 
+    def request_options(sub: argparse.ArgumentParser, what: str, *, strict: bool) -> None:
+        """What every request command takes: its id, the wait, the output, the deployment."""
+        sub.add_argument("--request-id", metavar="ID", help=f"default: cli-<uuid>; a repeated id starts no "
+                         f"second {what}")
+        timeout(sub, export_cli.DEFAULT_TIMEOUT_SECONDS)
+        sub.add_argument("--json", action="store_true", help="print the completion event as JSON")
+        if strict:
+            sub.add_argument("--strict", action="store_true",
+                             help="exit 4 when the selection matched nothing (SUCCEEDED with 0 instances)")
+        target(sub)
+
     export_parser = command("export", cmd_export, "publish an export request and wait for its completion event")
     selectors(export_parser, required=True)
     export_parser.add_argument("--destination", required=True, metavar="gs://BUCKET[/PREFIX]")
     export_parser.add_argument("--mime-type", metavar="TYPE",
                                help="e.g. 'application/dicom; transfer-syntax=1.2.840.10008.1.2.1' or image/png")
-    export_parser.add_argument("--request-id", metavar="ID", help="default: cli-<uuid>; a repeated id "
-                               "starts no second export")
-    timeout(export_parser, export_cli.DEFAULT_TIMEOUT_SECONDS)
-    export_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
-    export_parser.add_argument("--strict", action="store_true",
-                        help="exit 4 when the selection matched nothing (SUCCEEDED with 0 instances)")
-    target(export_parser)
+    request_options(export_parser, "export", strict=True)
 
     class_parser = command("storage-class", cmd_export, "move the selected instances (or, with --whole-store, "
                            "every instance) to a storage class and wait for the completion event")
@@ -457,23 +462,13 @@ def add_operator_commands(commands: Any, *, local_only: bool) -> None:
                               help="change every instance of the store (instead of a selector)")
     class_parser.add_argument("--class", dest="storage_class", required=True,
                               choices=("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"))
-    class_parser.add_argument("--request-id", metavar="ID", help="default: cli-<uuid>; a repeated id "
-                              "starts no second change")
-    timeout(class_parser, export_cli.DEFAULT_TIMEOUT_SECONDS)
-    class_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
-    class_parser.add_argument("--strict", action="store_true",
-                        help="exit 4 when the selection matched nothing (SUCCEEDED with 0 instances)")
-    target(class_parser)
+    request_options(class_parser, "change", strict=True)
 
     redrive_parser = command("redrive", cmd_redrive, "re-import the objects a failed import's receipt names "
                              "(those still not in the store) and wait for the redrive's completion event")
     redrive_parser.add_argument("receipt", metavar="RECEIPT",
                                 help="the failed import's operation id, event id (op-ID) or receipts/ID.json")
-    redrive_parser.add_argument("--request-id", metavar="ID", help="default: cli-<uuid>; a repeated id "
-                                "starts nothing new")
-    timeout(redrive_parser, export_cli.DEFAULT_TIMEOUT_SECONDS)
-    redrive_parser.add_argument("--json", action="store_true", help="print the completion event as JSON")
-    target(redrive_parser)
+    request_options(redrive_parser, "import", strict=False)
 
     status_parser = command("status", cmd_status, "tracked operations, queued jobs, open windows, receipts, "
                             "the latest completion events and the dead-letter depth")
