@@ -50,7 +50,7 @@ GOOGLE_PUBSUB_HOST = "pubsub.googleapis.com"
 GOOGLE_BIGQUERY_URL = "https://bigquery.googleapis.com"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _HTTP_TIMEOUT = 30.0
-_PULL_BATCH = 100
+PULL_BATCH = 100  # messages per pull
 # A private event subscription of a command that was killed goes away by itself after this long
 # unused (Pub/Sub's minimum expiration), and keeps what it got for this long (its minimum).
 _PRIVATE_EXPIRATION_SECONDS = 24 * 3600
@@ -281,13 +281,13 @@ class Connection:
             stream = EventStream(client, subscription, emulated=self.deployment.is_local)
             try:
                 while len(ack_ids) < limit:
-                    batch = [m.ack_id for m in stream.pull_messages(min(_PULL_BATCH, limit - len(ack_ids)))]
+                    batch = [m.ack_id for m in stream.pull_messages(min(PULL_BATCH, limit - len(ack_ids)))]
                     if not batch:
                         break
                     ack_ids.extend(batch)
             finally:
-                for start in range(0, len(ack_ids), _PULL_BATCH):
-                    client.modify_ack_deadline(subscription=subscription, ack_ids=ack_ids[start:start + _PULL_BATCH],
+                for start in range(0, len(ack_ids), PULL_BATCH):
+                    client.modify_ack_deadline(subscription=subscription, ack_ids=ack_ids[start:start + PULL_BATCH],
                                                ack_deadline_seconds=0)
         return len(ack_ids)
 
@@ -348,7 +348,7 @@ class EventStream:
         self.subscription = subscription
         self._emulated = emulated
 
-    def pull_messages(self, max_messages: int = _PULL_BATCH) -> list[Any]:
+    def pull_messages(self, max_messages: int = PULL_BATCH) -> list[Any]:
         """The received messages of one pull, not acknowledged; [] when none came."""
         if self._emulated:
             response = self._client.pull(subscription=self.subscription, max_messages=max_messages, timeout=10,
@@ -368,11 +368,11 @@ class EventStream:
             self._client.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in received])
         return _decoded(received)
 
-    def pull_then_ack(self, handle: Callable[[list[dict[str, Any]]], None]) -> int:
-        """Pulls what arrived so far, hands the events to `handle`, and acknowledges them only
-        after it returned (a reader killed in between gets them again). Returns how many
-        messages were pulled (undecodable ones are acknowledged and dropped)."""
-        received = self.pull_messages()
+    def pull_then_ack(self, handle: Callable[[list[dict[str, Any]]], None], max_messages: int = PULL_BATCH) -> int:
+        """Pulls what arrived so far (at most `max_messages`), hands the events to `handle`, and
+        acknowledges them only after it returned (a reader killed in between gets them again).
+        Returns how many messages were pulled (undecodable ones are acknowledged and dropped)."""
+        received = self.pull_messages(max_messages)
         if received:
             handle(_decoded(received))
             self._client.acknowledge(subscription=self.subscription, ack_ids=[m.ack_id for m in received])

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from localcloud.connect import Connection
+from localcloud.connect import PULL_BATCH, Connection
 from localcloud.progress import aligned
 
 _IDLE_SECONDS = 0.5  # between empty pulls while following
@@ -57,6 +57,12 @@ class _Printer:
     def full(self) -> bool:
         return self.max_events is not None and self.count >= self.max_events
 
+    @property
+    def room(self) -> int:
+        """How many more messages to pull: a mailbox acknowledges what it pulls, so never more
+        than will be printed."""
+        return PULL_BATCH if self.max_events is None else max(1, self.max_events - self.count)
+
     def __call__(self, events: Iterable[dict[str, Any]]) -> None:
         for event in events:
             key = str(event.get("eventId"))
@@ -77,10 +83,10 @@ def run(connection: Connection, *, follow: bool, since: datetime | None, as_json
             return 0
         with connection.event_stream() as stream:
             printer(kept_since(connection, since)[:printer.max_events])
-            _follow(lambda handle: stream.pull_then_ack(handle), printer, stopping, forever=True)
+            _follow(lambda handle: stream.pull_then_ack(handle, printer.room), printer, stopping, forever=True)
         return 0
     with connection.durable_events() as stream:
-        _follow(lambda handle: stream.pull_then_ack(handle), printer, stopping, forever=follow)
+        _follow(lambda handle: stream.pull_then_ack(handle, printer.room), printer, stopping, forever=follow)
     return 0
 
 

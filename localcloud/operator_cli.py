@@ -272,11 +272,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return run_with_connection(args, work)
 
 
+_FAILURES_SHOWN = 10  # failed objects named under an event; `receipts` lists all
+
+
 def _report(args: argparse.Namespace, connection: Connection, result: export_cli.ExportResult, label: str) -> int:
     lines = export_cli.render_result(result, label, status_hint=_status_hint(args))
     if result.event is not None:
         if result.event.get("reason") and result.ok:
             lines.append(aligned("", str(result.event["reason"])))
+        failures = result.event.get("failures") or []
+        for failure in failures[:_FAILURES_SHOWN]:
+            lines.append(aligned("", f"{failure.get('object')}  ({failure.get('reason')}: {failure.get('message')})"))
+        if len(failures) > _FAILURES_SHOWN or result.event.get("failedObjectsTotal", 0) > len(failures):
+            lines.append(aligned("", f"... {result.event.get('failedObjectsTotal')} in all (dicom-events receipts)"))
         lines.extend(logs_lines(connection, [result.event]))
     if not args.json:
         for line in lines:

@@ -146,6 +146,20 @@ def test_events_are_kept_for_the_cli_and_read_once(stack: Stack, imported: synth
     assert not set(ids) & {json.loads(line)["eventId"] for line in second.stdout.splitlines()}
 
 
+def test_events_with_a_limit_take_only_what_they_print_from_the_mailbox(
+        stack: Stack, imported: synthetic.SyntheticSet) -> None:
+    assert dicom_events(stack, "events").returncode == 0  # empty the mailbox
+    study = f"/studies/{imported.studies[0].uid}"
+    done = [_export(stack, "--resources", study, "--destination", f"gs://{stack.config.export_bucket}/limit/{n}")
+            for n in range(3)]
+    one = dicom_events(stack, "events", "--json", "--max-events", "1")
+    assert one.returncode == 0, one.stderr
+    assert len(one.stdout.splitlines()) == 1
+    rest = dicom_events(stack, "events", "--json")
+    printed = {json.loads(line)["eventId"] for line in [*one.stdout.splitlines(), *rest.stdout.splitlines()]}
+    assert {event["eventId"] for event in done} <= printed, "an event beyond the limit was taken and lost"
+
+
 def test_events_follow_prints_new_events_until_interrupted(stack: Stack, imported: synthetic.SyntheticSet) -> None:
     follower = subprocess.Popen([str(DICOM_EVENTS), "events", "--follow", "--json", "--local", "--state-dir",
                                  str(stack.state_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
@@ -198,6 +212,9 @@ def test_receipts_and_redrive(stack: Stack, tmp_path: Path) -> None:
     redriven = json.loads(redrive.stdout)
     assert (redriven["kind"], redriven["redriveOf"]) == ("redrive", receipts[0]["operation"])
     assert redriven["failedObjects"] == [broken]
+    # Without --json the held-back file is named with what to do.
+    again = dicom_events(stack, "redrive", event_id, "--timeout", TIMEOUT)
+    assert again.returncode == 1 and f"{broken}  (NOT_DICOM: " in again.stdout, again.stdout
 
     missing = dicom_events(stack, "receipts", "op-0")
     assert missing.returncode == 1 and "no receipt for operation 0" in missing.stderr
