@@ -703,7 +703,7 @@ def check_targets(results: dict[str, dict[str, Any]], poll_seconds: float = POLL
     limit = PRODUCTION["debounce_seconds"] + LATENCY_SLACK
     for key, per in results.items():
         p = per["pipeline"]
-        if key == "bulk":  # issue 11: a migration's LROs follow upload time / LRO time, not its size
+        if key == "bulk":  # a migration's LROs follow upload time / LRO time, not its size
             checks.append((f"{key}: at most {BULK_MAX_LROS} LROs", p["lros"] <= BULK_MAX_LROS,
                            f"{p['lros']} LROs, {p['windows']} windows"))
         if key == "burst":  # the LRO target is stated for study-folder bursts
