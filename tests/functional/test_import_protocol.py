@@ -453,8 +453,6 @@ def test_a_leader_whose_claim_renewal_is_throttled_tries_again_within_its_lease(
     assert len(world.hc.operations) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="open: a window taken over after the import that covered it finished "
-                                       "is planned again (bench/README.md, simulate)")
 def test_a_window_taken_over_after_its_import_finished_imports_nothing_twice(world: World) -> None:
     """Seen in bench.simulate (100,000 files at 500/s, the state bucket at its write rate): a leader
     failed while deleting its window's records, after its job was queued; the poller started the job
