@@ -454,10 +454,9 @@ def test_a_leader_whose_claim_renewal_is_throttled_tries_again_within_its_lease(
 
 
 def test_a_window_taken_over_after_its_import_finished_imports_nothing_twice(world: World) -> None:
-    """Seen in bench.simulate (100,000 files at 500/s, the state bucket at its write rate): a leader
-    failed while deleting its window's records, after its job was queued; the poller started the job
-    and it finished before the window was taken over. Then nothing says the uploads were covered
-    (the job's manifests went with it), and they are imported again."""
+    """A leader failed while deleting its window's records, after its job was queued; the poller
+    started the job and it finished before the window was taken over. The job's manifests went with
+    it, so its window records go too (decision 0753): the takeover finds nothing to plan again."""
     w = world
     w.faults.kill(method="delete", name="windows/", nth=1)  # the leader dies deleting its records
     w.upload_burst(_names("left", 3), to=[w.instance("a")])
