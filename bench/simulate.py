@@ -77,12 +77,18 @@ class SimHealthcare(FakeHealthcare):
         self.reads: array[int] = array("i")
         self.started_at: array[float] = array("d")
         self.imports = 0
+        self.readers: list[str] = []  # imports that read a file, as "uri @created"
+        self.first_reader: array[int] = array("i")  # file index -> its first reader in `readers`
+        self.read_again: list[tuple[int, str, str]] = []  # (file index, first import, this import)
 
     def size(self, files: int) -> None:
         self.reads = array("i", bytes(4 * files))
         self.started_at = array("d", bytes(8 * files))
+        self.first_reader = array("i", bytes(4 * files))
 
     def _run_import(self, op: FakeOperation) -> None:
+        reader = len(self.readers)
+        self.readers.append(f"{op.uri} @{op.created - T0:.0f}s")
         for bucket, name, generation in op.objects:
             data = self._store.peek(bucket, name, generation)
             if data is None or not data.startswith(_PREFIX):
@@ -91,6 +97,9 @@ class SimHealthcare(FakeHealthcare):
             index = int(data[len(_PREFIX):])
             if self.reads[index] == 0:
                 self.started_at[index] = op.created
+                self.first_reader[index] = reader
+            else:
+                self.read_again.append((index, self.readers[self.first_reader[index]], self.readers[reader]))
             self.reads[index] += 1
             op.success += 1
 
@@ -358,6 +367,7 @@ class Bench:
             "lros": self.hc.imports, "lros_at_once": self.hc.max_running,
             "lro_target": int(upload_seconds // lro_period(c.rate)) + 2,
             "read_twice": twice, "missing": missing,
+            "read_again_by": dict(Counter(f"{first} -> {again}" for _, first, again in self.hc.read_again)),
             "staged_copies": store_calls.get("copy", 0), "copies_left": len(left),
             "gcs_calls_per_file": round(sum(store_calls.values()) / files, 2),
             "gcs_calls_per_file_by_kind": {k: round(v / files, 3) for k, v in sorted(store_calls.items())},

@@ -25,6 +25,7 @@ from functions.failed_objects import LANDED, Accounting, FailedObjectFinder, Fat
 from functions.jobs import Job, JobQueue, StartedOperation
 from functions.log import fields
 from functions.settings import Settings
+from functions.windows import is_window_id, object_key
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +209,46 @@ class Poller:
             # One write here; the copies go in `_clean_staging`, in this run and the next ones.
             self._gcs.write(self._s.state_bucket, self._cleanup_path(job.job_id), {"prefix": job.staging_prefix})
         if job.manifest:
-            for name in self._manifests(job):
+            manifests = self._manifests(job)
+            if not job.redrive_of:
+                # Before the manifests go: they are what a takeover of the window checks (decision 0753).
+                self._drop_window_records(job, manifests)
+            for name in manifests:
                 self._gcs.delete(self._s.state_bucket, name)
+
+    def _drop_window_records(self, job: Job, manifests: list[str]) -> None:
+        """Deletes the window records still left of uploads this import stored (decision 0753).
+
+        Called only for an import whose every object landed. A leader that failed after its jobs
+        became durable leaves records behind; a takeover of its window skips the uploads that a
+        queued or running import's manifests name, but once the import finished and its manifests
+        are gone it would plan them again. So the records of uploads now in the store go with the
+        manifests: one listing per window the import holds uploads of, reads only when records are
+        left. Records of any other upload stay, and the window's takeover plans them.
+        """
+        by_window: dict[str, list[str]] = {}
+        for name in manifests:
+            window = _manifest_window(name, job)
+            if window is not None:
+                by_window.setdefault(window, []).append(name)
+        for window, names in by_window.items():
+            prefix = self._batcher.window_prefix(window)
+            left = {info.name for info in self._gcs.list(self._s.state_bucket, prefix)}
+            dropped = 0
+            for name in names if left else []:
+                manifest = self._gcs.read(self._s.state_bucket, name)
+                for entry in manifest.data.get("objects", []) if manifest else []:
+                    if entry.get("held"):
+                        continue  # not imported by this job
+                    bucket, _, object_name = str(entry["uri"]).removeprefix("gs://").partition("/")
+                    path = prefix + f"{object_key(bucket, object_name, int(entry['generation']))}.json"
+                    if path in left:
+                        self._gcs.delete(self._s.state_bucket, path)
+                        left.discard(path)
+                        dropped += 1
+            if dropped:
+                logger.info("window records of a finished import dropped",
+                            extra=fields(window=window, job=job.job_id, records=dropped, left=len(left)))
 
     def _cleanup_path(self, job_id: str) -> str:
         return self._s.state_path("cleanup", f"{job_id}.json")
@@ -280,3 +319,19 @@ class Poller:
                 summary.jobs_queued = len(pending) - index
                 break
         summary.jobs_queued += waiting
+
+
+def _manifest_window(manifest: str, job: Job) -> str | None:
+    """The window whose uploads `manifest` lists: the job's own (`{W}-{generation}-{index}.json`), an
+    adopting window's (`.adopted-{W}-{generation}`) or a committed growth's (`.grown-{B}`, only once
+    it is in `job.grown`); None for anything else."""
+    base = manifest.rsplit("/", 1)[-1].removesuffix(".json")
+    job_id, _, rest = base.partition(".")
+    if not rest:
+        window = job_id.rsplit("-", 2)[0]
+    else:
+        kind, _, batch = rest.partition("-")
+        if kind != "adopted" and not (kind == "grown" and batch in job.grown):
+            return None
+        window = batch.rsplit("-", 1)[0]
+    return window if is_window_id(window) else None

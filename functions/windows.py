@@ -38,3 +38,14 @@ def _format(epoch: float) -> str:
 def object_key(bucket: str, name: str, generation: int) -> str:
     """A fixed-length key of one object generation (object names may be 1 KiB of anything)."""
     return hashlib.sha256(f"{bucket}/{name}#{generation}".encode()).hexdigest()[:40]
+
+
+def is_window_id(value: str) -> bool:
+    """Is `value` a window id (`20261127T020105000Z`)?"""
+    if len(value) != 19 or not value.endswith("Z") or not value[15:18].isdigit():
+        return False
+    try:
+        datetime.strptime(value[:15], _FORMAT)
+    except ValueError:
+        return False
+    return True

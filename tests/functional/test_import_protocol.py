@@ -453,13 +453,10 @@ def test_a_leader_whose_claim_renewal_is_throttled_tries_again_within_its_lease(
     assert len(world.hc.operations) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="open: a window taken over after the import that covered it finished "
-                                       "is planned again (bench/README.md, simulate)")
 def test_a_window_taken_over_after_its_import_finished_imports_nothing_twice(world: World) -> None:
-    """Seen in bench.simulate (100,000 files at 500/s, the state bucket at its write rate): a leader
-    failed while deleting its window's records, after its job was queued; the poller started the job
-    and it finished before the window was taken over. Then nothing says the uploads were covered
-    (the job's manifests went with it), and they are imported again."""
+    """A leader failed while deleting its window's records, after its job was queued; the poller
+    started the job and it finished before the window was taken over. The job's manifests went with
+    it, so its window records go too (decision 0753): the takeover finds nothing to plan again."""
     w = world
     w.faults.kill(method="delete", name="windows/", nth=1)  # the leader dies deleting its records
     w.upload_burst(_names("left", 3), to=[w.instance("a")])
@@ -483,3 +480,38 @@ def test_a_window_taken_over_after_its_import_finished_imports_nothing_twice(wor
     w.sim.advance(60.0)
     w.settle()
     w.check_invariants()
+
+
+def test_a_window_taken_over_after_its_import_failed_on_a_file_imports_that_file(world: World) -> None:
+    """A finished import takes the records of its uploads along only when every object landed
+    (decision 0753): a file it did not store stays in its window, and the window's takeover imports
+    it (the others are read again: the price of never losing one)."""
+    w = world
+    # The leader dies once its job is durable, before it deletes any of its window's records.
+    w.faults.kill(method="create", name="jobs/", nth=1, when="after")
+    names = _names("left", 3)
+    w.upload_burst(names, to=[w.instance("a")])
+    w.sim.run_until_idle()
+    w.faults.fail(lambda: ServiceUnavailable("503"), method="list_prefixes", name="windows/", times=30)
+    w.sim.advance(w.settings.claim_lease_seconds + 5)
+    polls = 0
+    while not w.hc.operations and polls < 15:
+        w.poll()
+        w.sim.run_until_idle()
+        w.sim.advance(60.0)
+        polls += 1
+    assert len(w.hc.running) == 1
+    # The import fails on one file: the store holds other bytes under its SOP Instance UID.
+    refused = w.sops[names[0]]
+    w.hc.blobs[refused] = b"other bytes"
+    w.hc.finish_all()
+    del w.hc.blobs[refused]
+    w.poll()
+    w.sim.run_until_idle()
+    assert w.hc.imports_of(refused) == 0 and not w.hc.running
+    assert len(w.state("windows/")) == len(names), "the records of an import with a failed file stay"
+    w.sim.advance(60.0)
+    w.settle()
+    assert w.hc.imports_of(refused) == 1
+    assert all(1 <= w.hc.imports_of(w.sops[n]) <= 2 for n in names[1:])
+    assert w.quiet(), w.work_left()
