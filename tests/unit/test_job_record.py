@@ -213,3 +213,18 @@ def test_a_refused_event_writes_nothing() -> None:
     assert _apply(store, current, Event.HOLD, Change(batch="B", until=20.0), attempts=3) is None
     assert _apply(store, current, Event.LEASE_RAN_OUT, Change(now=50.0, lease_seconds=60.0)) is None
     assert store.objects == before
+
+
+def test_unadopt_makes_a_pending_adoption_fail_or_brings_the_deleted_record_back() -> None:
+    """A starter tracked the operation a resolver had adopted for another job: that job is
+    UNCONFIRMED again, whether or not the adoption had deleted its record yet."""
+    store = _Store()
+    store.objects["jobs/J.json"] = (WRITTEN[3], store._next())
+    unconfirmed = JobRecord.from_json(WRITTEN[3])
+    read_by_resolver = store.read("b", "jobs/J.json")
+    assert _apply(store, store.read("b", "jobs/J.json"), Event.UNADOPT, Change(from_record=unconfirmed)) is not None
+    assert _apply(store, read_by_resolver, Event.ADOPT) is None  # the resolver's delete fails
+    assert store.objects["jobs/J.json"][0] == WRITTEN[3]
+    del store.objects["jobs/J.json"]  # the adoption came first
+    assert _apply(store, None, Event.UNADOPT, Change(from_record=unconfirmed)) is not None
+    assert store.objects["jobs/J.json"][0] == WRITTEN[3]
