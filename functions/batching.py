@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from google.api_core.exceptions import TooManyRequests
-
-from functions import coalescing, planning
+from functions import coalescing, job_record, planning
 from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
+from functions.job_record import Change, Event
 from functions.jobs import Job, JobQueue
 from functions.log import fields
 from functions.retry import is_transient
@@ -280,8 +279,8 @@ class WindowBatcher:
         functions.coalescing."""
         job = Job.from_json(target.data["job"])
         until = self._clock() + self._s.claim_lease_seconds
-        swapped = self._swap_job(job.job_id, target, lambda data: coalescing.held(data, batch_id, until)
-                                 if coalescing.growable(data, job.storage_class) else None)
+        swapped = self._swap_job(job.job_id, target, Event.HOLD,
+                                 Change(batch=batch_id, until=until, storage_class=job.storage_class))
         if swapped is None:
             return None
         hold = _HeldJob(job, batch_id, *swapped, until)
@@ -298,13 +297,8 @@ class WindowBatcher:
             return False
         manifest = coalescing.grown_manifest(growth.job.manifest, growth.batch)
         self._gcs.write(self._s.state_bucket, manifest, {"objects": growth.entries})
-
-        def commit(data: dict[str, Any]) -> dict[str, Any] | None:
-            hold = coalescing.holds_of(data).get(growth.batch)
-            return None if hold is None or hold.cancelled else coalescing.committed(data, growth.batch,
-                                                                                    len(growth.entries))
-
-        if self._swap_job(growth.job.job_id, Record(growth.held, growth.generation), commit) is not None:
+        if self._swap_job(growth.job.job_id, Record(growth.held, growth.generation), Event.COMMIT_GROWTH,
+                          Change(batch=growth.batch, added=len(growth.entries))) is not None:
             return True
         # Undone by a starter (our hold ran out), or out of attempts: then our hold stays until it
         # runs out and a starter undoes it; copies and manifest are gone already either way.
@@ -318,36 +312,24 @@ class WindowBatcher:
         """Takes back a growth that will not be committed: copies first, then our hold (if a swap
         keeps failing, the hold runs out and a starter removes it)."""
         self._delete_copies(growth)
-        self._swap_job(growth.job.job_id, Record(growth.held, growth.generation),
-                       lambda data: coalescing.released(data, growth.batch)
-                       if growth.batch in coalescing.holds_of(data) else None)
+        self._swap_job(growth.job.job_id, Record(growth.held, growth.generation), Event.RELEASE_HOLD,
+                       Change(batch=growth.batch))
 
-    def _swap_job(self, job_id: str, record: Record | None,
-                  change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> tuple[dict[str, Any], int] | None:
-        """Replaces a queued job's record with `change(record)`: the new data and generation.
+    def _swap_job(self, job_id: str, record: Record | None, event: Event,
+                  change: Change) -> tuple[dict[str, Any], int] | None:
+        """Applies `event` to a queued job's record (functions.job_record): the new data and generation.
 
-        Other growers change the record too, so a lost swap is retried on a fresh read. None when
-        `change` declines (returns None), the record is gone, or `_SWAP_ATTEMPTS` swaps were lost.
+        Other growers change the record too, so a lost swap is retried on a fresh read. Growers and
+        starters write one job record, and Cloud Storage takes about one write per second per name:
+        a 429 (a refusal, nothing was written) counts as a lost swap, not as a failed window
+        (decision 0752). None when the table refuses the event, the record is gone, or
+        `_SWAP_ATTEMPTS` swaps were lost.
         """
-        path = self._queue.job_path(job_id)
-        for _ in range(_SWAP_ATTEMPTS):
-            if record is None:
-                return None
-            data = change(record.data)
-            if data is None:
-                return None
-            try:
-                generation = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
-            except TooManyRequests:
-                # Growers and starters write one job record, and Cloud Storage takes about one
-                # write per second per name: a 429 (a refusal, nothing was written) counts as a
-                # lost swap, not as a failed window (decision 0752).
-                logger.warning("a swap of a job record was throttled", extra=fields(job=job_id))
-                generation = None
-            if generation is not None:
-                return data, generation
-            record = self._gcs.read(self._s.state_bucket, path)
-        return None
+        applied = job_record.apply(self._gcs, self._s.state_bucket, self._queue.job_path(job_id), record, event,
+                                   change, attempts=_SWAP_ATTEMPTS, throttle_is_loss=True)
+        if applied is None or applied.generation is None:
+            return None
+        return applied.data, applied.generation
 
     def _delete_copies(self, growth: _Growth) -> None:
         names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
@@ -390,12 +372,8 @@ class WindowBatcher:
         if held.lost or held.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
             return not held.lost
         until = now + self._s.claim_lease_seconds
-
-        def renew(data: dict[str, Any]) -> dict[str, Any] | None:
-            hold = coalescing.holds_of(data).get(held.batch)
-            return None if hold is None or hold.cancelled else coalescing.held(data, held.batch, until)
-
-        swapped = self._swap_job(held.job.job_id, Record(held.data, held.generation), renew)
+        swapped = self._swap_job(held.job.job_id, Record(held.data, held.generation), Event.RENEW_HOLD,
+                                 Change(batch=held.batch, until=until))
         if swapped is None:
             held.lost = True  # `_commit` fails on it and says so
             return False

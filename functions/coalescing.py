@@ -23,104 +23,66 @@ the batch's copies and manifest, then removes it (swap) and starts the job; the 
 records still exist, so their window is planned again. A starter that finds live holds while it
 could start marks the job `closing`: no new hold is taken, so a stream of overlapping growers
 cannot keep a job from ever starting. Pure rules here; the calls live in `functions.batching`
-(grow) and `functions.jobs` (start).
+(grow) and `functions.jobs` (start); the record's transitions in `functions.job_record`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-# A grown job is one LRO; past this many objects a window starts a job of its own, so that one
-# import (and its manifest, read back on failure) stays bounded.
-MAX_GROWN_OBJECTS = 50_000
-# Growers of one job at once; a window that finds this many plans a job of its own.
-MAX_HOLDS = 8
+from functions.job_record import MAX_GROWN_OBJECTS, MAX_HOLDS, TRANSITIONS, Change, Event, Hold, JobRecord, State
+from functions.job_record import holds_of as _holds_of
 
-
-@dataclass(frozen=True)
-class Hold:
-    batch: str
-    until: float
-    cancelled: bool = False
-
-    def live(self, now: float) -> bool:
-        """May its grower still commit? (Not cancelled, not run out.)"""
-        return self.until > now and not self.cancelled
+__all__ = ["MAX_GROWN_OBJECTS", "MAX_HOLDS", "Hold"]
 
 
 def holds_of(record: dict[str, Any]) -> dict[str, Hold]:
-    """The record's holds by batch; also the single `hold` of records written before 0704."""
-    holds: dict[str, Hold] = {}
-    raw = record.get("holds")
-    if isinstance(raw, dict):
-        for batch, value in raw.items():
-            holds[str(batch)] = Hold(str(batch), float(value["until"]), bool(value.get("cancelled", False)))
-    legacy = record.get("hold")
-    if isinstance(legacy, dict):
-        batch = str(legacy["batch"])
-        holds[batch] = Hold(batch, float(legacy["until"]), bool(legacy.get("cancelled", False)))
-    return holds
+    """The record's holds by batch (functions.job_record)."""
+    return _holds_of(record)
 
 
 def live_holds(record: dict[str, Any], now: float) -> list[Hold]:
     """Holds whose grower may still commit."""
-    return [h for h in holds_of(record).values() if h.live(now)]
+    return JobRecord.from_json(record).live_holds(now)
 
 
 def growable(record: dict[str, Any], storage_class: str | None) -> bool:
-    """May this job record take more uploads of `storage_class`?
-
-    Only a PENDING staging import that was never attempted (a job whose start had an unknown
-    outcome and was queued again may yet have an operation that read its prefix), that no starter
-    is waiting to start (`closing`, or a hold it is undoing) and that has room for another grower.
-    """
-    job = record.get("job", {})
-    holds = holds_of(record)
-    return (record.get("state") == "PENDING" and "attempted" not in record and not record.get("closing")
-            and len(holds) < MAX_HOLDS and not any(h.cancelled for h in holds.values())
-            and job.get("kind") == "import" and bool(job.get("staging_prefix")) and not job.get("redrive_of")
-            and job.get("storage_class") == storage_class
-            and int(job.get("object_count", 0)) < MAX_GROWN_OBJECTS)
+    """May this job record take more uploads of `storage_class`? (`JobRecord.growable`)"""
+    return JobRecord.from_json(record).growable(storage_class)
 
 
-def _with_holds(record: dict[str, Any], holds: dict[str, Hold]) -> dict[str, Any]:
-    out = {k: v for k, v in record.items() if k not in ("hold", "holds")}
-    if holds:
-        out["holds"] = {batch: {"until": h.until, **({"cancelled": True} if h.cancelled else {})}
-                        for batch, h in sorted(holds.items())}
-    return out
+def _effect(record: dict[str, Any], event: Event, change: Change) -> dict[str, Any]:
+    """What `event` makes of a PENDING record, its guard aside (the guards are
+    functions.job_record's, checked when the record is written)."""
+    after = TRANSITIONS[(State.PENDING, event)].effect(JobRecord.from_json(record), change)
+    assert after is not None
+    return after.to_json()
 
 
 def held(record: dict[str, Any], batch: str, until: float) -> dict[str, Any]:
-    return _with_holds(record, {**holds_of(record), batch: Hold(batch, until)})
+    return _effect(record, Event.HOLD, Change(batch=batch, until=until))
 
 
 def cancelled(record: dict[str, Any], batch: str) -> dict[str, Any]:
-    holds = holds_of(record)
-    holds[batch] = Hold(batch, holds[batch].until, cancelled=True)
-    return _with_holds(record, holds)
+    return _effect(record, Event.CANCEL_HOLD, Change(batch=batch))
 
 
 def released(record: dict[str, Any], batch: str) -> dict[str, Any]:
-    return _with_holds(record, {b: h for b, h in holds_of(record).items() if b != batch})
+    return _effect(record, Event.RELEASE_HOLD, Change(batch=batch))
 
 
 def committed(record: dict[str, Any], batch: str, added: int) -> dict[str, Any]:
-    job = dict(record["job"])
-    job["grown"] = [*job.get("grown", []), batch]
-    job["object_count"] = int(job.get("object_count", 0)) + added
-    return dict(released(record, batch), job=job)
+    return _effect(record, Event.COMMIT_GROWTH, Change(batch=batch, added=added))
 
 
 def closing(record: dict[str, Any]) -> dict[str, Any]:
     """A starter waits for the live holds to end: no new ones (see the module docstring)."""
-    return dict(record, closing=True)
+    return _effect(record, Event.CLOSE, Change())
 
 
 def reopened(record: dict[str, Any]) -> dict[str, Any]:
     """The start a job was closed for has to wait after all (another import runs): it grows again."""
-    return {k: v for k, v in record.items() if k != "closing"}
+    return _effect(record, Event.REOPEN, Change())
 
 
 def batch_prefix(staging_prefix: str, batch: str) -> str:

@@ -21,10 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from functions import coalescing, unconfirmed_starts
+from functions import coalescing, job_record, unconfirmed_starts
 from functions.clients import HealthcareApi, ObjectStore, Record
 from functions.errors import ApiError, PermanentApiError, RetryableError, UnknownOutcomeError
 from functions.job_checks import job_problem
+from functions.job_record import NO_CHANGE, Change, Event, JobRecord, State
+from functions.job_record import apply as apply_transition
 from functions.log import fields
 from functions.refusal import refusal_reason
 from functions.retry import classify
@@ -39,6 +41,9 @@ REFUSED_PREFIX = "refused-"  # operation ids of starts the API refused (see `_re
 # cannot starve ingest (docs/decisions/0874). Not with a single slot: requests would never run.
 INGEST_SLOTS = 1
 _READ_THREADS = 16
+# Writes of a job record that must land whatever its state (the operation is tracked): each lost
+# swap is followed by a fresh read.
+_TRACK_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class Reservation:
     job: Job
     slot: int | None
     generation: int | None  # None: the job existed already (somebody else's)
+    record: JobRecord | None = None  # as created
 
 
 @dataclass(frozen=True)
@@ -155,22 +161,24 @@ class JobQueue:
         STARTING, deleted once its operation is tracked), never three times.
         """
         slot = None if self.waits_for_running_import(job) else self._acquire_slot(job)
-        state: dict[str, Any] = {"job": job.to_json(), "state": "PENDING"}
+        change = Change(job=job.to_json())
         if slot is not None:
-            now = self._clock()
-            state.update(state="STARTING", slot=slot, claimedAt=now, leaseUntil=now + self._s.claim_lease_seconds)
-        generation = self._gcs.create(self._s.state_bucket, self.job_path(job.job_id), state)
-        if generation is None and slot is not None:
-            self.release_slot(slot, job.job_id)
-        return Reservation(job, slot if generation is not None else None, generation)
+            change = Change(job=job.to_json(), slot=slot, now=self._clock(), lease_seconds=self._s.claim_lease_seconds)
+        created = self._apply(job.job_id, None, Event.QUEUE if slot is None else Event.QUEUE_STARTING, change)
+        if created is None:
+            if slot is not None:
+                self.release_slot(slot, job.job_id)
+            return Reservation(job, None, None)
+        return Reservation(job, slot, created.generation, created.record)
 
     def start(self, reservation: Reservation) -> StartResult:
         """Makes the API call of a reserved job; a job without a slot stays queued for the poller."""
         if reservation.generation is None:
             return StartResult(None, queued=False)  # somebody else's job
-        if reservation.slot is None:
+        if reservation.slot is None or reservation.record is None:
             return StartResult(None, queued=True)
-        return self._start_claimed(reservation.job, reservation.slot, reservation.generation)
+        return self._start_claimed(reservation.job, reservation.slot, Record(reservation.record.to_json(),
+                                                                             reservation.generation))
 
     def submit(self, job: Job) -> StartResult:
         """Queues the job and starts it at once if a slot is free."""
@@ -200,13 +208,12 @@ class JobQueue:
         `records`: `pending_records()` when the caller has read them already."""
         jobs: list[tuple[Job, float | None]] = []
         for record in self.pending_records() if records is None else records:
-            state = record.data.get("state")
+            typed = JobRecord.from_json(record.data)
             attempted: float | None = None
-            if state == "UNCONFIRMED":
-                attempted = float(record.data["attemptedAt"])
-            elif state == "STARTING":
-                attempted = float(record.data.get("claimedAt", float(record.data.get("leaseUntil", 0))
-                                                  - self._s.claim_lease_seconds))
+            if typed.state is State.UNCONFIRMED:
+                attempted = typed.attempted_at
+            elif typed.state is State.STARTING:
+                attempted = typed.start_attempted_at(self._s.claim_lease_seconds)
             jobs.append((Job.from_json(record.data["job"]), attempted))
         return jobs
 
@@ -231,50 +238,45 @@ class JobQueue:
             return StartResult(None, queued=False)  # started (or finished) by somebody else
         if job_id in tracked_jobs:
             logger.warning("dropping a job whose operation is already tracked", extra=fields(job=job_id))
-            self._gcs.delete(self._s.state_bucket, self.job_path(job_id), record.generation)
+            self._apply(job_id, record, Event.DROP_TRACKED)
             return StartResult(None, queued=False)
         now = self._clock()
-        state = record.data.get("state")
-        if state == "UNCONFIRMED":
+        typed = JobRecord.from_json(record.data)
+        if typed.state is State.UNCONFIRMED:
             return StartResult(None, queued=False, unconfirmed=True)
-        if state == "STARTING":
-            if float(record.data.get("leaseUntil", 0)) > now:
+        if typed.state is State.STARTING:
+            if (typed.lease_until or 0.0) > now:
                 return StartResult(None, queued=False)
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return StartResult(None, queued=False, unconfirmed=True)
-        for hold in [h for h in coalescing.holds_of(record.data).values() if not h.live(now)]:
+        for hold in [h for h in typed.holds.values() if not h.live(now)]:
             dropped = self._drop_hold(record, hold)
             if dropped is None:
                 return StartResult(None, queued=False)
             record = dropped
+        typed = JobRecord.from_json(record.data)
         job = Job.from_json(record.data["job"])
         if self.waits_for_running_import(job):
-            if record.data.get("closing"):
-                # Closed for a start that another import has since overtaken: it waits again, so it
-                # may grow again (else later windows would queue jobs beside it).
-                self._gcs.replace(self._s.state_bucket, self.job_path(job_id), coalescing.reopened(record.data),
-                                  record.generation)
+            # Closed for a start that another import has since overtaken: it waits again, so it
+            # may grow again (else later windows would queue jobs beside it).
+            self._apply(job_id, record, Event.REOPEN)
             return StartResult(None, queued=False, coalescing=True)
         slot = self._acquire_slot(job)
         if slot is None:
             return StartResult(None, queued=True, capped=is_request(job))
-        if coalescing.live_holds(record.data, now):
+        if typed.live_holds(now):
             # Later windows are growing it. It could start now, so it takes no new growers (else
             # overlapping windows could hold it forever); the last grower to commit, or the
             # poller, starts it. The slot goes back meanwhile.
             self.release_slot(slot, job.job_id)
-            if not record.data.get("closing"):
-                self._gcs.replace(self._s.state_bucket, self.job_path(job_id), coalescing.closing(record.data),
-                                  record.generation)
+            self._apply(job_id, record, Event.CLOSE, Change(now=now))
             return StartResult(None, queued=False)
-        starting = {"job": job.to_json(), "state": "STARTING", "slot": slot, "claimedAt": now,
-                    "leaseUntil": now + self._s.claim_lease_seconds,
-                    **({"attempted": record.data["attempted"]} if "attempted" in record.data else {})}
-        generation = self._gcs.replace(self._s.state_bucket, self.job_path(job_id), starting, record.generation)
-        if generation is None:
+        started = self._apply(job_id, record, Event.START,
+                              Change(now=now, slot=slot, lease_seconds=self._s.claim_lease_seconds))
+        if started is None or started.generation is None:
             self.release_slot(slot, job.job_id)
             return StartResult(None, queued=False)
-        return self._start_claimed(job, slot, generation)
+        return self._start_claimed(job, slot, Record(started.data, started.generation))
 
     def waits_for_running_import(self, job: Job) -> bool:
         """Should this import stay queued, although a slot may be free, to take later uploads?
@@ -350,23 +352,20 @@ class JobQueue:
             return False
         return float(record.data.get("leaseUntil", 0)) > self._clock()
 
-    def _drop_hold(self, record: Record, hold: coalescing.Hold) -> Record | None:
+    def _drop_hold(self, record: Record, hold: job_record.Hold) -> Record | None:
         """Undoes the growth of a grower that died or stalled past its hold (see functions.coalescing).
 
         Cancelled first, so that a stalled grower's commit fails; then its copies and manifest go
         (its uploads' window records still exist: their window is planned again), then the hold.
         A crash in between leaves the cancelled hold for the next starter to finish.
         """
-        path = self.job_path(str(record.data["job"]["job_id"]))
-        generation = record.generation
-        data = record.data
+        job_id = str(record.data["job"]["job_id"])
         if not hold.cancelled:
-            data = coalescing.cancelled(data, hold.batch)
-            swapped = self._gcs.replace(self._s.state_bucket, path, data, record.generation)
-            if swapped is None:
+            cancelled = self._apply(job_id, record, Event.CANCEL_HOLD, Change(batch=hold.batch))
+            if cancelled is None or cancelled.generation is None:
                 return None
-            generation = swapped
-        job = Job.from_json(data["job"])
+            record = Record(cancelled.data, cancelled.generation)
+        job = Job.from_json(record.data["job"])
         logger.warning("undoing the growth of a queued job whose grower stopped",
                        extra=fields(job=job.job_id, batch=hold.batch))
         copies = [info.name for info in self._gcs.list(self._s.state_bucket,
@@ -374,12 +373,17 @@ class JobQueue:
         for name in copies:
             self._gcs.delete(self._s.state_bucket, name)
         self._gcs.delete(self._s.state_bucket, coalescing.grown_manifest(job.manifest, hold.batch))
-        data = coalescing.released(data, hold.batch)
-        cleared = self._gcs.replace(self._s.state_bucket, path, data, generation)
-        return None if cleared is None else Record(data, cleared)
+        cleared = self._apply(job_id, record, Event.RELEASE_HOLD, Change(batch=hold.batch))
+        return None if cleared is None or cleared.generation is None else Record(cleared.data, cleared.generation)
 
-    def _start_claimed(self, job: Job, slot: int, generation: int) -> StartResult:
-        """Makes the API call for a job this caller holds (state STARTING, slot taken)."""
+    def _apply(self, job_id: str, record: Record | None, event: Event, change: Change = NO_CHANGE,
+               attempts: int = 1) -> job_record.Applied | None:
+        """The one way this class writes a job record (functions.job_record)."""
+        return apply_transition(self._gcs, self._s.state_bucket, self.job_path(job_id), record, event, change,
+                                attempts=attempts)
+
+    def _start_claimed(self, job: Job, slot: int, record: Record) -> StartResult:
+        """Makes the API call for a job this caller holds (`record`: its STARTING record)."""
         job_id = job.job_id
         attempted_at = self._clock()
         try:
@@ -397,22 +401,22 @@ class JobQueue:
         except UnknownOutcomeError as exc:
             logger.warning("the start's outcome is unknown; the job keeps its slot until the poller finds out",
                            extra=fields(job=job_id, slot=slot, error=str(exc)[:300]))
-            unconfirmed = {"job": job.to_json(), "state": "UNCONFIRMED", "slot": slot, "attemptedAt": attempted_at}
             self._gcs.create(self._s.state_bucket, self.unconfirmed_path(job_id), {"job": job_id})
-            # A failed replace: the poller took the job over already (it is UNCONFIRMED there too).
-            self._gcs.replace(self._s.state_bucket, self.job_path(job_id), unconfirmed, generation)
+            # A failed swap: the poller took the job over already (it is UNCONFIRMED there too).
+            self._apply(job_id, record, Event.OUTCOME_UNKNOWN, Change(now=attempted_at))
             return StartResult(None, queued=False, unconfirmed=True)
         except RetryableError as exc:
             logger.warning("could not start the job; it stays queued",
                            extra=fields(job=job_id, error=str(exc)))
-            if self._gcs.replace(self._s.state_bucket, self.job_path(job_id),
-                                 {"job": job.to_json(), "state": "PENDING"}, generation) is not None:
+            if self._apply(job_id, record, Event.START_FAILED) is not None:
                 self.release_slot(slot, job.job_id)
             # else: taken over as UNCONFIRMED while we called (our lease ran out); its slot stays.
             return StartResult(None, queued=True)
         tracked = StartedOperation(name=name, job=job, slot=slot, started_at=attempted_at)
         self._track(tracked)
-        self._gcs.delete(self._s.state_bucket, self.job_path(job_id))
+        # Whatever the record's state by now (the poller may have turned it UNCONFIRMED, or queued
+        # it again, while we called): the operation is tracked, so the job goes.
+        self._apply(job_id, record, Event.TRACK, attempts=_TRACK_ATTEMPTS)
         logger.info("operation started", extra=fields(job=job_id, kind=job.kind, operation=name, slot=slot))
         return StartResult(name, queued=False)
 
@@ -433,9 +437,10 @@ class JobQueue:
                 logger.warning("an unconfirmed job had adopted an operation another job started; "
                                "it is unconfirmed again",
                                extra=fields(job=other.job.job_id, operation=started.name))
-                self._gcs.write(self._s.state_bucket, self.job_path(other.job.job_id),
-                                {"job": other.job.to_json(), "state": "UNCONFIRMED", "slot": other.slot,
-                                 "attemptedAt": float(other.extra.get("attemptedAt", other.started_at))})
+                unconfirmed = JobRecord(job=other.job.to_json(), state=State.UNCONFIRMED, slot=other.slot,
+                                        attempted_at=float(other.extra.get("attemptedAt", other.started_at)))
+                self._apply(other.job.job_id, self._gcs.read(self._s.state_bucket, self.job_path(other.job.job_id)),
+                            Event.UNADOPT, Change(from_record=unconfirmed), attempts=_TRACK_ATTEMPTS)
                 self._gcs.write(self._s.state_bucket, self.unconfirmed_path(other.job.job_id),
                                 {"job": other.job.job_id})
         self._gcs.write(self._s.state_bucket, path, started.to_json())
@@ -443,12 +448,9 @@ class JobQueue:
     def _mark_unconfirmed(self, record: Record, why: str) -> bool:
         """Turns a STARTING job whose lease ran out into UNCONFIRMED (it keeps its slot)."""
         job = Job.from_json(record.data["job"])
-        claimed_at = float(record.data.get("claimedAt",
-                                           float(record.data.get("leaseUntil", 0)) - self._s.claim_lease_seconds))
-        unconfirmed = {"job": job.to_json(), "state": "UNCONFIRMED", "slot": record.data.get("slot"),
-                       "attemptedAt": claimed_at}
         self._gcs.create(self._s.state_bucket, self.unconfirmed_path(job.job_id), {"job": job.job_id})
-        if self._gcs.replace(self._s.state_bucket, self.job_path(job.job_id), unconfirmed, record.generation) is None:
+        if self._apply(job.job_id, record, Event.LEASE_RAN_OUT,
+                       Change(now=self._clock(), lease_seconds=self._s.claim_lease_seconds)) is None:
             return False
         logger.warning("a job's start has an unknown outcome; it keeps its slot until the poller finds out",
                        extra=fields(job=job.job_id, reason=why))
@@ -508,7 +510,7 @@ class JobQueue:
         generation = self._gcs.create(self._s.state_bucket, path, adopted.to_json(), _labels(job))
         if generation is None:
             return "waiting"  # somebody tracked it just now; the next run looks again
-        if not self._gcs.delete(self._s.state_bucket, self.job_path(job.job_id), record.generation):
+        if self._apply(job.job_id, record, Event.ADOPT) is None:
             # The job changed under us (its own starter finished after all): withdraw the guess,
             # unless that starter has made the record its own meanwhile.
             self._gcs.delete(self._s.state_bucket, path, generation)
@@ -520,9 +522,7 @@ class JobQueue:
     def _requeue_unconfirmed(self, record: Record) -> str:
         job = Job.from_json(record.data["job"])
         # `attempted`: an operation of this start may still turn up, so the job never grows.
-        if self._gcs.replace(self._s.state_bucket, self.job_path(job.job_id),
-                             {"job": job.to_json(), "state": "PENDING", "attempted": record.data["attemptedAt"]},
-                             record.generation) is None:
+        if self._apply(job.job_id, record, Event.REQUEUE_UNCONFIRMED) is None:
             return "waiting"
         self.release_slot(int(record.data["slot"]), job.job_id)
         self._gcs.delete(self._s.state_bucket, self.unconfirmed_path(job.job_id))

@@ -1,0 +1,385 @@
+"""The job record (`jobs/{J}.json`): its typed form, the transitions it may take, and the one
+function that writes it.
+
+A record is in one of three states. PENDING: queued, waiting for a slot (or for the running
+import, growing meanwhile). STARTING: a starter holds a slot and a lease and is calling the API.
+UNCONFIRMED: a start whose outcome is unknown; it keeps its slot until the poller finds out
+(docs/decisions/0300). Next to the state a record carries:
+- `holds`: later windows growing a PENDING staging import, each with its lease (`until`) and,
+  once a starter found it run out, `cancelled` (functions.coalescing).
+- `closing`: a starter could start the job but found live holds: no new hold is taken, so
+  overlapping growers cannot keep a job from ever starting.
+- `attempted`: the time of an earlier start whose outcome was unknown and which began no
+  operation as far as the poller could tell; such a job never grows (its operation may yet turn
+  up and have read its prefix).
+- `job.grown`: the batches committed into the job (part of the job itself).
+
+Every write goes through `apply`: it looks up the row of `TRANSITIONS` for the record's state and
+the event, checks the row's guard, and writes the result with a precondition on the generation it
+read (create-if-absent for a new record, delete-if-unchanged for a removed one). A lost race is
+retried on a fresh read when the caller asks for it. docs/state.md shows the table (a unit test
+keeps the two the same).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+from google.api_core.exceptions import TooManyRequests
+
+from functions.clients import ObjectStore, Record
+from functions.log import fields
+
+logger = logging.getLogger(__name__)
+
+# A grown job is one LRO; past this many objects a window starts a job of its own, so that one
+# import (and its manifest, read back on failure) stays bounded.
+MAX_GROWN_OBJECTS = 50_000
+# Growers of one job at once; a window that finds this many plans a job of its own.
+MAX_HOLDS = 8
+
+
+class State(Enum):
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    UNCONFIRMED = "UNCONFIRMED"
+
+
+class Event(Enum):
+    QUEUE = "queue"  # a new job, no slot free (or it waits for the running import)
+    QUEUE_STARTING = "queue with a slot"  # a new job that took a free slot
+    HOLD = "hold"  # a later window starts growing the job
+    RENEW_HOLD = "renew hold"
+    COMMIT_GROWTH = "commit growth"  # the grower's copies become part of the job
+    RELEASE_HOLD = "release hold"  # a grower takes its growth back, or a starter removes a dead one
+    CANCEL_HOLD = "cancel hold"  # a starter found the hold run out: its grower can no longer commit
+    CLOSE = "close"  # a starter could start it but waits for live holds
+    REOPEN = "reopen"  # the start it was closed for waits for another import after all
+    START = "start"  # a starter takes a slot and a lease
+    START_FAILED = "start failed"  # the API refused for now (retryable): queued again, slot freed
+    OUTCOME_UNKNOWN = "outcome unknown"  # the starter's own call ended without an answer
+    LEASE_RAN_OUT = "lease ran out"  # the starter died mid-call (found by a starter or the poller)
+    REQUEUE_UNCONFIRMED = "requeue unconfirmed"  # the poller found no operation: queued, slot freed
+    TRACK = "track"  # its operation is tracked (`operations/`): the record goes
+    ADOPT = "adopt"  # the poller found the operation an unconfirmed start began
+    DROP_TRACKED = "drop tracked"  # a starter died after tracking, before deleting the record
+    UNADOPT = "unadopt"  # the operation adopted for it was another job's: unconfirmed again
+
+
+@dataclass(frozen=True)
+class Hold:
+    batch: str
+    until: float
+    cancelled: bool = False
+
+    def live(self, now: float) -> bool:
+        """May its grower still commit? (Not cancelled, not run out.)"""
+        return self.until > now and not self.cancelled
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """`jobs/{J}.json`, typed. `job` is the job's own JSON (functions.jobs.Job.to_json)."""
+
+    job: Mapping[str, Any]
+    state: State
+    slot: int | None = None  # STARTING, UNCONFIRMED
+    claimed_at: float | None = None  # STARTING
+    lease_until: float | None = None  # STARTING
+    attempted_at: float | None = None  # UNCONFIRMED: when the start of unknown outcome was made
+    attempted: float | None = None  # see the module docstring
+    holds: Mapping[str, Hold] = field(default_factory=dict)  # PENDING
+    closing: bool = False  # PENDING
+
+    @property
+    def job_id(self) -> str:
+        return str(self.job["job_id"])
+
+    def live_holds(self, now: float) -> list[Hold]:
+        return [h for h in self.holds.values() if h.live(now)]
+
+    def start_attempted_at(self, lease_seconds: float) -> float:
+        """When a STARTING job's start began (records without `claimedAt` have their lease)."""
+        if self.claimed_at is not None:
+            return self.claimed_at
+        return (self.lease_until or 0.0) - lease_seconds
+
+    def growable(self, storage_class: str | None) -> bool:
+        """May this job take more uploads of `storage_class`?
+
+        Only a PENDING staging import that was never attempted, that no starter is waiting to
+        start (`closing`, or a hold it is undoing) and that has room for another grower.
+        """
+        job = self.job
+        return (self.state is State.PENDING and self.attempted is None and not self.closing
+                and len(self.holds) < MAX_HOLDS and not any(h.cancelled for h in self.holds.values())
+                and job.get("kind") == "import" and bool(job.get("staging_prefix")) and not job.get("redrive_of")
+                and job.get("storage_class") == storage_class
+                and int(job.get("object_count", 0)) < MAX_GROWN_OBJECTS)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"job": dict(self.job), "state": self.state.value}
+        if self.slot is not None:
+            out["slot"] = self.slot
+        if self.claimed_at is not None:
+            out["claimedAt"] = self.claimed_at
+        if self.lease_until is not None:
+            out["leaseUntil"] = self.lease_until
+        if self.attempted_at is not None:
+            out["attemptedAt"] = self.attempted_at
+        if self.attempted is not None:
+            out["attempted"] = self.attempted
+        if self.holds:
+            out["holds"] = {batch: {"until": h.until, **({"cancelled": True} if h.cancelled else {})}
+                            for batch, h in sorted(self.holds.items())}
+        if self.closing:
+            out["closing"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobRecord:
+        def number(key: str) -> float | None:
+            return float(data[key]) if data.get(key) is not None else None
+
+        slot = data.get("slot")
+        return cls(job=dict(data.get("job", {})), state=State(data.get("state", "PENDING")),
+                   slot=int(slot) if slot is not None else None, claimed_at=number("claimedAt"),
+                   lease_until=number("leaseUntil"), attempted_at=number("attemptedAt"),
+                   attempted=number("attempted"), holds=holds_of(data), closing=bool(data.get("closing")))
+
+
+def holds_of(data: Mapping[str, Any]) -> dict[str, Hold]:
+    """The holds of a record's JSON by batch; also the single `hold` some records carry."""
+    holds: dict[str, Hold] = {}
+    raw = data.get("holds")
+    if isinstance(raw, dict):
+        for batch, value in raw.items():
+            holds[str(batch)] = Hold(str(batch), float(value["until"]), bool(value.get("cancelled", False)))
+    single = data.get("hold")
+    if isinstance(single, dict):
+        batch = str(single["batch"])
+        holds[batch] = Hold(batch, float(single["until"]), bool(single.get("cancelled", False)))
+    return holds
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an event brings along (only the fields its row reads)."""
+
+    now: float = 0.0
+    slot: int | None = None
+    lease_seconds: float = 0.0
+    batch: str = ""
+    until: float = 0.0
+    added: int = 0
+    storage_class: str | None = None
+    job: Mapping[str, Any] | None = None  # QUEUE, QUEUE_STARTING: the new job's JSON
+    from_record: JobRecord | None = None  # UNADOPT: what the tracked operation knew of the job
+
+
+NO_CHANGE = Change()
+Guard = Callable[[JobRecord | None, Change], bool]
+Effect = Callable[[JobRecord | None, Change], JobRecord | None]
+
+
+@dataclass(frozen=True)
+class Transition:
+    to: State | None  # None: the record is deleted
+    guard: Guard
+    guard_text: str
+    effect: Effect
+
+
+def _hold_of(batch_must_be_live: bool) -> Guard:
+    def guard(record: JobRecord | None, change: Change) -> bool:
+        hold = record.holds.get(change.batch) if record else None
+        return hold is not None and not (batch_must_be_live and hold.cancelled)
+    return guard
+
+
+def _always(record: JobRecord | None, change: Change) -> bool:
+    return True
+
+
+def _new(state: State) -> Effect:
+    def effect(record: JobRecord | None, change: Change) -> JobRecord:
+        assert change.job is not None
+        if state is State.PENDING:
+            return JobRecord(job=change.job, state=state)
+        return JobRecord(job=change.job, state=state, slot=change.slot, claimed_at=change.now,
+                         lease_until=change.now + change.lease_seconds)
+    return effect
+
+
+def _with_holds(holds: Callable[[JobRecord, Change], dict[str, Hold]]) -> Effect:
+    def effect(record: JobRecord | None, change: Change) -> JobRecord:
+        assert record is not None
+        return replace(record, holds=holds(record, change))
+    return effect
+
+
+def _committed(record: JobRecord | None, change: Change) -> JobRecord:
+    assert record is not None
+    job = dict(record.job)
+    job["grown"] = [*job.get("grown", []), change.batch]
+    job["object_count"] = int(job.get("object_count", 0)) + change.added
+    return replace(record, job=job, holds={b: h for b, h in record.holds.items() if b != change.batch})
+
+
+def _starting(record: JobRecord | None, change: Change) -> JobRecord:
+    assert record is not None
+    return JobRecord(job=record.job, state=State.STARTING, slot=change.slot, claimed_at=change.now,
+                     lease_until=change.now + change.lease_seconds, attempted=record.attempted)
+
+
+def _unconfirmed(attempted_at: Callable[[JobRecord, Change], float]) -> Effect:
+    def effect(record: JobRecord | None, change: Change) -> JobRecord:
+        assert record is not None
+        return JobRecord(job=record.job, state=State.UNCONFIRMED, slot=record.slot,
+                         attempted_at=attempted_at(record, change))
+    return effect
+
+
+def _requeued(record: JobRecord | None, change: Change) -> JobRecord:
+    assert record is not None
+    return JobRecord(job=record.job, state=State.PENDING)
+
+
+def _requeued_unconfirmed(record: JobRecord | None, change: Change) -> JobRecord:
+    assert record is not None
+    return JobRecord(job=record.job, state=State.PENDING, attempted=record.attempted_at)
+
+
+def _unadopted(record: JobRecord | None, change: Change) -> JobRecord:
+    assert change.from_record is not None
+    return change.from_record
+
+
+def _deleted(record: JobRecord | None, change: Change) -> None:
+    return None
+
+
+_P, _S, _U = State.PENDING, State.STARTING, State.UNCONFIRMED
+
+TRANSITIONS: dict[tuple[State | None, Event], Transition] = {
+    (None, Event.QUEUE): Transition(_P, _always, "no record of that id", _new(_P)),
+    (None, Event.QUEUE_STARTING): Transition(_S, _always, "no record of that id; a slot taken", _new(_S)),
+    (None, Event.UNADOPT): Transition(_U, _always, "no record (the adoption deleted it)", _unadopted),
+    (_U, Event.UNADOPT): Transition(_U, _always, "the adoption has not deleted it yet: the new "
+                                    "generation makes that deletion fail", _unadopted),
+    (_P, Event.HOLD): Transition(
+        _P, lambda r, c: r is not None and r.growable(c.storage_class),
+        "growable: a staging import, never attempted, not closing, no cancelled hold, "
+        f"< {MAX_HOLDS} holds, < {MAX_GROWN_OBJECTS} objects, same storage class",
+        _with_holds(lambda r, c: {**r.holds, c.batch: Hold(c.batch, c.until)})),
+    (_P, Event.RENEW_HOLD): Transition(
+        _P, _hold_of(True), "our hold is there, not cancelled",
+        _with_holds(lambda r, c: {**r.holds, c.batch: Hold(c.batch, c.until)})),
+    (_P, Event.COMMIT_GROWTH): Transition(
+        _P, _hold_of(True), "our hold is there, not cancelled", _committed),
+    (_P, Event.RELEASE_HOLD): Transition(
+        _P, _hold_of(False), "the hold is there",
+        _with_holds(lambda r, c: {b: h for b, h in r.holds.items() if b != c.batch})),
+    (_P, Event.CANCEL_HOLD): Transition(
+        _P, _hold_of(True), "the hold is there, not cancelled (the starter found it run out)",
+        _with_holds(lambda r, c: {**r.holds, c.batch: Hold(c.batch, r.holds[c.batch].until, cancelled=True)})),
+    (_P, Event.CLOSE): Transition(
+        _P, lambda r, c: r is not None and bool(r.live_holds(c.now)) and not r.closing,
+        "live holds, not closing yet; the slot taken for it goes back",
+        lambda r, c: replace(r, closing=True) if r else None),
+    (_P, Event.REOPEN): Transition(
+        _P, lambda r, c: r is not None and r.closing, "closing; another import runs",
+        lambda r, c: replace(r, closing=False) if r else None),
+    (_P, Event.START): Transition(
+        _S, lambda r, c: r is not None and not r.live_holds(c.now), "no live holds; a slot taken", _starting),
+    (_S, Event.START_FAILED): Transition(
+        _P, _always, "the API answered with a retryable error; the slot goes back", _requeued),
+    (_S, Event.OUTCOME_UNKNOWN): Transition(
+        _U, _always, "the call ended without an answer; the slot stays",
+        _unconfirmed(lambda r, c: c.now)),
+    (_S, Event.LEASE_RAN_OUT): Transition(
+        _U, lambda r, c: r is not None and (r.lease_until or 0.0) <= c.now,
+        "the lease ran out; the slot stays",
+        _unconfirmed(lambda r, c: r.start_attempted_at(c.lease_seconds))),
+    (_U, Event.REQUEUE_UNCONFIRMED): Transition(
+        _P, _always, "no operation of it found in time; the slot goes back", _requeued_unconfirmed),
+    (_S, Event.TRACK): Transition(None, _always, "its operation is tracked", _deleted),
+    (_U, Event.TRACK): Transition(None, _always, "its starter tracked its operation after all", _deleted),
+    (_P, Event.TRACK): Transition(None, _always, "its starter tracked its operation after the poller "
+                                  "queued it again", _deleted),
+    (_U, Event.ADOPT): Transition(None, _always, "the operation it began is tracked", _deleted),
+    (_P, Event.DROP_TRACKED): Transition(None, _always, "its operation is tracked already", _deleted),
+    (_S, Event.DROP_TRACKED): Transition(None, _always, "its operation is tracked already", _deleted),
+    (_U, Event.DROP_TRACKED): Transition(None, _always, "its operation is tracked already", _deleted),
+}
+
+
+def transition(record: JobRecord | None, event: Event, change: Change = NO_CHANGE) -> tuple[bool, JobRecord | None]:
+    """(allowed, the record after `event`): not allowed when no row matches or its guard fails."""
+    row = TRANSITIONS.get((record.state if record else None, event))
+    if row is None or not row.guard(record, change):
+        return False, None
+    after = row.effect(record, change)
+    if after is not None and after.state is not row.to:
+        after = replace(after, state=row.to) if row.to is not None else None
+    return True, after
+
+
+@dataclass(frozen=True)
+class Applied:
+    record: JobRecord | None  # None: deleted
+    generation: int | None  # None: deleted
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.record.to_json() if self.record else {}
+
+
+def apply(gcs: ObjectStore, bucket: str, path: str, current: Record | None, event: Event,
+          change: Change = NO_CHANGE, *, attempts: int = 1, throttle_is_loss: bool = False) -> Applied | None:
+    """Applies `event` to the record at `path`, read as `current` (None: absent), with a
+    compare-and-swap on its generation. None when no row allows it or the swap was lost.
+
+    `attempts` > 1: a lost swap is retried on a fresh read (other writers change the record too).
+    `throttle_is_loss`: a 429 from Cloud Storage (nothing was written) counts as a lost swap.
+    """
+    for attempt in range(attempts):
+        if attempt:
+            current = gcs.read(bucket, path)
+        record = JobRecord.from_json(current.data) if current is not None else None
+        allowed, after = transition(record, event, change)
+        if not allowed:
+            return None
+        try:
+            if current is None:
+                assert after is not None
+                generation = gcs.create(bucket, path, after.to_json())
+                if generation is not None:
+                    return Applied(after, generation)
+                continue
+            if after is None:
+                if gcs.delete(bucket, path, current.generation):
+                    return Applied(None, None)
+                continue
+            generation = gcs.replace(bucket, path, after.to_json(), current.generation)
+        except TooManyRequests:
+            if not throttle_is_loss:
+                raise
+            logger.warning("a swap of a job record was throttled", extra=fields(record=path, event=event.value))
+            generation = None
+        if generation is not None:
+            return Applied(after, generation)
+    return None
+
+
+def markdown_table() -> str:
+    """The transition table as docs/state.md shows it."""
+    lines = ["| state | event | new state | guard |", "|---|---|---|---|"]
+    for (state, event), row in TRANSITIONS.items():
+        lines.append(f"| {state.value if state else '(none)'} | {event.value} | "
+                     f"{row.to.value if row.to else '(deleted)'} | {row.guard_text} |")
+    return "\n".join(lines)
