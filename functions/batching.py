@@ -43,7 +43,7 @@ OTHERS_LISTED = 1_000
 # "old" objects are mostly the previous window's uploads (a folder split across windows), and a
 # glob over their folder would read them twice. A re-read is priced at a tenth of an LRO, so a glob
 # never re-reads to save copies (a window would need over 1,000 uploads per object read again);
-# it still may to save a whole operation. See docs/decisions/0701.
+# it still may to save a whole operation. See docs/decisions/0700.
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16

@@ -6,7 +6,7 @@ whatever lies there when the LRO starts) instead of queueing one more job behind
 of LROs follows upload time / LRO time, not the number of windows. A job that has started (or whose
 start was attempted) is frozen: its LRO may already have listed its prefix.
 
-The job record decides, with compare-and-swap on its generation (see docs/decisions/0700, 0704):
+The job record decides, with compare-and-swap on its generation (see docs/decisions/0700):
 1. hold: the grower adds `holds[batch] = {until}` to the PENDING record. A starter that finds a
    live hold leaves the job queued. If the starter's swap to STARTING came first, the hold fails
    before anything was copied; if a hold came first, the starter's swap fails. Several windows

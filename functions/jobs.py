@@ -286,7 +286,7 @@ class JobQueue:
         the running import will not read what arrives meanwhile, so the waiting one grows
         (functions.coalescing) and starts when the running one is done. During a long upload this
         keeps the number of LROs near upload time / LRO time instead of cap times that. Globs (they
-        cannot grow), redrives and exports never wait. See docs/decisions/0702.
+        cannot grow), redrives and exports never wait. See docs/decisions/0700.
         """
         if (job.kind != "import" or not job.staging_prefix or job.redrive_of
                 or self._s.import_coalesce_seconds <= 0):

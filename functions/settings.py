@@ -83,7 +83,7 @@ class Settings:
     settle_seconds: float = 2.0  # DICOM_SETTLE_SECONDS: wait after a window closes for stragglers
     max_concurrent_operations: int = 5  # DICOM_MAX_CONCURRENT_OPERATIONS: LROs per store at once
     # DICOM_IMPORT_COALESCE_SECONDS: while another import runs, a queued import waits (taking later
-    # uploads) until it is this old; 0 starts it at once when a slot is free. See docs/decisions/0702.
+    # uploads) until it is this old; 0 starts it at once when a slot is free. See docs/decisions/0700.
     import_coalesce_seconds: float = 300.0
     claim_lease_seconds: float = 30.0  # DICOM_CLAIM_LEASE_SECONDS: after this a dead starter's work is taken over
     max_event_age_seconds: float = 3600.0  # DICOM_MAX_EVENT_AGE_SECONDS: older events are dropped

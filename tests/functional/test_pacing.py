@@ -1,4 +1,4 @@
-"""A queued import waits for the running one (DICOM_IMPORT_COALESCE_SECONDS, docs/decisions/0702).
+"""A queued import waits for the running one (DICOM_IMPORT_COALESCE_SECONDS, docs/decisions/0700).
 
 While an import of the pipeline runs, a new import job does not take one of the free slots: it
 stays queued and later windows grow it, so a long upload makes about one LRO per LRO duration
