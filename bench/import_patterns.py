@@ -507,7 +507,7 @@ def run_pipeline(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
         "completionEvents": len(events),
         "completionStates": dict(Counter(e["state"] for e in events)),
         "completionSuccess": sum(int(e.get("counters", {}).get("success", 0)) for e in events),
-        # LRO time (createTime -> endTime) next to the upload time: with coalescing (decision 0702)
+        # LRO time (createTime -> endTime) next to the upload time: with coalescing (decision 0700)
         # the number of LROs should follow upload time / LRO time, not the number of files.
         "lroSecondsP50": _round(_pct([float(e["durationSeconds"]) for e in events if "durationSeconds" in e], 0.5)),
         "lroSecondsMean": _round(statistics.fmean([float(e["durationSeconds"]) for e in events
@@ -720,7 +720,7 @@ def check_targets(results: dict[str, dict[str, Any]], poll_seconds: float = POLL
                            f"{p['filesReadMoreThanOnce']} new files read >1, "
                            f"{p['oldObjectsReadAgain']} old read again"))
         if key == "bulk":
-            # A migration's uploads wait for the running import (decision 0702): at most the
+            # A migration's uploads wait for the running import (decision 0700): at most the
             # coalescing age after their window's import was planned, plus a poller period.
             bound = (PRODUCTION["debounce_seconds"] + PRODUCTION["settle_seconds"]
                      + PRODUCTION["import_coalesce_seconds"] + poll_seconds + LATENCY_SLACK)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 _POOL_SIZE = 64
 # How long one call waits out 429s and 5xx before the fault reaches the caller. Shorter than the
-# lease a leader keeps before each round of calls (`min(lease / 2, 10 s)`, decision 0705), so that
+# lease a leader keeps before each round of calls (`min(lease / 2, 10 s)`, decision 0700), so that
 # a throttled call never outlasts its claim; the leader then retries the round itself, renewing
 # its claim in between (decision 0752). google-cloud-storage's own deadline is 120 s.
 STORAGE_RETRY_SECONDS = 8.0

@@ -168,7 +168,7 @@ def _slow_grower(w: World, a: Any) -> tuple[str, list[Delivery]]:
 
 def test_windows_whose_leaders_overlap_grow_the_same_waiting_import() -> None:
     """A leader slower than a window (thousands of copies) still has company: the next window's
-    leader holds the job beside it instead of queueing a job of its own (decision 0704)."""
+    leader holds the job beside it instead of queueing a job of its own (decision 0700)."""
     w, a, blocker = _blocked_world()
     job, slow = _slow_grower(w, a)
     fast = led(staging_window(w, 2, [w.instance()]))  # planned while the first grower still copies
@@ -325,8 +325,8 @@ def _large_window(w: World, k: int, instances: list[Any]) -> tuple[list[Delivery
 
 
 def test_a_grower_whose_copies_outlast_its_hold_renews_it_and_the_job_waits_for_them() -> None:
-    """Decision 0705: before, the starter undid a slow grower's growth once the hold ran out, and the
-    poller took its window over: every copy made again."""
+    """Decision 0700: a grower slower than its hold renews it, so the starter waits for its copies
+    instead of undoing the growth (and the poller planning the window again, every copy made twice)."""
     w, a, blocker = _blocked_world()
     first = led(staging_window(w, 0, [a]))
     lease = w.settings.claim_lease_seconds

@@ -263,7 +263,7 @@ def test_a_leader_close_to_the_end_of_its_lease_renews_its_claim_before_queueing
 def test_a_leader_whose_staging_outlasts_its_lease_renews_its_claim_and_keeps_the_window(
         world: World, share: float, poll_in: int) -> None:
     """Seen in the 100,000-file bench: with Cloud Storage slow, a leader still copying past its lease
-    lost its window to the poller, which planned and copied it all again (decision 0705)."""
+    lost its window to the poller, which planned and copied it all again (decision 0700)."""
     lease = world.settings.claim_lease_seconds
     old = "slow/a064.dcm"  # an imported file amid the new ones: staging beats a glob that re-reads it
     world.store.put(UPLOADS, old, dicom_factory.instance())
@@ -293,7 +293,7 @@ def test_a_leader_whose_staging_outlasts_its_lease_renews_its_claim_and_keeps_th
 
 
 def test_a_leader_whose_reads_outlast_its_lease_renews_its_claim_between_them(world: World) -> None:
-    """The same in planning (decision 0705): reading the queue, then listing the upload bucket, each
+    """The same in planning (decision 0700): reading the queue, then listing the upload bucket, each
     take most of a lease (a throttled Cloud Storage); the poller runs during the second."""
     lease = world.settings.claim_lease_seconds
     world.faults.stall(0.7 * lease, method="list", name="jobs/", nth=1)  # the queued jobs
@@ -349,7 +349,7 @@ def test_a_start_slower_than_the_lease_keeps_its_slot_when_the_poller_looked_bef
 
 def test_a_window_in_a_large_tree_lists_at_most_a_thousand_objects_beyond_its_own(world: World) -> None:
     """In a migration a window's uploads share only the tree's root: listing all of it for each
-    window (up to 20,000 objects, 21 pages) bought no glob a plan could use (decision 0703)."""
+    window (up to 20,000 objects, 21 pages) bought no glob a plan could use (decision 0700)."""
     for k in range(2_500):
         world.store.put(UPLOADS, f"tree/old/{k:05d}.dcm", b"old")
     listed: list[tuple[str, int]] = []

@@ -245,7 +245,7 @@ def test_a_leader_killed_before_any_call_of_grow_and_start_loses_nothing(step: i
 
 
 def test_a_job_closed_for_a_start_that_another_import_overtook_grows_again() -> None:
-    """Closed (decision 0704) because it could start while a window held it; meanwhile another
+    """Closed (decision 0700) because it could start while a window held it; meanwhile another
     import started, so it has to wait after all: it takes later windows again."""
     w, a, running = _running_world()
     [job] = led(staging_window(w, 1, [a])).jobs  # waits behind the running import

@@ -308,7 +308,7 @@ def test_uploads_a_queued_wildcard_import_will_read_are_not_imported_again(healt
 
 def test_an_import_planned_while_another_runs_waits_and_grows_although_slots_are_free(
         healthcare_emulator: str, fake_gcs: str, pubsub_emulator: str) -> None:
-    """Decision 0702 on the real emulators: five slots, one import held running by the emulator."""
+    """decision 0700 on the real emulators: five slots, one import held running by the emulator."""
     d = Deployment.create(healthcare_emulator)  # the production coalescing age (300 s)
     d.emulator("reset", {})
     d.emulator("config", {"operationDelaySeconds": 600})
