@@ -21,6 +21,7 @@ from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.job_record import Change, Event
 from functions.jobs import Job, JobQueue
+from functions.lease import CLOCK_SKEW_SECONDS, Lease, renewal_margin
 from functions.log import fields
 from functions.retry import is_transient
 from functions.selection import is_importable
@@ -94,7 +95,7 @@ class _Lease:
 
     path: str
     generation: int
-    until: float
+    lease: Lease
     lost: bool = False
 
 
@@ -106,7 +107,7 @@ class _HeldJob:
     batch: str
     data: dict[str, Any]
     generation: int
-    until: float
+    lease: Lease
     lost: bool = False
 
 
@@ -278,12 +279,12 @@ class WindowBatcher:
         growable (it started, a starter waits for it, or it has all the growers it may have). See
         functions.coalescing."""
         job = Job.from_json(target.data["job"])
-        until = self._clock() + self._s.claim_lease_seconds
+        hold_lease = Lease.starting(self._clock(), self._s.claim_lease_seconds)
         swapped = self._swap_job(job.job_id, target, Event.HOLD,
-                                 Change(batch=batch_id, until=until, storage_class=job.storage_class))
+                                 Change(batch=batch_id, until=hold_lease.until, storage_class=job.storage_class))
         if swapped is None:
             return None
-        hold = _HeldJob(job, batch_id, *swapped, until)
+        hold = _HeldJob(job, batch_id, *swapped, hold_lease)
         entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id),
                              keep=lambda ahead: self._keep_claim(lease, ahead) and self._keep_hold(hold, ahead))
         return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or lease.lost))
@@ -336,57 +337,57 @@ class WindowBatcher:
         self._parallel(lambda name: self._gcs.delete(self._s.state_bucket, name), names)
 
     def _keep_claim(self, lease: _Lease, ahead: float = 0.0) -> bool:
-        """Renews the window's claim when less than `_fence_margin` (or `ahead` seconds, when more)
-        of it is left; no call before.
+        """Renews the window's claim when it is due (`Lease.due_for_renewal` with the renewal margin
+        and `ahead`); no call before.
 
         A leader that is slow, not dead (a large window, a throttled or saturated Cloud Storage),
         keeps its window instead of having the poller plan it again: decision 0705. False once the
         claim is somebody else's.
         """
         now = self._clock()
-        if lease.lost or lease.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
+        if lease.lost or not lease.lease.due_for_renewal(now, renewal_margin(self._s.claim_lease_seconds), ahead):
             return not lease.lost
         while True:
-            until = self._clock() + self._s.claim_lease_seconds
+            renewed = lease.lease.renewed(self._clock(), self._s.claim_lease_seconds)
             try:
                 generation = self._gcs.replace(self._s.state_bucket, lease.path,
-                                               {"holder": self._holder, "leaseUntil": until}, lease.generation)
+                                               {"holder": self._holder, "leaseUntil": renewed.until}, lease.generation)
                 break
             except Exception as exc:
                 # A throttled renewal is tried again while the lease lasts (decision 0752); after
                 # that the claim may be somebody else's, and a late swap would fail anyway.
-                if not is_transient(exc) or self._clock() >= lease.until:
+                if not is_transient(exc) or lease.lease.expired(self._clock()):
                     raise
                 logger.warning("renewing the window's claim was throttled; trying again",
                                extra=fields(claim=lease.path, error=type(exc).__name__))
         if generation is None:
             lease.lost = True  # `run` says so once it stops
             return False
-        lease.generation, lease.until = generation, until
+        lease.generation, lease.lease = generation, renewed
         return True
 
     def _keep_hold(self, held: _HeldJob, ahead: float = 0.0) -> bool:
         """Renews this window's hold on the job it grows, as `_keep_claim` does its claim. False
         once a starter has cancelled (or removed) the hold: the copies would not be read."""
         now = self._clock()
-        if held.lost or held.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
+        if held.lost or not held.lease.due_for_renewal(now, renewal_margin(self._s.claim_lease_seconds), ahead):
             return not held.lost
-        until = now + self._s.claim_lease_seconds
+        renewed = held.lease.renewed(now, self._s.claim_lease_seconds)
         swapped = self._swap_job(held.job.job_id, Record(held.data, held.generation), Event.RENEW_HOLD,
-                                 Change(batch=held.batch, until=until))
+                                 Change(batch=held.batch, until=renewed.until))
         if swapped is None:
             held.lost = True  # `_commit` fails on it and says so
             return False
-        (held.data, held.generation), held.until = swapped, until
+        (held.data, held.generation), held.lease = swapped, renewed
         return True
 
     def _fence(self, lease: _Lease) -> bool:
         """Checks, before anything of the plan becomes durable, that the claim is still ours.
 
-        False when it was taken over (its lease ran out while we planned). With less than
-        `_fence_margin` of the lease left the claim is renewed (`_keep_claim`), so the few calls
-        up to the deletion of the records all fall inside the lease. (A pause longer than that
-        margin between the check and the queued jobs can still double a batch: Cloud Storage has
+        False when it was taken over (its lease ran out while we planned). With less than the
+        renewal margin (`functions.lease.renewal_margin`) left the claim is renewed (`_keep_claim`),
+        so the few calls up to the deletion of the records all fall inside the lease. (A pause longer
+        than that margin between the check and the queued jobs can still double a batch: Cloud Storage has
         no fencing tokens.) Unlike `_keep_claim`, it reads the claim: a takeover shows here even
         when our lease looked long enough.
         """
@@ -413,18 +414,18 @@ class WindowBatcher:
     def _claim(self, window: str) -> tuple[_Lease, bool] | None:
         """The claim, and whether it was taken over from a leader that died."""
         now = self._clock()
-        until = now + self._s.claim_lease_seconds
-        claim = {"holder": self._holder, "leaseUntil": until}
+        lease = Lease.starting(now, self._s.claim_lease_seconds)
+        claim = {"holder": self._holder, "leaseUntil": lease.until}
         path = self.claim_path(window)
         generation = self._gcs.create(self._s.state_bucket, path, claim)
         if generation is not None:
-            return _Lease(path, generation, until), False
+            return _Lease(path, generation, lease), False
         current = self._gcs.read(self._s.state_bucket, path)
-        if current is None or float(current.data.get("leaseUntil", 0)) > now:
+        if current is None or Lease(float(current.data.get("leaseUntil", 0))).live(now):
             return None  # planned just now, or being planned by a live leader
         logger.warning("taking over a window whose leader died", extra=fields(window=window))
         generation = self._gcs.replace(self._s.state_bucket, path, claim, current.generation)
-        return None if generation is None else (_Lease(path, generation, until), True)
+        return None if generation is None else (_Lease(path, generation, lease), True)
 
     def _uploads(self, window: str) -> list[Upload]:
         uploads = []
@@ -519,7 +520,7 @@ class WindowBatcher:
         objects a glob must not match. Returns the names with their sizes (a zero-byte object is
         one a glob must not match either).
         """
-        adoptable_until = self._clock() - _CLOCK_SKEW_SECONDS
+        adoptable_until = self._clock() - CLOCK_SKEW_SECONDS
         others: dict[str, int] = {}
         incomplete = []
         cap = min(LISTING_CAP, len(names) + OTHERS_LISTED)
@@ -618,21 +619,11 @@ class WindowBatcher:
             list(pool.map(action, items))
 
 
-def _fence_margin(lease_seconds: float) -> float:
-    """Lease that must be left before a leader makes its plan durable (else it renews the claim)."""
-    return min(lease_seconds / 2, 10.0)
-
-
-# Allowance between Cloud Storage's timeCreated and our clock when deciding that an object
-# existed before an import was started.
-_CLOCK_SKEW_SECONDS = 2.0
-
-
 def _listed_after(cover: _Covering, upload: Upload) -> bool:
     """Will (or did) the covering import list the bucket after this upload was created?"""
     if cover.started_at is None:
         return True
-    return upload.time_created is not None and upload.time_created < cover.started_at - _CLOCK_SKEW_SECONDS
+    return upload.time_created is not None and upload.time_created < cover.started_at - CLOCK_SKEW_SECONDS
 
 
 def _growth_target(waiting: list[Record]) -> Record | None:
