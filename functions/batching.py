@@ -36,8 +36,8 @@ LISTING_CAP = 20_000
 # reaches further matches over a thousand objects outside the batch, and such a glob never wins:
 # an older importable one is a re-read (REIMPORT_COST, as much as a thousand copies), anything else
 # may not be matched at all. Only uploads after the window are free to match, and the folder scopes
-# still allow globs confined to one folder. In a migration the root scope is the whole tree, which
-# a leader used to page through up to LISTING_CAP for every window (decision 0703).
+# still allow globs confined to one folder. In a migration the root scope is the whole tree: paging
+# through it up to LISTING_CAP for every window would be a leader's slowest work (decision 0703).
 OTHERS_LISTED = 1_000
 # Re-reading an old object inside an import costs more than staging a new one: the LRO fetches,
 # parses and compares it, and an object that changed since fails the import. In a migration the

@@ -56,3 +56,14 @@ def test_the_timestamp_comparisons_take_their_allowance_from_the_lease_module() 
 
     assert batching.CLOCK_SKEW_SECONDS is CLOCK_SKEW_SECONDS
     assert unconfirmed_starts.CLOCK_SKEW_SECONDS is OPERATION_CLOCK_SKEW_SECONDS
+
+
+def test_holds_and_starting_records_expire_as_their_lease_does() -> None:
+    from functions.job_record import Hold, JobRecord, State
+
+    assert Hold("b", 130.0).live(129.9)
+    assert not Hold("b", 130.0).live(130.0)
+    assert not Hold("b", 130.0, cancelled=True).live(100.0)
+    starting = JobRecord(job={"job_id": "j"}, state=State.STARTING, slot=0, claimed_at=100.0, lease_until=130.0)
+    assert starting.start_lease() == Lease(130.0)
+    assert JobRecord(job={"job_id": "j"}, state=State.STARTING).start_lease().expired(0.0)
