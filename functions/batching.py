@@ -176,9 +176,9 @@ class WindowBatcher:
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
-        lease, took_over = claimed
+        claim, took_over = claimed
         uploads = self._uploads(window)
-        batch_id = f"{window}-{lease.generation % 10**8:08d}"
+        batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
         waiting = self._queue.pending_records() if uploads else []
         # A leader that died after its jobs (or its growth) became durable, before it deleted the
@@ -186,7 +186,7 @@ class WindowBatcher:
         to_plan = self._not_covered(uploads, waiting) if took_over else uploads
         covering = self._covering(waiting) if to_plan else []
         target = _growth_target(waiting)
-        self._keep_claim(lease)  # the reads above can be slow too (one listing per kind of record)
+        self._keep_claim(claim)  # the reads above can be slow too (one listing per kind of record)
         jobs: list[Job] = []
         adoptions: dict[str, list[Upload]] = defaultdict(list)
         to_grow: list[Upload] = []
@@ -197,20 +197,20 @@ class WindowBatcher:
                 to_grow.extend(rest)
             elif rest:
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
-                                                            storage_class, rest, lease)
+                                                            storage_class, rest, claim)
                 jobs.extend(group_jobs)
                 staged += group_staged
-        growth = self._grow(target, batch_id, to_grow, lease) if target is not None and to_grow else None
+        growth = self._grow(target, batch_id, to_grow, claim) if target is not None and to_grow else None
         if to_grow and growth is None:
             # The job started (or another window grows it) since we read it: a job of our own.
             for (bucket, storage_class), group in _group(to_grow, self._s).items():
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
-                                                            storage_class, group, lease)
+                                                            storage_class, group, claim)
                 jobs.extend(group_jobs)
                 staged += group_staged
         elif growth is not None:
             staged += len(growth.entries)
-        if not self._fence(lease):
+        if not self._fence(claim):
             # Planning outlived the lease and the poller took the window over: it plans the same
             # uploads, so queueing ours too would import them twice. What we wrote so far (staged
             # copies, manifests of jobs that never exist) is garbage the lifecycle rules remove.
@@ -223,7 +223,7 @@ class WindowBatcher:
             # A starter found our hold expired and undid it (or our copying stopped early): nothing
             # of this window is durable yet, so the window is left to be planned again (its claim
             # goes, its records stay).
-            self._gcs.delete(self._s.state_bucket, lease.path, lease.generation)
+            self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
             return WindowResult(window, claimed=False)
         self._mark_seen(window, uploads)
         for job_id, taken in adoptions.items():
@@ -237,8 +237,8 @@ class WindowBatcher:
         # copying it, and a claim that ran out meanwhile would have the poller take over a live
         # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
         self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads,
-                        keep=lambda ahead: self._keep_claim(lease, ahead) or True)
-        self._gcs.delete(self._s.state_bucket, lease.path, lease.generation)
+                        keep=lambda ahead: self._keep_claim(claim, ahead) or True)
+        self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         if growth is not None:
             # The import it waited for may be done: then the grown job need not wait for the poller.
@@ -274,7 +274,7 @@ class WindowBatcher:
                            extra=fields(covered=len(uploads) - len(rest)))
         return rest
 
-    def _grow(self, target: Record, batch_id: str, uploads: list[Upload], lease: _Lease) -> _Growth | None:
+    def _grow(self, target: Record, batch_id: str, uploads: list[Upload], claim: _Lease) -> _Growth | None:
         """Holds the queued job and copies `uploads` into its staging prefix; None if it is no longer
         growable (it started, a starter waits for it, or it has all the growers it may have). See
         functions.coalescing."""
@@ -286,8 +286,8 @@ class WindowBatcher:
             return None
         hold = _HeldJob(job, batch_id, *swapped, hold_lease)
         entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id),
-                             keep=lambda ahead: self._keep_claim(lease, ahead) and self._keep_hold(hold, ahead))
-        return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or lease.lost))
+                             keep=lambda ahead: self._keep_claim(claim, ahead) and self._keep_hold(hold, ahead))
+        return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or claim.lost))
 
     def _commit(self, growth: _Growth) -> bool:
         """Writes the growth's manifest, then makes it part of the job: a swap that takes our hold
@@ -336,7 +336,7 @@ class WindowBatcher:
         names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
         self._parallel(lambda name: self._gcs.delete(self._s.state_bucket, name), names)
 
-    def _keep_claim(self, lease: _Lease, ahead: float = 0.0) -> bool:
+    def _keep_claim(self, claim: _Lease, ahead: float = 0.0) -> bool:
         """Renews the window's claim when it is due (`Lease.due_for_renewal` with the renewal margin
         and `ahead`); no call before.
 
@@ -345,25 +345,25 @@ class WindowBatcher:
         claim is somebody else's.
         """
         now = self._clock()
-        if lease.lost or not lease.lease.due_for_renewal(now, renewal_margin(self._s.claim_lease_seconds), ahead):
-            return not lease.lost
+        if claim.lost or not claim.lease.due_for_renewal(now, renewal_margin(self._s.claim_lease_seconds), ahead):
+            return not claim.lost
         while True:
-            renewed = lease.lease.renewed(self._clock(), self._s.claim_lease_seconds)
+            renewed = claim.lease.renewed(self._clock(), self._s.claim_lease_seconds)
             try:
-                generation = self._gcs.replace(self._s.state_bucket, lease.path,
-                                               {"holder": self._holder, "leaseUntil": renewed.until}, lease.generation)
+                generation = self._gcs.replace(self._s.state_bucket, claim.path,
+                                               {"holder": self._holder, "leaseUntil": renewed.until}, claim.generation)
                 break
             except Exception as exc:
                 # A throttled renewal is tried again while the lease lasts (decision 0752); after
                 # that the claim may be somebody else's, and a late swap would fail anyway.
-                if not is_transient(exc) or lease.lease.expired(self._clock()):
+                if not is_transient(exc) or claim.lease.expired(self._clock()):
                     raise
                 logger.warning("renewing the window's claim was throttled; trying again",
-                               extra=fields(claim=lease.path, error=type(exc).__name__))
+                               extra=fields(claim=claim.path, error=type(exc).__name__))
         if generation is None:
-            lease.lost = True  # `run` says so once it stops
+            claim.lost = True  # `run` says so once it stops
             return False
-        lease.generation, lease.lease = generation, renewed
+        claim.generation, claim.lease = generation, renewed
         return True
 
     def _keep_hold(self, held: _HeldJob, ahead: float = 0.0) -> bool:
@@ -381,7 +381,7 @@ class WindowBatcher:
         (held.data, held.generation), held.lease = swapped, renewed
         return True
 
-    def _fence(self, lease: _Lease) -> bool:
+    def _fence(self, claim: _Lease) -> bool:
         """Checks, before anything of the plan becomes durable, that the claim is still ours.
 
         False when it was taken over (its lease ran out while we planned). With less than the
@@ -391,13 +391,13 @@ class WindowBatcher:
         no fencing tokens.) Unlike `_keep_claim`, it reads the claim: a takeover shows here even
         when our lease looked long enough.
         """
-        if lease.lost:
+        if claim.lost:
             return False
-        current = self._gcs.read(self._s.state_bucket, lease.path)
-        if current is None or current.generation != lease.generation:
-            lease.lost = True
+        current = self._gcs.read(self._s.state_bucket, claim.path)
+        if current is None or current.generation != claim.generation:
+            claim.lost = True
             return False
-        return self._keep_claim(lease)
+        return self._keep_claim(claim)
 
     def _mark_seen(self, window: str, uploads: list[Upload]) -> None:
         """Writes the duplicate markers its recorder did not get to (it died between its two creates).
@@ -415,16 +415,16 @@ class WindowBatcher:
         """The claim, and whether it was taken over from a leader that died."""
         now = self._clock()
         lease = Lease.starting(now, self._s.claim_lease_seconds)
-        claim = {"holder": self._holder, "leaseUntil": lease.until}
+        body = {"holder": self._holder, "leaseUntil": lease.until}
         path = self.claim_path(window)
-        generation = self._gcs.create(self._s.state_bucket, path, claim)
+        generation = self._gcs.create(self._s.state_bucket, path, body)
         if generation is not None:
             return _Lease(path, generation, lease), False
         current = self._gcs.read(self._s.state_bucket, path)
         if current is None or Lease(float(current.data.get("leaseUntil", 0))).live(now):
             return None  # planned just now, or being planned by a live leader
         logger.warning("taking over a window whose leader died", extra=fields(window=window))
-        generation = self._gcs.replace(self._s.state_bucket, path, claim, current.generation)
+        generation = self._gcs.replace(self._s.state_bucket, path, body, current.generation)
         return None if generation is None else (_Lease(path, generation, lease), True)
 
     def _uploads(self, window: str) -> list[Upload]:
@@ -478,9 +478,9 @@ class WindowBatcher:
         return covering
 
     def _plan_group(self, batch_id: str, window_closed: float, first_index: int, bucket: str,
-                    storage_class: str | None, uploads: list[Upload], lease: _Lease) -> tuple[list[Job], int]:
+                    storage_class: str | None, uploads: list[Upload], claim: _Lease) -> tuple[list[Job], int]:
         names = {u.name: u for u in uploads}
-        others, incomplete = self._others(bucket, names, window_closed, keep=lambda: self._keep_claim(lease))
+        others, incomplete = self._others(bucket, names, window_closed, keep=lambda: self._keep_claim(claim))
 
         def eligible(name: str) -> bool:  # the handler's rule, sizes included
             return is_importable(bucket, name, others[name], self._s)
@@ -504,7 +504,7 @@ class WindowBatcher:
         if plan.staged:
             staging_prefix = self._s.state_path("staging", f"{batch_id}-{first_index + len(jobs):02d}") + "/"
             objects = self.stage([names[n] for n in plan.staged], staging_prefix,
-                                 keep=lambda ahead: self._keep_claim(lease, ahead))
+                                 keep=lambda ahead: self._keep_claim(claim, ahead))
             uri = f"gs://{self._s.state_bucket}/{staging_prefix}**"
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
