@@ -160,7 +160,7 @@ class WindowBatcher:
             if window in open_windows:
                 continue  # the window's own recovery takes over its claim
             claim = self._gcs.read(self._s.state_bucket, info.name)
-            if claim is not None and Lease(float(claim.data.get("leaseUntil", 0))).expired(self._clock()) \
+            if claim is not None and float(claim.data.get("leaseUntil", 0)) < self._clock() \
                     and self._gcs.delete(self._s.state_bucket, info.name, claim.generation):
                 logger.warning("deleted the claim of a dead leader", extra=fields(window=window))
                 dropped += 1

@@ -598,7 +598,7 @@ class JobQueue:
         now = self._clock()
         for index, record in self.slots().items():
             holder = str(record.data.get("job", ""))
-            stale = Lease.starting(float(record.data.get("acquiredAt", 0)), self._s.claim_lease_seconds).expired(now)
+            stale = float(record.data.get("acquiredAt", 0)) + self._s.claim_lease_seconds < now
             if holder in live_jobs or not stale or self._holds_its_slot(holder, index, now):
                 continue
             if self._gcs.delete(self._s.state_bucket, self.slot_path(index), record.generation):
