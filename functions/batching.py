@@ -21,6 +21,7 @@ from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.job_record import Change, Event
 from functions.jobs import Job, JobQueue
+from functions.lease import CLOCK_SKEW_SECONDS, Lease, renewal_margin
 from functions.log import fields
 from functions.retry import is_transient
 from functions.selection import is_importable
@@ -35,8 +36,8 @@ LISTING_CAP = 20_000
 # reaches further matches over a thousand objects outside the batch, and such a glob never wins:
 # an older importable one is a re-read (REIMPORT_COST, as much as a thousand copies), anything else
 # may not be matched at all. Only uploads after the window are free to match, and the folder scopes
-# still allow globs confined to one folder. In a migration the root scope is the whole tree, which
-# a leader used to page through up to LISTING_CAP for every window (decision 0703).
+# still allow globs confined to one folder. In a migration the root scope is the whole tree: paging
+# through it up to LISTING_CAP for every window would be a leader's slowest work (decision 0703).
 OTHERS_LISTED = 1_000
 # Re-reading an old object inside an import costs more than staging a new one: the LRO fetches,
 # parses and compares it, and an object that changed since fails the import. In a migration the
@@ -94,7 +95,7 @@ class _Lease:
 
     path: str
     generation: int
-    until: float
+    lease: Lease
     lost: bool = False
 
 
@@ -106,7 +107,7 @@ class _HeldJob:
     batch: str
     data: dict[str, Any]
     generation: int
-    until: float
+    lease: Lease
     lost: bool = False
 
 
@@ -175,9 +176,9 @@ class WindowBatcher:
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
-        lease, took_over = claimed
+        claim, took_over = claimed
         uploads = self._uploads(window)
-        batch_id = f"{window}-{lease.generation % 10**8:08d}"
+        batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
         waiting = self._queue.pending_records() if uploads else []
         # A leader that died after its jobs (or its growth) became durable, before it deleted the
@@ -185,7 +186,7 @@ class WindowBatcher:
         to_plan = self._not_covered(uploads, waiting) if took_over else uploads
         covering = self._covering(waiting) if to_plan else []
         target = _growth_target(waiting)
-        self._keep_claim(lease)  # the reads above can be slow too (one listing per kind of record)
+        self._keep_claim(claim)  # the reads above can be slow too (one listing per kind of record)
         jobs: list[Job] = []
         adoptions: dict[str, list[Upload]] = defaultdict(list)
         to_grow: list[Upload] = []
@@ -196,20 +197,20 @@ class WindowBatcher:
                 to_grow.extend(rest)
             elif rest:
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
-                                                            storage_class, rest, lease)
+                                                            storage_class, rest, claim)
                 jobs.extend(group_jobs)
                 staged += group_staged
-        growth = self._grow(target, batch_id, to_grow, lease) if target is not None and to_grow else None
+        growth = self._grow(target, batch_id, to_grow, claim) if target is not None and to_grow else None
         if to_grow and growth is None:
             # The job started (or another window grows it) since we read it: a job of our own.
             for (bucket, storage_class), group in _group(to_grow, self._s).items():
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
-                                                            storage_class, group, lease)
+                                                            storage_class, group, claim)
                 jobs.extend(group_jobs)
                 staged += group_staged
         elif growth is not None:
             staged += len(growth.entries)
-        if not self._fence(lease):
+        if not self._fence(claim):
             # Planning outlived the lease and the poller took the window over: it plans the same
             # uploads, so queueing ours too would import them twice. What we wrote so far (staged
             # copies, manifests of jobs that never exist) is garbage the lifecycle rules remove.
@@ -222,7 +223,7 @@ class WindowBatcher:
             # A starter found our hold expired and undid it (or our copying stopped early): nothing
             # of this window is durable yet, so the window is left to be planned again (its claim
             # goes, its records stay).
-            self._gcs.delete(self._s.state_bucket, lease.path, lease.generation)
+            self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
             return WindowResult(window, claimed=False)
         self._mark_seen(window, uploads)
         for job_id, taken in adoptions.items():
@@ -236,8 +237,8 @@ class WindowBatcher:
         # copying it, and a claim that ran out meanwhile would have the poller take over a live
         # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
         self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads,
-                        keep=lambda ahead: self._keep_claim(lease, ahead) or True)
-        self._gcs.delete(self._s.state_bucket, lease.path, lease.generation)
+                        keep=lambda ahead: self._keep_claim(claim, ahead) or True)
+        self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         if growth is not None:
             # The import it waited for may be done: then the grown job need not wait for the poller.
@@ -273,20 +274,20 @@ class WindowBatcher:
                            extra=fields(covered=len(uploads) - len(rest)))
         return rest
 
-    def _grow(self, target: Record, batch_id: str, uploads: list[Upload], lease: _Lease) -> _Growth | None:
+    def _grow(self, target: Record, batch_id: str, uploads: list[Upload], claim: _Lease) -> _Growth | None:
         """Holds the queued job and copies `uploads` into its staging prefix; None if it is no longer
         growable (it started, a starter waits for it, or it has all the growers it may have). See
         functions.coalescing."""
         job = Job.from_json(target.data["job"])
-        until = self._clock() + self._s.claim_lease_seconds
+        hold_lease = Lease.starting(self._clock(), self._s.claim_lease_seconds)
         swapped = self._swap_job(job.job_id, target, Event.HOLD,
-                                 Change(batch=batch_id, until=until, storage_class=job.storage_class))
+                                 Change(batch=batch_id, until=hold_lease.until, storage_class=job.storage_class))
         if swapped is None:
             return None
-        hold = _HeldJob(job, batch_id, *swapped, until)
+        hold = _HeldJob(job, batch_id, *swapped, hold_lease)
         entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id),
-                             keep=lambda ahead: self._keep_claim(lease, ahead) and self._keep_hold(hold, ahead))
-        return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or lease.lost))
+                             keep=lambda ahead: self._keep_claim(claim, ahead) and self._keep_hold(hold, ahead))
+        return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or claim.lost))
 
     def _commit(self, growth: _Growth) -> bool:
         """Writes the growth's manifest, then makes it part of the job: a swap that takes our hold
@@ -335,68 +336,68 @@ class WindowBatcher:
         names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
         self._parallel(lambda name: self._gcs.delete(self._s.state_bucket, name), names)
 
-    def _keep_claim(self, lease: _Lease, ahead: float = 0.0) -> bool:
-        """Renews the window's claim when less than `_fence_margin` (or `ahead` seconds, when more)
-        of it is left; no call before.
+    def _keep_claim(self, claim: _Lease, ahead: float = 0.0) -> bool:
+        """Renews the window's claim when it is due (`Lease.due_for_renewal` with the renewal margin
+        and `ahead`); no call before.
 
         A leader that is slow, not dead (a large window, a throttled or saturated Cloud Storage),
         keeps its window instead of having the poller plan it again: decision 0705. False once the
         claim is somebody else's.
         """
         now = self._clock()
-        if lease.lost or lease.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
-            return not lease.lost
+        if claim.lost or not claim.lease.due_for_renewal(now, renewal_margin(self._s.claim_lease_seconds), ahead):
+            return not claim.lost
         while True:
-            until = self._clock() + self._s.claim_lease_seconds
+            renewed = claim.lease.renewed(self._clock(), self._s.claim_lease_seconds)
             try:
-                generation = self._gcs.replace(self._s.state_bucket, lease.path,
-                                               {"holder": self._holder, "leaseUntil": until}, lease.generation)
+                generation = self._gcs.replace(self._s.state_bucket, claim.path,
+                                               {"holder": self._holder, "leaseUntil": renewed.until}, claim.generation)
                 break
             except Exception as exc:
                 # A throttled renewal is tried again while the lease lasts (decision 0752); after
                 # that the claim may be somebody else's, and a late swap would fail anyway.
-                if not is_transient(exc) or self._clock() >= lease.until:
+                if not is_transient(exc) or claim.lease.expired(self._clock()):
                     raise
                 logger.warning("renewing the window's claim was throttled; trying again",
-                               extra=fields(claim=lease.path, error=type(exc).__name__))
+                               extra=fields(claim=claim.path, error=type(exc).__name__))
         if generation is None:
-            lease.lost = True  # `run` says so once it stops
+            claim.lost = True  # `run` says so once it stops
             return False
-        lease.generation, lease.until = generation, until
+        claim.generation, claim.lease = generation, renewed
         return True
 
     def _keep_hold(self, held: _HeldJob, ahead: float = 0.0) -> bool:
         """Renews this window's hold on the job it grows, as `_keep_claim` does its claim. False
         once a starter has cancelled (or removed) the hold: the copies would not be read."""
         now = self._clock()
-        if held.lost or held.until - now >= max(_fence_margin(self._s.claim_lease_seconds), ahead):
+        if held.lost or not held.lease.due_for_renewal(now, renewal_margin(self._s.claim_lease_seconds), ahead):
             return not held.lost
-        until = now + self._s.claim_lease_seconds
+        renewed = held.lease.renewed(now, self._s.claim_lease_seconds)
         swapped = self._swap_job(held.job.job_id, Record(held.data, held.generation), Event.RENEW_HOLD,
-                                 Change(batch=held.batch, until=until))
+                                 Change(batch=held.batch, until=renewed.until))
         if swapped is None:
             held.lost = True  # `_commit` fails on it and says so
             return False
-        (held.data, held.generation), held.until = swapped, until
+        (held.data, held.generation), held.lease = swapped, renewed
         return True
 
-    def _fence(self, lease: _Lease) -> bool:
+    def _fence(self, claim: _Lease) -> bool:
         """Checks, before anything of the plan becomes durable, that the claim is still ours.
 
-        False when it was taken over (its lease ran out while we planned). With less than
-        `_fence_margin` of the lease left the claim is renewed (`_keep_claim`), so the few calls
-        up to the deletion of the records all fall inside the lease. (A pause longer than that
-        margin between the check and the queued jobs can still double a batch: Cloud Storage has
+        False when it was taken over (its lease ran out while we planned). With less than the
+        renewal margin (`functions.lease.renewal_margin`) left the claim is renewed (`_keep_claim`),
+        so the few calls up to the deletion of the records all fall inside the lease. (A pause longer
+        than that margin between the check and the queued jobs can still double a batch: Cloud Storage has
         no fencing tokens.) Unlike `_keep_claim`, it reads the claim: a takeover shows here even
         when our lease looked long enough.
         """
-        if lease.lost:
+        if claim.lost:
             return False
-        current = self._gcs.read(self._s.state_bucket, lease.path)
-        if current is None or current.generation != lease.generation:
-            lease.lost = True
+        current = self._gcs.read(self._s.state_bucket, claim.path)
+        if current is None or current.generation != claim.generation:
+            claim.lost = True
             return False
-        return self._keep_claim(lease)
+        return self._keep_claim(claim)
 
     def _mark_seen(self, window: str, uploads: list[Upload]) -> None:
         """Writes the duplicate markers its recorder did not get to (it died between its two creates).
@@ -413,18 +414,18 @@ class WindowBatcher:
     def _claim(self, window: str) -> tuple[_Lease, bool] | None:
         """The claim, and whether it was taken over from a leader that died."""
         now = self._clock()
-        until = now + self._s.claim_lease_seconds
-        claim = {"holder": self._holder, "leaseUntil": until}
+        lease = Lease.starting(now, self._s.claim_lease_seconds)
+        body = {"holder": self._holder, "leaseUntil": lease.until}
         path = self.claim_path(window)
-        generation = self._gcs.create(self._s.state_bucket, path, claim)
+        generation = self._gcs.create(self._s.state_bucket, path, body)
         if generation is not None:
-            return _Lease(path, generation, until), False
+            return _Lease(path, generation, lease), False
         current = self._gcs.read(self._s.state_bucket, path)
-        if current is None or float(current.data.get("leaseUntil", 0)) > now:
+        if current is None or Lease(float(current.data.get("leaseUntil", 0))).live(now):
             return None  # planned just now, or being planned by a live leader
         logger.warning("taking over a window whose leader died", extra=fields(window=window))
-        generation = self._gcs.replace(self._s.state_bucket, path, claim, current.generation)
-        return None if generation is None else (_Lease(path, generation, until), True)
+        generation = self._gcs.replace(self._s.state_bucket, path, body, current.generation)
+        return None if generation is None else (_Lease(path, generation, lease), True)
 
     def _uploads(self, window: str) -> list[Upload]:
         uploads = []
@@ -477,9 +478,9 @@ class WindowBatcher:
         return covering
 
     def _plan_group(self, batch_id: str, window_closed: float, first_index: int, bucket: str,
-                    storage_class: str | None, uploads: list[Upload], lease: _Lease) -> tuple[list[Job], int]:
+                    storage_class: str | None, uploads: list[Upload], claim: _Lease) -> tuple[list[Job], int]:
         names = {u.name: u for u in uploads}
-        others, incomplete = self._others(bucket, names, window_closed, keep=lambda: self._keep_claim(lease))
+        others, incomplete = self._others(bucket, names, window_closed, keep=lambda: self._keep_claim(claim))
 
         def eligible(name: str) -> bool:  # the handler's rule, sizes included
             return is_importable(bucket, name, others[name], self._s)
@@ -503,7 +504,7 @@ class WindowBatcher:
         if plan.staged:
             staging_prefix = self._s.state_path("staging", f"{batch_id}-{first_index + len(jobs):02d}") + "/"
             objects = self.stage([names[n] for n in plan.staged], staging_prefix,
-                                 keep=lambda ahead: self._keep_claim(lease, ahead))
+                                 keep=lambda ahead: self._keep_claim(claim, ahead))
             uri = f"gs://{self._s.state_bucket}/{staging_prefix}**"
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
@@ -519,7 +520,7 @@ class WindowBatcher:
         objects a glob must not match. Returns the names with their sizes (a zero-byte object is
         one a glob must not match either).
         """
-        adoptable_until = self._clock() - _CLOCK_SKEW_SECONDS
+        adoptable_until = self._clock() - CLOCK_SKEW_SECONDS
         others: dict[str, int] = {}
         incomplete = []
         cap = min(LISTING_CAP, len(names) + OTHERS_LISTED)
@@ -618,21 +619,11 @@ class WindowBatcher:
             list(pool.map(action, items))
 
 
-def _fence_margin(lease_seconds: float) -> float:
-    """Lease that must be left before a leader makes its plan durable (else it renews the claim)."""
-    return min(lease_seconds / 2, 10.0)
-
-
-# Allowance between Cloud Storage's timeCreated and our clock when deciding that an object
-# existed before an import was started.
-_CLOCK_SKEW_SECONDS = 2.0
-
-
 def _listed_after(cover: _Covering, upload: Upload) -> bool:
     """Will (or did) the covering import list the bucket after this upload was created?"""
     if cover.started_at is None:
         return True
-    return upload.time_created is not None and upload.time_created < cover.started_at - _CLOCK_SKEW_SECONDS
+    return upload.time_created is not None and upload.time_created < cover.started_at - CLOCK_SKEW_SECONDS
 
 
 def _growth_target(waiting: list[Record]) -> Record | None:

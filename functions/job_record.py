@@ -32,6 +32,7 @@ from typing import Any
 from google.api_core.exceptions import TooManyRequests
 
 from functions.clients import ObjectStore, Record
+from functions.lease import Lease
 from functions.log import fields
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Hold:
 
     def live(self, now: float) -> bool:
         """May its grower still commit? (Not cancelled, not run out.)"""
-        return self.until > now and not self.cancelled
+        return Lease(self.until).live(now) and not self.cancelled
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ class JobRecord:
     @property
     def job_id(self) -> str:
         return str(self.job["job_id"])
+
+    def start_lease(self) -> Lease:
+        """A STARTING job's lease (a record without one has none left)."""
+        return Lease(self.lease_until or 0.0)
 
     def live_holds(self, now: float) -> list[Hold]:
         return [h for h in self.holds.values() if h.live(now)]
@@ -211,7 +216,7 @@ def _new(state: State) -> Effect:
         if state is State.PENDING:
             return JobRecord(job=change.job, state=state)
         return JobRecord(job=change.job, state=state, slot=change.slot, claimed_at=change.now,
-                         lease_until=change.now + change.lease_seconds)
+                         lease_until=Lease.starting(change.now, change.lease_seconds).until)
     return effect
 
 
@@ -233,7 +238,7 @@ def _committed(record: JobRecord | None, change: Change) -> JobRecord:
 def _starting(record: JobRecord | None, change: Change) -> JobRecord:
     assert record is not None
     return JobRecord(job=record.job, state=State.STARTING, slot=change.slot, claimed_at=change.now,
-                     lease_until=change.now + change.lease_seconds, attempted=record.attempted)
+                     lease_until=Lease.starting(change.now, change.lease_seconds).until, attempted=record.attempted)
 
 
 def _unconfirmed(attempted_at: Callable[[JobRecord, Change], float]) -> Effect:
@@ -302,7 +307,7 @@ TRANSITIONS: dict[tuple[State | None, Event], Transition] = {
         _U, _always, "the call ended without an answer; the slot stays",
         _unconfirmed(lambda r, c: c.now)),
     (_S, Event.LEASE_RAN_OUT): Transition(
-        _U, lambda r, c: r is not None and (r.lease_until or 0.0) <= c.now,
+        _U, lambda r, c: r is not None and r.start_lease().expired(c.now),
         "the lease ran out; the slot stays",
         _unconfirmed(lambda r, c: r.start_attempted_at(c.lease_seconds))),
     (_U, Event.REQUEUE_UNCONFIRMED): Transition(

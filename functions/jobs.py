@@ -27,6 +27,7 @@ from functions.errors import ApiError, PermanentApiError, RetryableError, Unknow
 from functions.job_checks import job_problem
 from functions.job_record import NO_CHANGE, Change, Event, JobRecord, State
 from functions.job_record import apply as apply_transition
+from functions.lease import Lease
 from functions.log import fields
 from functions.refusal import refusal_reason
 from functions.retry import classify
@@ -245,7 +246,7 @@ class JobQueue:
         if typed.state is State.UNCONFIRMED:
             return StartResult(None, queued=False, unconfirmed=True)
         if typed.state is State.STARTING:
-            if (typed.lease_until or 0.0) > now:
+            if typed.start_lease().live(now):
                 return StartResult(None, queued=False)
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return StartResult(None, queued=False, unconfirmed=True)
@@ -350,7 +351,7 @@ class JobQueue:
         record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
         if record is None or record.data.get("state") != "STARTING":
             return False
-        return float(record.data.get("leaseUntil", 0)) > self._clock()
+        return Lease(float(record.data.get("leaseUntil", 0))).live(self._clock())
 
     def _drop_hold(self, record: Record, hold: job_record.Hold) -> Record | None:
         """Undoes the growth of a grower that died or stalled past its hold (see functions.coalescing).
@@ -618,7 +619,7 @@ class JobQueue:
         if record.data.get("slot") != index:
             return False
         state = record.data.get("state")
-        if state == "STARTING" and float(record.data.get("leaseUntil", 0)) <= now:
+        if state == "STARTING" and Lease(float(record.data.get("leaseUntil", 0))).expired(now):
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return True
         return state in ("STARTING", "UNCONFIRMED")

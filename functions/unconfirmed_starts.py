@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-# The API's clock against ours when comparing `createTime` with the attempt's start.
-CLOCK_SKEW_SECONDS = 10.0
+from functions.lease import OPERATION_CLOCK_SKEW_SECONDS as CLOCK_SKEW_SECONDS
+
 # An operation can appear long after the client gave up (the request may sit in a queue); only
 # after this long without one is the start taken to have started nothing.
 MIN_UNKNOWN_OUTCOME_SECONDS = 600.0

@@ -7,7 +7,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.exceptions import RetryError
 
 from functions import gcs
-from functions.batching import _fence_margin
+from functions.lease import renewal_margin
 from functions.settings import Settings
 from tests.unit import retry_clock
 from tests.unit.retry_clock import FakeTime
@@ -32,7 +32,7 @@ def test_a_call_throttled_without_end_gives_up_within_the_lease_a_leader_keeps(f
     lease = Settings(dicom_store="projects/p/locations/l/datasets/d/dicomStores/s",
                      state_bucket="b").claim_lease_seconds
     assert calls >= 2
-    assert fake_time.now - started <= gcs.STORAGE_RETRY_SECONDS < _fence_margin(lease)
+    assert fake_time.now - started <= gcs.STORAGE_RETRY_SECONDS < renewal_margin(lease)
 
 
 def test_a_throttled_call_that_then_succeeds_is_retried() -> None:
