@@ -37,7 +37,7 @@ LISTING_CAP = 20_000
 # an older importable one is a re-read (REIMPORT_COST, as much as a thousand copies), anything else
 # may not be matched at all. Only uploads after the window are free to match, and the folder scopes
 # still allow globs confined to one folder. In a migration the root scope is the whole tree: paging
-# through it up to LISTING_CAP for every window would be a leader's slowest work (decision 0703).
+# through it up to LISTING_CAP for every window would be a leader's slowest work (decision 0700).
 OTHERS_LISTED = 1_000
 # Re-reading an old object inside an import costs more than staging a new one: the LRO fetches,
 # parses and compares it, and an object that changed since fails the import. In a migration the
@@ -48,7 +48,7 @@ OTHERS_LISTED = 1_000
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
-# Copies between two looks at the leader's lease while it stages (decision 0705): two rounds of the
+# Copies between two looks at the leader's lease while it stages (decision 0700): two rounds of the
 # copy threads, short enough that a saturated Cloud Storage rarely makes one outlast a lease.
 STAGE_CHUNK = 2 * _IO_THREADS
 # Swaps of a job record that other growers change too: each loss is followed by a fresh read.
@@ -341,7 +341,7 @@ class WindowBatcher:
         and `ahead`); no call before.
 
         A leader that is slow, not dead (a large window, a throttled or saturated Cloud Storage),
-        keeps its window instead of having the poller plan it again: decision 0705. False once the
+        keeps its window instead of having the poller plan it again: decision 0700. False once the
         claim is somebody else's.
         """
         now = self._clock()

@@ -3,7 +3,7 @@
 Pure and clock-free: every question takes `now`. Window claims, holds on a growing job and STARTING
 job records keep their lease as an epoch-seconds `until` in a Cloud Storage object; the holder
 renews it with a compare-and-swap, and anyone who finds it expired may take the work over.
-See docs/decisions/0705 for the renewal rule.
+See docs/decisions/0700-how-imports-coalesce.md for the renewal rule.
 """
 
 from __future__ import annotations
