@@ -38,6 +38,9 @@ from functions.errors import ApiError
 from functions.log import fields
 
 logger = logging.getLogger(__name__)
+# pydicom logs every invalid value it reads, the value included (a name, an id): none of it may
+# reach the function's logs. Its warnings are silenced where files are parsed (below).
+logging.getLogger("pydicom").disabled = True
 
 LANDED = "landed"
 FAILED = "failed"

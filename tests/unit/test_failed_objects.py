@@ -149,3 +149,15 @@ def test_header_rules() -> None:
     assert fo.read_header(b"\0" * 128 + b"NOPE" + b"\0" * 100, complete=False).reason == fo.NOT_DICOM
     assert fo.read_header(data[:160], complete=True).reason == fo.UNPARSEABLE
     assert fo.attributes_readable(data)
+
+
+def test_values_pydicom_complains_about_never_reach_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    # badVR.dcm holds an IS element of "1A"; pydicom logs each invalid value it reads, value included.
+    from pydicom.data import get_testdata_file
+
+    data = open(get_testdata_file("badVR.dcm"), "rb").read()  # noqa: SIM115 - a small test file
+    finder, _ = _finder({"badVR.dcm": (data, len(data))}, Store())
+    with caplog.at_level("DEBUG"):
+        [fate] = finder.account([_entry("badVR.dcm")], api_failures=1).fates
+    assert (fate.outcome, fate.reason) == (fo.FAILED, fo.UNPARSEABLE)
+    assert not [r for r in caplog.records if "1A" in r.getMessage()], [r.getMessage() for r in caplog.records]
