@@ -42,7 +42,7 @@ class LocalConfig:
     export_dead_letter_topic: str = "dicom-export-requests-dlq"
     # Pull subscription the CLI reads completion events from.
     completions_subscription: str = "dicom-completions-local"
-    # Streaming-pull subscription of the router (plays Eventarc's storage trigger).
+    # Streaming-pull subscription of the router (plays the import function's Eventarc Pub/Sub trigger).
     notifications_subscription: str = "gcs-notifications-router"
     # Push subscription to the export function (plays Eventarc's Pub/Sub trigger).
     export_push_subscription: str = "dicom-export-requests-push"

@@ -1,12 +1,14 @@
-"""Plays Eventarc's storage trigger and Cloud Scheduler for the local functions.
+"""Plays Eventarc's Pub/Sub trigger and Cloud Scheduler for the local functions.
 
-- `StorageEventBridge`: fake-gcs-server publishes Pub/Sub *notifications*, but a Cloud Storage
-  trigger delivers a binary-mode `google.cloud.storage.object.v1.finalized` CloudEvent. The bridge
-  streams the notification subscription and POSTs each finalize notification to the import
-  function in that shape. A 2xx acks the message. Any other answer, or none (no live instance), is
-  tried again with exponential backoff, as Eventarc retries; after `RETRY_BUDGET_SECONDS` the
-  message is nacked and Pub/Sub redelivers it later. Nacking at once instead turned a moment
-  without live instances into thousands of redeliveries a minute (the chaos benchmark).
+- `StorageEventBridge`: the deployment sends uploads as Cloud Storage Pub/Sub notifications to a
+  topic of its own, and the import function's Eventarc trigger is a Pub/Sub trigger on that topic
+  (docs/decisions/0882). fake-gcs-server publishes the same notifications to the emulator's topic;
+  the bridge streams its subscription and POSTs each message to the import function as that trigger
+  does: a binary-mode `google.cloud.pubsub.topic.v1.messagePublished` CloudEvent whose data is
+  `{"message": {...}, "subscription": ...}`. A 2xx acks the message. Any other answer, or none (no
+  live instance), is tried again with exponential backoff; after `RETRY_BUDGET_SECONDS` the message
+  is nacked and Pub/Sub redelivers it later. Nacking at once instead turned a moment without live
+  instances into thousands of redeliveries a minute (the chaos benchmark).
 - `Scheduler`: POSTs to the poller at a fixed interval with Cloud Scheduler's headers.
 
 The Pub/Sub trigger of the export function needs no code: it is a push subscription.
@@ -14,6 +16,8 @@ The Pub/Sub trigger of the export function needs no code: it is a push subscript
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +33,7 @@ from localcloud import provision
 
 logger = logging.getLogger(__name__)
 
-FINALIZED_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
+PUBLISHED_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 # Eventarc allows a function up to its timeout; a local import may wait out a debounce window.
 DELIVERY_TIMEOUT_SECONDS = 300.0
 # Concurrent deliveries, like concurrent function instances.
@@ -51,24 +55,29 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def storage_cloudevent_headers(
-    attributes: Mapping[str, str], message_id: str, publish_time: datetime
-) -> dict[str, str] | None:
-    """Binary-mode CloudEvent headers for a JSON_API_V1 notification; None if no trigger wants it.
-
-    The trigger of the import function is on `finalized` only, so other event types are dropped.
-    """
-    if attributes.get("eventType") != "OBJECT_FINALIZE":
-        return None
-    return {
+def published_cloudevent(
+    topic: str, subscription: str, message_id: str, data: bytes, attributes: Mapping[str, str],
+    publish_time: datetime,
+) -> tuple[dict[str, str], bytes]:
+    """The binary-mode CloudEvent (headers, body) an Eventarc Pub/Sub trigger delivers for a message."""
+    headers = {
         "Content-Type": "application/json",
         "ce-specversion": "1.0",
-        "ce-type": FINALIZED_EVENT_TYPE,
-        "ce-source": f"//storage.googleapis.com/projects/_/buckets/{attributes['bucketId']}",
-        "ce-subject": f"objects/{attributes['objectId']}",
+        "ce-type": PUBLISHED_EVENT_TYPE,
+        "ce-source": f"//pubsub.googleapis.com/{topic}",
         "ce-id": message_id,
         "ce-time": rfc3339(publish_time),
     }
+    body = {
+        "message": {
+            "data": base64.b64encode(data).decode("ascii"),
+            "attributes": dict(attributes),
+            "messageId": message_id,
+            "publishTime": rfc3339(publish_time),
+        },
+        "subscription": subscription,
+    }
+    return headers, json.dumps(body).encode()
 
 
 def retry_delays(
@@ -86,7 +95,7 @@ def retry_delays(
 
 
 class StorageEventBridge:
-    """Streaming pull of storage notifications -> binary CloudEvents to `target_url`."""
+    """Streaming pull of storage notifications -> messagePublished CloudEvents to `target_url`."""
 
     def __init__(
         self,
@@ -103,8 +112,10 @@ class StorageEventBridge:
         self._future: StreamingPullFuture | None = None
         self._delays = delays
         self._stopping = threading.Event()  # ends the backoff of deliveries in flight
+        self._topic = ""
 
     def start(self) -> None:
+        self._topic = self._subscriber.get_subscription(subscription=self._subscription_path).topic
         executor = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_DELIVERIES, thread_name_prefix="eventarc")
         self._future = self._subscriber.subscribe(
             self._subscription_path, callback=self._deliver, scheduler=ThreadScheduler(executor)
@@ -122,14 +133,12 @@ class StorageEventBridge:
         self._session.close()
 
     def _deliver(self, message: Message) -> None:
-        headers = storage_cloudevent_headers(message.attributes, message.message_id, message.publish_time)
-        if headers is None:
-            message.ack()
-            return
+        headers, body = published_cloudevent(self._topic, self._subscription_path, message.message_id,
+                                             message.data, message.attributes, message.publish_time)
         name = f"gs://{message.attributes.get('bucketId')}/{message.attributes.get('objectId')}"
         delays = self._delays()
         while True:
-            status = self._post(message, headers, name)
+            status = self._post(message, headers, body, name)
             if status is not None and 200 <= status < 300:
                 logger.info("storage event %s for %s: HTTP %s", message.message_id, name, status)
                 message.ack()
@@ -141,11 +150,11 @@ class StorageEventBridge:
                 message.nack()
                 return
 
-    def _post(self, message: Message, headers: dict[str, str], name: str) -> int | None:
+    def _post(self, message: Message, headers: dict[str, str], body: bytes, name: str) -> int | None:
         """The function's HTTP status, or None when nothing answered."""
         try:
             response = self._session.post(
-                self._target_url, data=message.data, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
+                self._target_url, data=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
             )
         except requests.RequestException as exc:
             logger.warning("storage event %s for %s: delivery failed (%s); will retry",

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from functions.events import StorageObjectEvent
 from localcloud import provision
 from localcloud.config import LocalConfig
-from localcloud.router import FINALIZED_EVENT_TYPE, Scheduler, StorageEventBridge, retry_delays
+from localcloud.router import PUBLISHED_EVENT_TYPE, Scheduler, StorageEventBridge, retry_delays
 from tests.integration.conftest import HttpReceiver
 
 
@@ -71,8 +72,8 @@ def _upload(fake_gcs: str, bucket: str, name: str, data: bytes) -> None:
     assert response.status_code == 200, response.text
 
 
-def test_an_upload_reaches_the_function_as_a_binary_storage_cloudevent(
-    bridge_to_receiver: str, fake_gcs: str, http_receiver: HttpReceiver
+def test_an_upload_reaches_the_function_as_eventarcs_pubsub_trigger_delivers_it(
+    bridge_to_receiver: str, fake_gcs: str, gcs_notifications_topic: str, http_receiver: HttpReceiver
 ) -> None:
     bucket = bridge_to_receiver
     _upload(fake_gcs, bucket, "study/series/IM0001.dcm", b"DICM-bytes")
@@ -80,14 +81,26 @@ def test_an_upload_reaches_the_function_as_a_binary_storage_cloudevent(
     (request,) = http_receiver.wait_for(1)
     assert request.method == "POST"
     assert request.headers["ce-specversion"] == "1.0"
-    assert request.headers["ce-type"] == FINALIZED_EVENT_TYPE
-    assert request.headers["ce-source"] == f"//storage.googleapis.com/projects/_/buckets/{bucket}"
-    assert request.headers["ce-subject"] == "objects/study/series/IM0001.dcm"
+    assert request.headers["ce-type"] == PUBLISHED_EVENT_TYPE
+    assert request.headers["ce-source"] == f"//pubsub.googleapis.com/{gcs_notifications_topic}"
     assert request.headers["ce-id"]
     assert request.headers["ce-time"].endswith("Z")
     assert request.headers["content-type"] == "application/json"
     body = json.loads(request.body)
-    assert (body["bucket"], body["name"], body["size"]) == (bucket, "study/series/IM0001.dcm", "10")
+    message = body["message"]
+    assert body["subscription"].startswith("projects/") and "/subscriptions/router-test-" in body["subscription"]
+    assert message["messageId"] == request.headers["ce-id"]
+    assert message["attributes"]["eventType"] == "OBJECT_FINALIZE"
+    resource = json.loads(base64.b64decode(message["data"]))
+    assert (resource["bucket"], resource["name"], resource["size"]) == (bucket, "study/series/IM0001.dcm", "10")
+    # What the import function makes of it: the upload, with the message id as the event id.
+    attributes = {"type": request.headers["ce-type"], "id": request.headers["ce-id"],
+                  "source": request.headers["ce-source"], "time": request.headers["ce-time"]}
+    event = StorageObjectEvent.from_cloud_event(attributes, body)
+    assert (event.bucket, event.name, event.size) == (bucket, "study/series/IM0001.dcm", 10)
+    assert event.event_id == message["messageId"]
+    assert event.event_type == "google.cloud.storage.object.v1.finalized"
+    assert event.generation == int(resource["generation"])
 
 
 def test_a_failed_delivery_is_retried_with_the_same_event_id(

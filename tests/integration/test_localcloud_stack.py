@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import requests
 
 from localcloud import components, provision
 from localcloud.config import LocalConfig
-from localcloud.router import FINALIZED_EVENT_TYPE
+from localcloud.router import PUBLISHED_EVENT_TYPE
 from localcloud.stack import ENDPOINTS_FILE, Stack, StackError
 from tests.integration.conftest import HttpReceiver
 
@@ -119,9 +120,10 @@ def test_an_upload_becomes_a_storage_event_for_the_import_function(routed: Route
     assert upload.status_code == 200
 
     (event,) = routed.receivers["import"].wait_for(1)
-    assert event.headers["ce-type"] == FINALIZED_EVENT_TYPE
-    assert event.headers["ce-source"] == f"//storage.googleapis.com/projects/_/buckets/{bucket}"
-    assert event.headers["ce-subject"] == "objects/stack-test/IM0001.dcm"
+    assert event.headers["ce-type"] == PUBLISHED_EVENT_TYPE
+    assert event.headers["ce-source"] == f"//pubsub.googleapis.com/{routed.endpoints['topics']['notifications']}"
+    resource = json.loads(base64.b64decode(json.loads(event.body)["message"]["data"]))
+    assert (resource["bucket"], resource["name"]) == (bucket, "stack-test/IM0001.dcm")
 
 
 def test_an_export_request_is_pushed_to_the_export_function(routed: RoutedStack) -> None:
