@@ -7,7 +7,7 @@ topic or store name), never the service's own message: messages can quote reques
 
 from __future__ import annotations
 
-from functions.retry import Fault
+from functions.gcp.retry import Fault
 
 _MEANING = {
     400: "the request was invalid",

@@ -7,7 +7,7 @@ as a failure (a zero-byte `.dcm` next to new uploads, say).
 
 from __future__ import annotations
 
-from functions.events import STORAGE_FINALIZED, StorageObjectEvent
+from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.settings import Settings
 
 

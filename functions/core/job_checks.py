@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from functions.export_request import BLOB_STORAGE_CLASSES, destination_allowed
+from functions.core.export_request import BLOB_STORAGE_CLASSES, destination_allowed
 
 if TYPE_CHECKING:
-    from functions.jobs import Job
+    from functions.imports.job_queue import Job
     from functions.settings import Settings
 
 
