@@ -32,9 +32,7 @@ from functions.core.errors import InvalidExportRequestError
 from functions.core.events import PubsubMessage
 from functions.core.export_request import decode_request_object, is_valid_request_id, short_hash
 from functions.core.refusal import refusal_reason
-from functions.gcp.gcs import Gcs
-from functions.gcp.healthcare import HealthcareClient
-from functions.gcp.publish import Publisher
+from functions.gcp.clients import EventPublisher, HealthcareApi, ObjectStore
 from functions.gcp.retry import classify
 from functions.imports.failed_objects import (
     FAILED,
@@ -172,8 +170,8 @@ class Redriver:
     def from_deps(cls, deps: Deps) -> Redriver:
         return cls(deps.settings, deps.gcs, deps.healthcare, deps.queue, deps.batcher, deps.publisher)
 
-    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient, queue: JobQueue,
-                 batcher: WindowBatcher, publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi, queue: JobQueue,
+                 batcher: WindowBatcher, publisher: EventPublisher, clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs
         self._queue = queue

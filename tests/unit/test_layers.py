@@ -88,3 +88,30 @@ def test_the_check_sees_an_import_made_only_for_type_checking_or_inside_a_functi
                       "if TYPE_CHECKING:\n    from functions.settings import Settings\n"
                       "def f():\n    from functions import wiring\n")
     assert sorted(m for _, m in imported_modules(module)) == ["functions.settings", "functions.wiring", "typing"]
+
+
+CONCRETE_CLIENTS = {"functions.gcp.gcs", "functions.gcp.healthcare", "functions.gcp.publish", "functions.gcp.bigquery"}
+
+
+def module_level_imports(path: Path) -> list[str]:
+    """Modules imported at the top of the file or in its TYPE_CHECKING block (not inside a function)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    statements = [*tree.body, *(s for node in tree.body if isinstance(node, ast.If) for s in node.body)]
+    found: list[str] = []
+    for node in statements:
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "functions":
+            found.extend(f"functions.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append(node.module)
+    return found
+
+
+@pytest.mark.parametrize("layer", ["imports", "exports"])
+def test_handlers_are_typed_against_the_client_protocols(layer: str) -> None:
+    """docs/decisions/0001: handlers take `functions.gcp.clients`' Protocols; wiring builds the clients."""
+    concrete = [f"{path.relative_to(FUNCTIONS.parent)} imports {module}"
+                for module_layer, path in modules() if module_layer == layer
+                for module in module_level_imports(path) if module in CONCRETE_CLIENTS]
+    assert concrete == []
