@@ -638,7 +638,7 @@ class JobQueue:
 
     def _tracked_by_job(self) -> dict[str, str]:
         """Job id -> operation id of every tracked operation: one listing (its metadata names the
-        job); a record written without metadata, by a version before it, is read."""
+        job); a record that carries no such metadata is read to find its job."""
         prefix = self._s.state_path("operations/")
         tracked: dict[str, str] = {}
         for info in self._gcs.list(self._s.state_bucket, prefix):

@@ -6,7 +6,7 @@ import, growing meanwhile). STARTING: a starter holds a slot and a lease and is 
 UNCONFIRMED: a start whose outcome is unknown; it keeps its slot until the poller finds out
 (docs/decisions/0300). Next to the state a record carries:
 - `holds`: later windows growing a PENDING staging import, each with its lease (`until`) and,
-  once a starter found it run out, `cancelled` (functions.imports.job_record).
+  once a starter found it run out, `cancelled` (the growth rules below).
 - `closing`: a starter could start the job but found live holds: no new hold is taken, so
   overlapping growers cannot keep a job from ever starting.
 - `attempted`: the time of an earlier start whose outcome was unknown and which began no
@@ -44,8 +44,9 @@ A grower that died (or stalled past `until`) leaves its hold. A starter cancels 
 the batch's copies and manifest, then removes it (swap) and starts the job; the uploads' window
 records still exist, so their window is planned again. A starter that finds live holds while it
 could start marks the job `closing`: no new hold is taken, so a stream of overlapping growers
-cannot keep a job from ever starting. Pure rules here; the calls live in `functions.imports.window_batcher`
-(grow) and `functions.imports.job_queue` (start); the record's transitions in `functions.imports.job_record`.
+cannot keep a job from ever starting. The growth's pure rules are the functions at the end of this
+module, its steps are rows of `TRANSITIONS`; the calls live in `functions.imports.window_batcher`
+(grow) and `functions.imports.job_queue` (start).
 """
 
 from __future__ import annotations
@@ -428,8 +429,8 @@ def growable(record: dict[str, Any], storage_class: str | None) -> bool:
 
 
 def _effect(record: dict[str, Any], event: Event, change: Change) -> dict[str, Any]:
-    """What `event` makes of a PENDING record, its guard aside (the guards are
-    functions.imports.job_record's, checked when the record is written)."""
+    """What `event` makes of a PENDING record, its guard aside (`apply` checks the guards when
+    the record is written)."""
     after = TRANSITIONS[(State.PENDING, event)].effect(JobRecord.from_json(record), change)
     assert after is not None
     return after.to_json()
