@@ -42,7 +42,7 @@ def _deps(function: str) -> Deps:
 
 @functools.cache
 def _import_handler() -> Any:
-    from functions.import_on_upload import ImportOnUpload
+    from functions.imports.import_on_upload import ImportOnUpload
 
     deps = _deps("import_dicom_on_upload")
     return ImportOnUpload(deps.settings, deps.gcs, deps.batcher)
@@ -55,7 +55,7 @@ if os.environ.get("FUNCTION_TARGET") in FUNCTION_VARIABLES:
 @functions_framework.cloud_event
 def import_dicom_on_upload(cloud_event: CloudEvent) -> None:
     """Cloud Storage object finalized: record the upload; the window's leader batches it."""
-    from functions.events import StorageObjectEvent
+    from functions.core.events import StorageObjectEvent
 
     attributes = attributes_of(cloud_event)
 
@@ -71,9 +71,9 @@ def import_dicom_on_upload(cloud_event: CloudEvent) -> None:
 def export_dicom_on_message(cloud_event: CloudEvent) -> None:
     """Pub/Sub message on the export-requests topic: validate it and start a filtered export
     (or, for `"action": "redrive"`, re-import what a failed import's receipt names)."""
-    from functions.events import PubsubMessage
-    from functions.export_on_message import ExportOnMessage
-    from functions.redrive import Redriver, is_redrive
+    from functions.core.events import PubsubMessage
+    from functions.exports.export_on_message import ExportOnMessage
+    from functions.exports.redrive import Redriver, is_redrive
 
     attributes = attributes_of(cloud_event)
     deps = _deps("export_dicom_on_message")
@@ -91,7 +91,7 @@ def export_dicom_on_message(cloud_event: CloudEvent) -> None:
 @functions_framework.http
 def poll_dicom_operations(request: flask.Request) -> flask.typing.ResponseReturnValue:
     """Cloud Scheduler tick: publish completion events, start queued jobs, recover dead work."""
-    from functions.poll_operations import Poller
+    from functions.imports.poll_operations import Poller
 
     deps = _deps("poll_dicom_operations")
     with log.context(function="poll_dicom_operations"):

@@ -26,7 +26,7 @@ import pydicom
 from pydicom.data import get_testdata_files
 
 from bench.import_patterns import Emulators
-from functions import failed_objects
+from functions.imports import failed_objects
 from tests.integration.harness import Deployment, deliver_all, distinct
 
 

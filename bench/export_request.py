@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from functions.export_request import ResourcesSelector, parse_export_request
+from functions.core.export_request import ResourcesSelector, parse_export_request
 
 TARGET_SECONDS = 5.0
 

@@ -152,7 +152,7 @@ _tl = threading.local()
 def _recording_gcs(inner: Any, recorder: Recorder) -> Any:
     """A Gcs that counts calls (in total and per calling thread) and keeps manifests and
     operation records (file -> job -> operation), which the pipeline deletes once done."""
-    from functions.gcs import Gcs
+    from functions.gcp.gcs import Gcs
 
     class RecordingGcs(Gcs):
         def __init__(self) -> None:
@@ -411,11 +411,11 @@ def _reads(stats: dict[str, Any], d: Any, deliveries: list[Delivery], old: list[
 def run_pipeline(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
     import google.cloud.pubsub_v1 as pubsub_v1
 
-    from functions.batching import WindowBatcher
-    from functions.import_on_upload import ImportOnUpload
-    from functions.jobs import JobQueue
-    from functions.poll_operations import Poller
-    from functions.windows import window_close, window_id
+    from functions.core.windows import window_close, window_id
+    from functions.imports.import_on_upload import ImportOnUpload
+    from functions.imports.job_queue import JobQueue
+    from functions.imports.poll_operations import Poller
+    from functions.imports.window_batcher import WindowBatcher
     from tests.integration.harness import Deployment
 
     d = Deployment.create(emu.healthcare_url, **PRODUCTION)
@@ -562,7 +562,7 @@ def _common(stats: dict[str, Any], dicom: list[Delivery]) -> dict[str, Any]:
 
 def run_naive(emu: Emulators, pattern: Pattern) -> dict[str, Any]:
     """Every event starts an import of exactly its object, as it arrives; no cap, no batching."""
-    from functions.selection import ignore_reason
+    from functions.core.selection import ignore_reason
     from tests.integration.harness import Deployment
 
     d = Deployment.create(emu.healthcare_url, **PRODUCTION)

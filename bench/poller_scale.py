@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.import_patterns import Emulators
-from functions.jobs import Job, StartedOperation
+from functions.imports.job_queue import Job, StartedOperation
 from tests import dicom_factory
 from tests.integration.harness import Deployment
 

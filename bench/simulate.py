@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from functions.batching import WindowBatcher, WindowResult, _Lease
-from functions.events import STORAGE_FINALIZED, StorageObjectEvent
-from functions.import_on_upload import ImportOnUpload
-from functions.jobs import JobQueue
-from functions.poll_operations import Poller
+from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
+from functions.imports.import_on_upload import ImportOnUpload
+from functions.imports.job_queue import JobQueue
+from functions.imports.poll_operations import Poller
+from functions.imports.window_batcher import WindowBatcher, WindowResult, _Lease
 from tests.functional.cloud_limits import CloudConditions, Latency, Limits, Meter
 from tests.functional.fakes import FakeHealthcare, FakeOperation
 from tests.functional.sim import Process

@@ -1,6 +1,6 @@
-"""The one place that maps an outcome to retry-or-acknowledge (see functions.errors).
+"""The one place that maps an outcome to retry-or-acknowledge (see functions.core.errors).
 
-Every exception, whichever client raised it, goes through `functions.retry.classify`: the same
+Every exception, whichever client raised it, goes through `functions.gcp.retry.classify`: the same
 decision the in-process retries make. A 403/404 from Cloud Storage or Pub/Sub (a missing bucket or
 topic, a missing permission) is acknowledged with one error line instead of being redelivered
 until the event goes stale.
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from functions import log
-from functions.errors import RetryableError
-from functions.retry import classify
+from functions.core.errors import RetryableError
+from functions.gcp.retry import classify
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from functions import log
-from functions.errors import ConfigurationError, InvalidExportRequestError
+from functions.core.errors import ConfigurationError, InvalidExportRequestError
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ class Settings:
     state_bucket: str  # DICOM_STATE_BUCKET: claims, queue, operation records, staging, receipts
     state_prefix: str = ""  # DICOM_STATE_PREFIX: "" or "some/prefix/" inside the state bucket
     # DICOM_UPLOAD_BUCKET: the only bucket (besides the state bucket's staging) imports read; ""
-    # = any bucket but the state bucket (functions.job_checks).
+    # = any bucket but the state bucket (functions.core.job_checks).
     upload_bucket: str = ""
     completion_topic: str = ""  # DICOM_COMPLETION_TOPIC: projects/P/topics/T
     healthcare_api_url: str = DEFAULT_HEALTHCARE_API_URL  # HEALTHCARE_API_URL
@@ -116,7 +116,7 @@ class Settings:
     @property
     def sql_datasets(self) -> tuple[tuple[str, str], ...]:
         """`sql_allowed_datasets` as (project, dataset) pairs; a bare dataset is in `project`."""
-        from functions.sql_gate import parse_allowed_datasets
+        from functions.core.sql_gate import parse_allowed_datasets
 
         return parse_allowed_datasets(self.sql_allowed_datasets, self.project)
 
@@ -271,7 +271,7 @@ def _storage_classes(raw: str) -> tuple[tuple[str, str], ...]:
 
 def _gcs_prefixes(raw: str) -> tuple[str, ...]:
     # The export function's own rule: an entry that passes here is one a destination can match.
-    from functions.export_request import normalize_allowlist_entry
+    from functions.core.export_request import normalize_allowlist_entry
 
     prefixes = []
     for entry in _csv(raw):
@@ -283,7 +283,7 @@ def _gcs_prefixes(raw: str) -> tuple[str, ...]:
 
 
 def _datasets(raw: str) -> tuple[str, ...]:
-    from functions.sql_gate import parse_allowed_datasets
+    from functions.core.sql_gate import parse_allowed_datasets
 
     entries = _csv(raw)
     parse_allowed_datasets(entries, "project")  # the form only; the project comes from DICOM_STORE

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from functions.batching import WindowBatcher
-from functions.gcs import Gcs
-from functions.healthcare import HealthcareClient
-from functions.jobs import JobQueue
-from functions.publish import Publisher
+from functions.gcp.gcs import Gcs
+from functions.gcp.healthcare import HealthcareClient
+from functions.gcp.publish import Publisher
+from functions.imports.job_queue import JobQueue
+from functions.imports.window_batcher import WindowBatcher
 from functions.settings import Settings
 
 

@@ -38,7 +38,7 @@ from google.cloud.storage import Blob
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-from functions.gcs import Gcs
+from functions.gcp.gcs import Gcs
 from functions.settings import DEFAULT_HEALTHCARE_API_URL, Settings
 from localcloud.config import IMPORT_TARGET, LocalConfig
 from localcloud.deployment import Deployment

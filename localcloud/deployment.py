@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from functions.errors import ConfigurationError
+from functions.core.errors import ConfigurationError
 from functions.settings import Settings
 from localcloud.config import IMPORT_TARGET, LocalConfig
 

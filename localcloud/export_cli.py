@@ -1,7 +1,7 @@
 """`dicom-events export ...`: publish one export request, wait for its completion event.
 
 The request is built in contract form (docs/contracts.md, "Export request") and checked with the export
-function's own parser (`functions.export_request.parse_export_request`) before it is sent, so a
+function's own parser (`functions.core.export_request.parse_export_request`) before it is sent, so a
 malformed request is refused here with the same reason the function would give. The destination
 allowlist is the function's business: a destination outside it comes back as a REJECTED event.
 
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from functions.errors import InvalidExportRequestError
-from functions.export_request import dedup_key, parse_export_request
+from functions.core.errors import InvalidExportRequestError
+from functions.core.export_request import dedup_key, parse_export_request
 from localcloud.connect import Connection
 from localcloud.progress import Reporter, aligned
 

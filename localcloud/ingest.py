@@ -1,7 +1,7 @@
 """`python -m localcloud ingest DIR`: upload a folder, wait until the import function is done with it.
 
 Every file under DIR is uploaded to the upload bucket as `PREFIX/relative/path`. Each uploaded
-object is classified with the import function's own rule (`functions.selection.ignore_reason`
+object is classified with the import function's own rule (`functions.core.selection.ignore_reason`
 with the import function's settings): *expected* objects are the ones it imports, *skipped* ones
 it ignores by design (sidecars, zero-byte files, names outside the pattern or prefixes).
 
@@ -9,7 +9,7 @@ When is the ingest done? The import function batches uploads into debounce windo
 import operations (and completion events) an upload causes is not known up front. The rule:
 
 1. **Seen**: every expected object has its duplicate marker `seen/{window}/{key}` in the state
-   bucket (`key` = `functions.windows.object_key(bucket, name, generation)`; matched by key alone,
+   bucket (`key` = `functions.core.windows.object_key(bucket, name, generation)`; matched by key alone,
    so the function's debounce length need not be known here). The function writes it
    right after the object's window record, so from then on the object is in the pipeline's
    durable state.
@@ -22,7 +22,7 @@ import operations (and completion events) an upload causes is not known up front
    `localcloud.connect`), drained once more after the quiet check.
 
 Then each expected object gets its outcome, the way the poller decides it
-(`functions.failed_objects`): *imported* when the store holds its very instance (its UIDs, read
+(`functions.imports.failed_objects`): *imported* when the store holds its very instance (its UIDs, read
 from the local file, are found by QIDO-RS and the stored instance's data set has the file's
 SHA-256; the same UIDs with other content are not this file's), *failed* when an import event
 names it (`failures`, with the reason), *undecided* when an event says its fate is unknown, or
@@ -53,14 +53,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from functions.events import STORAGE_FINALIZED, StorageObjectEvent
-from functions.failed_objects import HEADER_LIMIT, digest, read_uids
-from functions.gcs import Gcs
-from functions.gcs_wildcards import api_wildcard_match
-from functions.healthcare import HealthcareClient
-from functions.selection import ignore_reason
+from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
+from functions.core.gcs_wildcards import api_wildcard_match
+from functions.core.selection import ignore_reason
+from functions.core.windows import object_key
+from functions.gcp.gcs import Gcs
+from functions.gcp.healthcare import HealthcareClient
+from functions.imports.failed_objects import HEADER_LIMIT, digest, read_uids
 from functions.settings import Settings
-from functions.windows import object_key
 from localcloud.connect import EventStream, LocalCloud
 from localcloud.progress import Reporter, aligned
 
@@ -84,7 +84,7 @@ class UploadedObject:
     size: int
     skip_reason: str | None  # None: the import function takes it
     uids: tuple[str, str, str] | None  # study, series, instance; None: not DICOM
-    digest: str | None = None  # data set SHA-256 (functions.failed_objects.digest) of a DICOM file
+    digest: str | None = None  # data set SHA-256 (functions.imports.failed_objects.digest) of a DICOM file
 
     @property
     def uri(self) -> str:

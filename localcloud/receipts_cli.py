@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Any
 
-from functions.errors import InvalidExportRequestError
-from functions.redrive import operation_id_of
+from functions.core.errors import InvalidExportRequestError
+from functions.exports.redrive import operation_id_of
 from localcloud.connect import Connection
 from localcloud.progress import aligned
 from localcloud.status import receipt_summary

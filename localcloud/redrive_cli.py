@@ -14,9 +14,9 @@ import json
 import uuid
 from typing import Any
 
-from functions.errors import InvalidExportRequestError
-from functions.export_request import short_hash
-from functions.redrive import ACTION, parse_redrive_request
+from functions.core.errors import InvalidExportRequestError
+from functions.core.export_request import short_hash
+from functions.exports.redrive import ACTION, parse_redrive_request
 from localcloud.connect import Connection
 from localcloud.export_cli import DEFAULT_TIMEOUT_SECONDS, ExportResult, RequestError, publish_and_wait
 from localcloud.progress import Reporter

@@ -17,7 +17,7 @@ through `CloudConditions.before` first:
   A write beyond the capacity of its second is answered 429.
 - **Listings come in pages of 1,000** objects: each page is one call (and one call's latency).
 
-A 429 is retried as the `functions.gcs` wrapper does (google-cloud-storage's backoff, waits of 1,
+A 429 is retried as the `functions.gcp.gcs` wrapper does (google-cloud-storage's backoff, waits of 1,
 2, 4 ... s, with our deadline `STORAGE_RETRY_SECONDS`), then `TooManyRequests` reaches the caller.
 Every 429 is counted, with the name it hit.
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from functions.gcs import STORAGE_RETRY_SECONDS
+from functions.gcp.gcs import STORAGE_RETRY_SECONDS
 from tests.functional.sim import Simulation
 
 WRITES = frozenset({"create", "replace", "write", "delete", "copy"})
@@ -41,7 +41,7 @@ PAGE_SIZE = 1000
 SAME_NAME_INTERVAL = 1.0
 INITIAL_BUCKET_WRITES = 1000.0
 RAMP_DOUBLING_SECONDS = 20 * 60.0
-# functions.gcs.DEFAULT_RETRY: google-cloud-storage's backoff (1 s doubling to 60 s), our deadline.
+# functions.gcp.gcs.DEFAULT_RETRY: google-cloud-storage's backoff (1 s doubling to 60 s), our deadline.
 RETRY_INITIAL, RETRY_MULTIPLIER, RETRY_MAXIMUM = 1.0, 2.0, 60.0
 RETRY_DEADLINE = STORAGE_RETRY_SECONDS
 
@@ -260,12 +260,13 @@ class CloudConditions:
 
     def install_pools(self) -> Callable[[], None]:
         """Makes the handlers' thread pools `SimulatedPool`s on this simulation; returns the undo."""
-        import functions.batching
-        import functions.failed_objects
-        import functions.jobs
-        import functions.poll_operations
+        import functions.imports.failed_objects
+        import functions.imports.job_queue
+        import functions.imports.poll_operations
+        import functions.imports.window_batcher
 
-        modules = (functions.batching, functions.failed_objects, functions.jobs, functions.poll_operations)
+        modules = (functions.imports.window_batcher, functions.imports.failed_objects, functions.imports.job_queue,
+                   functions.imports.poll_operations)
         before = [m.ThreadPoolExecutor for m in modules]  # type: ignore[attr-defined]
         conditions = self
 

@@ -1,4 +1,4 @@
-"""In-memory fakes of the three clients (functions.clients), with the semantics the protocol needs.
+"""In-memory fakes of the three clients (functions.gcp.clients), with the semantics the protocol needs.
 
 - `FakeObjectStore`: Cloud Storage objects with generations; create-if-absent, compare-and-swap
   replace and delete answer like `ifGenerationMatch` (None / False for a 412); listings are
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 from google.api_core import exceptions as gexc
 from sortedcontainers import SortedList
 
-from functions.clients import ObjectInfo, QueryResult, Record
-from functions.errors import PermanentApiError, api_error
-from functions.sql_gate import DryRun, TableRef
+from functions.core.errors import PermanentApiError, api_error
+from functions.core.sql_gate import DryRun, TableRef
+from functions.gcp.clients import ObjectInfo, QueryResult, Record
 from tests.functional.faults import Faults
 
 if TYPE_CHECKING:

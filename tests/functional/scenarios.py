@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from functions.batching import WindowResult
+from functions.imports.window_batcher import WindowResult
 from tests import dicom_factory
 from tests.functional.faults import Call
 from tests.functional.world import UPLOADS, Delivery, World
@@ -15,7 +15,7 @@ def staging_window(w: World, k: int, instances: list[Any]) -> list[Delivery]:
     """Window k: two new files beside an old one (seeded without an event), then the window closes.
 
     Staging the two (one copy each) is cheaper than a glob that reads the old file again, so the
-    window's plan is a staging import: one that a later window can grow (functions/coalescing.py).
+    window's plan is a staging import: one that a later window can grow (functions/imports/job_record.py).
     """
     w.store.put(UPLOADS, f"mig/w{k:02d}/m.dcm", dicom_factory.instance())
     deliveries = w.upload_burst([f"mig/w{k:02d}/a.dcm", f"mig/w{k:02d}/z.dcm"], to=instances)
@@ -40,7 +40,7 @@ def record_trace(prepare: Callable[[], World], scenario: Callable[[World], Any])
 
 def started_untracked(executed: list[Call], method: str = "import_dicom") -> bool:
     """Did an LRO start whose operation record was never written? Then its job is started again
-    (functions/jobs.py), and its objects may be read twice."""
+    (functions/imports/job_queue.py), and its objects may be read twice."""
     starts = [c.index for c in executed if c.method == method]
     records = [c.index for c in executed if c.method in ("create", "write") and c.name.startswith("operations/")]
     return bool(starts) and not any(r > starts[-1] for r in records)

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 from google.api_core.exceptions import TooManyRequests
 
-from functions import poll_operations
-from functions.jobs import Job
+from functions.imports import poll_operations
+from functions.imports.job_queue import Job
 from tests import dicom_factory
 from tests.functional.cloud_limits import INITIAL_BUCKET_WRITES, CloudConditions, Latency, Limits
 from tests.functional.sim import Process, Simulation

@@ -1,4 +1,4 @@
-"""Coalescing under backpressure (functions/coalescing.py): while the cap is reached, later windows
+"""Coalescing under backpressure (functions/imports/job_record.py): while the cap is reached, later windows
 grow the queued staging import instead of queueing jobs behind it.
 
 Every window here (`scenarios.staging_window`) plans a staging import. The cap is 1 and a first
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from google.api_core.exceptions import TooManyRequests
 
-from functions import coalescing
-from functions.batching import STAGE_CHUNK, WindowResult
+from functions.imports import job_record
+from functions.imports.window_batcher import STAGE_CHUNK, WindowResult
 from tests import dicom_factory
 from tests.functional.scenarios import (
     crash_point_ids,
@@ -195,7 +195,7 @@ def test_a_starter_that_finds_a_live_hold_closes_the_job_and_the_grower_starts_i
     w.sim.run_until(w.sim.clock())
     [record] = w.queue().pending_records()
     assert record.data.get("closing") and len(w.hc.operations) == 1  # not started under the hold
-    assert not coalescing.growable(record.data, None)  # no new growers
+    assert not job_record.growable(record.data, None)  # no new growers
     w.sim.run_until_idle()
     assert len(led(slow).started) == 1
     [running] = w.hc.running
@@ -311,7 +311,7 @@ def test_a_starter_killed_while_undoing_a_dead_growth_loses_nothing(step: int) -
     executed = w.faults.trace[:step - 1]
     w.redeliver_lost(w.instance("retry"))
     w.settle()
-    # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
+    # A kill between an LRO start and its record: the job is started again (functions/imports/job_queue.py).
     w.check_invariants(may_import_twice=started_untracked(executed))
 
 
@@ -382,7 +382,7 @@ def test_a_grower_that_cannot_renew_its_hold_stops_copying_and_its_window_is_pla
     assert grower.grown == first.jobs[0] and grower.staged == len(new)
     record = w.store.json(STATE, job_path)
     [batch] = record["job"]["grown"]
-    assert not stopped.endswith(batch) and coalescing.holds_of(record) == {}
+    assert not stopped.endswith(batch) and job_record.holds_of(record) == {}
     w.hc.finish(blocker.name)
     w.settle()
     w.check_invariants()

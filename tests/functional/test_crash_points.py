@@ -9,7 +9,7 @@ state left, and a late duplicate of every event starts nothing.
 
 One known exception, asserted as such: a kill after an LRO start and before its operation record
 is written leaves a job in STARTING that the poller starts again after its lease; the data is then
-read twice (functions/jobs.py says why that is preferred to losing it).
+read twice (functions/imports/job_queue.py says why that is preferred to losing it).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from functions.events import PubsubMessage
-from functions.windows import object_key, window_id
+from functions.core.events import PubsubMessage
+from functions.core.windows import object_key, window_id
 from tests.functional.faults import Call
 from tests.functional.scenarios import record_trace, started_untracked
 from tests.functional.world import STATE, World

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from functions.events import PubsubMessage
-from functions.redrive import Redriver
+from functions.core.events import PubsubMessage
+from functions.exports.redrive import Redriver
 from tests import dicom_factory
 from tests.contracts import validate_completion_event
 from tests.functional.world import UPLOADS, World
@@ -31,7 +31,7 @@ def _redrive(world: World, receipt: str, request_id: str) -> str:
     message = PubsubMessage(event_id=f"m-{request_id}", message_id=f"m-{request_id}", data=data, attributes={},
                             publish_time=datetime.fromtimestamp(world.sim.clock(), UTC))
     queue = world.queue()
-    from functions.batching import WindowBatcher
+    from functions.imports.window_batcher import WindowBatcher
 
     redriver = Redriver(world.settings, world.store, world.hc, queue,  # type: ignore[arg-type]
                         WindowBatcher(world.settings, world.store, queue, clock=world.sim.clock),

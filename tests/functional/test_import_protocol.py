@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from google.api_core.exceptions import ServiceUnavailable, TooManyRequests
 
-from functions.batching import OTHERS_LISTED, STAGE_CHUNK
-from functions.errors import PermanentApiError, TransientApiError
-from functions.events import StorageObjectEvent
-from functions.windows import window_id
+from functions.core.errors import PermanentApiError, TransientApiError
+from functions.core.events import StorageObjectEvent
+from functions.core.windows import window_id
+from functions.imports.window_batcher import OTHERS_LISTED, STAGE_CHUNK
 from tests import dicom_factory
 from tests.functional.scenarios import led
 from tests.functional.world import T0, UPLOADS, World
@@ -403,7 +403,7 @@ def test_a_leader_whose_record_deletions_outlast_its_lease_renews_its_claim_and_
 def test_a_leader_whose_copies_are_throttled_past_its_lease_renews_its_claim_and_copies_them_again(
         world: World) -> None:
     """Cloud Storage answers 429 to several copies of a round, each after the client's own retries
-    (8 s, functions.gcs.STORAGE_RETRY_SECONDS): together longer than the lease. The leader renews
+    (8 s, functions.gcp.gcs.STORAGE_RETRY_SECONDS): together longer than the lease. The leader renews
     its claim and copies those again; the window stays its own (decision 0752)."""
     old = "hot/a010.dcm"  # an imported file amid the new ones: the window stages
     world.store.put(UPLOADS, old, dicom_factory.instance())

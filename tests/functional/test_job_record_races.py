@@ -1,4 +1,4 @@
-"""Writes of one job record that race (functions/job_record.py): each is a compare-and-swap, and a
+"""Writes of one job record that race (functions/imports/job_record.py): each is a compare-and-swap, and a
 write that must land whatever the record became meanwhile reads it again and applies its row."""
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ import pytest
 import requests
 
 from functions import boundary
-from functions.errors import ApiError
-from functions.events import PubsubMessage
-from functions.export_on_message import ExportOnMessage
-from functions.healthcare import HealthcareClient
-from functions.jobs import JobQueue
+from functions.core.errors import ApiError
+from functions.core.events import PubsubMessage
+from functions.exports.export_on_message import ExportOnMessage
+from functions.gcp.healthcare import HealthcareClient
+from functions.imports.job_queue import JobQueue
 from functions.settings import Settings
 from tests.functional.world import World
 

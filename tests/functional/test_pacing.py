@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from functions.errors import TransientApiError
-from functions.jobs import Job
+from functions.core.errors import TransientApiError
+from functions.imports.job_queue import Job
 from tests import dicom_factory
 from tests.functional.scenarios import (
     crash_point_ids,
@@ -240,7 +240,7 @@ def test_the_grow_and_start_scenario_is_what_the_crash_points_assume() -> None:
                          ids=crash_point_ids(GROW_AND_START))
 def test_a_leader_killed_before_any_call_of_grow_and_start_loses_nothing(step: int) -> None:
     w, executed = killed_then_redelivered(_done_world, _grow_and_start, step)
-    # A kill between an LRO start and its record: the job is started again (functions/jobs.py).
+    # A kill between an LRO start and its record: the job is started again (functions/imports/job_queue.py).
     w.check_invariants(may_import_twice=started_untracked(executed))
 
 

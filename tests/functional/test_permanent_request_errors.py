@@ -11,9 +11,9 @@ from typing import Any
 
 from google.api_core.exceptions import Forbidden, NotFound, ServiceUnavailable
 
-from functions.errors import PermanentApiError
-from functions.events import PubsubMessage
-from functions.export_on_message import ExportOutcome
+from functions.core.errors import PermanentApiError
+from functions.core.events import PubsubMessage
+from functions.exports.export_on_message import ExportOutcome
 from tests.contracts import validate_completion_message
 from tests.functional.world import World
 
@@ -155,7 +155,7 @@ def test_the_poller_starts_an_import_queued_behind_requests_that_wait_for_a_slot
 
 
 def test_forged_job_records_are_refused_when_they_start() -> None:
-    from functions.jobs import Job
+    from functions.imports.job_queue import Job
 
     w, _ = _world()
     operations_before = len(w.hc.operations)

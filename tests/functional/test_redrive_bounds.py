@@ -10,8 +10,8 @@ from typing import Any
 
 from google.api_core.exceptions import Forbidden
 
-from functions.events import PubsubMessage
-from functions.redrive import MAX_REDRIVE_OBJECTS, RedriveOutcome, Redriver
+from functions.core.events import PubsubMessage
+from functions.exports.redrive import MAX_REDRIVE_OBJECTS, RedriveOutcome, Redriver
 from tests import dicom_factory
 from tests.functional.world import STATE, UPLOADS, World
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from functions.events import PubsubMessage
-from functions.export_on_message import ExportOutcome
+from functions.core.events import PubsubMessage
+from functions.exports.export_on_message import ExportOutcome
 from tests.functional.world import STATE, World
 
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from functions.bigquery import query_error
-from functions.errors import TransientApiError
-from functions.events import PubsubMessage
-from functions.export_on_message import ExportOutcome
-from functions.sql_gate import DryRun, TableRef
+from functions.core.errors import TransientApiError
+from functions.core.events import PubsubMessage
+from functions.core.sql_gate import DryRun, TableRef
+from functions.exports.export_on_message import ExportOutcome
+from functions.gcp.bigquery import query_error
 from tests import dicom_factory
 from tests.contracts import validate_completion_message
 from tests.functional.fakes import FakeBigQuery, Instance

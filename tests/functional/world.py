@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from functions.batching import WindowBatcher
-from functions.clients import SqlRunner
-from functions.events import STORAGE_FINALIZED, StorageObjectEvent
-from functions.export_on_message import ExportOnMessage
-from functions.import_on_upload import ImportOnUpload, Outcome
-from functions.jobs import JobQueue
-from functions.poll_operations import Poller, PollSummary
+from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
+from functions.exports.export_on_message import ExportOnMessage
+from functions.gcp.clients import SqlRunner
+from functions.imports.import_on_upload import ImportOnUpload, Outcome
+from functions.imports.job_queue import JobQueue
+from functions.imports.poll_operations import Poller, PollSummary
+from functions.imports.window_batcher import WindowBatcher
 from functions.settings import Settings
 from tests import dicom_factory
 from tests.functional.cloud_limits import CloudConditions
@@ -114,7 +114,7 @@ class World:
         """A user's upload now (a fresh DICOM instance unless `data` is given); its finalize event."""
         if data is None:
             data = dicom_factory.instance()
-            from functions.failed_objects import read_uids
+            from functions.imports.failed_objects import read_uids
 
             uids = read_uids(data)
             assert uids is not None
@@ -210,7 +210,7 @@ class World:
 
         `expected`: object names that must be in the store (default: every DICOM upload).
         `may_import_twice`: the crash fell between an LRO start and its record: the job is
-        started again (documented in functions.jobs), so its objects may be read twice.
+        started again (documented in functions.imports.job_queue), so its objects may be read twice.
         """
         names = list(self.sops) if expected is None else list(expected)
         missing = [n for n in names if self.hc.imports_of(self.sops[n]) == 0]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from functions import completion
+from functions.core import completion
 from tests.infra import monitoring_config as mc
 
 FUNCTIONS = mc.ROOT / "functions"
@@ -29,7 +29,7 @@ _LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 def _log_calls() -> dict[str, list[tuple[str, set[str]]]]:
     """message -> [(where, structured field names)] for every `logger.<level>("...", extra=fields(...))`."""
     calls: dict[str, list[tuple[str, set[str]]]] = defaultdict(list)
-    for path in sorted(FUNCTIONS.glob("*.py")):
+    for path in sorted(FUNCTIONS.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

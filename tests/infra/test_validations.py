@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from functions.errors import ConfigurationError
+from functions.core.errors import ConfigurationError
 from functions.settings import Settings
 from tests.infra.hcl import INFRA, load_dir, validator
 

@@ -18,10 +18,10 @@ import google.cloud.pubsub_v1 as pubsub_v1
 import requests
 from google.cloud import storage
 
-from functions.events import StorageObjectEvent
-from functions.gcs import Gcs
-from functions.import_on_upload import ImportOnUpload
-from functions.poll_operations import Poller
+from functions.core.events import StorageObjectEvent
+from functions.gcp.gcs import Gcs
+from functions.imports.import_on_upload import ImportOnUpload
+from functions.imports.poll_operations import Poller
 from functions.settings import Settings
 from functions.wiring import Deps
 from tests.contracts import validate_completion_message
@@ -142,8 +142,8 @@ class Deployment:
         counting = CountingGcs(self.deps.gcs)
         self.deps = Deps.from_settings(self.settings)
         object.__setattr__(self.deps, "gcs", counting)
-        from functions.batching import WindowBatcher
-        from functions.jobs import JobQueue
+        from functions.imports.job_queue import JobQueue
+        from functions.imports.window_batcher import WindowBatcher
 
         queue = JobQueue(self.settings, counting, self.deps.healthcare)
         object.__setattr__(self.deps, "queue", queue)
@@ -296,7 +296,7 @@ def successes(events: Iterable[dict[str, Any]]) -> int:
 
 
 def windows_of(d: Deployment, events: Iterable[StorageObjectEvent]) -> set[str]:
-    from functions.windows import window_id
+    from functions.core.windows import window_id
 
     return {window_id(e.time_created, d.settings.debounce_seconds) for e in events}
 
@@ -317,7 +317,7 @@ def pubsub_message(data: bytes, *, message_id: str | None = None, publish_time: 
     import base64
     from datetime import UTC, datetime
 
-    from functions.events import PUBSUB_PUBLISHED, PubsubMessage
+    from functions.core.events import PUBSUB_PUBLISHED, PubsubMessage
 
     message_id = message_id or str(uuid.uuid4().int)[:16]
     publish_time = publish_time or datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -331,7 +331,7 @@ def pubsub_message(data: bytes, *, message_id: str | None = None, publish_time: 
 
 def export_handler(d: Deployment) -> Any:
     """The export function's handler on the deployment's clients."""
-    from functions.export_on_message import ExportOnMessage
+    from functions.exports.export_on_message import ExportOnMessage
 
     return ExportOnMessage.from_deps(d.deps)
 

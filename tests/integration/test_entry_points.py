@@ -25,7 +25,7 @@ import functions_framework
 import pytest
 from pydicom.uid import generate_uid
 
-from functions.errors import ConfigurationError
+from functions.core.errors import ConfigurationError
 from functions.log import JsonFormatter
 from tests import dicom_factory
 from tests.integration.harness import (

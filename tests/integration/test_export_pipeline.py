@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from functions.export_request import dedup_key, parse_export_request
+from functions.core.export_request import dedup_key, parse_export_request
 from tests import dicom_factory
 from tests.integration.harness import (
     PROJECT,
@@ -301,7 +301,7 @@ def test_bad_messages_are_rejected_once_acknowledged_and_export_nothing(d: Deplo
     handler = export_handler(d)
     before = emulator_calls(d, "export")
     expected: dict[str, tuple[str, str | None]] = {}  # eventId -> (case, requestId)
-    from functions.export_request import short_hash
+    from functions.core.export_request import short_hash
 
     for case, (raw, _) in BAD_MESSAGES.items():
         request_id = None
@@ -453,8 +453,8 @@ def _no_faults_left(healthcare_emulator: str) -> Iterator[None]:
 
 def test_a_crash_after_the_export_started_and_a_redelivery_start_no_second_export(d: Deployment,
                                                                                   store: Store) -> None:
-    from functions.export_on_message import ExportOnMessage
-    from functions.gcs import Gcs
+    from functions.exports.export_on_message import ExportOnMessage
+    from functions.gcp.gcs import Gcs
 
     class CrashOnClaimUpdate(Gcs):
         crashed = False

@@ -28,8 +28,8 @@ import requests
 from pydicom.data import get_testdata_files
 from pydicom.uid import generate_uid
 
-from functions.failed_objects import attributes_readable, read_uids
-from functions.redrive import Redriver
+from functions.exports.redrive import Redriver
+from functions.imports.failed_objects import attributes_readable, read_uids
 from tests import dicom_factory
 from tests.integration.harness import Deployment, clear_faults, deliver_all, distinct, pubsub_message
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from functions.events import StorageObjectEvent
+from functions.core.events import StorageObjectEvent
 from tests import dicom_factory
 from tests.integration.harness import (
     Deployment,
@@ -260,7 +260,7 @@ def test_no_state_object_is_written_more_than_about_once_a_second(healthcare_emu
 
 
 def _window(d: Deployment, event: StorageObjectEvent) -> str:
-    from functions.windows import window_id
+    from functions.core.windows import window_id
 
     return window_id(event.time_created, d.settings.debounce_seconds)
 
@@ -337,7 +337,7 @@ def test_an_import_planned_while_another_runs_waits_and_grows_although_slots_are
 
 
 def test_a_start_the_api_refuses_comes_back_as_a_failed_event(deployment: Deployment) -> None:
-    from functions.jobs import Job
+    from functions.imports.job_queue import Job
 
     d = deployment
     # '**' followed by a path: the API answers 400 INVALID_ARGUMENT; a retry cannot help.

@@ -1,6 +1,6 @@
 """The functional tests' fake Cloud Storage held against the real client on fake-gcs-server.
 
-The same assertions run on `functions.gcs.Gcs` (over HTTP to fake-gcs-server) and on
+The same assertions run on `functions.gcp.gcs.Gcs` (over HTTP to fake-gcs-server) and on
 `tests.functional.fakes.FakeObjectStore`: what the functional layer assumes about generations,
 `ifGenerationMatch`, listings and copies is what the real client does.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.api_core import exceptions as gexc
 
-from functions.clients import ObjectStore
+from functions.gcp.clients import ObjectStore
 
 
 @pytest.fixture(params=["fake-gcs-server", "in-memory fake"])
@@ -23,7 +23,7 @@ def store(request: pytest.FixtureRequest, fake_gcs: str) -> Iterator[tuple[Objec
     if request.param == "fake-gcs-server":
         from google.cloud import storage
 
-        from functions.gcs import Gcs
+        from functions.gcp.gcs import Gcs
 
         client = storage.Client(project="local-project")
         client.create_bucket(bucket)

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from functions.failed_objects import read_uids
-from functions.redrive import Redriver
+from functions.exports.redrive import Redriver
+from functions.imports.failed_objects import read_uids
 from tests import dicom_factory
 from tests.integration.harness import (
     Deployment,

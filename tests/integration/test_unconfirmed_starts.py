@@ -20,10 +20,9 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from functions.export_on_message import ExportOnMessage
-from functions.healthcare import HealthcareClient
-from functions.jobs import Job, JobQueue
-from functions.unconfirmed_starts import unknown_outcome_seconds
+from functions.exports.export_on_message import ExportOnMessage
+from functions.gcp.healthcare import HealthcareClient
+from functions.imports.job_queue import Job, JobQueue, unknown_outcome_seconds
 from tests import dicom_factory
 from tests.integration.harness import (
     Deployment,

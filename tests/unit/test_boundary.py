@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from functions.boundary import attributes_of, run_event
-from functions.errors import (
+from functions.core.errors import (
     InvalidEventError,
     InvalidExportRequestError,
     PermanentApiError,

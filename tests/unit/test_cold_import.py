@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.retry import classify
+from functions.gcp.retry import classify
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("google.api_core", "google.cloud.storage", "google.cloud.pubsub_v1", "grpc", "requests", "urllib3")

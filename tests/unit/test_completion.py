@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from functions.completion import (
+from functions.core.completion import (
     Counters,
     OperationError,
     TrackedOperation,
@@ -19,7 +19,7 @@ from functions.completion import (
     parse_operation,
     rejected_event,
 )
-from functions.export_request import short_hash
+from functions.core.export_request import short_hash
 
 STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
 OP_NAME = "projects/p/locations/l/datasets/d/operations/1234567890"

@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 
-from functions.completion import (
+from functions.core.completion import (
     ObjectCounts,
     TrackedOperation,
     build_completion_event,
     redrive_noop_event,
     rejected_event,
 )
-from functions.errors import InvalidExportRequestError
-from functions.export_request import SUPPORTED_MIME_TYPES, parse_export_request
-from functions.redrive import parse_redrive_request
+from functions.core.errors import InvalidExportRequestError
+from functions.core.export_request import SUPPORTED_MIME_TYPES, parse_export_request
+from functions.exports.redrive import parse_redrive_request
 from tests.contracts import (
     COMPLETION_ATTRIBUTES,
     COMPLETION_EVENT,
@@ -487,7 +487,7 @@ FUNCTION_ONLY: list[bytes] = [
     json.dumps({"destination": D, "query": {"StudyDate": "20241231-20240101"}}).encode(),
     b'{"destination": "gs://exports/a", "destination": "gs://exports/b"}',
     # sql: the schema only knows it is a non-blank string; a NUL is refused when parsed, and what
-    # the statement is, BigQuery's dry run says when it is handled (functions.sql_gate).
+    # the statement is, BigQuery's dry run says when it is handled (functions.core.sql_gate).
     json.dumps({"destination": D, "sql": "SELECT 'a\u0000'"}).encode(),
 ]
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from functions.errors import (
+from functions.core.errors import (
     RETRYABLE_STATUS_CODES,
     DicomPipelineError,
     DropEventError,
@@ -18,7 +18,7 @@ from functions.errors import (
     TransientApiError,
     api_error,
 )
-from functions.healthcare import HealthcareClient
+from functions.gcp.healthcare import HealthcareClient
 from functions.settings import Settings
 from tests.unit import retry_clock
 from tests.unit.retry_clock import FakeTime

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from functions.errors import ConfigurationError, InvalidExportRequestError
-from functions.export_request import destination_allowed, parse_export_request
+from functions.core.errors import ConfigurationError, InvalidExportRequestError
+from functions.core.export_request import destination_allowed, parse_export_request
 from functions.settings import Settings
 
 BASE = {

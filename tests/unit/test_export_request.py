@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from functions.errors import DropEventError, InvalidEventError, InvalidExportRequestError
-from functions.export_request import (
+from functions.core.errors import DropEventError, InvalidEventError, InvalidExportRequestError
+from functions.core.export_request import (
     DICOM_TRANSFER_SYNTAXES,
     MAX_REQUEST_BYTES,
     ExportRequest,

@@ -1,4 +1,4 @@
-"""functions.failed_objects on plain inputs: header rules, the data set digest, bounded reads."""
+"""functions.imports.failed_objects on plain inputs: header rules, the data set digest, bounded reads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from functions import failed_objects as fo
-from functions.errors import api_error
+from functions.core.errors import api_error
+from functions.imports import failed_objects as fo
 from tests import dicom_factory
 
 GIB = 1024**3

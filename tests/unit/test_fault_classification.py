@@ -1,4 +1,4 @@
-"""`functions.retry.classify`: retry or drop for every exception a client can raise, and the
+"""`functions.gcp.retry.classify`: retry or drop for every exception a client can raise, and the
 in-process retry predicates that must agree with it."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from google.cloud.pubsub_v1.publisher.exceptions import PublishError
 from google.cloud.storage.exceptions import InvalidResponse
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
 
-from functions import gcs
-from functions.errors import (
+from functions.core.errors import (
     ConfigurationError,
     InvalidEventError,
     InvalidExportRequestError,
@@ -28,7 +27,8 @@ from functions.errors import (
     UnknownOutcomeError,
     api_error,
 )
-from functions.retry import classify, is_refused_start, is_transient, start_outcome
+from functions.gcp import gcs
+from functions.gcp.retry import classify, is_refused_start, is_transient, start_outcome
 
 
 class _RpcError(grpc.RpcError):

@@ -6,8 +6,8 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.api_core.exceptions import RetryError
 
-from functions import gcs
-from functions.lease import renewal_margin
+from functions.core.lease import renewal_margin
+from functions.gcp import gcs
 from functions.settings import Settings
 from tests.unit import retry_clock
 from tests.unit.retry_clock import FakeTime

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from functions.gcs_wildcards import (
+from functions.core.gcs_wildcards import (
     api_wildcard_match,
     compile_matcher,
     has_wildcard_chars,

@@ -1,5 +1,5 @@
 """A job read back from the state bucket is checked against the deployment when it starts
-(functions.job_checks): plain jobs and settings, no I/O."""
+(functions.core.job_checks): plain jobs and settings, no I/O."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from functions.job_checks import job_problem
-from functions.jobs import Job
+from functions.core.job_checks import job_problem
+from functions.imports.job_queue import Job
 from functions.settings import Settings
 
 S = Settings(dicom_store="projects/p/locations/l/datasets/d/dicomStores/s", state_bucket="state",

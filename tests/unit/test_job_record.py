@@ -1,4 +1,4 @@
-"""The job record (functions/job_record.py): its JSON, its transition table, and the one write."""
+"""The job record (functions/imports/job_record.py): its JSON, its transition table, and the one write."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from google.api_core.exceptions import TooManyRequests
 
-from functions import job_record
-from functions.clients import Record
-from functions.job_record import TRANSITIONS, Change, Event, Hold, JobRecord, State
+from functions.gcp.clients import Record
+from functions.imports import job_record
+from functions.imports.job_record import TRANSITIONS, Change, Event, Hold, JobRecord, State
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "state.md"
 JOB = {"job_id": "J", "kind": "import", "request_id": "B", "created_at": 1.0, "import_uri": "gs://s/staging/J/**",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from functions.lease import (
+from functions.core.lease import (
     CLOCK_SKEW_SECONDS,
     MAX_RENEWAL_MARGIN_SECONDS,
     OPERATION_CLOCK_SKEW_SECONDS,
@@ -52,14 +52,14 @@ def test_the_renewal_margin_is_half_the_lease_at_most_ten_seconds(lease_seconds:
 
 
 def test_the_timestamp_comparisons_take_their_allowance_from_the_lease_module() -> None:
-    from functions import batching, unconfirmed_starts
+    from functions.imports import job_queue, window_batcher
 
-    assert batching.CLOCK_SKEW_SECONDS is CLOCK_SKEW_SECONDS
-    assert unconfirmed_starts.CLOCK_SKEW_SECONDS is OPERATION_CLOCK_SKEW_SECONDS
+    assert window_batcher.CLOCK_SKEW_SECONDS is CLOCK_SKEW_SECONDS
+    assert job_queue.CLOCK_SKEW_SECONDS is OPERATION_CLOCK_SKEW_SECONDS
 
 
 def test_holds_and_starting_records_expire_as_their_lease_does() -> None:
-    from functions.job_record import Hold, JobRecord, State
+    from functions.imports.job_record import Hold, JobRecord, State
 
     assert Hold("b", 130.0).live(129.9)
     assert not Hold("b", 130.0).live(130.0)

@@ -348,7 +348,7 @@ def test_demo_shortens_uids_in_object_names() -> None:
 
 def test_demo_sql_passes_the_export_functions_check_and_its_selection_is_the_first_instance_per_series(
         tmp_path: Path) -> None:
-    from functions.sql_selection import check_sql
+    from functions.core.sql_selection import check_sql
     from localcloud import synthetic
 
     sql = demo.selection_sql("local-project.dicom_stream.instances", "MR")

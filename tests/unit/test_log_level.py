@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from functions import log
-from functions.errors import ConfigurationError
+from functions.core.errors import ConfigurationError
 from functions.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

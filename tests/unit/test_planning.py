@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from functions.gcs_wildcards import api_wildcard_match, is_literal_safe, is_valid_import_pattern
-from functions.planning import ImportPlan, ListingScope, listing_scopes, plan_import
+from functions.core.gcs_wildcards import api_wildcard_match, is_literal_safe, is_valid_import_pattern
+from functions.core.planning import ImportPlan, ListingScope, listing_scopes, plan_import
 
 LRO = 10_000.0
 

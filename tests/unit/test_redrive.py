@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from functions.completion import redrive_noop_event
-from functions.errors import InvalidExportRequestError
-from functions.redrive import is_redrive, operation_id_of, parse_redrive_request
+from functions.core.completion import redrive_noop_event
+from functions.core.errors import InvalidExportRequestError
+from functions.exports.redrive import is_redrive, operation_id_of, parse_redrive_request
 
 OP = "projects/p/locations/l/datasets/d/operations/123456789"
 

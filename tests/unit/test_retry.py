@@ -7,8 +7,8 @@ import requests
 from google.api_core import exceptions as gexc
 from google.api_core.exceptions import RetryError
 
-from functions import retry
-from functions.errors import InvalidEventError, PermanentApiError, TransientApiError, api_error
+from functions.core.errors import InvalidEventError, PermanentApiError, TransientApiError, api_error
+from functions.gcp import retry
 from tests.unit import retry_clock
 from tests.unit.retry_clock import FakeTime
 

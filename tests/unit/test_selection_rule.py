@@ -1,4 +1,4 @@
-"""One "importable" rule for the finalize handler and the planner (functions.selection)."""
+"""One "importable" rule for the finalize handler and the planner (functions.core.selection)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from functions import planning
-from functions.events import STORAGE_FINALIZED, StorageObjectEvent
-from functions.gcs_wildcards import api_wildcard_match
-from functions.selection import ignore_reason, is_importable
+from functions.core import planning
+from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
+from functions.core.gcs_wildcards import api_wildcard_match
+from functions.core.selection import ignore_reason, is_importable
 from functions.settings import Settings
 
 SETTINGS = Settings.from_env({

@@ -5,7 +5,7 @@ from dataclasses import fields
 
 import pytest
 
-from functions.errors import ConfigurationError
+from functions.core.errors import ConfigurationError
 from functions.settings import ALL_VARIABLES, FUNCTION_VARIABLES, Settings
 
 BASE = {

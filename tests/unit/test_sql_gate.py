@@ -1,10 +1,10 @@
-"""The `sql` gate's decision from a dry-run answer (functions.sql_gate): plain inputs, no BigQuery."""
+"""The `sql` gate's decision from a dry-run answer (functions.core.sql_gate): plain inputs, no BigQuery."""
 
 from __future__ import annotations
 
 import pytest
 
-from functions.sql_gate import (
+from functions.core.sql_gate import (
     REFERENCED_TABLES_LIMIT,
     DryRun,
     SqlRefusedError,
@@ -88,7 +88,7 @@ def test_queries_run_as_the_query_account_by_impersonation(monkeypatch: pytest.M
     from google.auth import impersonated_credentials
     from google.auth.credentials import AnonymousCredentials
 
-    from functions import bigquery as bq_module
+    from functions.gcp import bigquery as bq_module
     from functions.settings import Settings
 
     account = "dicom-sql@p.iam.gserviceaccount.com"

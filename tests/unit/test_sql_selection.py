@@ -1,5 +1,5 @@
 """The `sql` selector's pure parts: which statements run, how rows become paths, how BigQuery
-errors become reasons (functions.sql_selection, functions.bigquery)."""
+errors become reasons (functions.core.sql_selection, functions.gcp.bigquery)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import pytest
 from google.api_core import exceptions as gexc
 
-from functions.bigquery import query_error
-from functions.errors import InvalidExportRequestError, SqlQueryError, TransientApiError
-from functions.export_request import SqlSelector, parse_export_request
-from functions.sql_selection import MAX_SQL_CHARS, SqlResultError, check_sql, paths_from_rows, row_shape
+from functions.core.errors import InvalidExportRequestError, SqlQueryError, TransientApiError
+from functions.core.export_request import SqlSelector, parse_export_request
+from functions.core.sql_selection import MAX_SQL_CHARS, SqlResultError, check_sql, paths_from_rows, row_shape
+from functions.gcp.bigquery import query_error
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ def test_an_empty_over_long_or_nul_holding_sql_is_refused_when_parsed(sql: str, 
 
 
 def test_the_text_is_left_to_bigquerys_dry_run() -> None:
-    # What a statement is, BigQuery's dry run says (functions.sql_gate): the text is only trimmed.
+    # What a statement is, BigQuery's dry run says (functions.core.sql_gate): the text is only trimmed.
     for sql in ("DELETE FROM t WHERE TRUE", "SELECT 1; DROP TABLE t", "SELECT 'open"):
         assert check_sql(f" {sql} ") == sql
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from functions.unconfirmed_starts import (
+from functions.imports.job_queue import (
     CLOCK_SKEW_SECONDS,
     MIN_UNKNOWN_OUTCOME_SECONDS,
     Candidate,

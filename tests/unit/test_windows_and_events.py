@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from functions.errors import InvalidEventError
-from functions.events import PubsubMessage, StorageObjectEvent, parse_time
-from functions.selection import ignore_reason
+from functions.core.errors import InvalidEventError
+from functions.core.events import PubsubMessage, StorageObjectEvent, parse_time
+from functions.core.selection import ignore_reason
+from functions.core.windows import object_key, window_close, window_id, window_start
 from functions.settings import Settings
-from functions.windows import object_key, window_close, window_id, window_start
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 SETTINGS = Settings.from_env({
@@ -148,7 +148,7 @@ def test_parse_time(text: str | None, expected: datetime | None) -> None:
     ],
 )
 def test_is_importable_matches_what_the_function_takes(bucket: str, name: str, expected: bool) -> None:
-    from functions.selection import is_importable
+    from functions.core.selection import is_importable
 
     assert is_importable(bucket, name, 10, SETTINGS) is expected
 
@@ -157,7 +157,7 @@ def test_a_cloud_storage_notification_reads_like_the_eventarc_finalize_event() -
     import base64
     import json as _json
 
-    from functions.events import PUBSUB_PUBLISHED, STORAGE_FINALIZED, StorageObjectEvent
+    from functions.core.events import PUBSUB_PUBLISHED, STORAGE_FINALIZED, StorageObjectEvent
 
     resource = {"bucket": "up", "name": "in/a.dcm", "generation": "17", "size": "5",
                 "timeCreated": "2026-01-01T00:00:00Z"}

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from functions import sql_gate
-from functions.clients import EventPublisher, HealthcareApi, ObjectStore, SqlRunner
-from functions.completion import rejected_event
-from functions.errors import InvalidExportRequestError, SqlQueryError
-from functions.events import PubsubMessage
-from functions.export_request import (
+from functions.core import sql_gate
+from functions.core.completion import rejected_event
+from functions.core.errors import InvalidExportRequestError, SqlQueryError
+from functions.core.events import PubsubMessage
+from functions.core.export_request import (
     ExportRequest,
     FilterUriSelector,
     QuerySelector,
@@ -38,12 +37,13 @@ from functions.export_request import (
     is_valid_request_id,
     parse_export_request,
 )
-from functions.jobs import Job, JobQueue, Kind
+from functions.core.refusal import refusal_reason
+from functions.core.sql_selection import SqlResultError, paths_from_rows
+from functions.gcp.clients import EventPublisher, HealthcareApi, ObjectStore, SqlRunner
+from functions.gcp.retry import classify
+from functions.imports.job_queue import Job, JobQueue, Kind
 from functions.log import fields
-from functions.refusal import refusal_reason
-from functions.retry import classify
 from functions.settings import Settings
-from functions.sql_selection import SqlResultError, paths_from_rows
 
 if TYPE_CHECKING:
     from functions.wiring import Deps
@@ -74,7 +74,7 @@ class ExportOnMessage:
 
     @classmethod
     def from_deps(cls, deps: Deps) -> ExportOnMessage:
-        from functions.bigquery import BigQueryClient  # google-cloud-bigquery itself loads on first query
+        from functions.gcp.bigquery import BigQueryClient  # google-cloud-bigquery itself loads on first query
 
         return cls(deps.settings, deps.gcs, deps.healthcare, deps.queue, deps.publisher,
                    bigquery=BigQueryClient(deps.settings))

@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from os.path import commonprefix
 
-from functions.gcs_wildcards import (
+from functions.core.gcs_wildcards import (
     UNSAFE_LITERAL_CHARS,
     compile_matcher,
     is_literal_safe,

@@ -11,11 +11,11 @@ Decisions (each one is tested):
 - `requestId`: 1-256 characters of `A-Z a-z 0-9 . _ - :` (`REQUEST_ID_CHARSET`). It is only ever
   used hashed in object names (`dedup_key`), but it also lands in logs and events verbatim.
 - `action`: `export` (the default) or `setStorageClass` (with `storageClass`, and without
-  `destination` and `mimeType`); `redrive` never reaches this parser (functions.redrive).
+  `destination` and `mimeType`); `redrive` never reaches this parser (functions.exports.redrive).
 - Selector: at most one of `resources`, `filterUri`, `query`, `sql`; none means the whole store.
   A storage-class change of the whole store must say so: `"wholeStore": true` (and no selector);
   a forgotten selector is refused, never taken for "everything" (docs/decisions/0851).
-- `sql`: one SELECT/WITH statement (`functions.sql_selection.check_sql`); run by the function.
+- `sql`: one SELECT/WITH statement (`functions.core.sql_selection.check_sql`); run by the function.
 - `resources`: `/studies/U`, `/studies/U/series/U` or `/studies/U/series/U/instances/U` exactly.
   UIDs follow DICOM PS3.5 section 9.1: components of digits separated by dots, no empty component,
   no leading zero in a multi-digit component, at most 64 characters. Leading zeros are rejected:
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from functions.errors import InvalidEventError, InvalidExportRequestError
-from functions.sql_selection import check_sql
+from functions.core.errors import InvalidEventError, InvalidExportRequestError
+from functions.core.sql_selection import check_sql
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # the Pub/Sub message size limit
 MAX_REQUEST_ID_LENGTH = 256
@@ -56,7 +56,7 @@ FIELDS = ("requestId", "destination", "resources", "filterUri", "query", "sql", 
 SELECTOR_FIELDS = ("resources", "filterUri", "query", "sql")
 EXPORT = "export"
 SET_STORAGE_CLASS = "setStorageClass"
-ACTIONS = (EXPORT, SET_STORAGE_CLASS)  # "redrive" is routed before this parser (functions.redrive)
+ACTIONS = (EXPORT, SET_STORAGE_CLASS)  # "redrive" is routed before this parser (functions.exports.redrive)
 # BlobStorageSettings.blobStorageClass, without BLOB_STORAGE_CLASS_UNSPECIFIED.
 BLOB_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 
@@ -134,7 +134,7 @@ class QuerySelector:
 
 @dataclass(frozen=True)
 class SqlSelector:
-    """One BigQuery Standard SQL SELECT statement (checked by `functions.sql_selection.check_sql`)."""
+    """One BigQuery Standard SQL SELECT statement (checked by `functions.core.sql_selection.check_sql`)."""
 
     sql: str
 

@@ -16,7 +16,7 @@ Decisions:
 - Counters come out as ints. The API sends int64 as strings and leaves out zeros; a missing,
   negative or unparsable counter is 0.
 - `objects` (import, redrive) counts the job's objects as the poller judged them
-  (functions.failed_objects): landed + failed + undecided = total; `countersAgree` says whether
+  (functions.imports.failed_objects): landed + failed + undecided = total; `countersAgree` says whether
   that matches the API's counters. `failures` and `undecidedObjects` give each named object's
   reason, under the same cap as `failedObjects` (decision 0721).
 - Times are passed through when they are RFC 3339; `durationSeconds` is `endTime - createTime`
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from functions.export_request import is_valid_request_id, short_hash
+from functions.core.export_request import is_valid_request_id, short_hash
 
-# redrive: an import of a receipt's objects (functions.redrive); storageClass: setBlobStorageSettings.
+# redrive: an import of a receipt's objects (functions.exports.redrive); storageClass: setBlobStorageSettings.
 KINDS = ("import", "export", "redrive", "storageClass")
 SUCCEEDED = "SUCCEEDED"
 SUCCEEDED_WITH_ERRORS = "SUCCEEDED_WITH_ERRORS"

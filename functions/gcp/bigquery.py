@@ -24,10 +24,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from functions.clients import QueryResult
-from functions.errors import SqlQueryError, TransientApiError, api_error
+from functions.core.errors import SqlQueryError, TransientApiError, api_error
+from functions.core.sql_gate import DryRun, dry_run_from_statistics
+from functions.gcp.clients import QueryResult
 from functions.settings import DEFAULT_BIGQUERY_API_URL, Settings
-from functions.sql_gate import DryRun, dry_run_from_statistics
 
 _PAGE_SIZE = 10_000
 _POSITION = re.compile(r"\[(\d{1,7}):(\d{1,7})\]")

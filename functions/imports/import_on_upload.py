@@ -2,7 +2,7 @@
 
 Per event, on the normal path: two creates (window record, duplicate marker). The first request
 of a process for a window then waits for the window to close and, if this process wrote the
-window's smallest record, plans the window's imports (`functions.batching`). So a window is
+window's smallest record, plans the window's imports (`functions.imports.window_batcher`). So a window is
 claimed once, not once per upload, and no shared object is written per event.
 """
 
@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from functions.batching import WindowBatcher, WindowResult
-from functions.clients import ObjectStore
-from functions.errors import StaleEventError
-from functions.events import StorageObjectEvent
+from functions.core.errors import StaleEventError
+from functions.core.events import StorageObjectEvent
+from functions.core.selection import ignore_reason
+from functions.core.windows import object_key, window_close, window_id
+from functions.gcp.clients import ObjectStore
+from functions.imports.window_batcher import WindowBatcher, WindowResult
 from functions.log import fields
-from functions.selection import ignore_reason
 from functions.settings import Settings
-from functions.windows import object_key, window_close, window_id
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from functions.errors import RETRYABLE_STATUS_CODES, ApiError, DicomPipelineError, DropEventError, RetryableError
+from functions.core.errors import RETRYABLE_STATUS_CODES, ApiError, DicomPipelineError, DropEventError, RetryableError
 
 if TYPE_CHECKING:
     from google.api_core import exceptions as gexc
@@ -76,7 +76,7 @@ class Fault:
     resource: str = ""  # the bucket/object, topic, store or operation the call was about
     message: str = ""
     known: bool = True  # False: an exception nobody classified (a bug?): redelivered, not retried in-process
-    ours: bool = False  # one of our own decisions (functions.errors), not a client's fault
+    ours: bool = False  # one of our own decisions (functions.core.errors), not a client's fault
 
     @property
     def refusal(self) -> bool:

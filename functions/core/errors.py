@@ -1,11 +1,11 @@
 """One base class; one leaf per decision the functions take about an error.
 
 The boundary in `functions.boundary` maps them (and every client library's exceptions, through
-`functions.retry.classify`) to an outcome:
+`functions.gcp.retry.classify`) to an outcome:
 - `RetryableError` (and its children): raise -> HTTP 500 -> the platform redelivers the event.
 - `DropEventError` (and its children): log one clear line, acknowledge (no retry can help).
 - `ConfigurationError`: raised at cold start, so a bad deployment never serves.
-- `UnknownOutcomeError`: a non-idempotent call (an LRO start) may have acted; `functions.jobs`
+- `UnknownOutcomeError`: a non-idempotent call (an LRO start) may have acted; `functions.imports.job_queue`
   finds out instead of sending it again.
 """
 

@@ -1,8 +1,8 @@
 """What the handlers need from Cloud Storage, the Healthcare API and Pub/Sub, as small Protocols.
 
 The handlers (`ImportOnUpload`, `WindowBatcher`, `JobQueue`, `Poller`, `ExportOnMessage`) are
-typed against these, not against the concrete clients (`functions.gcs.Gcs`,
-`functions.healthcare.HealthcareClient`, `functions.publish.Publisher`). So the functional tests
+typed against these, not against the concrete clients (`functions.gcp.gcs.Gcs`,
+`functions.gcp.healthcare.HealthcareClient`, `functions.gcp.publish.Publisher`). So the functional tests
 run the real handler code on in-memory fakes with a fake clock (tests/functional), and a wrapper
 around a client (an error boundary, a call counter, a crash injector) is a drop-in.
 
@@ -13,7 +13,7 @@ queued jobs rests on (docs/state.md):
 - `replace` and `delete` with a generation succeed only while the object is at that generation.
 - `list` is strongly consistent and ordered by name; `metadata` and `time_created` come with it.
 - `HealthcareApi` starts return the operation name once the LRO exists; errors are the leaves of
-  `functions.errors.ApiError` (transient: may be retried; permanent: the API refused the call).
+  `functions.core.errors.ApiError` (transient: may be retried; permanent: the API refused the call).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from functions.sql_gate import DryRun
+from functions.core.sql_gate import DryRun
 
 
 @dataclass(frozen=True)

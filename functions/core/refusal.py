@@ -7,7 +7,18 @@ topic or store name), never the service's own message: messages can quote reques
 
 from __future__ import annotations
 
-from functions.retry import Fault
+from typing import Protocol
+
+
+class Refused(Protocol):
+    """What the reason reads of a classified fault (`functions.gcp.retry.Fault` has it)."""
+
+    @property
+    def status(self) -> int | None: ...  # the HTTP status, when there was an answer
+
+    @property
+    def resource(self) -> str: ...  # the bucket/object, topic, store or operation the call was about
+
 
 _MEANING = {
     400: "the request was invalid",
@@ -19,7 +30,7 @@ _MEANING = {
 }
 
 
-def refusal_reason(fault: Fault, what: str = "a call") -> str:
+def refusal_reason(fault: Refused, what: str = "a call") -> str:
     """One sentence for an event: which call was refused, with which status, and nothing started."""
     status = f"HTTP {fault.status}" if fault.status else "an error that no retry can cure"
     meaning = _MEANING.get(fault.status or 0, "")

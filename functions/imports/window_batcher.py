@@ -16,17 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from functions import coalescing, job_record, planning
-from functions.clients import ObjectInfo, ObjectStore, Record
-from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
-from functions.job_record import Change, Event
-from functions.jobs import Job, JobQueue
-from functions.lease import CLOCK_SKEW_SECONDS, Lease, renewal_margin
+from functions.core import planning
+from functions.core.gcs_wildcards import compile_matcher, has_wildcard_chars
+from functions.core.lease import CLOCK_SKEW_SECONDS, Lease, renewal_margin
+from functions.core.selection import is_importable
+from functions.core.windows import window_close
+from functions.gcp.clients import ObjectInfo, ObjectStore, Record
+from functions.gcp.retry import is_transient
+from functions.imports import job_record
+from functions.imports.job_queue import Job, JobQueue
+from functions.imports.job_record import Change, Event
 from functions.log import fields
-from functions.retry import is_transient
-from functions.selection import is_importable
 from functions.settings import Settings
-from functions.windows import window_close
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class WindowBatcher:
         staged = 0
         for (bucket, storage_class), group in _group(to_plan, self._s).items():
             rest = self._adopt(bucket, storage_class, group, covering, adoptions)
-            if rest and target is not None and coalescing.growable(target.data, storage_class):
+            if rest and target is not None and job_record.growable(target.data, storage_class):
                 to_grow.extend(rest)
             elif rest:
                 group_jobs, group_staged = self._plan_group(batch_id, window_closed, len(jobs), bucket,
@@ -261,8 +262,8 @@ class WindowBatcher:
         active = {j.job_id: j for j in jobs if j.kind == "import" and j.manifest}
         covered: set[tuple[str, int]] = set()
         for info in self._gcs.list(self._s.state_bucket, self._s.state_path("manifests/")):
-            job = active.get(coalescing.manifest_job_id(info.name))
-            batch = coalescing.manifest_batch(info.name)
+            job = active.get(job_record.manifest_job_id(info.name))
+            batch = job_record.manifest_batch(info.name)
             if job is None or (batch is not None and batch not in job.grown):
                 continue
             manifest = self._gcs.read(self._s.state_bucket, info.name)
@@ -277,7 +278,7 @@ class WindowBatcher:
     def _grow(self, target: Record, batch_id: str, uploads: list[Upload], claim: _Lease) -> _Growth | None:
         """Holds the queued job and copies `uploads` into its staging prefix; None if it is no longer
         growable (it started, a starter waits for it, or it has all the growers it may have). See
-        functions.coalescing."""
+        functions.imports.job_record."""
         job = Job.from_json(target.data["job"])
         hold_lease = Lease.starting(self._clock(), self._s.claim_lease_seconds)
         swapped = self._swap_job(job.job_id, target, Event.HOLD,
@@ -285,7 +286,7 @@ class WindowBatcher:
         if swapped is None:
             return None
         hold = _HeldJob(job, batch_id, *swapped, hold_lease)
-        entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id),
+        entries = self.stage(uploads, job_record.batch_prefix(job.staging_prefix, batch_id),
                              keep=lambda ahead: self._keep_claim(claim, ahead) and self._keep_hold(hold, ahead))
         return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or claim.lost))
 
@@ -296,7 +297,7 @@ class WindowBatcher:
         if not growth.complete:
             self._abandon(growth)
             return False
-        manifest = coalescing.grown_manifest(growth.job.manifest, growth.batch)
+        manifest = job_record.grown_manifest(growth.job.manifest, growth.batch)
         self._gcs.write(self._s.state_bucket, manifest, {"objects": growth.entries})
         if self._swap_job(growth.job.job_id, Record(growth.held, growth.generation), Event.COMMIT_GROWTH,
                           Change(batch=growth.batch, added=len(growth.entries))) is not None:
@@ -318,7 +319,7 @@ class WindowBatcher:
 
     def _swap_job(self, job_id: str, record: Record | None, event: Event,
                   change: Change) -> tuple[dict[str, Any], int] | None:
-        """Applies `event` to a queued job's record (functions.job_record): the new data and generation.
+        """Applies `event` to a queued job's record (functions.imports.job_record): the new data and generation.
 
         Other growers change the record too, so a lost swap is retried on a fresh read. Growers and
         starters write one job record, and Cloud Storage takes about one write per second per name:
@@ -385,7 +386,7 @@ class WindowBatcher:
         """Checks, before anything of the plan becomes durable, that the claim is still ours.
 
         False when it was taken over (its lease ran out while we planned). With less than the
-        renewal margin (`functions.lease.renewal_margin`) left the claim is renewed (`_keep_claim`),
+        renewal margin (`functions.core.lease.renewal_margin`) left the claim is renewed (`_keep_claim`),
         so the few calls up to the deletion of the records all fall inside the lease. (A pause longer
         than that margin between the check and the queued jobs can still double a batch: Cloud Storage has
         no fencing tokens.) Unlike `_keep_claim`, it reads the claim: a takeover shows here even
@@ -569,7 +570,7 @@ class WindowBatcher:
         (`ahead`: twice what the round before took); False when `keep` refused and the rest was left.
 
         Items whose call failed with a transient fault (429, 503 after the client's own retries,
-        `functions.gcs.STORAGE_RETRY_SECONDS`) are tried again in a round of their own, after
+        `functions.gcp.gcs.STORAGE_RETRY_SECONDS`) are tried again in a round of their own, after
         `keep`: a throttled Cloud Storage slows the leader down but never costs it its claim
         (decision 0752). After `_ROUND_ATTEMPTS` rounds for the same items the fault is raised.
         """
@@ -629,7 +630,7 @@ def _listed_after(cover: _Covering, upload: Upload) -> bool:
 def _growth_target(waiting: list[Record]) -> Record | None:
     """The newest queued job a window may grow (whatever its storage class; checked per group)."""
     for record in reversed(waiting):
-        if coalescing.growable(record.data, record.data.get("job", {}).get("storage_class")):
+        if job_record.growable(record.data, record.data.get("job", {}).get("storage_class")):
             return record
     return None
 

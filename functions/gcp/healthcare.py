@@ -4,7 +4,7 @@ It speaks plain REST through `requests` (an authorised session against Google, a
 against the local emulator at `HEALTHCARE_API_URL`), maps error answers onto our error classes,
 and retries transient faults with the shared policy. Starting an import or export is not
 idempotent: such a POST is only sent again after a fault that certainly started nothing (see
-`functions.retry.start_outcome`); any other failure raises `UnknownOutcomeError`.
+`functions.gcp.retry.start_outcome`); any other failure raises `UnknownOutcomeError`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import requests
 from google.api_core.exceptions import RetryError
 from google.api_core.retry import Retry
 
-from functions import retry
-from functions.errors import ApiError, TransientApiError, UnknownOutcomeError, api_error
+from functions.core.errors import ApiError, TransientApiError, UnknownOutcomeError, api_error
+from functions.gcp import retry
 from functions.settings import DEFAULT_HEALTHCARE_API_URL, Settings
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)

@@ -33,8 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from functions.clients import HealthcareApi, ObjectStore
-from functions.errors import ApiError
+from functions.core.errors import ApiError
+from functions.gcp.clients import HealthcareApi, ObjectStore
 from functions.log import fields
 
 logger = logging.getLogger(__name__)

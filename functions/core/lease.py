@@ -13,7 +13,7 @@ from dataclasses import dataclass
 # The largest difference we allow between two clocks whose timestamps we compare: ours against
 # Cloud Storage's `timeCreated` or the Healthcare API's operation `createTime`.
 CLOCK_SKEW_SECONDS = 2.0
-# The API's `createTime` against the time a start began (functions.unconfirmed_starts): an
+# The API's `createTime` against the time a start began (functions.imports.job_queue): an
 # operation's `createTime` is stamped by a server queue, later and less precisely than an object's.
 OPERATION_CLOCK_SKEW_SECONDS = 10.0
 # Most of a lease a holder keeps in reserve before it renews: enough for a few Cloud Storage calls.

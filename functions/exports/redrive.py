@@ -1,7 +1,7 @@
 """Redrive: re-import exactly the objects of a failed import's receipt that are still not in the store.
 
 Each object the receipt names (failed or undecided) is judged again as the poller judges it
-(functions.failed_objects): one whose own instance is stored now is left alone; one that would
+(functions.imports.failed_objects): one whose own instance is stored now is left alone; one that would
 fail the same way again (a UID conflict with the stored instance, a file still not DICOM or
 unparseable) is held back: not imported, but named with its reason in the redrive's completion
 event, so the user knows to delete the stored instance or fix the file first.
@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from functions.batching import Upload, WindowBatcher
-from functions.completion import redrive_noop_event, rejected_event
-from functions.errors import InvalidExportRequestError
-from functions.events import PubsubMessage
-from functions.export_request import decode_request_object, is_valid_request_id, short_hash
-from functions.failed_objects import (
+from functions.core.completion import redrive_noop_event, rejected_event
+from functions.core.errors import InvalidExportRequestError
+from functions.core.events import PubsubMessage
+from functions.core.export_request import decode_request_object, is_valid_request_id, short_hash
+from functions.core.refusal import refusal_reason
+from functions.gcp.clients import EventPublisher, HealthcareApi, ObjectStore
+from functions.gcp.retry import classify
+from functions.imports.failed_objects import (
     FAILED,
     LANDED,
     MESSAGES,
@@ -42,13 +44,9 @@ from functions.failed_objects import (
     FailedObjectFinder,
     Fate,
 )
-from functions.gcs import Gcs
-from functions.healthcare import HealthcareClient
-from functions.jobs import Job, JobQueue
+from functions.imports.job_queue import Job, JobQueue
+from functions.imports.window_batcher import Upload, WindowBatcher
 from functions.log import fields
-from functions.publish import Publisher
-from functions.refusal import refusal_reason
-from functions.retry import classify
 from functions.settings import Settings
 
 if TYPE_CHECKING:
@@ -172,8 +170,8 @@ class Redriver:
     def from_deps(cls, deps: Deps) -> Redriver:
         return cls(deps.settings, deps.gcs, deps.healthcare, deps.queue, deps.batcher, deps.publisher)
 
-    def __init__(self, settings: Settings, gcs: Gcs, healthcare: HealthcareClient, queue: JobQueue,
-                 batcher: WindowBatcher, publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi, queue: JobQueue,
+                 batcher: WindowBatcher, publisher: EventPublisher, clock: Callable[[], float] = time.time) -> None:
         self._s = settings
         self._gcs = gcs
         self._queue = queue

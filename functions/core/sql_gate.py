@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from functions.errors import InvalidExportRequestError
+from functions.core.errors import InvalidExportRequestError
 
 # BigQuery: "Queries that reference more than 50 tables will not have a complete list."
 REFERENCED_TABLES_LIMIT = 50

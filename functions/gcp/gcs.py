@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from google.api_core import exceptions as gexc
 from google.cloud.storage.retry import DEFAULT_RETRY as _STORAGE_RETRY
 
-from functions.clients import ObjectInfo, Record
-from functions.retry import is_transient
+from functions.gcp.clients import ObjectInfo, Record
+from functions.gcp.retry import is_transient
 
 if TYPE_CHECKING:
     from google.cloud import storage

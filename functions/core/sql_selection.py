@@ -1,7 +1,7 @@
 """The `sql` selector: which statements we run, and how result rows become filter-file paths. Pure.
 
 `check_sql` runs when the request is parsed: the text is not empty, not over BigQuery's length
-limit and holds no NUL. Whether it may run is BigQuery's dry run's to say (`functions.sql_gate`):
+limit and holds no NUL. Whether it may run is BigQuery's dry run's to say (`functions.core.sql_gate`):
 a reading of the text is no match for BigQuery's own parser (docs/decisions/0870).
 
 `paths_from_rows` turns the rows of the query into resource paths while they stream: either one
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
-from functions.errors import InvalidExportRequestError
+from functions.core.errors import InvalidExportRequestError
 
 # BigQuery's limit on the length of an unresolved GoogleSQL query.
 MAX_SQL_CHARS = 1024 * 1024
@@ -37,7 +37,7 @@ class SqlResultError(InvalidExportRequestError):
 def check_sql(sql: str) -> str:
     """The statement without surrounding blanks; raises InvalidExportRequestError for an empty,
     over-long or NUL-holding text. What the statement is, and what it reads, is decided by
-    BigQuery's dry run (`functions.sql_gate`), not by reading the text here."""
+    BigQuery's dry run (`functions.core.sql_gate`), not by reading the text here."""
     if not sql.strip():
         raise InvalidExportRequestError("sql is empty; give one SELECT statement")
     if len(sql) > MAX_SQL_CHARS:

@@ -9,28 +9,40 @@ Starting an LRO is not idempotent. A start whose outcome is unknown (the POST fa
 sent, or its starter died mid-call) is never sent again blindly: the job turns UNCONFIRMED, keeps
 its slot, and the poller looks for the operation it may have started (`resolve_unconfirmed`); see
 docs/decisions/0300-ambiguous-lro-starts.md.
+
+Which operation did an unconfirmed start begin, if any? Pure decisions on plain data.
+
+A start is unconfirmed when its `:import`/`:export` POST failed after the request was sent (a read
+timeout, a dropped connection, a 500/502/504) or its starter died mid-call: the API may have started
+an operation whose name we never learnt. Google's operations carry no trace of the request that
+started them (`OperationMetadata` has `apiMethodName`, `createTime`, `endTime`, counters), so the
+only evidence is an operation of the right method, created after the attempt began, that nobody
+tracks. See docs/decisions/0300-ambiguous-lro-starts.md.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
-from functions import coalescing, job_record, unconfirmed_starts
-from functions.clients import HealthcareApi, ObjectStore, Record
-from functions.errors import ApiError, PermanentApiError, RetryableError, UnknownOutcomeError
-from functions.job_checks import job_problem
-from functions.job_record import NO_CHANGE, Change, Event, JobRecord, State
-from functions.job_record import apply as apply_transition
-from functions.lease import Lease
+from functions.core.errors import ApiError, PermanentApiError, RetryableError, UnknownOutcomeError
+from functions.core.job_checks import job_problem
+from functions.core.lease import OPERATION_CLOCK_SKEW_SECONDS as CLOCK_SKEW_SECONDS
+from functions.core.lease import Lease
+from functions.core.refusal import refusal_reason
+from functions.gcp.clients import HealthcareApi, ObjectStore, Record
+from functions.gcp.retry import classify
+from functions.imports import job_record
+from functions.imports.job_record import NO_CHANGE, Change, Event, JobRecord, State
+from functions.imports.job_record import apply as apply_transition
 from functions.log import fields
-from functions.refusal import refusal_reason
-from functions.retry import classify
 from functions.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -285,7 +297,7 @@ class JobQueue:
         Yes for a staging import (one that later windows can grow) while another import of this
         pipeline runs (or is being started) and the job is younger than `import_coalesce_seconds`:
         the running import will not read what arrives meanwhile, so the waiting one grows
-        (functions.coalescing) and starts when the running one is done. During a long upload this
+        (functions.imports.job_record) and starts when the running one is done. During a long upload this
         keeps the number of LROs near upload time / LRO time instead of cap times that. Globs (they
         cannot grow), redrives and exports never wait. See docs/decisions/0700.
         """
@@ -354,7 +366,7 @@ class JobQueue:
         return Lease(float(record.data.get("leaseUntil", 0))).live(self._clock())
 
     def _drop_hold(self, record: Record, hold: job_record.Hold) -> Record | None:
-        """Undoes the growth of a grower that died or stalled past its hold (see functions.coalescing).
+        """Undoes the growth of a grower that died or stalled past its hold (see functions.imports.job_record).
 
         Cancelled first, so that a stalled grower's commit fails; then its copies and manifest go
         (its uploads' window records still exist: their window is planned again), then the hold.
@@ -370,16 +382,16 @@ class JobQueue:
         logger.warning("undoing the growth of a queued job whose grower stopped",
                        extra=fields(job=job.job_id, batch=hold.batch))
         copies = [info.name for info in self._gcs.list(self._s.state_bucket,
-                                                       coalescing.batch_prefix(job.staging_prefix, hold.batch))]
+                                                       job_record.batch_prefix(job.staging_prefix, hold.batch))]
         for name in copies:
             self._gcs.delete(self._s.state_bucket, name)
-        self._gcs.delete(self._s.state_bucket, coalescing.grown_manifest(job.manifest, hold.batch))
+        self._gcs.delete(self._s.state_bucket, job_record.grown_manifest(job.manifest, hold.batch))
         cleared = self._apply(job_id, record, Event.RELEASE_HOLD, Change(batch=hold.batch))
         return None if cleared is None or cleared.generation is None else Record(cleared.data, cleared.generation)
 
     def _apply(self, job_id: str, record: Record | None, event: Event, change: Change = NO_CHANGE,
                attempts: int = 1) -> job_record.Applied | None:
-        """The one way this class writes a job record (functions.job_record)."""
+        """The one way this class writes a job record (functions.imports.job_record)."""
         return apply_transition(self._gcs, self._s.state_bucket, self.job_path(job_id), record, event, change,
                                 attempts=attempts)
 
@@ -478,20 +490,20 @@ class JobQueue:
                 records[job_id] = record
         if not records:
             return {}
-        starts = [unconfirmed_starts.UnconfirmedStart(job_id, str(r.data["job"]["kind"]), float(r.data["attemptedAt"]))
+        starts = [UnconfirmedStart(job_id, str(r.data["job"]["kind"]), float(r.data["attemptedAt"]))
                   for job_id, r in records.items()]
-        since = min(s.attempted_at for s in starts) - unconfirmed_starts.CLOCK_SKEW_SECONDS
+        since = min(s.attempted_at for s in starts) - CLOCK_SKEW_SECONDS
         tracked_prefix = self._s.state_path("operations/")
         tracked = {info.name[len(tracked_prefix):-len(".json")]
                    for info in self._gcs.list(self._s.state_bucket, tracked_prefix)}
-        found = [c for c in unconfirmed_starts.candidates(self._hc.list_operations(self._s.dataset),
+        found = [c for c in candidates(self._hc.list_operations(self._s.dataset),
                                                            tracked=tracked, since=since)
                  if self._gcs.read(self._s.state_bucket, self._s.state_path(
                      "done", f"{c.name.rsplit('/', 1)[-1]}.json")) is None]  # reported and forgotten
-        window = unconfirmed_starts.unknown_outcome_seconds(self._s.http_timeout_seconds,
+        window = unknown_outcome_seconds(self._s.http_timeout_seconds,
                                                             self._s.retry_deadline_seconds)
         outcome: dict[str, str] = {}
-        for resolution in unconfirmed_starts.resolve(starts, found, now=self._clock(), unknown_outcome_seconds=window):
+        for resolution in resolve(starts, found, now=self._clock(), unknown_outcome_seconds=window):
             record = records[resolution.job_id]
             if resolution.action == "adopt":
                 outcome[resolution.job_id] = self._adopt(record, resolution.operation)
@@ -626,7 +638,7 @@ class JobQueue:
 
     def _tracked_by_job(self) -> dict[str, str]:
         """Job id -> operation id of every tracked operation: one listing (its metadata names the
-        job); a record written without metadata, by a version before it, is read."""
+        job); a record that carries no such metadata is read to find its job."""
         prefix = self._s.state_path("operations/")
         tracked: dict[str, str] = {}
         for info in self._gcs.list(self._s.state_bucket, prefix):
@@ -673,3 +685,93 @@ def _labels(job: Job) -> dict[str, str]:
 
 def _rfc3339(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+# An operation can appear long after the client gave up (the request may sit in a queue); only
+# after this long without one is the start taken to have started nothing.
+MIN_UNKNOWN_OUTCOME_SECONDS = 600.0
+
+_METHOD_SUFFIX = {"import": "ImportDicomData", "export": "ExportDicomData",
+                  "storageClass": "SetBlobStorageSettings"}
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+@dataclass(frozen=True)
+class UnconfirmedStart:
+    job_id: str
+    kind: str  # import | export
+    attempted_at: float  # epoch seconds, taken before the POST was sent
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An operation of the dataset that might be the one an unconfirmed start began."""
+
+    name: str
+    kind: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Resolution:
+    job_id: str
+    action: Literal["adopt", "requeue", "wait"]
+    operation: str = ""  # adopt: the operation name
+
+
+def unknown_outcome_seconds(http_timeout_seconds: float, retry_deadline_seconds: float) -> float:
+    """How long an unconfirmed start keeps its slot before it counts as "started nothing"."""
+    return max(MIN_UNKNOWN_OUTCOME_SECONDS, 2 * http_timeout_seconds + retry_deadline_seconds)
+
+
+def candidates(operations: Iterable[dict[str, Any]], *, tracked: Collection[str] = frozenset(),
+               since: float = float("-inf")) -> list[Candidate]:
+    """Import/export operations (matched by `apiMethodName` suffix), created at `since` or later,
+    whose id is not in `tracked`; oldest first."""
+    found = []
+    for operation in operations:
+        name = str(operation.get("name", ""))
+        op_id = name.rsplit("/", 1)[-1]
+        metadata = operation.get("metadata") or {}
+        method = str(metadata.get("apiMethodName", ""))
+        kind = next((k for k, suffix in _METHOD_SUFFIX.items() if method.endswith(suffix)), None)
+        created = parse_time(str(metadata.get("createTime", "")))
+        if kind is None or created is None or created < since or not name or op_id in tracked:
+            continue
+        found.append(Candidate(name, kind, created))
+    return sorted(found, key=lambda c: (c.created_at, c.name))
+
+
+def resolve(starts: Sequence[UnconfirmedStart], found: Sequence[Candidate], *, now: float,
+            unknown_outcome_seconds: float, clock_skew_seconds: float = CLOCK_SKEW_SECONDS) -> list[Resolution]:
+    """Pairs unconfirmed starts with untracked operations of their kind, oldest with oldest.
+
+    An operation created before an attempt began (less the clock skew) cannot be its result. A start
+    without a match keeps waiting (and its slot) until `unknown_outcome_seconds` have passed since
+    the attempt, then goes back to the queue. Several unconfirmed starts of one kind at once can
+    only be paired by time: their completion events may be swapped between them (documented).
+    """
+    taken: set[str] = set()
+    resolutions = []
+    for start in sorted(starts, key=lambda s: (s.attempted_at, s.job_id)):
+        match = next((c for c in found if c.kind == start.kind and c.name not in taken
+                      and c.created_at >= start.attempted_at - clock_skew_seconds), None)
+        if match is not None:
+            taken.add(match.name)
+            resolutions.append(Resolution(start.job_id, "adopt", match.name))
+        elif now >= start.attempted_at + unknown_outcome_seconds:
+            resolutions.append(Resolution(start.job_id, "requeue"))
+        else:
+            resolutions.append(Resolution(start.job_id, "wait"))
+    return resolutions
+
+
+def parse_time(value: str) -> float | None:
+    """RFC 3339 (`2024-05-01T10:00:00.123456789Z`, any fraction length) as epoch seconds."""
+    if not value:
+        return None
+    value = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], value, count=1)
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

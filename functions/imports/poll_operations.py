@@ -18,14 +18,14 @@ from typing import Any
 
 from google.api_core.exceptions import TooManyRequests
 
-from functions import completion
-from functions.batching import WindowBatcher
-from functions.clients import EventPublisher, HealthcareApi, ObjectStore
-from functions.failed_objects import LANDED, Accounting, FailedObjectFinder, Fate
-from functions.jobs import Job, JobQueue, StartedOperation
+from functions.core import completion
+from functions.core.windows import is_window_id, object_key
+from functions.gcp.clients import EventPublisher, HealthcareApi, ObjectStore
+from functions.imports.failed_objects import LANDED, Accounting, FailedObjectFinder, Fate
+from functions.imports.job_queue import Job, JobQueue, StartedOperation
+from functions.imports.window_batcher import WindowBatcher
 from functions.log import fields
 from functions.settings import Settings
-from functions.windows import is_window_id, object_key
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class Poller:
         return [info.name for info in self._gcs.list(self._s.state_bucket, f"{stem}.")]
 
     def _account(self, started: StartedOperation, status: completion.OperationStatus) -> Accounting:
-        """The fate of each object of the job (functions.failed_objects); a receipt when some did not land."""
+        """The fate of each object of the job (functions.imports.failed_objects); a receipt when some did not land."""
         entries: list[dict[str, Any]] = []
         for name in self._manifests(started.job):
             manifest = self._gcs.read(self._s.state_bucket, name)

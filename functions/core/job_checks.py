@@ -14,16 +14,52 @@ the reason, and nothing is started.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from functions.export_request import BLOB_STORAGE_CLASSES, destination_allowed
-
-if TYPE_CHECKING:
-    from functions.jobs import Job
-    from functions.settings import Settings
+from functions.core.export_request import BLOB_STORAGE_CLASSES, destination_allowed
 
 
-def job_problem(job: Job, settings: Settings) -> str | None:
+class QueuedJob(Protocol):
+    """What the checks read of a job (`functions.imports.job_queue.Job` has it)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def import_uri(self) -> str: ...
+
+    @property
+    def destination(self) -> str: ...
+
+    @property
+    def storage_class(self) -> str | None: ...
+
+    @property
+    def filter_uri(self) -> str | None: ...
+
+    @property
+    def whole_store(self) -> bool: ...
+
+
+class Deployment(Protocol):
+    """What the checks read of the deployment (`functions.settings.Settings` has it)."""
+
+    @property
+    def state_bucket(self) -> str: ...
+
+    @property
+    def upload_bucket(self) -> str: ...
+
+    @property
+    def import_prefixes(self) -> tuple[str, ...]: ...
+
+    @property
+    def export_allowed_destinations(self) -> tuple[str, ...]: ...
+
+    def state_path(self, *parts: str) -> str: ...
+
+
+def job_problem(job: QueuedJob, settings: Deployment) -> str | None:
     """Why `job` may not start in this deployment; None when it may."""
     if job.kind == "export":
         if not destination_allowed(job.destination, settings.export_allowed_destinations):
@@ -42,7 +78,7 @@ def job_problem(job: Job, settings: Settings) -> str | None:
     return f"the job's kind {str(job.kind)[:40]!r} is unknown"
 
 
-def _import_source_problem(uri: str, settings: Settings) -> str | None:
+def _import_source_problem(uri: str, settings: Deployment) -> str | None:
     if not uri.startswith("gs://"):
         return "the job's import source is not a gs:// URI"
     bucket, _, path = uri[len("gs://"):].partition("/")

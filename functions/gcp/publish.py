@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from functions.errors import PermanentApiError, TransientApiError
-from functions.retry import classify
+from functions.core.errors import PermanentApiError, TransientApiError
+from functions.gcp.retry import classify
 
 
 class Publisher:
