@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from functions import coalescing, job_record, planning
+from functions import coalescing, job_record, planning, seen
 from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.job_record import Change, Event
@@ -82,11 +82,12 @@ class _Covering:
 class WindowResult:
     window: str
     claimed: bool
-    uploads: int = 0
+    uploads: int = 0  # planned by this round (late duplicates of batched uploads not counted)
     jobs: tuple[str, ...] = ()
     started: tuple[str, ...] = ()
     staged: int = 0
     grown: str | None = None  # the queued job this window's uploads were staged into (coalescing)
+    batched_before: tuple[str, ...] = ()  # records of uploads an earlier round batched (deleted)
 
 
 @dataclass
@@ -137,10 +138,9 @@ class WindowBatcher:
     def window_prefix(self, window: str) -> str:
         return self._s.state_path("windows", window) + "/"
 
-    def seen_path(self, window: str, key: str) -> str:
-        """The duplicate marker of an upload (`key`: `windows.object_key`), kept per window so that a
-        leader checks all of its window's markers with one listing."""
-        return self._s.state_path("seen", window, key)
+    def seen_path(self, window: str) -> str:
+        """The keys of the window's batched uploads (`functions.seen`): one object per window."""
+        return self._s.state_path("seen", f"{window}.json")
 
     def claim_path(self, window: str) -> str:
         return self._s.state_path("claims", f"{window}.json")
@@ -177,7 +177,12 @@ class WindowBatcher:
         if claimed is None:
             return WindowResult(window, claimed=False)
         claim, took_over = claimed
-        uploads = self._uploads(window)
+        listed = self._uploads(window)
+        # A late duplicate re-creates the record of an upload an earlier round batched: its key is
+        # in the seen file, and its record only goes (decision 0004).
+        batched = seen.read(self._gcs, self._s.state_bucket, self.seen_path(window))
+        uploads = [u for u in listed if _record_key(u.record) not in batched.keys]
+        again = [u for u in listed if _record_key(u.record) in batched.keys]
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
         waiting = self._queue.pending_records() if uploads else []
@@ -225,18 +230,25 @@ class WindowBatcher:
             # goes, its records stay).
             self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
             return WindowResult(window, claimed=False)
-        self._mark_seen(window, uploads)
         for job_id, taken in adoptions.items():
             self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
                             {"objects": [_manifest_entry(u) for u in taken]})
         reservations = [self._queue.reserve(job) for job in jobs]
+        # Only now, with every upload of the round in a durable job (or growth, or adoption), may a
+        # later round take their keys for batched; before the records go, so a duplicate that
+        # re-creates one after its deletion is known for what it is (decision 0004).
+        seen.add(self._gcs, self._s.state_bucket, self.seen_path(window), batched,
+                 (_record_key(u.record) for u in uploads))
+        if again:
+            logger.info("deleting window records of uploads batched before",
+                        extra=fields(window=window, records=len(again)))
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
         # (a job left STARTING is restarted by the poller when its lease ends).
         # In rounds that renew the claim: deleting a large window's records takes as long as
         # copying it, and a claim that ran out meanwhile would have the poller take over a live
         # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
-        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads,
+        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads + again,
                         keep=lambda ahead: self._keep_claim(claim, ahead) or True)
         self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
@@ -249,7 +261,8 @@ class WindowBatcher:
                                                     jobs=len(jobs), started=len(started), staged=staged,
                                                     adopted=adopted, grown=grown or "",
                                                     grown_by=len(growth.entries) if growth else 0))
-        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown)
+        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown,
+                            tuple(u.record for u in again))
 
     def _not_covered(self, uploads: list[Upload], waiting: list[Record]) -> list[Upload]:
         """The uploads no queued or running import lists in its manifests (read on takeover only).
@@ -398,18 +411,6 @@ class WindowBatcher:
             claim.lost = True
             return False
         return self._keep_claim(claim)
-
-    def _mark_seen(self, window: str, uploads: list[Upload]) -> None:
-        """Writes the duplicate markers its recorder did not get to (it died between its two creates).
-
-        Without them a redelivery of such an event after the batch would find neither a window record
-        nor a marker, and import the object a second time.
-        """
-        prefix = self.seen_path(window, "")
-        marked = {info.name[len(prefix):] for info in self._gcs.list(self._s.state_bucket, prefix)}
-        missing = [u for u in uploads if _record_key(u.record) not in marked]
-        self._parallel(lambda u: self._gcs.create(self._s.state_bucket, prefix + _record_key(u.record), b""),
-                       missing)
 
     def _claim(self, window: str) -> tuple[_Lease, bool] | None:
         """The claim, and whether it was taken over from a leader that died."""
