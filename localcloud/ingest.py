@@ -8,11 +8,12 @@ it ignores by design (sidecars, zero-byte files, names outside the pattern or pr
 When is the ingest done? The import function batches uploads into debounce windows, so how many
 import operations (and completion events) an upload causes is not known up front. The rule:
 
-1. **Seen**: every expected object has its duplicate marker `seen/{window}/{key}` in the state
-   bucket (`key` = `functions.windows.object_key(bucket, name, generation)`; matched by key alone,
-   so the function's debounce length need not be known here). The function writes it
-   right after the object's window record, so from then on the object is in the pipeline's
-   durable state.
+1. **Seen**: every expected object is in the pipeline's durable state: its window record
+   `windows/{window}/{key}.json` exists, or its key is in its window's seen file `seen/{window}.json`
+   (`key` = `functions.windows.object_key(bucket, name, generation)`; matched by key alone, so the
+   function's debounce length need not be known here). Records are listed before seen files are
+   read: a leader adds a record's key to the seen file before it deletes the record, so an object
+   cannot slip between the two.
 2. **Quiet**: then, read in this order, there is no import work left in the state bucket: no
    `windows/` record, no import `jobs/`, no import `operations/`. The order matters: a window
    record is deleted only after its jobs exist, and a job only after its operation is tracked,
@@ -53,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from functions import seen
 from functions.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.failed_objects import HEADER_LIMIT, digest, read_uids
 from functions.gcs import Gcs
@@ -72,6 +74,8 @@ EXIT_NOTHING = 4  # --strict: nothing was there to import
 _COMPARE_LIMIT = 1024**3
 _THREADS = 8
 _POLL_SECONDS = 0.5
+# Seen files older than the ingest's start, less this (two clocks: ours and the local Cloud Storage's), are skipped.
+_CLOCK_ALLOWANCE_SECONDS = 60.0
 _LISTED_NAMES = 10  # skipped/failed names shown in the human summary
 
 
@@ -309,6 +313,8 @@ class _Waiter:
         self.healthcare = HealthcareClient(settings)
         self.expected = expected
         self.unseen = {object_key(o.bucket, o.name, o.generation): o for o in expected}
+        self.since = time.time() - _CLOCK_ALLOWANCE_SECONDS
+        self.seen_files: dict[tuple[str, int], frozenset[str]] = {}  # (name, generation) -> keys
         self.stored: set[str] = set()  # stored as themselves
         self.other_content: set[str] = set()  # their UIDs are stored with other content
         self.failures: dict[str, dict[str, str]] = {}  # uri -> {"object", "reason", "message"}
@@ -335,11 +341,20 @@ class _Waiter:
             self.on_event(event)
 
     def check_seen(self) -> None:
-        if self.unseen:
-            seen = {info.name.rsplit("/", 1)[-1] for info in self.gcs.list(self.s.state_bucket,
-                                                                              self.s.state_path("seen/"))}
-            for key in [k for k in self.unseen if k in seen]:
-                del self.unseen[key]
+        if not self.unseen:
+            return
+        found = {info.name.rsplit("/", 1)[-1].removesuffix(".json")
+                 for info in self.gcs.list(self.s.state_bucket, self.s.state_path("windows/"))}
+        for info in self.gcs.list(self.s.state_bucket, self.s.state_path("seen/")):
+            # Only files written since this ingest began can name its objects.
+            if info.time_created < self.since or not info.name.endswith(".json"):
+                continue
+            if (info.name, info.generation) not in self.seen_files:
+                self.seen_files[(info.name, info.generation)] = seen.read(self.gcs, self.s.state_bucket,
+                                                                          info.name).keys
+            found |= self.seen_files[(info.name, info.generation)]
+        for key in [k for k in self.unseen if k in found]:
+            del self.unseen[key]
 
     def check_store(self, pool: ThreadPoolExecutor) -> None:
         todo = [o for o in self.expected
