@@ -292,6 +292,8 @@ class WindowBatcher:
         growable (it started, a starter waits for it, or it has all the growers it may have). See
         functions.coalescing."""
         job = Job.from_json(target.data["job"])
+        if not self._s.is_staging_bucket(job.staging_bucket):
+            return None  # not a job of ours to copy into: the checks refuse it when it starts
         hold_lease = Lease.starting(self._clock(), self._s.claim_lease_seconds)
         swapped = self._swap_job(job.job_id, target, Event.HOLD,
                                  Change(batch=batch_id, until=hold_lease.until, storage_class=job.storage_class))
@@ -299,7 +301,8 @@ class WindowBatcher:
             return None
         hold = _HeldJob(job, batch_id, *swapped, hold_lease)
         entries = self.stage(uploads, coalescing.batch_prefix(job.staging_prefix, batch_id),
-                             keep=lambda ahead: self._keep_claim(claim, ahead) and self._keep_hold(hold, ahead))
+                             keep=lambda ahead: self._keep_claim(claim, ahead) and self._keep_hold(hold, ahead),
+                             bucket=job.staging_bucket)
         return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or claim.lost))
 
     def _commit(self, growth: _Growth) -> bool:
@@ -346,8 +349,8 @@ class WindowBatcher:
         return applied.data, applied.generation
 
     def _delete_copies(self, growth: _Growth) -> None:
-        names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
-        self._parallel(lambda name: self._gcs.delete(self._s.state_bucket, name), names)
+        copies = [str(e["staged"]).removeprefix("gs://").split("/", 1) for e in growth.entries]
+        self._parallel(lambda copy: self._gcs.delete(copy[0], copy[1]), copies)
 
     def _keep_claim(self, claim: _Lease, ahead: float = 0.0) -> bool:
         """Renews the window's claim when it is due (`Lease.due_for_renewal` with the renewal margin
@@ -506,7 +509,7 @@ class WindowBatcher:
             staging_prefix = self._s.state_path("staging", f"{batch_id}-{first_index + len(jobs):02d}") + "/"
             objects = self.stage([names[n] for n in plan.staged], staging_prefix,
                                  keep=lambda ahead: self._keep_claim(claim, ahead))
-            uri = f"gs://{self._s.state_bucket}/{staging_prefix}**"
+            uri = f"gs://{self._s.staging}/{staging_prefix}**"
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
 
@@ -543,8 +546,11 @@ class WindowBatcher:
         return others, incomplete
 
     def stage(self, uploads: list[Upload], prefix: str,
-              keep: Callable[[float], bool] = lambda ahead: True) -> list[dict[str, object]]:
+              keep: Callable[[float], bool] = lambda ahead: True, *,
+              bucket: str | None = None) -> list[dict[str, object]]:
         """Server-side copies under a batch-unique prefix that one `**` import covers; their manifest.
+
+        `bucket`: where the copies go, by default the staging bucket (`DICOM_STAGING_BUCKET`).
 
         `keep(ahead)` is asked before every `STAGE_CHUNK` copies, with twice the time the round
         before took: it renews what the caller holds unless that lasts longer than `ahead` (and
@@ -554,13 +560,13 @@ class WindowBatcher:
         entries = []
         for index, upload in enumerate(uploads):
             entry = _manifest_entry(upload)
-            entry["staged"] = f"gs://{self._s.state_bucket}/{prefix}{index:06d}.dcm"
+            entry["staged"] = f"gs://{bucket or self._s.staging}/{prefix}{index:06d}.dcm"
             entries.append(entry)
 
         def copy(item: tuple[Upload, dict[str, object]]) -> None:
             upload, entry = item
-            target = str(entry["staged"]).split("/", 3)[3]
-            self._gcs.copy(upload.bucket, upload.name, upload.generation, self._s.state_bucket, target)
+            target_bucket, target = str(entry["staged"]).removeprefix("gs://").split("/", 1)
+            self._gcs.copy(upload.bucket, upload.name, upload.generation, target_bucket, target)
 
         self._in_rounds(copy, list(zip(uploads, entries, strict=True)), keep)
         return entries

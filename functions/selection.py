@@ -22,6 +22,8 @@ def object_ignore_reason(bucket: str, name: str, size: int, settings: Settings) 
     """Why the object `gs://bucket/name` of `size` bytes is not importable, or None if it is."""
     if bucket == settings.state_bucket and name.startswith(settings.state_prefix):
         return "one of the pipeline's own state objects"
+    if bucket == settings.staging and name.startswith(settings.state_path("staging/")):
+        return "one of the pipeline's own staged copies"
     if name.endswith("/"):
         return "a folder placeholder"
     if size == 0:
