@@ -38,7 +38,7 @@ skipped, or an empty folder). A warning says so without `--strict` too.
 Limits: "quiet" is store-wide, so another upload in flight at the same time delays the end of
 this one (never its result). Events belong to this ingest when they are import events of this
 store whose `source` covers one of its objects, whose `failedObjects` name one, or whose source
-is a staged copy in the state bucket (those cannot be told apart without the batch manifest).
+is a staged copy in the staging (or state) bucket (those cannot be told apart without the batch manifest).
 Other events are counted and left alone (they stay in the state bucket's `done/` records).
 """
 
@@ -47,7 +47,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -192,7 +192,7 @@ def local_digest(path: Path) -> str | None:
 
 
 def event_belongs(event: dict[str, Any], store: str, objects: Sequence[UploadedObject],
-                  state_bucket: str) -> bool:
+                  staging_buckets: Collection[str]) -> bool:
     """Is this completion event one of this ingest's imports? (See the module docstring.)"""
     if event.get("kind") != "import" or event.get("dicomStore") != store:
         return False
@@ -203,7 +203,7 @@ def event_belongs(event: dict[str, Any], store: str, objects: Sequence[UploadedO
     if not source.startswith("gs://"):
         return False
     bucket, _, pattern = source[len("gs://"):].partition("/")
-    if bucket == state_bucket:
+    if bucket in staging_buckets:
         return True  # a staged batch: its objects are copies under staging/
     return any(o.bucket == bucket and api_wildcard_match(pattern, o.name) for o in objects)
 
@@ -326,7 +326,8 @@ class _Waiter:
 
     def take_events(self, events: list[dict[str, Any]]) -> None:
         for event in events:
-            if not event_belongs(event, self.cloud.dicom_store, self.expected, self.cloud.state_bucket):
+            if not event_belongs(event, self.cloud.dicom_store, self.expected,
+                                 {self.cloud.state_bucket, self.s.staging}):
                 self.other_events += 1
                 continue
             if event.get("eventId") in self.event_ids:
