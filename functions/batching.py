@@ -173,6 +173,9 @@ class WindowBatcher:
 
     def run(self, window: str) -> WindowResult:
         """Claims the window (or takes over an expired claim) and turns its uploads into jobs."""
+        dropped = self._drop_late_duplicates(window)
+        if dropped is not None:
+            return dropped
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
@@ -263,6 +266,28 @@ class WindowBatcher:
                                                     grown_by=len(growth.entries) if growth else 0))
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown,
                             tuple(u.record for u in again))
+
+    def _drop_late_duplicates(self, window: str) -> WindowResult | None:
+        """When nobody holds the window's claim and every record of the window is a late duplicate of
+        an upload batched before (its key in the seen file): deletes them, and the window needs no
+        claim and no round (None otherwise: a round of its own, or the wait for a live leader).
+
+        A batched upload is in a durable job, so its record may go without the claim; and a
+        duplicate's round without a claim does not write the claim's name again right after the
+        round before deleted it (Cloud Storage takes about one write a second per name).
+        """
+        if self._gcs.read(self._s.state_bucket, self.claim_path(window)) is not None:
+            return None  # a leader is at work (or died): the claim decides
+        listed = self._uploads(window)
+        if not listed:
+            return None
+        batched = seen.read(self._gcs, self._s.state_bucket, self.seen_path(window))
+        if any(_record_key(u.record) not in batched.keys for u in listed):
+            return None
+        self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), listed)
+        logger.info("deleting window records of uploads batched before",
+                    extra=fields(window=window, records=len(listed)))
+        return WindowResult(window, True, batched_before=tuple(u.record for u in listed))
 
     def _not_covered(self, uploads: list[Upload], waiting: list[Record]) -> list[Upload]:
         """The uploads no queued or running import lists in its manifests (read on takeover only).
