@@ -20,7 +20,7 @@ from functions import coalescing, job_record, planning, seen
 from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.job_record import Change, Event
-from functions.jobs import Job, JobQueue
+from functions.jobs import Job, JobQueue, Reservation
 from functions.lease import CLOCK_SKEW_SECONDS, Lease, renewal_margin
 from functions.log import fields
 from functions.retry import is_transient
@@ -237,23 +237,15 @@ class WindowBatcher:
             self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
                             {"objects": [_manifest_entry(u) for u in taken]})
         reservations = [self._queue.reserve(job) for job in jobs]
-        # Only now, with every upload of the round in a durable job (or growth, or adoption), may a
-        # later round take their keys for batched; before the records go, so a duplicate that
-        # re-creates one after its deletion is known for what it is (decision 0004).
-        seen.add(self._gcs, self._s.state_bucket, self.seen_path(window), batched,
-                 (_record_key(u.record) for u in uploads))
-        if again:
-            logger.info("deleting window records of uploads batched before",
-                        extra=fields(window=window, records=len(again)))
-        # The jobs are durable now: the window records and the claim have done their part. They
-        # go before any API call, so a crash while starting cannot make the window plan again
-        # (a job left STARTING is restarted by the poller when its lease ends).
-        # In rounds that renew the claim: deleting a large window's records takes as long as
-        # copying it, and a claim that ran out meanwhile would have the poller take over a live
-        # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
-        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads + again,
-                        keep=lambda ahead: self._keep_claim(claim, ahead) or True)
-        self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
+        try:
+            self._let_records_go(window, claim, batched, uploads, again)
+        except Exception:
+            # Throttled past its retries: the window's takeover finishes this (the seen file and
+            # the jobs' manifests say what is batched), but the jobs are durable and start now. A
+            # job left STARTING would wait out its lease and be taken for an unconfirmed start,
+            # which may be paired with another job's operation (decision 0300).
+            self._start_reserved_anyway(reservations)
+            raise
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         if growth is not None:
             # The import it waited for may be done: then the grown job need not wait for the poller.
@@ -288,6 +280,35 @@ class WindowBatcher:
         logger.info("deleting window records of uploads batched before",
                     extra=fields(window=window, records=len(listed)))
         return WindowResult(window, True, batched_before=tuple(u.record for u in listed))
+
+    def _let_records_go(self, window: str, claim: _Lease, batched: seen.Seen, uploads: list[Upload],
+                        again: list[Upload]) -> None:
+        """Adds the round's keys to the seen file, then deletes the window's records and its claim."""
+        # Only now, with every upload of the round in a durable job (or growth, or adoption), may a
+        # later round take their keys for batched; before the records go, so a duplicate that
+        # re-creates one after its deletion is known for what it is (decision 0004).
+        seen.add(self._gcs, self._s.state_bucket, self.seen_path(window), batched,
+                 (_record_key(u.record) for u in uploads))
+        if again:
+            logger.info("deleting window records of uploads batched before",
+                        extra=fields(window=window, records=len(again)))
+        # The jobs are durable now: the window records and the claim have done their part. They
+        # go before any API call, so a crash while starting cannot make the window plan again
+        # (a job left STARTING is restarted by the poller when its lease ends).
+        # In rounds that renew the claim: deleting a large window's records takes as long as
+        # copying it, and a claim that ran out meanwhile would have the poller take over a live
+        # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
+        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads + again,
+                        keep=lambda ahead: self._keep_claim(claim, ahead) or True)
+        self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
+
+    def _start_reserved_anyway(self, reservations: list[Reservation]) -> None:
+        for reservation in reservations:
+            try:
+                self._queue.start(reservation)
+            except Exception as exc:  # the poller starts it, as for a leader that died
+                logger.warning("could not start a reserved job after the round failed",
+                               extra=fields(job=reservation.job.job_id, error=type(exc).__name__))
 
     def _not_covered(self, uploads: list[Upload], waiting: list[Record]) -> list[Upload]:
         """The uploads no queued or running import lists in its manifests (read on takeover only).
