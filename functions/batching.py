@@ -243,7 +243,7 @@ class WindowBatcher:
             # Throttled past its retries: the window's takeover finishes this (the seen file and
             # the jobs' manifests say what is batched), but the jobs are durable and start now. A
             # job left STARTING would wait out its lease and be taken for an unconfirmed start,
-            # which may be paired with another job's operation (decision 0300).
+            # which may be paired with another job's operation (decisions 0300, 0755).
             self._start_reserved_anyway(reservations)
             raise
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
