@@ -62,7 +62,7 @@ from functions.gcs_wildcards import api_wildcard_match
 from functions.healthcare import HealthcareClient
 from functions.selection import ignore_reason
 from functions.settings import Settings
-from functions.windows import object_key
+from functions.windows import is_window_id, object_key, window_close
 from localcloud.connect import EventStream, LocalCloud
 from localcloud.progress import Reporter, aligned
 
@@ -74,7 +74,8 @@ EXIT_NOTHING = 4  # --strict: nothing was there to import
 _COMPARE_LIMIT = 1024**3
 _THREADS = 8
 _POLL_SECONDS = 0.5
-# Seen files older than the ingest's start, less this (two clocks: ours and the local Cloud Storage's), are skipped.
+# Seen files of windows that closed before the ingest began, less this (our clock and the one
+# that stamped the uploads' creation times), are skipped.
 _CLOCK_ALLOWANCE_SECONDS = 60.0
 _LISTED_NAMES = 10  # skipped/failed names shown in the human summary
 
@@ -346,9 +347,11 @@ class _Waiter:
             return
         found = {info.name.rsplit("/", 1)[-1].removesuffix(".json")
                  for info in self.gcs.list(self.s.state_bucket, self.s.state_path("windows/"))}
-        for info in self.gcs.list(self.s.state_bucket, self.s.state_path("seen/")):
-            # Only files written since this ingest began can name its objects.
-            if info.time_created < self.since or not info.name.endswith(".json"):
+        root = self.s.state_path("seen/")
+        for info in self.gcs.list(self.s.state_bucket, root):
+            # Only windows that close after this ingest began can hold its objects.
+            window = info.name[len(root):].removesuffix(".json")
+            if not is_window_id(window) or window_close(window, self.s.debounce_seconds) < self.since:
                 continue
             if (info.name, info.generation) not in self.seen_files:
                 self.seen_files[(info.name, info.generation)] = seen.read(self.gcs, self.s.state_bucket,
