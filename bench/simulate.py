@@ -1,7 +1,7 @@
 """The import path at any size, on the functional fakes and the simulated clock.
 
     python -m bench.simulate [--pattern bulk|burst|trickle] [--files N] [--rate FILES_PER_S]
-                             [--latency SCALE] [--tail SHARE] [--no-limits] [--json]
+                             [--latency SCALE] [--tail SHARE] [--no-limits] [--staging-in-state] [--json]
 
 Runs the real `ImportOnUpload`, `WindowBatcher`, `JobQueue` and `Poller` on the in-memory fakes of
 tests/functional with the production settings (debounce 5 s, settle 2 s, claim lease 30 s, at
@@ -13,7 +13,9 @@ google-cloud-storage does). Every call takes a time from the latency model, scal
 per 1,000 files. Uploads arrive at --rate files per second, each finalize event delivered at once
 to one of --instances function instances, and --duplicates of them delivered a second time within
 30 s (Eventarc delivers at least once); an event whose handler fails (a 429 that outlasted the
-retries) is delivered again after 10 s, 20 s ... up to 600 s, as Eventarc does.
+retries) is delivered again after 10 s, 20 s ... up to 600 s, as Eventarc does. Staged copies go
+to a bucket of their own (`DICOM_STAGING_BUCKET`, as infra/ deploys it; --staging-in-state: the
+state bucket), and each bucket has its own write ramp.
 
 Patterns:
   bulk     a migration tree bulk/<a>/<b>/<n>.dcm, 100 files a folder, at a steady rate
@@ -59,6 +61,7 @@ LRO_BASE_SECONDS = 60.0
 LRO_SECONDS_PER_1000 = 1.0
 STUDY_FILES = 200
 STUDY_GAP_SECONDS = 30.0
+STAGING = "staging"  # the staging bucket (DICOM_STAGING_BUCKET)
 DRAIN_LIMIT_SECONDS = 6 * 3600.0
 # Eventarc (a Pub/Sub push subscription) delivers an event again after an error answer, backing
 # off from about 10 s to 600 s.
@@ -217,6 +220,7 @@ class Config:
     instances: int = 8
     duplicates: float = 0.01
     seed: int = 1
+    staging_bucket: bool = True  # staged copies in a bucket of their own, as infra/ deploys it
 
 
 class Bench:
@@ -225,7 +229,7 @@ class Bench:
         latency = Latency(scale=config.latency, tail_share=config.tail, seed=config.seed)
         limits = Limits() if config.limits else None
         self.world = World(cloud=lambda sim: CloudConditions(sim, latency=latency, limits=limits),
-                           poll_concurrency=16)
+                           poll_concurrency=16, staging_bucket=STAGING if config.staging_bucket else "")
         w = self.world
         assert w.cloud is not None
         self.cloud = w.cloud
@@ -359,7 +363,8 @@ class Bench:
         waits = sorted(self.hc.started_at[i] - self.uploaded_at[i] for i in range(files) if reads[i])
         store_calls = {k.split(".", 1)[1]: v for k, v in o.calls.items() if k.startswith("store.")}
         state_writes = o.writes_per_second.get(STATE, Counter())
-        left = w.store.names(STATE, w.settings.state_path("staging/"))
+        staging_writes = o.writes_per_second.get(STAGING, Counter()) if c.staging_bucket else Counter()
+        left = w.store.names(w.settings.staging, w.settings.state_path("staging/"))
         upload_seconds = uploads_done - T0
         return {
             "pattern": c.pattern, "files": files, "rate": c.rate, "latency": c.latency, "tail": c.tail,
@@ -377,7 +382,11 @@ class Bench:
             "names_written_twice_in_1s": len(o.hot_names),
             "hot_names": _kinds(o.hot_names), "throttled_429": sum(o.throttled.values()),
             "throttled_by_kind": dict(o.throttled.most_common()), "gave_up_429": o.gave_up,
+            "staging_bucket": c.staging_bucket,
             "state_peak_writes_per_s": max(state_writes.values(), default=0),
+            "state_writes_per_file": round(sum(state_writes.values()) / files, 2),
+            "staging_peak_writes_per_s": max(staging_writes.values(), default=0),
+            "staging_writes_per_file": round(sum(staging_writes.values()) / files, 2),
             "longest_leader_plan_s": round(max(self.plans.leader_seconds, default=0.0), 1),
             "longest_poller_plan_s": round(max(self.plans.poller_plan_seconds, default=0.0), 1),
             "longest_poller_run_s": round(max(self.poll_seconds, default=0.0), 1),
@@ -440,10 +449,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--instances", type=int, default=8)
     parser.add_argument("--duplicates", type=float, default=0.01, help="share of events delivered twice")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--staging-in-state", action="store_true",
+                        help="staged copies in the state bucket (DICOM_STAGING_BUCKET unset)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     config = Config(args.pattern, args.files, args.rate, args.latency, args.tail, not args.no_limits,
-                    args.instances, args.duplicates, args.seed)
+                    args.instances, args.duplicates, args.seed, not args.staging_in_state)
     import logging
     logging.disable(logging.WARNING)  # the handlers' log lines, a million of them
     report = Bench(config).run()

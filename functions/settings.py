@@ -29,6 +29,7 @@ _COMMON = (
     "DICOM_STORE",
     "DICOM_STATE_BUCKET",
     "DICOM_STATE_PREFIX",
+    "DICOM_STAGING_BUCKET",
     "DICOM_UPLOAD_BUCKET",
     "HEALTHCARE_API_URL",
     "DICOM_MAX_CONCURRENT_OPERATIONS",
@@ -70,6 +71,10 @@ class Settings:
     dicom_store: str  # DICOM_STORE: projects/P/locations/L/datasets/D/dicomStores/S
     state_bucket: str  # DICOM_STATE_BUCKET: claims, queue, operation records, staging, receipts
     state_prefix: str = ""  # DICOM_STATE_PREFIX: "" or "some/prefix/" inside the state bucket
+    # DICOM_STAGING_BUCKET: where staged copies go (under `{state_prefix}staging/`); "" = the state
+    # bucket. A bucket of their own keeps their copy and delete off the state bucket's write rate
+    # (docs/decisions/0754).
+    staging_bucket: str = ""
     # DICOM_UPLOAD_BUCKET: the only bucket (besides the state bucket's staging) imports read; ""
     # = any bucket but the state bucket (functions.core.job_checks).
     upload_bucket: str = ""
@@ -110,6 +115,16 @@ class Settings:
         return self.dicom_store.rsplit("/dicomStores/", 1)[0]
 
     @property
+    def staging(self) -> str:
+        """The bucket staged copies are written to."""
+        return self.staging_bucket or self.state_bucket
+
+    def is_staging_bucket(self, bucket: str) -> bool:
+        """May staged copies of this deployment be in `bucket`? The staging bucket, or the state
+        bucket (where they were before a staging bucket of their own was set)."""
+        return bucket in (self.state_bucket, self.staging)
+
+    @property
     def project(self) -> str:
         return self.dicom_store.split("/")[1]
 
@@ -147,6 +162,7 @@ class Settings:
             ),
             state_bucket=reader.required("DICOM_STATE_BUCKET", _match(BUCKET_RE, "a bucket name")),
             state_prefix=reader.optional("DICOM_STATE_PREFIX", _prefix, ""),
+            staging_bucket=reader.optional("DICOM_STAGING_BUCKET", _match(BUCKET_RE, "a bucket name"), ""),
             upload_bucket=reader.optional("DICOM_UPLOAD_BUCKET", _match(BUCKET_RE, "a bucket name"), ""),
             completion_topic=reader.required_if_read(
                 "DICOM_COMPLETION_TOPIC", _match(TOPIC_NAME_RE, "projects/P/topics/T"), ""

@@ -115,6 +115,7 @@ locals {
   env_common = {
     DICOM_STORE                     = local.dicom_store_name
     DICOM_STATE_BUCKET              = google_storage_bucket.buckets["state"].name
+    DICOM_STAGING_BUCKET            = google_storage_bucket.buckets["staging"].name
     DICOM_UPLOAD_BUCKET             = google_storage_bucket.buckets["upload"].name
     DICOM_STATE_PREFIX              = local.state_prefix
     HEALTHCARE_API_URL              = var.healthcare_api_url

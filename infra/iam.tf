@@ -136,19 +136,24 @@ resource "google_healthcare_dataset_iam_member" "grants" {
 
 locals {
   bucket_grants = {
-    # Import: lists and reads uploads, stages copies and writes its records in the state bucket.
+    # Import: lists and reads uploads, writes its records in the state bucket, stages copies.
     import-upload-read = { bucket = "upload", role = "roles/storage.objectViewer", member = local.runtime["import"] }
     import-state-rw    = { bucket = "state", role = "roles/storage.objectUser", member = local.runtime["import"] }
+    import-staging-rw  = { bucket = "staging", role = "roles/storage.objectUser", member = local.runtime["import"] }
     # Export: dedup claims, filter files, jobs and operation records.
     export-state-rw = { bucket = "state", role = "roles/storage.objectUser", member = local.runtime["export"] }
     # Poller: records, slots, receipts; reads uploads to name the objects that did not land.
     poll-state-rw    = { bucket = "state", role = "roles/storage.objectUser", member = local.runtime["poll"] }
     poll-upload-read = { bucket = "upload", role = "roles/storage.objectViewer", member = local.runtime["poll"] }
+    # Poller: deletes staged copies of finished imports; stages the windows it takes over.
+    poll-staging-rw = { bucket = "staging", role = "roles/storage.objectUser", member = local.runtime["poll"] }
     # Export function, for redrive requests: reads the receipt's objects to stage copies of them.
     export-upload-read = { bucket = "upload", role = "roles/storage.objectViewer", member = local.runtime["export"] }
-    # Healthcare service agent: import sources (uploads and staged batches), filter files, export destinations.
+    export-staging-rw  = { bucket = "staging", role = "roles/storage.objectUser", member = local.runtime["export"] }
+    # Healthcare service agent: import sources (uploads, staged batches), filter files, export destinations.
     healthcare-upload-read  = { bucket = "upload", role = "roles/storage.objectViewer", member = local.healthcare_agent }
     healthcare-state-read   = { bucket = "state", role = "roles/storage.objectViewer", member = local.healthcare_agent }
+    healthcare-staging-read = { bucket = "staging", role = "roles/storage.objectViewer", member = local.healthcare_agent }
     healthcare-export-write = { bucket = "export", role = "roles/storage.objectAdmin", member = local.healthcare_agent }
   }
 }

@@ -15,7 +15,7 @@ locals {
   state_prefix = var.state_prefix == "" ? "" : "${trim(var.state_prefix, "/")}/"
 
   bucket_names = {
-    for key in ["upload", "export", "state", "source"] :
+    for key in ["upload", "export", "state", "staging", "source"] :
     key => coalesce(lookup(var.bucket_names, key, null), "${var.project_id}-${var.name_prefix}-${key}")
   }
 

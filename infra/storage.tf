@@ -1,5 +1,5 @@
 /******************************************
-  Buckets: upload, export, state, source
+  Buckets: upload, export, state, staging, source
  *****************************************/
 
 locals {
@@ -9,6 +9,14 @@ locals {
     days_since_noncurrent_time = var.noncurrent_version_retention_days
     matches_prefix             = []
     with_state                 = "ARCHIVED"
+  }
+
+  # Staged copies a successful import's clean-up did not delete (a failed or abandoned import).
+  staging_lifecycle_rule = {
+    age                        = var.staging_retention_days
+    days_since_noncurrent_time = null
+    matches_prefix             = ["${local.state_prefix}staging/"]
+    with_state                 = "ANY"
   }
 
   # docs/state.md: what may expire in the state bucket, and when.
@@ -25,12 +33,8 @@ locals {
       ]
       with_state = "ANY"
     },
-    {
-      age                        = var.staging_retention_days
-      days_since_noncurrent_time = null
-      matches_prefix             = ["${local.state_prefix}staging/"]
-      with_state                 = "ANY"
-    },
+    # Copies staged here before the staging bucket existed.
+    local.staging_lifecycle_rule,
     {
       age                        = var.filter_retention_days
       days_since_noncurrent_time = null
@@ -77,6 +81,14 @@ locals {
       soft_delete_seconds = 0
       lifecycle_rules     = local.state_lifecycle_rules
     }
+    # Staged copies (DICOM_STAGING_BUCKET): a bucket of their own, so their copy and delete per
+    # file do not share the state bucket's write rate (docs/decisions/0754).
+    staging = {
+      storage_class       = "STANDARD"
+      versioning          = false
+      soft_delete_seconds = 0
+      lifecycle_rules     = [local.staging_lifecycle_rule]
+    }
     source = {
       storage_class       = "STANDARD"
       versioning          = true
@@ -86,9 +98,18 @@ locals {
   }
 }
 
+# A duplicate event is told from a new upload by its window's seen/{W}.json (docs/decisions/0004)
+# until it is older than max_event_age_seconds and dropped: the file must not expire before that.
+check "seen_files_outlive_late_events" {
+  assert {
+    condition     = var.state_retention_days * 86400 > var.max_event_age_seconds
+    error_message = "state_retention_days must outlast max_event_age_seconds: the seen/ files that tell late duplicate events from new uploads expire after state_retention_days."
+  }
+}
+
 resource "google_storage_bucket" "buckets" {
   # checkov:skip=CKV_GCP_62:Usage logs are optional (var.access_log_bucket); Cloud Audit Logs record data access without a log bucket of our own.
-  # checkov:skip=CKV_GCP_78:Versioning is on for upload, export and source; the state bucket holds short-lived claims and records for which old generations are useless.
+  # checkov:skip=CKV_GCP_78:Versioning is on for upload, export and source; the state and staging buckets hold short-lived records and copies for which old generations are useless.
   for_each = local.buckets
 
   project                     = var.project_id

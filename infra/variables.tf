@@ -123,12 +123,13 @@ variable "existing_dicom_store" {
  *****************************************/
 
 variable "bucket_names" {
-  description = "Bucket names; a null entry becomes \"<project_id>-<name_prefix>-<key>\". `upload`: where .dcm files land; `export`: export destinations; `state`: pipeline state; `source`: function source archives."
+  description = "Bucket names; a null entry becomes \"<project_id>-<name_prefix>-<key>\". `upload`: where .dcm files land; `export`: export destinations; `state`: pipeline state; `staging`: staged copies of uploads (DICOM_STAGING_BUCKET); `source`: function source archives."
   type = object({
-    upload = optional(string)
-    export = optional(string)
-    state  = optional(string)
-    source = optional(string)
+    upload  = optional(string)
+    export  = optional(string)
+    state   = optional(string)
+    staging = optional(string)
+    source  = optional(string)
   })
   default = {}
 }

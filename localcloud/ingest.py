@@ -8,11 +8,12 @@ it ignores by design (sidecars, zero-byte files, names outside the pattern or pr
 When is the ingest done? The import function batches uploads into debounce windows, so how many
 import operations (and completion events) an upload causes is not known up front. The rule:
 
-1. **Seen**: every expected object has its duplicate marker `seen/{window}/{key}` in the state
-   bucket (`key` = `functions.core.windows.object_key(bucket, name, generation)`; matched by key alone,
-   so the function's debounce length need not be known here). The function writes it
-   right after the object's window record, so from then on the object is in the pipeline's
-   durable state.
+1. **Seen**: every expected object is in the pipeline's durable state: its window record
+   `windows/{window}/{key}.json` exists, or its key is in its window's seen file `seen/{window}.json`
+   (`key` = `functions.core.windows.object_key(bucket, name, generation)`; matched by key alone, so the
+   function's debounce length need not be known here). Records are listed before seen files are
+   read: a leader adds a record's key to the seen file before it deletes the record, so an object
+   cannot slip between the two.
 2. **Quiet**: then, read in this order, there is no import work left in the state bucket: no
    `windows/` record, no import `jobs/`, no import `operations/`. The order matters: a window
    record is deleted only after its jobs exist, and a job only after its operation is tracked,
@@ -37,7 +38,7 @@ skipped, or an empty folder). A warning says so without `--strict` too.
 Limits: "quiet" is store-wide, so another upload in flight at the same time delays the end of
 this one (never its result). Events belong to this ingest when they are import events of this
 store whose `source` covers one of its objects, whose `failedObjects` name one, or whose source
-is a staged copy in the state bucket (those cannot be told apart without the batch manifest).
+is a staged copy in the staging (or state) bucket (those cannot be told apart without the batch manifest).
 Other events are counted and left alone (they stay in the state bucket's `done/` records).
 """
 
@@ -46,7 +47,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,10 +57,11 @@ from typing import Any
 from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.core.gcs_wildcards import api_wildcard_match
 from functions.core.selection import ignore_reason
-from functions.core.windows import object_key
+from functions.core.windows import is_window_id, object_key, window_close
 from functions.gcp.gcs import Gcs
 from functions.gcp.healthcare import HealthcareClient
 from functions.imports.failed_objects import HEADER_LIMIT, digest, read_uids
+from functions.imports.window_batcher import read_seen
 from functions.settings import Settings
 from localcloud.connect import EventStream, LocalCloud
 from localcloud.progress import Reporter, aligned
@@ -72,6 +74,9 @@ EXIT_NOTHING = 4  # --strict: nothing was there to import
 _COMPARE_LIMIT = 1024**3
 _THREADS = 8
 _POLL_SECONDS = 0.5
+# Seen files of windows that closed before the ingest began, less this (our clock and the one
+# that stamped the uploads' creation times), are skipped.
+_CLOCK_ALLOWANCE_SECONDS = 60.0
 _LISTED_NAMES = 10  # skipped/failed names shown in the human summary
 
 
@@ -188,7 +193,7 @@ def local_digest(path: Path) -> str | None:
 
 
 def event_belongs(event: dict[str, Any], store: str, objects: Sequence[UploadedObject],
-                  state_bucket: str) -> bool:
+                  staging_buckets: Collection[str]) -> bool:
     """Is this completion event one of this ingest's imports? (See the module docstring.)"""
     if event.get("kind") != "import" or event.get("dicomStore") != store:
         return False
@@ -199,7 +204,7 @@ def event_belongs(event: dict[str, Any], store: str, objects: Sequence[UploadedO
     if not source.startswith("gs://"):
         return False
     bucket, _, pattern = source[len("gs://"):].partition("/")
-    if bucket == state_bucket:
+    if bucket in staging_buckets:
         return True  # a staged batch: its objects are copies under staging/
     return any(o.bucket == bucket and api_wildcard_match(pattern, o.name) for o in objects)
 
@@ -309,6 +314,8 @@ class _Waiter:
         self.healthcare = HealthcareClient(settings)
         self.expected = expected
         self.unseen = {object_key(o.bucket, o.name, o.generation): o for o in expected}
+        self.since = time.time() - _CLOCK_ALLOWANCE_SECONDS
+        self.seen_files: dict[tuple[str, int], frozenset[str]] = {}  # (name, generation) -> keys
         self.stored: set[str] = set()  # stored as themselves
         self.other_content: set[str] = set()  # their UIDs are stored with other content
         self.failures: dict[str, dict[str, str]] = {}  # uri -> {"object", "reason", "message"}
@@ -320,7 +327,8 @@ class _Waiter:
 
     def take_events(self, events: list[dict[str, Any]]) -> None:
         for event in events:
-            if not event_belongs(event, self.cloud.dicom_store, self.expected, self.cloud.state_bucket):
+            if not event_belongs(event, self.cloud.dicom_store, self.expected,
+                                 {self.cloud.state_bucket, self.s.staging}):
                 self.other_events += 1
                 continue
             if event.get("eventId") in self.event_ids:
@@ -335,11 +343,22 @@ class _Waiter:
             self.on_event(event)
 
     def check_seen(self) -> None:
-        if self.unseen:
-            seen = {info.name.rsplit("/", 1)[-1] for info in self.gcs.list(self.s.state_bucket,
-                                                                              self.s.state_path("seen/"))}
-            for key in [k for k in self.unseen if k in seen]:
-                del self.unseen[key]
+        if not self.unseen:
+            return
+        found = {info.name.rsplit("/", 1)[-1].removesuffix(".json")
+                 for info in self.gcs.list(self.s.state_bucket, self.s.state_path("windows/"))}
+        root = self.s.state_path("seen/")
+        for info in self.gcs.list(self.s.state_bucket, root):
+            # Only windows that close after this ingest began can hold its objects.
+            window = info.name[len(root):].removesuffix(".json")
+            if not is_window_id(window) or window_close(window, self.s.debounce_seconds) < self.since:
+                continue
+            if (info.name, info.generation) not in self.seen_files:
+                self.seen_files[(info.name, info.generation)] = read_seen(self.gcs, self.s.state_bucket,
+                                                                          info.name).keys
+            found |= self.seen_files[(info.name, info.generation)]
+        for key in [k for k in self.unseen if k in found]:
+            del self.unseen[key]
 
     def check_store(self, pool: ThreadPoolExecutor) -> None:
         todo = [o for o in self.expected

@@ -5,7 +5,8 @@ Jobs wait in the state bucket until a slot is free, and whoever can write there 
 not only when its request was parsed:
 - an export's destination lies inside `DICOM_EXPORT_ALLOWED_DESTINATIONS`;
 - an import reads the upload bucket (`DICOM_UPLOAD_BUCKET`, and inside `DICOM_IMPORT_PREFIXES`
-  when they are set) or the pipeline's own staging prefix in the state bucket, nothing else;
+  when they are set) or the pipeline's own staging prefix in the staging bucket
+  (`DICOM_STAGING_BUCKET`) or the state bucket, nothing else;
 - a storage-class change has a filter file, or says `wholeStore` (its request did), and names a
   storage class the API knows.
 A job that fails is refused like a start the API refused: its completion event is FAILED with
@@ -58,6 +59,8 @@ class Deployment(Protocol):
 
     def state_path(self, *parts: str) -> str: ...
 
+    def is_staging_bucket(self, bucket: str) -> bool: ...
+
 
 def job_problem(job: QueuedJob, settings: Deployment) -> str | None:
     """Why `job` may not start in this deployment; None when it may."""
@@ -84,11 +87,14 @@ def _import_source_problem(uri: str, settings: Deployment) -> str | None:
     bucket, _, path = uri[len("gs://"):].partition("/")
     if ".." in path.split("/"):
         return "the job's import source has a '..' segment"
-    if bucket == settings.state_bucket:
+    if settings.is_staging_bucket(bucket):
         staging = settings.state_path("staging") + "/"
         if path.startswith(staging) and len(path) > len(staging):
             return None
-        return "the job imports from the state bucket outside the pipeline's staging prefix"
+        if bucket == settings.state_bucket:
+            return "the job imports from the state bucket outside the pipeline's staging prefix"
+        if bucket != settings.upload_bucket:
+            return "the job imports from the staging bucket outside the pipeline's staging prefix"
     if settings.upload_bucket and bucket != settings.upload_bucket:
         return f"the job imports from bucket {bucket[:100]!r}, not the upload bucket (DICOM_UPLOAD_BUCKET)"
     if settings.import_prefixes and not any(path.startswith(p) for p in settings.import_prefixes):

@@ -4,7 +4,7 @@ One rule (`object_ignore_reason`) serves the finalize handler and the planner: a
 handler ignores is one a planned wildcard must not match, or the import reads it and counts it
 as a failure (a zero-byte `.dcm` next to new uploads, say).
 
-The rule reads four values of the deployment (`ImportScope`); `functions.settings.Settings` has them.
+The rule reads a few values of the deployment (`ImportScope`); `functions.settings.Settings` has them.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ class ImportScope(Protocol):
     @property
     def import_name_pattern(self) -> re.Pattern[str]: ...  # DICOM_IMPORT_NAME_PATTERN
 
+    @property
+    def staging(self) -> str: ...  # DICOM_STAGING_BUCKET, or the state bucket
+
+    def state_path(self, *parts: str) -> str: ...
+
 
 def ignore_reason(event: StorageObjectEvent, settings: ImportScope) -> str | None:
     """Why this object is not imported, or None to import it. Pure: no network call."""
@@ -42,6 +47,8 @@ def object_ignore_reason(bucket: str, name: str, size: int, settings: ImportScop
     """Why the object `gs://bucket/name` of `size` bytes is not importable, or None if it is."""
     if bucket == settings.state_bucket and name.startswith(settings.state_prefix):
         return "one of the pipeline's own state objects"
+    if bucket == settings.staging and name.startswith(settings.state_path("staging/")):
+        return "one of the pipeline's own staged copies"
     if name.endswith("/"):
         return "a folder placeholder"
     if size == 0:

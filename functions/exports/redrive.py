@@ -250,7 +250,7 @@ class Redriver:
         held_entries = [{"uri": f.uri, "held": f.reason} for f in held]
         self._gcs.write(self._s.state_bucket, manifest, {"objects": [*entries, *held_entries]})
         job = Job(job_id=job_id, kind="import", request_id=request.request_id or message.message_id,
-                  created_at=claimed_at, import_uri=f"gs://{self._s.state_bucket}/{staging_prefix}**",
+                  created_at=claimed_at, import_uri=f"gs://{self._s.staging}/{staging_prefix}**",
                   manifest=manifest, object_count=len(entries), staging_prefix=staging_prefix,
                   message_id=message.message_id, redrive_of=original, claim=self._claim_path(key))
         submitted.append(True)

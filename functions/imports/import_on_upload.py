@@ -1,6 +1,6 @@
 """Import on upload: record each new `.dcm` in its debounce window; the window's leader batches it.
 
-Per event, on the normal path: two creates (window record, duplicate marker). The first request
+Per event, on the normal path: one create (the window record). The first request
 of a process for a window then waits for the window to close and, if this process wrote the
 window's smallest record, plans the window's imports (`functions.imports.window_batcher`). So a window is
 claimed once, not once per upload, and no shared object is written per event.
@@ -88,20 +88,18 @@ class ImportOnUpload:
             "timeCreated": f"{event.time_created.timestamp():.6f}"})
         if not created:
             # Still waiting in its window (a concurrent or earlier delivery, maybe one that crashed
-            # right after): the window's leader, or the poller, will take it. Only the record's
-            # creator touches the duplicate marker, so two concurrent deliveries cannot each take
-            # the other for the duplicate and drop the object.
+            # right after): the window's leader, or the poller, will take it.
             return Outcome("duplicate", "already waiting in its window", window)
-        first_sighting = self._gcs.create(self._s.state_bucket, self._batcher.seen_path(window, key), b"") is not None
-        if not first_sighting:
-            # Batched before (its window record is gone): this is a late duplicate.
-            self._gcs.delete(self._s.state_bucket, record)
-            return Outcome("duplicate", "already batched", window)
+        # A duplicate delivered after its window was batched gets here too: the window's next
+        # round finds its key in the window's seen file and deletes the record (decision 0004).
         logger.info("upload recorded", extra=fields(object=event.uri, generation=event.generation,
                                                      window=window))
         if not self._windows.add(window, record):
             return Outcome("recorded", window=window)
-        return Outcome("recorded", window=window, led=self._wait_and_lead(window))
+        led = self._wait_and_lead(window)
+        if led is not None and record in led.batched_before:
+            return Outcome("duplicate", "already batched", window, led)
+        return Outcome("recorded", window=window, led=led)
 
     def _wait_and_lead(self, window: str) -> WindowResult | None:
         # A late event (its window already closed) still waits one settle period, so a backlog of

@@ -81,6 +81,15 @@ class Job:
     whole_store: bool = False  # storageClass without a filter file: the request said wholeStore
     grown: tuple[str, ...] = ()  # batches of later windows staged into it while it waited (coalescing)
 
+    @property
+    def staging_bucket(self) -> str:
+        """The bucket its staged copies are in (its import URI's); "" when it stages nothing.
+
+        Jobs queued before `DICOM_STAGING_BUCKET` changed keep theirs: growers copy there too."""
+        if not self.staging_prefix or not self.import_uri.startswith("gs://"):
+            return ""
+        return self.import_uri[len("gs://"):].split("/", 1)[0]
+
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
                 if v not in (None, "", 0, ()) or k == "created_at"}
@@ -381,10 +390,10 @@ class JobQueue:
         job = Job.from_json(record.data["job"])
         logger.warning("undoing the growth of a queued job whose grower stopped",
                        extra=fields(job=job.job_id, batch=hold.batch))
-        copies = [info.name for info in self._gcs.list(self._s.state_bucket,
-                                                       job_record.batch_prefix(job.staging_prefix, hold.batch))]
+        bucket = job.staging_bucket if self._s.is_staging_bucket(job.staging_bucket) else self._s.staging
+        copies = [info.name for info in self._gcs.list(bucket, job_record.batch_prefix(job.staging_prefix, hold.batch))]
         for name in copies:
-            self._gcs.delete(self._s.state_bucket, name)
+            self._gcs.delete(bucket, name)
         self._gcs.delete(self._s.state_bucket, job_record.grown_manifest(job.manifest, hold.batch))
         cleared = self._apply(job_id, record, Event.RELEASE_HOLD, Change(batch=hold.batch))
         return None if cleared is None or cleared.generation is None else Record(cleared.data, cleared.generation)

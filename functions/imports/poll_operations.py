@@ -30,7 +30,7 @@ from functions.settings import Settings
 logger = logging.getLogger(__name__)
 
 # A successful import's staged copies go once it finished (decision 0750): its `cleanup/{J}.json`
-# names the staging prefix, and each run deletes copies, a listing page at a time, until one of
+# names the staging bucket and prefix, and each run deletes copies, a listing page at a time, until one of
 # these bounds is reached; the next run goes on. Together they keep up with a migration at 500
 # files/s (30,000 copies a minute) while a run stays well inside the poller's timeout.
 STAGING_DELETES_PER_RUN = 60_000
@@ -207,7 +207,8 @@ class Poller:
         job = started.job
         if job.staging_prefix:
             # One write here; the copies go in `_clean_staging`, in this run and the next ones.
-            self._gcs.write(self._s.state_bucket, self._cleanup_path(job.job_id), {"prefix": job.staging_prefix})
+            self._gcs.write(self._s.state_bucket, self._cleanup_path(job.job_id),
+                            {"prefix": job.staging_prefix, "bucket": job.staging_bucket})
         if job.manifest:
             manifests = self._manifests(job)
             if not job.redrive_of:
@@ -266,17 +267,20 @@ class Poller:
             if record is None:
                 continue
             prefix = str(record.data.get("prefix", ""))
-            while prefix.startswith(staging_root) and prefix != staging_root:
+            # Records written before staging had a bucket of its own name none: the state bucket.
+            bucket = str(record.data.get("bucket") or self._s.state_bucket)
+            while self._s.is_staging_bucket(bucket) and prefix.startswith(staging_root) and prefix != staging_root:
                 if budget <= 0 or self._clock() - began > STAGING_CLEAN_SECONDS:
                     return
                 wanted = min(_PAGE, budget)
-                names = [i.name for i in self._gcs.list(self._s.state_bucket, prefix, max_results=wanted)]
-                deleted = self._delete_unless_throttled(names)
+                names = [i.name for i in self._gcs.list(bucket, prefix, max_results=wanted)]
+                deleted = self._delete_unless_throttled(bucket, names)
                 budget -= deleted
                 summary.staged_deleted += deleted
                 if deleted < len(names):
-                    # The state bucket is at its write rate: the uploads' records need it more
-                    # than these deletes do. The next run goes on (decision 0750).
+                    # The bucket is at its write rate: the uploads' copies (or, staged in the state
+                    # bucket, their records) need it more than these deletes do. The next run goes
+                    # on (decision 0750).
                     logger.warning("deleting staged copies was throttled; the next run goes on",
                                    extra=fields(prefix=prefix, deleted=summary.staged_deleted))
                     return
@@ -284,7 +288,7 @@ class Poller:
                     break  # the prefix is empty now
             self._gcs.delete(self._s.state_bucket, info.name, record.generation)
 
-    def _delete_unless_throttled(self, names: list[str]) -> int:
+    def _delete_unless_throttled(self, bucket: str, names: list[str]) -> int:
         """Deletes `names` in parallel until Cloud Storage answers one delete 429; how many went."""
         throttled = threading.Event()
         deleted = []
@@ -293,7 +297,7 @@ class Poller:
             if throttled.is_set():
                 return
             try:
-                self._gcs.delete(self._s.state_bucket, name)
+                self._gcs.delete(bucket, name)
             except TooManyRequests:
                 throttled.set()
                 return

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from functions.core import planning
+from functions.core.errors import RetryableError
 from functions.core.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.core.lease import CLOCK_SKEW_SECONDS, Lease, renewal_margin
 from functions.core.selection import is_importable
@@ -24,7 +25,7 @@ from functions.core.windows import window_close
 from functions.gcp.clients import ObjectInfo, ObjectStore, Record
 from functions.gcp.retry import is_transient
 from functions.imports import job_record
-from functions.imports.job_queue import Job, JobQueue
+from functions.imports.job_queue import Job, JobQueue, Reservation
 from functions.imports.job_record import Change, Event
 from functions.log import fields
 from functions.settings import Settings
@@ -83,11 +84,12 @@ class _Covering:
 class WindowResult:
     window: str
     claimed: bool
-    uploads: int = 0
+    uploads: int = 0  # planned by this round (late duplicates of batched uploads not counted)
     jobs: tuple[str, ...] = ()
     started: tuple[str, ...] = ()
     staged: int = 0
     grown: str | None = None  # the queued job this window's uploads were staged into (coalescing)
+    batched_before: tuple[str, ...] = ()  # records of uploads an earlier round batched (deleted)
 
 
 @dataclass
@@ -138,10 +140,9 @@ class WindowBatcher:
     def window_prefix(self, window: str) -> str:
         return self._s.state_path("windows", window) + "/"
 
-    def seen_path(self, window: str, key: str) -> str:
-        """The duplicate marker of an upload (`key`: `windows.object_key`), kept per window so that a
-        leader checks all of its window's markers with one listing."""
-        return self._s.state_path("seen", window, key)
+    def seen_path(self, window: str) -> str:
+        """The keys of the window's batched uploads (the seen file, end of this module): one per window."""
+        return self._s.state_path("seen", f"{window}.json")
 
     def claim_path(self, window: str) -> str:
         return self._s.state_path("claims", f"{window}.json")
@@ -174,11 +175,19 @@ class WindowBatcher:
 
     def run(self, window: str) -> WindowResult:
         """Claims the window (or takes over an expired claim) and turns its uploads into jobs."""
+        dropped = self._drop_late_duplicates(window)
+        if dropped is not None:
+            return dropped
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
         claim, took_over = claimed
-        uploads = self._uploads(window)
+        listed = self._uploads(window)
+        # A late duplicate re-creates the record of an upload an earlier round batched: its key is
+        # in the seen file, and its record only goes (decision 0004).
+        batched = read_seen(self._gcs, self._s.state_bucket, self.seen_path(window))
+        uploads = [u for u in listed if _record_key(u.record) not in batched.keys]
+        again = [u for u in listed if _record_key(u.record) in batched.keys]
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
         waiting = self._queue.pending_records() if uploads else []
@@ -226,20 +235,19 @@ class WindowBatcher:
             # goes, its records stay).
             self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
             return WindowResult(window, claimed=False)
-        self._mark_seen(window, uploads)
         for job_id, taken in adoptions.items():
             self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
                             {"objects": [_manifest_entry(u) for u in taken]})
         reservations = [self._queue.reserve(job) for job in jobs]
-        # The jobs are durable now: the window records and the claim have done their part. They
-        # go before any API call, so a crash while starting cannot make the window plan again
-        # (a job left STARTING is restarted by the poller when its lease ends).
-        # In rounds that renew the claim: deleting a large window's records takes as long as
-        # copying it, and a claim that ran out meanwhile would have the poller take over a live
-        # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
-        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads,
-                        keep=lambda ahead: self._keep_claim(claim, ahead) or True)
-        self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
+        try:
+            self._let_records_go(window, claim, batched, uploads, again)
+        except Exception:
+            # Throttled past its retries: the window's takeover finishes this (the seen file and
+            # the jobs' manifests say what is batched), but the jobs are durable and start now. A
+            # job left STARTING would wait out its lease and be taken for an unconfirmed start,
+            # which may be paired with another job's operation (decisions 0300, 0755).
+            self._start_reserved_anyway(reservations)
+            raise
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
         if growth is not None:
             # The import it waited for may be done: then the grown job need not wait for the poller.
@@ -250,7 +258,59 @@ class WindowBatcher:
                                                     jobs=len(jobs), started=len(started), staged=staged,
                                                     adopted=adopted, grown=grown or "",
                                                     grown_by=len(growth.entries) if growth else 0))
-        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown)
+        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown,
+                            tuple(u.record for u in again))
+
+    def _drop_late_duplicates(self, window: str) -> WindowResult | None:
+        """When nobody holds the window's claim and every record of the window is a late duplicate of
+        an upload batched before (its key in the seen file): deletes them, and the window needs no
+        claim and no round (None otherwise: a round of its own, or the wait for a live leader).
+
+        A batched upload is in a durable job, so its record may go without the claim; and a
+        duplicate's round without a claim does not write the claim's name again right after the
+        round before deleted it (Cloud Storage takes about one write a second per name).
+        """
+        if self._gcs.read(self._s.state_bucket, self.claim_path(window)) is not None:
+            return None  # a leader is at work (or died): the claim decides
+        listed = self._uploads(window)
+        if not listed:
+            return None
+        batched = read_seen(self._gcs, self._s.state_bucket, self.seen_path(window))
+        if any(_record_key(u.record) not in batched.keys for u in listed):
+            return None
+        self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), listed)
+        logger.info("deleting window records of uploads batched before",
+                    extra=fields(window=window, records=len(listed)))
+        return WindowResult(window, True, batched_before=tuple(u.record for u in listed))
+
+    def _let_records_go(self, window: str, claim: _Lease, batched: Seen, uploads: list[Upload],
+                        again: list[Upload]) -> None:
+        """Adds the round's keys to the seen file, then deletes the window's records and its claim."""
+        # Only now, with every upload of the round in a durable job (or growth, or adoption), may a
+        # later round take their keys for batched; before the records go, so a duplicate that
+        # re-creates one after its deletion is known for what it is (decision 0004).
+        add_seen(self._gcs, self._s.state_bucket, self.seen_path(window), batched,
+                 (_record_key(u.record) for u in uploads))
+        if again:
+            logger.info("deleting window records of uploads batched before",
+                        extra=fields(window=window, records=len(again)))
+        # The jobs are durable now: the window records and the claim have done their part. They
+        # go before any API call, so a crash while starting cannot make the window plan again
+        # (a job left STARTING is restarted by the poller when its lease ends).
+        # In rounds that renew the claim: deleting a large window's records takes as long as
+        # copying it, and a claim that ran out meanwhile would have the poller take over a live
+        # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
+        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads + again,
+                        keep=lambda ahead: self._keep_claim(claim, ahead) or True)
+        self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
+
+    def _start_reserved_anyway(self, reservations: list[Reservation]) -> None:
+        for reservation in reservations:
+            try:
+                self._queue.start(reservation)
+            except Exception as exc:  # the poller starts it, as for a leader that died
+                logger.warning("could not start a reserved job after the round failed",
+                               extra=fields(job=reservation.job.job_id, error=type(exc).__name__))
 
     def _not_covered(self, uploads: list[Upload], waiting: list[Record]) -> list[Upload]:
         """The uploads no queued or running import lists in its manifests (read on takeover only).
@@ -280,6 +340,8 @@ class WindowBatcher:
         growable (it started, a starter waits for it, or it has all the growers it may have). See
         functions.imports.job_record."""
         job = Job.from_json(target.data["job"])
+        if not self._s.is_staging_bucket(job.staging_bucket):
+            return None  # not a job of ours to copy into: the checks refuse it when it starts
         hold_lease = Lease.starting(self._clock(), self._s.claim_lease_seconds)
         swapped = self._swap_job(job.job_id, target, Event.HOLD,
                                  Change(batch=batch_id, until=hold_lease.until, storage_class=job.storage_class))
@@ -287,7 +349,8 @@ class WindowBatcher:
             return None
         hold = _HeldJob(job, batch_id, *swapped, hold_lease)
         entries = self.stage(uploads, job_record.batch_prefix(job.staging_prefix, batch_id),
-                             keep=lambda ahead: self._keep_claim(claim, ahead) and self._keep_hold(hold, ahead))
+                             keep=lambda ahead: self._keep_claim(claim, ahead) and self._keep_hold(hold, ahead),
+                             bucket=job.staging_bucket)
         return _Growth(job, batch_id, hold.data, hold.generation, entries, complete=not (hold.lost or claim.lost))
 
     def _commit(self, growth: _Growth) -> bool:
@@ -334,8 +397,8 @@ class WindowBatcher:
         return applied.data, applied.generation
 
     def _delete_copies(self, growth: _Growth) -> None:
-        names = [str(e["staged"]).split("/", 3)[3] for e in growth.entries]
-        self._parallel(lambda name: self._gcs.delete(self._s.state_bucket, name), names)
+        copies = [str(e["staged"]).removeprefix("gs://").split("/", 1) for e in growth.entries]
+        self._parallel(lambda copy: self._gcs.delete(copy[0], copy[1]), copies)
 
     def _keep_claim(self, claim: _Lease, ahead: float = 0.0) -> bool:
         """Renews the window's claim when it is due (`Lease.due_for_renewal` with the renewal margin
@@ -399,18 +462,6 @@ class WindowBatcher:
             claim.lost = True
             return False
         return self._keep_claim(claim)
-
-    def _mark_seen(self, window: str, uploads: list[Upload]) -> None:
-        """Writes the duplicate markers its recorder did not get to (it died between its two creates).
-
-        Without them a redelivery of such an event after the batch would find neither a window record
-        nor a marker, and import the object a second time.
-        """
-        prefix = self.seen_path(window, "")
-        marked = {info.name[len(prefix):] for info in self._gcs.list(self._s.state_bucket, prefix)}
-        missing = [u for u in uploads if _record_key(u.record) not in marked]
-        self._parallel(lambda u: self._gcs.create(self._s.state_bucket, prefix + _record_key(u.record), b""),
-                       missing)
 
     def _claim(self, window: str) -> tuple[_Lease, bool] | None:
         """The claim, and whether it was taken over from a leader that died."""
@@ -506,7 +557,7 @@ class WindowBatcher:
             staging_prefix = self._s.state_path("staging", f"{batch_id}-{first_index + len(jobs):02d}") + "/"
             objects = self.stage([names[n] for n in plan.staged], staging_prefix,
                                  keep=lambda ahead: self._keep_claim(claim, ahead))
-            uri = f"gs://{self._s.state_bucket}/{staging_prefix}**"
+            uri = f"gs://{self._s.staging}/{staging_prefix}**"
             jobs.append(job(len(jobs), uri, objects, staging_prefix))
         return jobs, len(plan.staged)
 
@@ -543,8 +594,11 @@ class WindowBatcher:
         return others, incomplete
 
     def stage(self, uploads: list[Upload], prefix: str,
-              keep: Callable[[float], bool] = lambda ahead: True) -> list[dict[str, object]]:
+              keep: Callable[[float], bool] = lambda ahead: True, *,
+              bucket: str | None = None) -> list[dict[str, object]]:
         """Server-side copies under a batch-unique prefix that one `**` import covers; their manifest.
+
+        `bucket`: where the copies go, by default the staging bucket (`DICOM_STAGING_BUCKET`).
 
         `keep(ahead)` is asked before every `STAGE_CHUNK` copies, with twice the time the round
         before took: it renews what the caller holds unless that lasts longer than `ahead` (and
@@ -554,13 +608,13 @@ class WindowBatcher:
         entries = []
         for index, upload in enumerate(uploads):
             entry = _manifest_entry(upload)
-            entry["staged"] = f"gs://{self._s.state_bucket}/{prefix}{index:06d}.dcm"
+            entry["staged"] = f"gs://{bucket or self._s.staging}/{prefix}{index:06d}.dcm"
             entries.append(entry)
 
         def copy(item: tuple[Upload, dict[str, object]]) -> None:
             upload, entry = item
-            target = str(entry["staged"]).split("/", 3)[3]
-            self._gcs.copy(upload.bucket, upload.name, upload.generation, self._s.state_bucket, target)
+            target_bucket, target = str(entry["staged"]).removeprefix("gs://").split("/", 1)
+            self._gcs.copy(upload.bucket, upload.name, upload.generation, target_bucket, target)
 
         self._in_rounds(copy, list(zip(uploads, entries, strict=True)), keep)
         return entries
@@ -650,3 +704,70 @@ def _group(uploads: list[Upload], settings: Settings) -> dict[tuple[str, str | N
     for upload in uploads:
         groups[(upload.bucket, settings.storage_class_for(upload.name))].append(upload)
     return dict(groups)
+
+
+# --- The window's seen file -------------------------------------------------------------------
+# The uploads a window's leaders have batched: one object per window, `seen/{W}.json`.
+# 
+# The event path writes only the upload's window record, `windows/{W}/{K}.json` (a create: a 412
+# means the upload is still waiting). A duplicate delivered after its window was batched finds no
+# record and creates it again; the window's next leader finds its key here and deletes the record
+# instead of planning it (docs/decisions/0004). The file is written once per planning round, after
+# the round's jobs are durable and before its records are deleted, with a generation precondition,
+# so two leaders of one window (a takeover) never drop each other's keys.
+
+# A leader of the window holds its claim while it writes, so a lost swap means a leader whose
+# claim was taken over wrote meanwhile; a few fresh reads settle it.
+_SEEN_SWAP_ATTEMPTS = 5
+
+
+class SeenSwapLostError(RetryableError):
+    """The window's seen file changed under every attempt to add to it: the round fails before
+    its records go, and the window's takeover plans what no job covers (`WindowBatcher`)."""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The keys (`functions.core.windows.object_key`) of a window's batched uploads."""
+
+    keys: frozenset[str]
+    generation: int | None  # None: no leader of the window has batched anything yet
+
+
+def parse_seen(record: Record | None) -> Seen:
+    """A seen file as read (None: absent). Entries that are not strings are ignored."""
+    if record is None:
+        return Seen(frozenset(), None)
+    keys = record.data.get("keys", [])
+    return Seen(frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, list) else frozenset(),
+                record.generation)
+
+
+def seen_body(keys: Iterable[str]) -> dict[str, list[str]]:
+    return {"keys": sorted(set(keys))}
+
+
+def read_seen(gcs: ObjectStore, bucket: str, path: str) -> Seen:
+    return parse_seen(gcs.read(bucket, path))
+
+
+def add_seen(gcs: ObjectStore, bucket: str, path: str, seen: Seen, keys: Iterable[str]) -> Seen:
+    """Adds `keys` to the file last read as `seen`: a create or a replace at its generation, and on a
+    lost race a fresh read merged with ours. No write when nothing is new.
+
+    Raises:
+        SeenSwapLostError: `_SEEN_SWAP_ATTEMPTS` writes were lost.
+    """
+    new = frozenset(keys)
+    for _ in range(_SEEN_SWAP_ATTEMPTS):
+        if new <= seen.keys:
+            return seen
+        merged = seen.keys | new
+        if seen.generation is None:
+            generation = gcs.create(bucket, path, seen_body(merged))
+        else:
+            generation = gcs.replace(bucket, path, seen_body(merged), seen.generation)
+        if generation is not None:
+            return Seen(merged, generation)
+        seen = read_seen(gcs, bucket, path)
+    raise SeenSwapLostError(f"{path} changed under {_SEEN_SWAP_ATTEMPTS} writes")

@@ -330,14 +330,20 @@ def test_bucket_grants_follow_the_data_flow(root: dict[str, Any]) -> None:
         "roles/storage.objectUser",
         "roles/storage.objectAdmin",
     )
-    assert by_member['${local.runtime["import"]}'] == {("upload", viewer), ("state", user)}
-    assert by_member['${local.runtime["export"]}'] == {("state", user), ("upload", viewer)}  # upload: redrive staging
-    assert by_member['${local.runtime["poll"]}'] == {("upload", viewer), ("state", user)}
+    assert by_member['${local.runtime["import"]}'] == {("upload", viewer), ("state", user), ("staging", user)}
+    # upload: redrives stage copies of the receipt's objects
+    assert by_member['${local.runtime["export"]}'] == {("state", user), ("upload", viewer), ("staging", user)}
+    assert by_member['${local.runtime["poll"]}'] == {("upload", viewer), ("state", user), ("staging", user)}
     assert by_member["${local.healthcare_agent}"] == {
         ("upload", viewer),
         ("state", viewer),
+        ("staging", viewer),  # reads staged copies, never writes them
         ("export", admin),
     }
+    # Nobody else may touch staged copies.
+    assert {m for m, grants in by_member.items() if any(b == "staging" for b, _ in grants)} == {
+        '${local.runtime["import"]}', '${local.runtime["export"]}', '${local.runtime["poll"]}',
+        "${local.healthcare_agent}"}
     topics = root["locals"]["topic_grants"]
     assert {(g["topic"], g["member"]) for g in topics.values()} == {
         ("completions", '${local.runtime["export"]}'),
@@ -352,13 +358,30 @@ def test_buckets_are_private_uniform_and_expire_state(root: dict[str, Any]) -> N
     bucket = _resources(root, "google_storage_bucket")["buckets"]
     assert bucket["uniform_bucket_level_access"] is True
     assert bucket["public_access_prevention"] == "enforced"
-    assert set(root["locals"]["buckets"]) == {"upload", "export", "state", "source"}
+    assert set(root["locals"]["buckets"]) == {"upload", "export", "state", "staging", "source"}
+    staging = root["locals"]["buckets"]["staging"]
+    assert staging["lifecycle_rules"] == ["${local.staging_lifecycle_rule}"]
+    assert root["locals"]["staging_lifecycle_rule"]["matches_prefix"] == ["${local.state_prefix}staging/"]
+    assert root["locals"]["staging_lifecycle_rule"]["age"] == "${var.staging_retention_days}"
+    assert (staging["versioning"], staging["soft_delete_seconds"]) == (False, 0)
+    assert root["locals"]["env_common"]["DICOM_STAGING_BUCKET"] == '${google_storage_bucket.buckets["staging"].name}'
     prefixes = set()
     for rule in root["locals"]["state_lifecycle_rules"]:
+        if rule == "${local.staging_lifecycle_rule}":
+            rule = root["locals"]["staging_lifecycle_rule"]
         for prefix in rule["matches_prefix"]:
             prefixes.add(prefix.removeprefix("${local.state_prefix}"))
     assert {"seen/", "done/", "receipts/", "staging/", "filters/", "exports/", "manifests/", "refusals/",
             "redrives/"} <= prefixes
+    assert "${local.staging_lifecycle_rule}" in root["locals"]["state_lifecycle_rules"]  # copies staged before
+
+
+def test_the_seen_files_outlive_the_oldest_event_taken(root: dict[str, Any]) -> None:
+    checks = root["check"] if isinstance(root["check"], dict) else {k: v for c in root["check"] for k, v in c.items()}
+    (assertion,) = checks["seen_files_outlive_late_events"]["assert"]
+    assert assertion["condition"] == "${var.state_retention_days * 86400 > var.max_event_age_seconds}"
+    variables = root["variable"]
+    assert variables["state_retention_days"]["default"] * 86400 > variables["max_event_age_seconds"]["default"]
 
 
 def test_source_archive_is_the_repository_root_without_non_runtime_files(root: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ itself, step by step and at every crash point, is tested in tests/functional."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,6 +124,27 @@ def test_trickle_into_one_folder_stages_and_reads_each_object_at_most_twice(depl
     assert ward and max(ward.values()) == 1
     assert len(_stored_uids(d)) == 4
     assert d.state_objects("staging/") == []  # cleaned up after success
+
+
+def test_copies_staged_in_a_bucket_of_their_own_are_imported_from_it_and_deleted(
+        healthcare_emulator: str, fake_gcs: str, pubsub_emulator: str) -> None:
+    staging = f"staging-{uuid.uuid4().hex[:10]}"
+    d = Deployment.create(healthcare_emulator, staging_bucket=staging)
+    d.storage_client.create_bucket(staging)
+    handler = d.handler()
+    # An old object beside the new ones (no event): a glob would read it again, so they are staged.
+    d.upload("ward2/old.dcm", dicom_factory.instance())
+    events = [d.upload(f"ward2/{name}.dcm", dicom_factory.instance()) for name in ("k3x", "a9q")]
+    deliver_all(handler, events)
+    completions = distinct(d.completions_until_quiet())
+    assert successes(completions) == 2
+    staged = [e for e in completions if e["source"].startswith(f"gs://{staging}/staging/")]
+    assert staged or len(windows_of(d, events)) > 1, completions
+    reads = d.emulator("stats")["objectReads"]
+    assert not any(f"/{d.upload_bucket}/ward2/old.dcm" in uri for uri in reads)
+    assert len(_stored_uids(d)) == 2
+    assert d.state_objects("staging/") == []  # nothing staged in the state bucket
+    assert list(d.storage_client.list_blobs(staging)) == []  # deleted after success
 
 
 def test_odd_names_and_upper_case_extensions_are_imported(deployment: Deployment) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from functions.events import StorageObjectEvent
+from functions.core.events import StorageObjectEvent
 from localcloud import provision
 from localcloud.config import LocalConfig
 from localcloud.router import PUBLISHED_EVENT_TYPE, Scheduler, StorageEventBridge, retry_delays

@@ -63,6 +63,24 @@ def test_import_prefixes_bound_the_upload_bucket_and_an_empty_upload_bucket_allo
     assert job_problem(_job("import", import_uri="gs://state/x/**"), anywhere) is not None
 
 
+def test_with_a_staging_bucket_imports_read_its_staging_prefix_or_the_state_buckets() -> None:
+    own = replace(S, staging_bucket="staged")
+    assert job_problem(_job("import", import_uri="gs://staged/pipe/staging/b-1/**"), own) is None
+    assert job_problem(_job("import", import_uri="gs://state/pipe/staging/b-1/**"), own) is None  # queued before
+    for uri in ("gs://staged/pipe/receipts/**", "gs://staged/staging/b-1/**", "gs://staged/pipe/staging/"):
+        problem = job_problem(_job("import", import_uri=uri), own)
+        assert problem is not None and "staging bucket outside the pipeline's staging prefix" in problem, uri
+    # Without one, the staging bucket is the state bucket and no other bucket is one.
+    assert "not the upload bucket" in (job_problem(_job("import", import_uri="gs://staged/pipe/staging/b-1/**"), S)
+                                       or "")
+
+
+def test_a_jobs_staging_bucket_is_its_import_uris() -> None:
+    assert _job("import", import_uri="gs://staged/pipe/staging/b-1/**",
+                staging_prefix="pipe/staging/b-1/").staging_bucket == "staged"
+    assert _job("import", import_uri="gs://uploads/in/**").staging_bucket == ""
+
+
 def test_whole_store_survives_the_job_record() -> None:
     job = _job("storageClass", storage_class="ARCHIVE", whole_store=True, claim="pipe/exports/k.json")
     assert Job.from_json(job.to_json()) == job

@@ -242,7 +242,7 @@ def _obj(name: str) -> UploadedObject:
 ])
 def test_which_events_belong_to_an_ingest(event: dict[str, Any], belongs: bool) -> None:
     objects = [_obj("up/a/IM1.dcm"), _obj("up/b/IM2.dcm")]
-    assert ingest.event_belongs(event, STORE, objects, "dicom-state") is belongs
+    assert ingest.event_belongs(event, STORE, objects, {"dicom-state"}) is belongs
 
 
 def test_ingest_json_has_exactly_the_contract_keys() -> None:

@@ -75,6 +75,7 @@ NON_DEFAULT = {
     "DICOM_STATE_BUCKET": "other-state-bucket",
     "DICOM_COMPLETION_TOPIC": "projects/p/topics/other-completions",
     "DICOM_STATE_PREFIX": "pipeline",
+    "DICOM_STAGING_BUCKET": "dicom-staging",
     "DICOM_UPLOAD_BUCKET": "uploads-bucket",
     "HEALTHCARE_API_URL": "http://127.0.0.1:8090",
     "DICOM_MAX_CONCURRENT_OPERATIONS": "3",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,6 +96,14 @@ def test_ignore_reasons(name: str, size: int, bucket: str, expected: str | None)
                                datetime(2026, 1, 1, tzinfo=UTC), None)
     reason = ignore_reason(event, SETTINGS)
     assert (reason is None) if expected is None else (expected in (reason or ""))
+
+
+def test_staged_copies_in_a_staging_bucket_are_ignored() -> None:
+    staged = replace(SETTINGS, staging_bucket="dicom-staging")
+    copy = StorageObjectEvent("1", "google.cloud.storage.object.v1.finalized", "dicom-staging",
+                              "staging/b-1/000001.dcm", 1, 10, datetime(2026, 1, 1, tzinfo=UTC), None)
+    assert "own staged copies" in (ignore_reason(copy, staged) or "")
+    assert ignore_reason(replace(copy, name="inbox/IM1.dcm"), staged) is None  # not a staged copy
 
 
 def test_other_event_types_are_ignored() -> None:
