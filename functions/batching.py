@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from functions import coalescing, job_record, planning
+from functions import coalescing, job_record, planning, streaming
 from functions.clients import ObjectInfo, ObjectStore, Record
 from functions.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.job_record import Change, Event
@@ -48,13 +48,10 @@ OTHERS_LISTED = 1_000
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
-# Copies between two looks at the leader's lease while it stages (decision 0700): two rounds of the
-# copy threads, short enough that a saturated Cloud Storage rarely makes one outlast a lease.
-STAGE_CHUNK = 2 * _IO_THREADS
 # Swaps of a job record that other growers change too: each loss is followed by a fresh read.
 _SWAP_ATTEMPTS = 5
-# Rounds for the same calls of a round that Cloud Storage throttled (decision 0752): with the
-# client's 8 s per call and a renewal in between, about a minute of throttling.
+# Calls for one item that Cloud Storage throttled (decision 0752): with the client's 8 s per call
+# and a look at the lease before each, about a minute of throttling.
 _ROUND_ATTEMPTS = 6
 
 
@@ -236,7 +233,7 @@ class WindowBatcher:
         # In rounds that renew the claim: deleting a large window's records takes as long as
         # copying it, and a claim that ran out meanwhile would have the poller take over a live
         # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
-        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads,
+        self._in_stream(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads,
                         keep=lambda ahead: self._keep_claim(claim, ahead) or True)
         self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
         started = tuple(r.started for r in (self._queue.start(res) for res in reservations) if r.started)
@@ -545,9 +542,9 @@ class WindowBatcher:
               keep: Callable[[float], bool] = lambda ahead: True) -> list[dict[str, object]]:
         """Server-side copies under a batch-unique prefix that one `**` import covers; their manifest.
 
-        `keep(ahead)` is asked before every `STAGE_CHUNK` copies, with twice the time the round
-        before took: it renews what the caller holds unless that lasts longer than `ahead` (and
-        the usual margin), and False (it was taken over) stops the copying. The manifest
+        `keep(ahead)` is asked before every copy (`_in_stream`), with twice the longest copy so
+        far: it renews what the caller holds unless that lasts longer than `ahead` (and the usual
+        margin), and False (it was taken over) stops the copying. The manifest
         then names copies never made; the caller finds its claim or hold gone and discards it.
         """
         entries = []
@@ -561,52 +558,21 @@ class WindowBatcher:
             target = str(entry["staged"]).split("/", 3)[3]
             self._gcs.copy(upload.bucket, upload.name, upload.generation, self._s.state_bucket, target)
 
-        self._in_rounds(copy, list(zip(uploads, entries, strict=True)), keep)
+        self._in_stream(copy, list(zip(uploads, entries, strict=True)), keep)
         return entries
 
-    def _in_rounds(self, action: Callable[[Any], object], items: list[Any], keep: Callable[[float], bool]) -> bool:
-        """`action` over `items` in rounds of `STAGE_CHUNK`, asking `keep(ahead)` before each round
-        (`ahead`: twice what the round before took); False when `keep` refused and the rest was left.
+    def _in_stream(self, action: Callable[[Any], object], items: list[Any], keep: Callable[[float], bool]) -> bool:
+        """`action` over `items` on `_IO_THREADS` workers, each call started as soon as one is free,
+        `keep(ahead)` asked before each (functions.streaming, decision 0760); False when `keep`
+        refused and the rest was left.
 
         Items whose call failed with a transient fault (429, 503 after the client's own retries,
-        `functions.gcs.STORAGE_RETRY_SECONDS`) are tried again in a round of their own, after
-        `keep`: a throttled Cloud Storage slows the leader down but never costs it its claim
-        (decision 0752). After `_ROUND_ATTEMPTS` rounds for the same items the fault is raised.
+        `functions.gcs.STORAGE_RETRY_SECONDS`) are tried again after a later `keep`: a throttled
+        Cloud Storage slows the leader down but never costs it its claim (decision 0752). After
+        `_ROUND_ATTEMPTS` calls for one item its fault is raised.
         """
-        ahead = 0.0
-        for start in range(0, len(items), STAGE_CHUNK):
-            todo = items[start:start + STAGE_CHUNK]
-            for attempt in range(_ROUND_ATTEMPTS):
-                if not keep(ahead):
-                    return False
-                began = self._clock()
-                failed = self._parallel_transient(action, todo)
-                # A saturated Cloud Storage makes a round slower than the margin: look that far ahead.
-                ahead = 2 * (self._clock() - began)
-                if not failed:
-                    break
-                if attempt == _ROUND_ATTEMPTS - 1:
-                    raise failed[0][1]
-                logger.warning("a round of calls was throttled; trying its failed calls again",
-                               extra=fields(failed=len(failed), error=type(failed[0][1]).__name__))
-                todo = [item for item, _ in failed]
-        return True
-
-    def _parallel_transient(self, action: Callable[[Any], object], items: list[Any]) -> list[tuple[Any, Exception]]:
-        """Runs `action` over `items` in parallel; the items that failed with a transient fault (the
-        others' faults are raised)."""
-        failed: list[tuple[Any, Exception]] = []
-
-        def attempt(item: Any) -> None:
-            try:
-                action(item)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                failed.append((item, exc))
-
-        self._parallel(attempt, items)
-        return failed
+        return streaming.stream(action, items, workers=_IO_THREADS, between=keep, clock=self._clock,
+                                attempts=_ROUND_ATTEMPTS)
 
     @staticmethod
     def _parallel(action: Callable[..., object], items: Iterable[object]) -> None:

@@ -13,13 +13,16 @@ from typing import Any
 import pytest
 from google.api_core.exceptions import ServiceUnavailable, TooManyRequests
 
-from functions.batching import OTHERS_LISTED, STAGE_CHUNK
+from functions.batching import OTHERS_LISTED
 from functions.errors import PermanentApiError, TransientApiError
 from functions.events import StorageObjectEvent
 from functions.windows import window_id
 from tests import dicom_factory
 from tests.functional.scenarios import led
 from tests.functional.world import T0, UPLOADS, World
+
+# Calls between two faults of a test below: a stretch of a leader's copies or deletions.
+STAGE_CHUNK = 32
 
 
 def _names(folder: str, count: int) -> list[str]:
