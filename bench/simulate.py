@@ -43,12 +43,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from functions.batching import WindowBatcher, WindowResult, _Lease
+from functions.batching import PLAN_SECONDS, WindowBatcher, WindowResult, _Lease
 from functions.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.import_on_upload import ImportOnUpload
 from functions.jobs import JobQueue
 from functions.poll_operations import Poller
-from tests.functional.cloud_limits import CloudConditions, Latency, Limits, Meter
+from tests.functional.cloud_limits import WRITES, CloudConditions, Latency, Limits, Meter
 from tests.functional.fakes import FakeHealthcare, FakeOperation
 from tests.functional.sim import Process
 from tests.functional.world import SCHEDULER_PERIOD, STATE, T0, UPLOADS, WORK_PREFIXES, World
@@ -144,12 +144,12 @@ class MeasuredBatcher(WindowBatcher):
         self._by_poller = by_poller
         self._local = threading.local()  # concurrent runs share this batcher; each is one thread
 
-    def run(self, window: str) -> WindowResult:
+    def run(self, window: str, seconds: float = PLAN_SECONDS) -> WindowResult:
         began = self._clock()
         held = [False]
         self._local.held = held
         try:
-            result = super().run(window)
+            result = super().run(window, seconds)
         finally:
             if held[0]:
                 self._plans.planning[window] -= 1
@@ -166,7 +166,8 @@ class MeasuredBatcher(WindowBatcher):
                 self._plans.takeovers += 1
                 if self._plans.planning[window] > 0:
                     self._plans.live_takeovers += 1
-            self._plans.planning[window] += 1
+            if not self._local.held[0]:  # a run that plans its window in parts claims it per part
+                self._plans.planning[window] += 1
             self._local.held[0] = True
         return claimed
 
@@ -387,6 +388,8 @@ class Bench:
             "leader_most_calls": max((sum(m.calls.values()) for m in self.leader_meters), default=0),
             "poller_most_listed": max((m.listed for m in self.poll_meters), default=0),
             "poller_most_calls": max((sum(m.calls.values()) for m in self.poll_meters), default=0),
+            "poller_most_reads": max((_calls(m, READS) for m in self.poll_meters), default=0),
+            "poller_most_writes": max((_calls(m, WRITES) for m in self.poll_meters), default=0),
             "upload_to_start_p50_s": round(_pct(waits, 0.50), 1), "upload_to_start_p95_s": round(_pct(waits, 0.95), 1),
             "slowest_leader_seconds_by_kind": _slowest(self.leader_meters),
             "slowest_poller_seconds_by_kind": _slowest(self.poll_meters),
@@ -399,6 +402,13 @@ def _pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     return values[min(len(values) - 1, int(q * len(values)))]
+
+
+READS = frozenset({"read", "download", "list", "list_prefixes"})
+
+
+def _calls(meter: Meter, kinds: frozenset[str]) -> int:
+    return sum(n for kind, n in meter.calls.items() if kind.startswith("store.") and kind[6:] in kinds)
 
 
 def _slowest(meters: list[Meter]) -> dict[str, float]:

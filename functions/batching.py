@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from functions import coalescing, job_record, planning, streaming
@@ -48,6 +48,15 @@ OTHERS_LISTED = 1_000
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
+# Uploads one claim plans (decision 0761). A window of 2,500 files (500 files/s) took a leader
+# minutes to plan with every Cloud Storage call five times slower; a part of this size copies and
+# deletes its records in about 40 s then (`bench.simulate --latency 5`), inside half the import
+# function's 120 s timeout. The rest stays in the window for the next part.
+PLAN_UPLOADS = 1_000
+# A run plans another part of its window only while the time so far plus its longest part so far
+# stays within this: half the import function's timeout (infra/functions.tf, 120 s), so that a
+# run is never killed mid-plan. What is left the poller's recovery takes (decision 0761).
+PLAN_SECONDS = 60.0
 # Swaps of a job record that other growers change too: each loss is followed by a fresh read.
 _SWAP_ATTEMPTS = 5
 # Calls for one item that Cloud Storage throttled (decision 0752): with the client's 8 s per call
@@ -84,6 +93,15 @@ class WindowResult:
     started: tuple[str, ...] = ()
     staged: int = 0
     grown: str | None = None  # the queued job this window's uploads were staged into (coalescing)
+    left: int = 0  # uploads left in the window for a later part (decision 0761)
+
+    def then(self, later: WindowResult) -> WindowResult:
+        """This part's result followed by a later part's, as one run's."""
+        if not later.claimed:
+            return replace(self, left=later.left or self.left)
+        return WindowResult(self.window, True, self.uploads + later.uploads, self.jobs + later.jobs,
+                            self.started + later.started, self.staged + later.staged,
+                            self.grown or later.grown, later.left)
 
 
 @dataclass
@@ -168,13 +186,32 @@ class WindowBatcher:
         deadline = window_close(window, self._s.debounce_seconds) + self._s.settle_seconds
         return self._clock() > deadline + self._s.claim_lease_seconds
 
-    def run(self, window: str) -> WindowResult:
-        """Claims the window (or takes over an expired claim) and turns its uploads into jobs."""
+    def run(self, window: str, seconds: float = PLAN_SECONDS) -> WindowResult:
+        """Turns the window's uploads into jobs, a part of at most `PLAN_UPLOADS` per claim, while
+        the run's time so far plus its longest part stays within `seconds` (decision 0761); the
+        first part always. Uploads left stay in the window (`left`) for the poller's recovery."""
+        began = self._clock()
+        result = self._plan_part(window)
+        longest = self._clock() - began
+        while result.claimed and result.left and (self._clock() - began) + longest <= seconds:
+            part_began = self._clock()
+            result = result.then(self._plan_part(window))
+            longest = max(longest, self._clock() - part_began)
+        if result.left:
+            logger.info("window planned in part; the rest is left for a later run",
+                        extra=fields(window=window, uploads=result.uploads, left=result.left))
+        return result
+
+    def _plan_part(self, window: str) -> WindowResult:
+        """Claims the window (or takes over an expired claim) and turns up to `PLAN_UPLOADS` of its
+        uploads, the first by name, into jobs."""
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
         claim, took_over = claimed
-        uploads = self._uploads(window)
+        listed = self._uploads(window)
+        # By name, so that a part keeps folders together (record names are hashes).
+        uploads = sorted(listed, key=lambda u: (u.bucket, u.name))[:PLAN_UPLOADS]
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
         waiting = self._queue.pending_records() if uploads else []
@@ -246,7 +283,8 @@ class WindowBatcher:
                                                     jobs=len(jobs), started=len(started), staged=staged,
                                                     adopted=adopted, grown=grown or "",
                                                     grown_by=len(growth.entries) if growth else 0))
-        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown)
+        return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown,
+                            left=len(listed) - len(uploads))
 
     def _not_covered(self, uploads: list[Upload], waiting: list[Record]) -> list[Upload]:
         """The uploads no queued or running import lists in its manifests (read on takeover only).

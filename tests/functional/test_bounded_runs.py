@@ -1,0 +1,86 @@
+"""One leader's run and one poller run do bounded work (decision 0761).
+
+Found by bench.simulate at 500 files/s with every call five times slower: a leader planned its
+window of 2,500 files for 390 s (the import function's timeout is 120 s), and a poller run that
+took over such windows planned them all inside the run (1,007 s; its timeout is 300 s). A plan now
+takes at most `PLAN_UPLOADS` uploads per claim, a run plans another part only while it has time
+left, and the poller's recovery of windows has a budget; what is left goes to the next run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from functions import batching, poll_operations
+from tests.functional.scenarios import led
+from tests.functional.world import World
+
+PART = 40
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batching, "PLAN_UPLOADS", PART)
+
+
+def _names(folder: str, count: int) -> list[str]:
+    return [f"{folder}/IM{i:04d}.dcm" for i in range(count)]
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_window_larger_than_a_part_is_planned_part_by_part_in_one_run_when_time_allows(world: World) -> None:
+    names = _names("parts", 2 * PART + 10)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    result = led(deliveries)
+    assert result.uploads == len(names) and result.left == 0
+    assert world.state("windows/") == [] and world.state("claims/") == []
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_part_that_took_most_of_the_run_leaves_the_rest_to_the_poller(world: World) -> None:
+    """The first part takes 35 s (slow calls): another one would end past `PLAN_SECONDS`, so the
+    leader answers with the rest left in the window, and the poller's next run plans it."""
+    names = _names("slow", 2 * PART + 10)
+    world.faults.meanwhile(lambda: world.sim.jump(35.0), method="delete", name="windows/", nth=1)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    result = led(deliveries)
+    assert result.uploads == PART and result.left == len(names) - PART
+    assert len(world.state("windows/")) == len(names) - PART and world.state("claims/") == []
+    summary = world.poll().value()
+    assert summary.windows_recovered == 1 and summary.windows_left == 0
+    assert world.state("windows/") == []
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+def test_a_poller_run_recovers_windows_within_its_budget_and_leaves_the_rest_to_the_next(world: World) -> None:
+    """Four windows whose leaders died before their claims; planning each takes 25 s. One run
+    plans windows while the time so far plus the longest window so far stays within
+    `RECOVERY_SECONDS` (60 s): two; the next run plans the other two."""
+    windows = 4
+    names = []
+    for k in range(windows):
+        world.faults.kill(method="create", name="claims/", nth=k + 1)  # each window's leader
+    for k in range(windows):
+        window_names = _names(f"dead{k}", 3)
+        world.upload_burst(window_names, to=[world.instance()], gap=0.01)
+        names += window_names
+        world.sim.advance(world.settings.debounce_seconds)
+    world.sim.run_until_idle()
+    assert len(world.faults.fired) == windows and world.state("claims/") == [], world.faults.fired
+    assert len(world.batcher().open_windows()) == windows
+    world.sim.advance(world.settings.claim_lease_seconds)  # every window is orphaned now
+    world.faults.meanwhile(lambda: world.sim.jump(25.0), method="list", name="windows/", times=windows)
+    began = world.sim.clock()
+    first = world.poll().value()
+    assert first.windows_recovered == 2  # all four in one run took 100 s
+    assert world.sim.clock() - began <= poll_operations.RECOVERY_SECONDS
+    assert first.windows_left == 2
+    second = world.poll().value()
+    assert (second.windows_recovered, second.windows_left) == (2, 0)
+    world.settle()
+    world.check_invariants(expected=names)
