@@ -49,10 +49,10 @@ REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
 _IO_THREADS = 16
 # Uploads one claim plans (decision 0761). A window of 2,500 files (500 files/s) took a leader
-# minutes to plan with every Cloud Storage call five times slower; a part of this size copies and
-# deletes its records in about 40 s then (`bench.simulate --latency 5`), inside half the import
+# minutes to plan with every Cloud Storage call five times slower; a part of 1,000 took 62 s then
+# (`bench.simulate --rate 500 --latency 5`), one of this size about 50 s, inside half the import
 # function's 120 s timeout. The rest stays in the window for the next part.
-PLAN_UPLOADS = 1_000
+PLAN_UPLOADS = 800
 # A run plans another part of its window only while the time so far plus its longest part so far
 # stays within this: half the import function's timeout (infra/functions.tf, 120 s), so that a
 # run is never killed mid-plan. What is left the poller's recovery takes (decision 0761).
