@@ -9,6 +9,7 @@ call (decision 0760).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -99,8 +100,7 @@ def stream(action: Callable[[Any], object], items: Iterable[Any], *, workers: in
                 if not between(ahead):
                     kept = False
                     break
-                item, attempt = line.popleft()
-                pool.submit(lambda item=item, attempt=attempt: call(item, attempt))
+                pool.submit(functools.partial(call, *line.popleft()))
             elif pool.busy:
                 pool.wait_one()
             else:

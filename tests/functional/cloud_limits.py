@@ -300,7 +300,7 @@ class CloudConditions:
 
         for module in modules:
             module.ThreadPoolExecutor = Pool  # type: ignore[attr-defined]
-        functions.streaming.Workers = Workers  # type: ignore[misc]
+        functions.streaming.Workers = Workers  # type: ignore[misc, assignment]
 
         def undo() -> None:
             for module, original in zip(modules, before, strict=True):
