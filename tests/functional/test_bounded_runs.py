@@ -13,6 +13,7 @@ import pytest
 
 from functions import batching, poll_operations
 from tests.functional.scenarios import led
+from tests.functional.test_cloud_limits import _staged_import
 from tests.functional.world import World
 
 PART = 40
@@ -84,3 +85,19 @@ def test_a_poller_run_recovers_windows_within_its_budget_and_leaves_the_rest_to_
     assert (second.windows_recovered, second.windows_left) == (2, 0)
     world.settle()
     world.check_invariants(expected=names)
+
+
+def test_a_poller_run_that_spent_its_time_on_other_steps_leaves_staged_copies_to_the_next(
+        world: World) -> None:
+    """Polling took 118 s of the run; each listing page of copies takes 3 s. Deleting stops at the
+    first page past `RUN_SECONDS` (120 s), not 90 s after it began."""
+    _staged_import(world, 2500)
+    world.faults.meanwhile(lambda: world.sim.jump(118.0), method="get_operation")
+    world.faults.meanwhile(lambda: world.sim.jump(3.0), method="list", name="staging/", times=10)
+    began = world.sim.clock()
+    summary = world.poll().value()
+    assert summary.finished == 1
+    assert summary.staged_deleted == 1000  # one page, then the run's time was up
+    assert world.sim.clock() - began <= poll_operations.RUN_SECONDS + 3.0
+    world.settle()
+    assert world.state("staging/") == [] and world.state("cleanup/") == []
