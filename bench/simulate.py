@@ -80,6 +80,7 @@ class SimHealthcare(FakeHealthcare):
         self.readers: list[str] = []  # imports that read a file, as "uri @created"
         self.first_reader: array[int] = array("i")  # file index -> its first reader in `readers`
         self.read_again: list[tuple[int, str, str]] = []  # (file index, first import, this import)
+        self.uncommitted: Counter[str] = Counter()  # "job/batch" -> copies of an uncommitted growth read
 
     def size(self, files: int) -> None:
         self.reads = array("i", bytes(4 * files))
@@ -110,7 +111,26 @@ class SimHealthcare(FakeHealthcare):
     def _start(self, kind: str, uri: str, objects: list[tuple[str, str, int]]) -> str:
         if kind == "import":
             self.imports += 1
+            self._uncommitted(uri, objects)
         return super()._start(kind, uri, objects)
+
+    def _uncommitted(self, uri: str, objects: list[tuple[str, str, int]]) -> None:
+        """Counts copies a staging import lists that belong to no committed growth of its job
+        (`staging/{J}/{batch}/` with `batch` not in the job's `grown`): copies of a growth that was
+        undone or never committed, which its window plans again."""
+        prefix = f"gs://{STATE}/staging/"
+        if not uri.startswith(prefix) or not uri.endswith("/**"):
+            return
+        job_id = uri[len(prefix):-3]
+        record = self._store.get(STATE, f"jobs/{job_id}.json")
+        if record is None:
+            return
+        grown = set(self._store.json(STATE, f"jobs/{job_id}.json").get("job", {}).get("grown", []))
+        for _, name, _ in objects:
+            rest = name[len("staging/") + len(job_id) + 1:]
+            batch, _, leaf = rest.partition("/")
+            if leaf and batch not in grown:
+                self.uncommitted[f"{job_id}/{batch}"] += 1
 
 
 def lro_seconds(files: int) -> float:
@@ -369,6 +389,7 @@ class Bench:
             "lro_target": int(upload_seconds // lro_period(c.rate)) + 2,
             "read_twice": twice, "missing": missing,
             "read_again_by": dict(Counter(f"{first} -> {again}" for _, first, again in self.hc.read_again)),
+            "uncommitted_growth_copies_read": dict(self.hc.uncommitted),
             "staged_copies": store_calls.get("copy", 0), "copies_left": len(left),
             "gcs_calls_per_file": round(sum(store_calls.values()) / files, 2),
             "gcs_calls_per_file_by_kind": {k: round(v / files, 3) for k, v in sorted(store_calls.items())},
