@@ -191,25 +191,28 @@ class WindowBatcher:
         the run's time so far plus its longest part stays within `seconds` (decision 0761); the
         first part always. Uploads left stay in the window (`left`) for the poller's recovery."""
         began = self._clock()
-        result = self._plan_part(window)
+        planned: set[str] = set()  # records this run planned: a late duplicate may write one again
+        result = self._plan_part(window, planned)
         longest = self._clock() - began
         while result.claimed and result.left and (self._clock() - began) + longest <= seconds:
             part_began = self._clock()
-            result = result.then(self._plan_part(window))
+            result = result.then(self._plan_part(window, planned))
             longest = max(longest, self._clock() - part_began)
         if result.left:
             logger.info("window planned in part; the rest is left for a later run",
                         extra=fields(window=window, uploads=result.uploads, left=result.left))
         return result
 
-    def _plan_part(self, window: str) -> WindowResult:
+    def _plan_part(self, window: str, planned: set[str]) -> WindowResult:
         """Claims the window (or takes over an expired claim) and turns up to `PLAN_UPLOADS` of its
-        uploads, the first by name, into jobs."""
+        uploads, the first by name, into jobs; adds their records to `planned`, and leaves out
+        those in it already (a late duplicate's record, there until its handler finds the upload
+        batched, would be planned twice)."""
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
         claim, took_over = claimed
-        listed = self._uploads(window)
+        listed = [u for u in self._uploads(window) if u.record not in planned]
         # By name, so that a part keeps folders together (record names are hashes).
         uploads = sorted(listed, key=lambda u: (u.bucket, u.name))[:PLAN_UPLOADS]
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
@@ -283,6 +286,7 @@ class WindowBatcher:
                                                     jobs=len(jobs), started=len(started), staged=staged,
                                                     adopted=adopted, grown=grown or "",
                                                     grown_by=len(growth.entries) if growth else 0))
+        planned.update(u.record for u in uploads)
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown,
                             left=len(listed) - len(uploads))
 

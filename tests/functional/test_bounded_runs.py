@@ -14,7 +14,7 @@ import pytest
 from functions import batching, poll_operations
 from tests.functional.scenarios import led
 from tests.functional.test_cloud_limits import _staged_import
-from tests.functional.world import World
+from tests.functional.world import STATE, World
 
 PART = 40
 
@@ -101,3 +101,25 @@ def test_a_poller_run_that_spent_its_time_on_other_steps_leaves_staged_copies_to
     assert world.sim.clock() - began <= poll_operations.RUN_SECONDS + 3.0
     world.settle()
     assert world.state("staging/") == [] and world.state("cleanup/") == []
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_record_a_late_duplicate_writes_again_between_two_parts_is_not_planned_twice(world: World) -> None:
+    """A late duplicate of an upload of the first part writes its record again (its handler then
+    finds the upload batched and deletes it); the second part lists it meanwhile."""
+    names = _names("again", PART + 10)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    [record] = [n for n in world.state("windows/") if world.store.get(STATE, n).metadata["name"] == names[0]]
+    metadata = dict(world.store.get(STATE, record).metadata)
+
+    def duplicate_records_again() -> None:
+        world.store.create(STATE, record, {}, metadata=metadata)
+
+    world.faults.meanwhile(duplicate_records_again, method="create", name="claims/", nth=2)  # the second part's
+    world.sim.run_until_idle()
+    assert world.faults.fired
+    result = led(deliveries)
+    assert result.uploads == len(names) and result.left == 0
+    world.store.delete(STATE, record)  # the duplicate's handler, done
+    world.settle()
+    world.check_invariants(expected=names)
