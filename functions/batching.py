@@ -47,12 +47,14 @@ OTHERS_LISTED = 1_000
 # it still may to save a whole operation. See docs/decisions/0700.
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
-_IO_THREADS = 16
-# Uploads one claim plans (decision 0761). A window of 2,500 files (500 files/s) took a leader
-# minutes to plan with every Cloud Storage call five times slower; a part of 1,000 took 62 s then
-# (`bench.simulate --rate 500 --latency 5`), one of this size about 50 s, inside half the import
-# function's 120 s timeout. The rest stays in the window for the next part.
-PLAN_UPLOADS = 800
+# Workers of a leader's stream of copies and record deletions (decision 0760): with 16, a window of
+# 2,500 took about 150 s to copy and delete at x5 latency; Cloud Storage calls are I/O-bound.
+_IO_THREADS = 64
+# Uploads one claim plans (decision 0761): a whole window at 500 files/s, which 64 workers plan in
+# about 50 s with every Cloud Storage call five times slower (`bench.simulate --rate 500 --latency
+# 5`), inside half the import function's 120 s timeout. A larger window is planned in parts; what a
+# run has no time left for stays in the window for the poller.
+PLAN_UPLOADS = 2_500
 # A run plans another part of its window only while the time so far plus its longest part so far
 # stays within this: half the import function's timeout (infra/functions.tf, 120 s), so that a
 # run is never killed mid-plan. What is left the poller's recovery takes (decision 0761).
