@@ -93,7 +93,8 @@ class ImportOnUpload:
             # the other for the duplicate and drop the object.
             return Outcome("duplicate", "already waiting in its window", window)
         try:
-            first_sighting = self._gcs.create(self._s.state_bucket, self._batcher.seen_path(window, key), b"") is not None
+            marker = self._batcher.seen_path(window, key)
+            first_sighting = self._gcs.create(self._s.state_bucket, marker, b"") is not None
         except Exception:
             # Whether it was batched before is unknown (a throttled state bucket): our record goes
             # again, so that the redelivery asks once more. Left behind, it would have the window
