@@ -92,15 +92,7 @@ class ImportOnUpload:
             # creator touches the duplicate marker, so two concurrent deliveries cannot each take
             # the other for the duplicate and drop the object.
             return Outcome("duplicate", "already waiting in its window", window)
-        try:
-            marker = self._batcher.seen_path(window, key)
-            first_sighting = self._gcs.create(self._s.state_bucket, marker, b"") is not None
-        except Exception:
-            # Whether it was batched before is unknown (a throttled state bucket): our record goes
-            # again, so that the redelivery asks once more. Left behind, it would have the window
-            # planned again, and a batched upload imported twice (decision 0762).
-            self._gcs.delete(self._s.state_bucket, record)
-            raise
+        first_sighting = self._gcs.create(self._s.state_bucket, self._batcher.seen_path(window, key), b"") is not None
         if not first_sighting:
             # Batched before (its window record is gone): this is a late duplicate.
             self._gcs.delete(self._s.state_bucket, record)
