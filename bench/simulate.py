@@ -49,8 +49,8 @@ from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.imports.import_on_upload import ImportOnUpload
 from functions.imports.job_queue import JobQueue
 from functions.imports.poll_operations import Poller
-from functions.imports.window_batcher import WindowBatcher, WindowResult, _Lease
-from tests.functional.cloud_limits import CloudConditions, Latency, Limits, Meter
+from functions.imports.window_batcher import PLAN_SECONDS, WindowBatcher, WindowResult, _Lease
+from tests.functional.cloud_limits import WRITES, CloudConditions, Latency, Limits, Meter
 from tests.functional.fakes import FakeHealthcare, FakeOperation
 from tests.functional.sim import Process
 from tests.functional.world import SCHEDULER_PERIOD, STATE, T0, UPLOADS, WORK_PREFIXES, World
@@ -83,6 +83,7 @@ class SimHealthcare(FakeHealthcare):
         self.readers: list[str] = []  # imports that read a file, as "uri @created"
         self.first_reader: array[int] = array("i")  # file index -> its first reader in `readers`
         self.read_again: list[tuple[int, str, str]] = []  # (file index, first import, this import)
+        self.uncommitted: Counter[str] = Counter()  # "job/batch" -> copies of an uncommitted growth read
 
     def size(self, files: int) -> None:
         self.reads = array("i", bytes(4 * files))
@@ -113,7 +114,26 @@ class SimHealthcare(FakeHealthcare):
     def _start(self, kind: str, uri: str, objects: list[tuple[str, str, int]]) -> str:
         if kind == "import":
             self.imports += 1
+            self._uncommitted(uri, objects)
         return super()._start(kind, uri, objects)
+
+    def _uncommitted(self, uri: str, objects: list[tuple[str, str, int]]) -> None:
+        """Counts copies a staging import lists that belong to no committed growth of its job
+        (`staging/{J}/{batch}/` with `batch` not in the job's `grown`): copies of a growth that was
+        undone or never committed, which its window plans again."""
+        prefix = f"gs://{STATE}/staging/"
+        if not uri.startswith(prefix) or not uri.endswith("/**"):
+            return
+        job_id = uri[len(prefix):-3]
+        record = self._store.get(STATE, f"jobs/{job_id}.json")
+        if record is None:
+            return
+        grown = set(self._store.json(STATE, f"jobs/{job_id}.json").get("job", {}).get("grown", []))
+        for _, name, _ in objects:
+            rest = name[len("staging/") + len(job_id) + 1:]
+            batch, _, leaf = rest.partition("/")
+            if leaf and batch not in grown:
+                self.uncommitted[f"{job_id}/{batch}"] += 1
 
 
 def lro_seconds(files: int) -> float:
@@ -147,12 +167,12 @@ class MeasuredBatcher(WindowBatcher):
         self._by_poller = by_poller
         self._local = threading.local()  # concurrent runs share this batcher; each is one thread
 
-    def run(self, window: str) -> WindowResult:
+    def run(self, window: str, seconds: float = PLAN_SECONDS) -> WindowResult:
         began = self._clock()
         held = [False]
         self._local.held = held
         try:
-            result = super().run(window)
+            result = super().run(window, seconds)
         finally:
             if held[0]:
                 self._plans.planning[window] -= 1
@@ -169,7 +189,8 @@ class MeasuredBatcher(WindowBatcher):
                 self._plans.takeovers += 1
                 if self._plans.planning[window] > 0:
                     self._plans.live_takeovers += 1
-            self._plans.planning[window] += 1
+            if not self._local.held[0]:  # a run that plans its window in parts claims it per part
+                self._plans.planning[window] += 1
             self._local.held[0] = True
         return claimed
 
@@ -373,6 +394,7 @@ class Bench:
             "lro_target": int(upload_seconds // lro_period(c.rate)) + 2,
             "read_twice": twice, "missing": missing,
             "read_again_by": dict(Counter(f"{first} -> {again}" for _, first, again in self.hc.read_again)),
+            "uncommitted_growth_copies_read": dict(self.hc.uncommitted),
             "staged_copies": store_calls.get("copy", 0), "copies_left": len(left),
             "gcs_calls_per_file": round(sum(store_calls.values()) / files, 2),
             "gcs_calls_per_file_by_kind": {k: round(v / files, 3) for k, v in sorted(store_calls.items())},
@@ -396,6 +418,8 @@ class Bench:
             "leader_most_calls": max((sum(m.calls.values()) for m in self.leader_meters), default=0),
             "poller_most_listed": max((m.listed for m in self.poll_meters), default=0),
             "poller_most_calls": max((sum(m.calls.values()) for m in self.poll_meters), default=0),
+            "poller_most_reads": max((_calls(m, READS) for m in self.poll_meters), default=0),
+            "poller_most_writes": max((_calls(m, WRITES) for m in self.poll_meters), default=0),
             "upload_to_start_p50_s": round(_pct(waits, 0.50), 1), "upload_to_start_p95_s": round(_pct(waits, 0.95), 1),
             "slowest_leader_seconds_by_kind": _slowest(self.leader_meters),
             "slowest_poller_seconds_by_kind": _slowest(self.poll_meters),
@@ -408,6 +432,13 @@ def _pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     return values[min(len(values) - 1, int(q * len(values)))]
+
+
+READS = frozenset({"read", "download", "list", "list_prefixes"})
+
+
+def _calls(meter: Meter, kinds: frozenset[str]) -> int:
+    return sum(n for kind, n in meter.calls.items() if kind.startswith("store.") and kind[6:] in kinds)
 
 
 def _slowest(meters: list[Meter]) -> dict[str, float]:

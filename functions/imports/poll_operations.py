@@ -35,6 +35,15 @@ logger = logging.getLogger(__name__)
 # files/s (30,000 copies a minute) while a run stays well inside the poller's timeout.
 STAGING_DELETES_PER_RUN = 60_000
 STAGING_CLEAN_SECONDS = 90.0
+# A run stays within half the poll function's 300 s timeout (infra/functions.tf) with what grows
+# with a migration bounded (decision 0761): windows it takes over are planned while the run's
+# recovery time so far plus its longest window so far stays within RECOVERY_SECONDS, up to
+# RECOVERY_UPLOADS uploads (each plan a part of at most `batching.PLAN_UPLOADS`); staged copies are
+# deleted until the run has taken RUN_SECONDS (the last page of deletions then finishes). The rest
+# is the next run's: a window left stays open, a cleanup record stays.
+RECOVERY_SECONDS = 60.0
+RECOVERY_UPLOADS = 3_000
+RUN_SECONDS = 120.0
 STAGING_DELETE_THREADS = 64
 _PAGE = 1000  # one listing page of Cloud Storage
 
@@ -50,6 +59,7 @@ class PollSummary:
     jobs_started: int = 0
     jobs_queued: int = 0
     windows_recovered: int = 0
+    windows_left: int = 0  # windows due for recovery that this run left to the next (its budget)
     slots_freed: int = 0
     staged_deleted: int = 0  # staged copies of finished imports deleted in this run
     oldest_running_seconds: float | None = None  # age of the oldest operation still running
@@ -73,6 +83,7 @@ class Poller:
 
     def run(self) -> PollSummary:
         summary = PollSummary()
+        began = self._clock()
         tracked_jobs: set[str] = set()
         self._step(summary, "recover windows", lambda: self._recover_windows(summary))
         self._step(summary, "poll operations", lambda: tracked_jobs.update(self._poll(summary)))
@@ -81,7 +92,7 @@ class Poller:
         if not any(error.startswith("poll operations:") for error in summary.errors):
             self._step(summary, "resolve unconfirmed starts", self._queue.resolve_unconfirmed)
             self._step(summary, "start jobs", lambda: self._start_jobs(summary, tracked_jobs))
-        self._step(summary, "clean staging", lambda: self._clean_staging(summary))
+        self._step(summary, "clean staging", lambda: self._clean_staging(summary, began + RUN_SECONDS))
         # The run's one summary line: infra/monitoring.tf turns it into the poller's heartbeat,
         # the queue length and the oldest running operation's age.
         logger.info("poll finished", extra=fields(tracked=summary.tracked, running=summary.running,
@@ -100,10 +111,26 @@ class Poller:
             summary.errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
 
     def _recover_windows(self, summary: PollSummary) -> None:
+        """Plans windows whose leader died (or left a part), within the run's recovery budget."""
+        began = self._clock()
         windows = self._batcher.open_windows()
+        longest, uploads = 0.0, 0
         for window in windows:
-            if self._batcher.is_orphaned(window) and self._batcher.run(window).claimed:
+            if not self._batcher.is_orphaned(window):
+                continue
+            spent = self._clock() - began
+            if spent + longest > RECOVERY_SECONDS or uploads >= RECOVERY_UPLOADS:
+                summary.windows_left += 1
+                continue
+            window_began = self._clock()
+            result = self._batcher.run(window, seconds=RECOVERY_SECONDS - spent)
+            longest = max(longest, self._clock() - window_began)
+            if result.claimed:
                 summary.windows_recovered += 1
+                uploads += result.uploads
+        if summary.windows_left:
+            logger.info("windows left to the next run", extra=fields(windows=summary.windows_left,
+                                                                     recovered=summary.windows_recovered))
         self._batcher.drop_stale_claims(set(windows))
 
     def _poll(self, summary: PollSummary) -> set[str]:
@@ -254,14 +281,15 @@ class Poller:
     def _cleanup_path(self, job_id: str) -> str:
         return self._s.state_path("cleanup", f"{job_id}.json")
 
-    def _clean_staging(self, summary: PollSummary) -> None:
-        """Deletes staged copies of successful imports, oldest import first, within this run's bounds;
-        a `cleanup/` record goes once its prefix is empty."""
+    def _clean_staging(self, summary: PollSummary, run_until: float) -> None:
+        """Deletes staged copies of successful imports, oldest import first, within this run's bounds
+        (until `run_until` at the latest); a `cleanup/` record goes once its prefix is empty."""
         began = self._clock()
+        until = min(began + STAGING_CLEAN_SECONDS, run_until)
         budget = STAGING_DELETES_PER_RUN
         staging_root = self._s.state_path("staging/")
         for info in self._gcs.list(self._s.state_bucket, self._s.state_path("cleanup/")):
-            if budget <= 0 or self._clock() - began > STAGING_CLEAN_SECONDS:
+            if budget <= 0 or self._clock() > until:
                 return
             record = self._gcs.read(self._s.state_bucket, info.name)
             if record is None:
@@ -270,7 +298,7 @@ class Poller:
             # Records written before staging had a bucket of its own name none: the state bucket.
             bucket = str(record.data.get("bucket") or self._s.state_bucket)
             while self._s.is_staging_bucket(bucket) and prefix.startswith(staging_root) and prefix != staging_root:
-                if budget <= 0 or self._clock() - began > STAGING_CLEAN_SECONDS:
+                if budget <= 0 or self._clock() > until:
                     return
                 wanted = min(_PAGE, budget)
                 names = [i.name for i in self._gcs.list(bucket, prefix, max_results=wanted)]

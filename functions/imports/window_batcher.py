@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from functions.core import planning
@@ -22,6 +22,7 @@ from functions.core.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.core.lease import CLOCK_SKEW_SECONDS, Lease, renewal_margin
 from functions.core.selection import is_importable
 from functions.core.windows import window_close
+from functions.gcp import streaming
 from functions.gcp.clients import ObjectInfo, ObjectStore, Record
 from functions.gcp.retry import is_transient
 from functions.imports import job_record
@@ -49,14 +50,22 @@ OTHERS_LISTED = 1_000
 # it still may to save a whole operation. See docs/decisions/0700.
 REIMPORT_COST = 1_000.0
 STAGE_COST = 1.0
-_IO_THREADS = 16
-# Copies between two looks at the leader's lease while it stages (decision 0700): two rounds of the
-# copy threads, short enough that a saturated Cloud Storage rarely makes one outlast a lease.
-STAGE_CHUNK = 2 * _IO_THREADS
+# Workers of a leader's stream of copies and record deletions (decision 0760): with 16, a window of
+# 2,500 took about 150 s to copy and delete at x5 latency; Cloud Storage calls are I/O-bound.
+_IO_THREADS = 64
+# Uploads one claim plans (decision 0761): a whole window at 500 files/s, which 64 workers plan in
+# about 50 s with every Cloud Storage call five times slower (`bench.simulate --rate 500 --latency
+# 5`), inside half the import function's 120 s timeout. A larger window is planned in parts; what a
+# run has no time left for stays in the window for the poller.
+PLAN_UPLOADS = 2_500
+# A run plans another part of its window only while the time so far plus its longest part so far
+# stays within this: half the import function's timeout (infra/functions.tf, 120 s), so that a
+# run is never killed mid-plan. What is left the poller's recovery takes (decision 0761).
+PLAN_SECONDS = 60.0
 # Swaps of a job record that other growers change too: each loss is followed by a fresh read.
 _SWAP_ATTEMPTS = 5
-# Rounds for the same calls of a round that Cloud Storage throttled (decision 0752): with the
-# client's 8 s per call and a renewal in between, about a minute of throttling.
+# Calls for one item that Cloud Storage throttled (decision 0752): with the client's 8 s per call
+# and a look at the lease before each, about a minute of throttling.
 _ROUND_ATTEMPTS = 6
 
 
@@ -90,6 +99,16 @@ class WindowResult:
     staged: int = 0
     grown: str | None = None  # the queued job this window's uploads were staged into (coalescing)
     batched_before: tuple[str, ...] = ()  # records of uploads an earlier round batched (deleted)
+    left: int = 0  # uploads left in the window for a later part (decision 0761)
+
+    def then(self, later: WindowResult) -> WindowResult:
+        """This part's result followed by a later part's, as one run's."""
+        if not later.claimed:
+            return replace(self, left=later.left or self.left)
+        return WindowResult(self.window, True, self.uploads + later.uploads, self.jobs + later.jobs,
+                            self.started + later.started, self.staged + later.staged,
+                            self.grown or later.grown, self.batched_before + later.batched_before,
+                            left=later.left)
 
 
 @dataclass
@@ -173,21 +192,43 @@ class WindowBatcher:
         deadline = window_close(window, self._s.debounce_seconds) + self._s.settle_seconds
         return self._clock() > deadline + self._s.claim_lease_seconds
 
-    def run(self, window: str) -> WindowResult:
-        """Claims the window (or takes over an expired claim) and turns its uploads into jobs."""
+    def run(self, window: str, seconds: float = PLAN_SECONDS) -> WindowResult:
+        """Turns the window's uploads into jobs, a part of at most `PLAN_UPLOADS` per claim, while
+        the run's time so far plus its longest part stays within `seconds` (decision 0761); the
+        first part always. Uploads left stay in the window (`left`) for the poller's recovery."""
         dropped = self._drop_late_duplicates(window)
         if dropped is not None:
             return dropped
+        began = self._clock()
+        planned: set[str] = set()  # records this run planned: a late duplicate may write one again
+        result = self._plan_part(window, planned)
+        longest = self._clock() - began
+        while result.claimed and result.left and (self._clock() - began) + longest <= seconds:
+            part_began = self._clock()
+            result = result.then(self._plan_part(window, planned))
+            longest = max(longest, self._clock() - part_began)
+        if result.left:
+            logger.info("window planned in part; the rest is left for a later run",
+                        extra=fields(window=window, uploads=result.uploads, left=result.left))
+        return result
+
+    def _plan_part(self, window: str, planned: set[str]) -> WindowResult:
+        """Claims the window (or takes over an expired claim) and turns up to `PLAN_UPLOADS` of its
+        uploads, the first by name, into jobs; adds their records to `planned`, and leaves out
+        those in it already (a late duplicate's record, there until its handler finds the upload
+        batched, would be planned twice)."""
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
         claim, took_over = claimed
-        listed = self._uploads(window)
+        listed = [u for u in self._uploads(window) if u.record not in planned]
         # A late duplicate re-creates the record of an upload an earlier round batched: its key is
         # in the seen file, and its record only goes (decision 0004).
         batched = read_seen(self._gcs, self._s.state_bucket, self.seen_path(window))
-        uploads = [u for u in listed if _record_key(u.record) not in batched.keys]
+        fresh = [u for u in listed if _record_key(u.record) not in batched.keys]
         again = [u for u in listed if _record_key(u.record) in batched.keys]
+        # By name, so that a part keeps folders together (record names are hashes).
+        uploads = sorted(fresh, key=lambda u: (u.bucket, u.name))[:PLAN_UPLOADS]
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
         waiting = self._queue.pending_records() if uploads else []
@@ -258,8 +299,9 @@ class WindowBatcher:
                                                     jobs=len(jobs), started=len(started), staged=staged,
                                                     adopted=adopted, grown=grown or "",
                                                     grown_by=len(growth.entries) if growth else 0))
+        planned.update(u.record for u in uploads)
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown,
-                            tuple(u.record for u in again))
+                            tuple(u.record for u in again), left=len(fresh) - len(uploads))
 
     def _drop_late_duplicates(self, window: str) -> WindowResult | None:
         """When nobody holds the window's claim and every record of the window is a late duplicate of
@@ -297,10 +339,10 @@ class WindowBatcher:
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
         # (a job left STARTING is restarted by the poller when its lease ends).
-        # In rounds that renew the claim: deleting a large window's records takes as long as
+        # As a stream that renews the claim: deleting a large window's records takes as long as
         # copying it, and a claim that ran out meanwhile would have the poller take over a live
         # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
-        self._in_rounds(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads + again,
+        self._in_stream(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads + again,
                         keep=lambda ahead: self._keep_claim(claim, ahead) or True)
         self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
 
@@ -600,9 +642,9 @@ class WindowBatcher:
 
         `bucket`: where the copies go, by default the staging bucket (`DICOM_STAGING_BUCKET`).
 
-        `keep(ahead)` is asked before every `STAGE_CHUNK` copies, with twice the time the round
-        before took: it renews what the caller holds unless that lasts longer than `ahead` (and
-        the usual margin), and False (it was taken over) stops the copying. The manifest
+        `keep(ahead)` is asked before every copy (`_in_stream`), with twice the longest copy so
+        far: it renews what the caller holds unless that lasts longer than `ahead` (and the usual
+        margin), and False (it was taken over) stops the copying. The manifest
         then names copies never made; the caller finds its claim or hold gone and discards it.
         """
         entries = []
@@ -616,52 +658,21 @@ class WindowBatcher:
             target_bucket, target = str(entry["staged"]).removeprefix("gs://").split("/", 1)
             self._gcs.copy(upload.bucket, upload.name, upload.generation, target_bucket, target)
 
-        self._in_rounds(copy, list(zip(uploads, entries, strict=True)), keep)
+        self._in_stream(copy, list(zip(uploads, entries, strict=True)), keep)
         return entries
 
-    def _in_rounds(self, action: Callable[[Any], object], items: list[Any], keep: Callable[[float], bool]) -> bool:
-        """`action` over `items` in rounds of `STAGE_CHUNK`, asking `keep(ahead)` before each round
-        (`ahead`: twice what the round before took); False when `keep` refused and the rest was left.
+    def _in_stream(self, action: Callable[[Any], object], items: list[Any], keep: Callable[[float], bool]) -> bool:
+        """`action` over `items` on `_IO_THREADS` workers, each call started as soon as one is free,
+        `keep(ahead)` asked before each (functions.gcp.streaming, decision 0760); False when `keep`
+        refused and the rest was left.
 
         Items whose call failed with a transient fault (429, 503 after the client's own retries,
-        `functions.gcp.gcs.STORAGE_RETRY_SECONDS`) are tried again in a round of their own, after
-        `keep`: a throttled Cloud Storage slows the leader down but never costs it its claim
-        (decision 0752). After `_ROUND_ATTEMPTS` rounds for the same items the fault is raised.
+        `functions.gcp.gcs.STORAGE_RETRY_SECONDS`) are tried again after a later `keep`: a throttled
+        Cloud Storage slows the leader down but never costs it its claim (decision 0752). After
+        `_ROUND_ATTEMPTS` calls for one item its fault is raised.
         """
-        ahead = 0.0
-        for start in range(0, len(items), STAGE_CHUNK):
-            todo = items[start:start + STAGE_CHUNK]
-            for attempt in range(_ROUND_ATTEMPTS):
-                if not keep(ahead):
-                    return False
-                began = self._clock()
-                failed = self._parallel_transient(action, todo)
-                # A saturated Cloud Storage makes a round slower than the margin: look that far ahead.
-                ahead = 2 * (self._clock() - began)
-                if not failed:
-                    break
-                if attempt == _ROUND_ATTEMPTS - 1:
-                    raise failed[0][1]
-                logger.warning("a round of calls was throttled; trying its failed calls again",
-                               extra=fields(failed=len(failed), error=type(failed[0][1]).__name__))
-                todo = [item for item, _ in failed]
-        return True
-
-    def _parallel_transient(self, action: Callable[[Any], object], items: list[Any]) -> list[tuple[Any, Exception]]:
-        """Runs `action` over `items` in parallel; the items that failed with a transient fault (the
-        others' faults are raised)."""
-        failed: list[tuple[Any, Exception]] = []
-
-        def attempt(item: Any) -> None:
-            try:
-                action(item)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                failed.append((item, exc))
-
-        self._parallel(attempt, items)
-        return failed
+        return streaming.stream(action, items, workers=_IO_THREADS, between=keep, clock=self._clock,
+                                attempts=_ROUND_ATTEMPTS)
 
     @staticmethod
     def _parallel(action: Callable[..., object], items: Iterable[object]) -> None:

@@ -24,6 +24,7 @@ Every 429 is counted, with the name it hit.
 
 from __future__ import annotations
 
+import heapq
 import random
 import threading
 from collections import Counter, defaultdict
@@ -167,6 +168,24 @@ class CloudConditions:
             self._sim.sleep(lanes.wall)
         return results
 
+    def enter_stream(self) -> _Lanes | None:
+        """The caller's time inside a `SimulatedWorkers` (None where its calls take no time of
+        their own: outside a task, or inside another pool)."""
+        if not self._sim.in_task() or getattr(self._local, "pool", None) is not None:
+            return None
+        lanes = _Lanes(1)
+        self._local.pool = lanes
+        return lanes
+
+    def leave_stream(self, wall: float) -> None:
+        """Ends a `SimulatedWorkers`: the task sleeps the time its calls and its own looks took."""
+        self._local.pool = None
+        if wall > 0:
+            meter = self._meter()
+            if meter is not None:
+                meter.waited["pool"] += wall
+            self._sim.sleep(wall)
+
     # -- the fakes call these --------------------------------------------------------------------
     def before(self, client: str, method: str, bucket: str, name: str) -> None:
         """Before a call takes effect: its latency, and for a write the limits (429 and retries)."""
@@ -260,6 +279,7 @@ class CloudConditions:
 
     def install_pools(self) -> Callable[[], None]:
         """Makes the handlers' thread pools `SimulatedPool`s on this simulation; returns the undo."""
+        import functions.gcp.streaming
         import functions.imports.failed_objects
         import functions.imports.job_queue
         import functions.imports.poll_operations
@@ -268,24 +288,73 @@ class CloudConditions:
         modules = (functions.imports.window_batcher, functions.imports.failed_objects, functions.imports.job_queue,
                    functions.imports.poll_operations)
         before = [m.ThreadPoolExecutor for m in modules]  # type: ignore[attr-defined]
+        workers_before = functions.gcp.streaming.Workers
         conditions = self
 
         class Pool(SimulatedPool):
             def __init__(self, max_workers: int | None = None, **_: Any) -> None:
                 super().__init__(conditions, max_workers or 1)
 
+        class Workers(SimulatedWorkers):
+            def __init__(self, count: int) -> None:
+                super().__init__(conditions, count)
+
         for module in modules:
             module.ThreadPoolExecutor = Pool  # type: ignore[attr-defined]
+        functions.gcp.streaming.Workers = Workers  # type: ignore[misc, assignment]
 
         def undo() -> None:
             for module, original in zip(modules, before, strict=True):
                 module.ThreadPoolExecutor = original  # type: ignore[attr-defined]
+            functions.gcp.streaming.Workers = workers_before  # type: ignore[misc]
 
         return undo
 
     def _meter(self) -> Meter | None:
         task: Any = self._sim.current
         return getattr(task, "meter", None) if task is not None else None
+
+
+class SimulatedWorkers:
+    """A stand-in for `functions.gcp.streaming.Workers` under `CloudConditions`: a call runs at once, in
+    the task's own turn, from the caller's time on; waiting for one to finish moves the caller's time
+    to the earliest finish. So each call starts when a worker is free, and what the caller does
+    between calls (its lease renewals) takes its own time, as with threads working side by side.
+    Without conditions (or outside a task) each call simply runs when submitted."""
+
+    def __init__(self, conditions: CloudConditions | None, count: int) -> None:
+        self.count = count
+        self._conditions = conditions
+        self._finishes: list[float] = []  # a heap of the running calls' finish times
+        self._caller: _Lanes | None = None
+
+    def __enter__(self) -> SimulatedWorkers:
+        self._caller = self._conditions.enter_stream() if self._conditions is not None else None
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._caller is not None and self._conditions is not None:
+            self._conditions.leave_stream(max([self._caller.current, *self._finishes]))
+
+    @property
+    def busy(self) -> int:
+        return len(self._finishes)
+
+    def submit(self, call: Callable[[], None]) -> None:
+        caller = self._caller
+        if caller is None:
+            call()
+            return
+        began = caller.current
+        try:
+            call()
+        finally:
+            finished, caller.current = caller.current, began
+            heapq.heappush(self._finishes, finished)
+
+    def wait_one(self) -> None:
+        if self._caller is not None and self._finishes:
+            self._caller.current = max(self._caller.current, heapq.heappop(self._finishes))
 
 
 class _Lanes:

@@ -16,10 +16,13 @@ from google.api_core.exceptions import ServiceUnavailable, TooManyRequests
 from functions.core.errors import PermanentApiError, TransientApiError
 from functions.core.events import StorageObjectEvent
 from functions.core.windows import object_key, window_id
-from functions.imports.window_batcher import OTHERS_LISTED, STAGE_CHUNK, add_seen, read_seen
+from functions.imports.window_batcher import OTHERS_LISTED, add_seen, read_seen
 from tests import dicom_factory
 from tests.functional.scenarios import led
 from tests.functional.world import STATE, T0, UPLOADS, World
+
+# Calls between two faults of a test below: a stretch of a leader's copies or deletions.
+STAGE_CHUNK = 32
 
 
 def _names(folder: str, count: int) -> list[str]:

@@ -1,0 +1,164 @@
+"""One leader's run and one poller run do bounded work (decision 0761).
+
+Found by bench.simulate at 500 files/s with every call five times slower: a leader planned its
+window of 2,500 files for 390 s (the import function's timeout is 120 s), and a poller run that
+took over such windows planned them all inside the run (1,007 s; its timeout is 300 s). A plan now
+takes at most `PLAN_UPLOADS` uploads per claim, a run plans another part only while it has time
+left, and the poller's recovery of windows has a budget; what is left goes to the next run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from functions.gcp.clients import Record
+from functions.imports import job_record, poll_operations, window_batcher
+from functions.imports.job_queue import Job
+from functions.imports.job_record import Change, Event
+from tests.functional.cloud_limits import CloudConditions, Latency
+from tests.functional.scenarios import led
+from tests.functional.test_cloud_limits import _staged_import
+from tests.functional.world import STATE, World
+
+PART = 40
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(window_batcher, "PLAN_UPLOADS", PART)
+
+
+def _names(folder: str, count: int) -> list[str]:
+    return [f"{folder}/IM{i:04d}.dcm" for i in range(count)]
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_window_larger_than_a_part_is_planned_part_by_part_in_one_run_when_time_allows(world: World) -> None:
+    names = _names("parts", 2 * PART + 10)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    result = led(deliveries)
+    assert result.uploads == len(names) and result.left == 0
+    assert world.state("windows/") == [] and world.state("claims/") == []
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_part_that_took_most_of_the_run_leaves_the_rest_to_the_poller(world: World) -> None:
+    """The first part takes 35 s (slow calls): another one would end past `PLAN_SECONDS`, so the
+    leader answers with the rest left in the window, and the poller's next run plans it."""
+    names = _names("slow", 2 * PART + 10)
+    world.faults.meanwhile(lambda: world.sim.jump(35.0), method="delete", name="windows/", nth=1)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    result = led(deliveries)
+    assert result.uploads == PART and result.left == len(names) - PART
+    assert len(world.state("windows/")) == len(names) - PART and world.state("claims/") == []
+    summary = world.poll().value()
+    assert summary.windows_recovered == 1 and summary.windows_left == 0
+    assert world.state("windows/") == []
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+def test_a_poller_run_recovers_windows_within_its_budget_and_leaves_the_rest_to_the_next(world: World) -> None:
+    """Four windows whose leaders died before their claims; planning each takes 25 s. One run
+    plans windows while the time so far plus the longest window so far stays within
+    `RECOVERY_SECONDS` (60 s): two; the next run plans the other two."""
+    windows = 4
+    names = []
+    for k in range(windows):
+        world.faults.kill(method="create", name="claims/", nth=k + 1)  # each window's leader
+    for k in range(windows):
+        window_names = _names(f"dead{k}", 3)
+        world.upload_burst(window_names, to=[world.instance()], gap=0.01)
+        names += window_names
+        world.sim.advance(world.settings.debounce_seconds)
+    world.sim.run_until_idle()
+    assert len(world.faults.fired) == windows and world.state("claims/") == [], world.faults.fired
+    assert len(world.batcher().open_windows()) == windows
+    world.sim.advance(world.settings.claim_lease_seconds)  # every window is orphaned now
+    # A window's recovery lists its records twice (the check for late duplicates only, then the
+    # plan): 12.5 s each.
+    world.faults.meanwhile(lambda: world.sim.jump(12.5), method="list", name="windows/", times=2 * windows)
+    began = world.sim.clock()
+    first = world.poll().value()
+    assert first.windows_recovered == 2  # all four in one run took 100 s
+    assert world.sim.clock() - began <= poll_operations.RECOVERY_SECONDS
+    assert first.windows_left == 2
+    second = world.poll().value()
+    assert (second.windows_recovered, second.windows_left) == (2, 0)
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+def test_a_poller_run_that_spent_its_time_on_other_steps_leaves_staged_copies_to_the_next(
+        world: World) -> None:
+    """Polling took 118 s of the run; each listing page of copies takes 3 s. Deleting stops at the
+    first page past `RUN_SECONDS` (120 s), not 90 s after it began."""
+    _staged_import(world, 2500)
+    world.faults.meanwhile(lambda: world.sim.jump(118.0), method="get_operation")
+    world.faults.meanwhile(lambda: world.sim.jump(3.0), method="list", name="staging/", times=10)
+    began = world.sim.clock()
+    summary = world.poll().value()
+    assert summary.finished == 1
+    assert summary.staged_deleted == 1000  # one page, then the run's time was up
+    assert world.sim.clock() - began <= poll_operations.RUN_SECONDS + 3.0
+    world.settle()
+    assert world.state("staging/") == [] and world.state("cleanup/") == []
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_record_a_late_duplicate_writes_again_between_two_parts_is_not_planned_twice(world: World) -> None:
+    """A late duplicate of an upload of the first part writes its record again (its handler then
+    finds the upload batched and deletes it); the second part lists it meanwhile."""
+    names = _names("again", PART + 10)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    [record] = [n for n in world.state("windows/") if world.store.get(STATE, n).metadata["name"] == names[0]]
+    metadata = dict(world.store.get(STATE, record).metadata)
+
+    def duplicate_records_again() -> None:
+        world.store.create(STATE, record, {}, metadata=metadata)
+
+    world.faults.meanwhile(duplicate_records_again, method="create", name="claims/", nth=2)  # the second part's
+    world.sim.run_until_idle()
+    assert world.faults.fired
+    result = led(deliveries)
+    assert result.uploads == len(names) and result.left == 0
+    world.store.delete(STATE, record)  # the duplicate's handler, done
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+def test_undoing_a_large_growth_deletes_its_copies_side_by_side() -> None:
+    """A starter undoes the growth of a grower that stopped: 2,000 copies, each delete 40 ms (x1).
+    One after the other they took 80 s of a poller run; side by side about a second."""
+    w = World(cloud=lambda sim: CloudConditions(sim, latency=Latency(tail_share=0.0)))
+    try:
+        queue = w.queue()
+        prefix = "staging/J/"
+        job = Job(job_id="J", kind="import", request_id="r", created_at=w.sim.clock(),
+                  import_uri=f"gs://{STATE}/{prefix}**", staging_prefix=prefix)
+        batch = "B"
+        for index in range(2000):
+            w.store.put(STATE, f"{job_record.batch_prefix(prefix, batch)}{index:06d}.dcm", b"x")
+        path = queue.job_path("J")
+
+        def hold_then_stop() -> None:
+            queued = job_record.apply(w.store, STATE, path, None, Event.QUEUE, Change(job=job.to_json()))
+            assert queued is not None and queued.generation is not None
+            held = job_record.apply(w.store, STATE, path, Record(queued.data, queued.generation), Event.HOLD,
+                                    Change(batch=batch, until=w.sim.clock() + 30.0))
+            assert held is not None and held.generation is not None
+
+        w.sim.call(hold_then_stop, name="grower")
+        w.sim.run_until_idle()
+        w.sim.advance(31.0)  # the hold ran out
+        began = w.sim.clock()
+        task = w.sim.call(lambda: queue.try_start("J"), name="starter")
+        w.sim.run_until_idle()
+        assert task.value().started and w.state(job_record.batch_prefix(prefix, batch)) == []
+        assert w.sim.clock() - began < 10.0
+    finally:
+        w.close()
