@@ -1,9 +1,11 @@
 """Import on upload: record each new `.dcm` in its debounce window; the window's leader batches it.
 
-Per event, on the normal path: one create (the window record). The first request
-of a process for a window then waits for the window to close and, if this process wrote the
-window's smallest record, plans the window's imports (`functions.imports.window_batcher`). So a window is
-claimed once, not once per upload, and no shared object is written per event.
+Per event, on the normal path: one create, the window record, made by the protocol
+(`WindowBatcher.record`). The first request of a process for a window then waits for the window to
+close and, if this process wrote the window's smallest record, plans the window's imports
+(`WindowBatcher.lead_if_first`). So a window is claimed once, not once per upload, and no shared
+object is written per event. The handler filters, drops stale events and waits; the rules of the
+protocol are the batcher's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from functions.core.errors import StaleEventError
 from functions.core.events import StorageObjectEvent
 from functions.core.selection import ignore_reason
-from functions.core.windows import object_key, window_close, window_id
+from functions.core.windows import window_close
 from functions.gcp.clients import ObjectStore
 from functions.imports.window_batcher import WindowBatcher, WindowResult
 from functions.log import fields
@@ -80,18 +82,10 @@ class ImportOnUpload:
         sent = event.event_time or event.time_created
         if self._clock() - sent.timestamp() > self._s.max_event_age_seconds:
             raise StaleEventError(f"event for {event.uri} is older than {self._s.max_event_age_seconds:.0f} s")
-        window = window_id(event.time_created, self._s.debounce_seconds)
-        key = object_key(event.bucket, event.name, event.generation)
-        record = self._batcher.window_prefix(window) + f"{key}.json"
-        created = self._gcs.create(self._s.state_bucket, record, {}, metadata={
-            "bucket": event.bucket, "name": event.name, "generation": str(event.generation),
-            "timeCreated": f"{event.time_created.timestamp():.6f}"})
-        if not created:
-            # Still waiting in its window (a concurrent or earlier delivery, maybe one that crashed
-            # right after): the window's leader, or the poller, will take it.
-            return Outcome("duplicate", "already waiting in its window", window)
-        # A duplicate delivered after its window was batched gets here too: the window's next
-        # round finds its key in the window's seen file and deletes the record (decision 0004).
+        recorded = self._batcher.record(event)
+        window, record = recorded.window, recorded.record
+        if recorded.action != "recorded":
+            return Outcome(recorded.action, recorded.reason, window)
         logger.info("upload recorded", extra=fields(object=event.uri, generation=event.generation,
                                                      window=window))
         if not self._windows.add(window, record):
@@ -109,12 +103,9 @@ class ImportOnUpload:
         mine = self._windows.take(window)
         deadline = self._clock() + self._s.claim_lease_seconds
         while True:
-            records = sorted(o.name for o in self._gcs.list(self._s.state_bucket,
-                                                            self._batcher.window_prefix(window)))
-            # The process that wrote the smallest record leads: one claim attempt per window.
-            if not records or records[0] not in mine:
+            result = self._batcher.lead_if_first(window, mine)
+            if result is None:
                 return None
-            result = self._batcher.run(window)
             if result.claimed or self._clock() > deadline:
                 return result
             # A leader is still planning this window (we are late events): once it lets go of the

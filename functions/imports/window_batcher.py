@@ -18,10 +18,11 @@ from typing import Any
 
 from functions.core import planning
 from functions.core.errors import RetryableError
+from functions.core.events import StorageObjectEvent
 from functions.core.gcs_wildcards import compile_matcher, has_wildcard_chars
 from functions.core.lease import CLOCK_SKEW_SECONDS, Lease, renewal_margin
 from functions.core.selection import is_importable
-from functions.core.windows import window_close
+from functions.core.windows import object_key, window_close, window_id
 from functions.gcp import streaming
 from functions.gcp.clients import ObjectInfo, ObjectStore, Record
 from functions.gcp.retry import is_transient
@@ -111,6 +112,16 @@ class WindowResult:
                             left=later.left)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What recording one upload in its window did."""
+
+    action: str  # recorded | duplicate
+    reason: str  # why a duplicate is one
+    window: str
+    record: str  # the window record's name
+
+
 @dataclass
 class _Lease:
     """What a leader knows of its own claim while it plans: renewed as its staging goes on."""
@@ -191,6 +202,31 @@ class WindowBatcher:
         """True once a live leader would long have claimed the window."""
         deadline = window_close(window, self._s.debounce_seconds) + self._s.settle_seconds
         return self._clock() > deadline + self._s.claim_lease_seconds
+
+    def record(self, event: StorageObjectEvent) -> Recorded:
+        """Records one upload in its window: one create of its window record."""
+        window = window_id(event.time_created, self._s.debounce_seconds)
+        key = object_key(event.bucket, event.name, event.generation)
+        record = self.window_prefix(window) + f"{key}.json"
+        created = self._gcs.create(self._s.state_bucket, record, {}, metadata={
+            "bucket": event.bucket, "name": event.name, "generation": str(event.generation),
+            "timeCreated": f"{event.time_created.timestamp():.6f}"})
+        if not created:
+            # Still waiting in its window (a concurrent or earlier delivery, maybe one that crashed
+            # right after): the window's leader, or the poller, will take it.
+            return Recorded("duplicate", "already waiting in its window", window, record)
+        # A duplicate delivered after its window was batched gets here too: the window's next
+        # round finds its key in the window's seen file and deletes the record (decision 0004).
+        return Recorded("recorded", "", window, record)
+
+    def lead_if_first(self, window: str, mine: set[str]) -> WindowResult | None:
+        """Leads `window` when `mine` (the records this process wrote) holds its smallest record;
+        None when another process leads it, or nothing is left in it."""
+        records = sorted(o.name for o in self._gcs.list(self._s.state_bucket, self.window_prefix(window)))
+        # The process that wrote the smallest record leads: one claim attempt per window.
+        if not records or records[0] not in mine:
+            return None
+        return self.run(window)
 
     def run(self, window: str, seconds: float = PLAN_SECONDS) -> WindowResult:
         """Turns the window's uploads into jobs, a part of at most `PLAN_UPLOADS` per claim, while

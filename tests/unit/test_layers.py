@@ -115,3 +115,17 @@ def test_handlers_are_typed_against_the_client_protocols(layer: str) -> None:
                 for module_layer, path in modules() if module_layer == layer
                 for module in module_level_imports(path) if module in CONCRETE_CLIENTS]
     assert concrete == []
+
+
+HANDLERS = ("import_on_upload.py", "poll_operations.py")
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_the_import_handlers_leave_every_conditional_write_to_the_protocol(handler: str) -> None:
+    """Window records, seen files, claims, slots and job records are created and swapped by the
+    protocol modules (job_record, window_batcher, job_queue); a handler only calls them."""
+    tree = ast.parse((FUNCTIONS / "imports" / handler).read_text(encoding="utf-8"))
+    writes = [f"{handler}:{node.lineno} {node.func.attr}" for node in ast.walk(tree)
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in {"create", "replace", "apply"}]
+    assert writes == []
