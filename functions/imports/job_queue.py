@@ -172,6 +172,9 @@ class JobQueue:
     def operation_path(self, operation_id: str) -> str:
         return self._s.state_path("operations", f"{operation_id}.json")
 
+    def disowned_path(self, operation_id: str) -> str:
+        return self._s.state_path("disowned", f"{operation_id}.json")
+
     def unconfirmed_path(self, job_id: str) -> str:
         return self._s.state_path("unconfirmed", f"{job_id}.json")
 
@@ -505,25 +508,44 @@ class JobQueue:
         starts = [UnconfirmedStart(job_id, str(r.data["job"]["kind"]), float(r.data["attemptedAt"]))
                   for job_id, r in records.items()]
         since = min(s.attempted_at for s in starts) - CLOCK_SKEW_SECONDS
-        tracked_prefix = self._s.state_path("operations/")
-        tracked = {info.name[len(tracked_prefix):-len(".json")]
-                   for info in self._gcs.list(self._s.state_bucket, tracked_prefix)}
+        tracked_by_job = self._tracked_by_job()
+        disowned_prefix = self._s.state_path("disowned/")
+        disowned = {info.name[len(disowned_prefix):-len(".json")]
+                    for info in self._gcs.list(self._s.state_bucket, disowned_prefix)}
         found = [c for c in candidates(self._hc.list_operations(self._s.dataset),
-                                                           tracked=tracked, since=since)
+                                       tracked=set(tracked_by_job.values()) | disowned, since=since)
                  if self._gcs.read(self._s.state_bucket, self._s.state_path(
                      "done", f"{c.name.rsplit('/', 1)[-1]}.json")) is None]  # reported and forgotten
         window = unknown_outcome_seconds(self._s.http_timeout_seconds,
-                                                            self._s.retry_deadline_seconds)
+                                         self._s.retry_deadline_seconds)
+        in_flight = self._starts_in_flight(exclude=set(records) | set(tracked_by_job))
         outcome: dict[str, str] = {}
-        for resolution in resolve(starts, found, now=self._clock(), unknown_outcome_seconds=window):
+        for resolution in resolve(starts, found, now=self._clock(), unknown_outcome_seconds=window,
+                                  in_flight=in_flight):
             record = records[resolution.job_id]
             if resolution.action == "adopt":
                 outcome[resolution.job_id] = self._adopt(record, resolution.operation)
             elif resolution.action == "requeue":
-                outcome[resolution.job_id] = self._requeue_unconfirmed(record)
+                outcome[resolution.job_id] = self._requeue_unconfirmed(record, resolution.disowned)
             else:
                 outcome[resolution.job_id] = "waiting"
         return outcome
+
+    def _starts_in_flight(self, exclude: Collection[str]) -> list[UnconfirmedStart]:
+        """Slot holders being started right now (STARTING): they may have begun an operation whose
+        name their starter has yet to record. One listing of the slots, one read per such holder
+        (at most the cap)."""
+        prefix = self._s.state_path("slots/")
+        holders = {str(info.metadata.get("job", "")) for info in self._gcs.list(self._s.state_bucket, prefix)}
+        starts = []
+        for job_id in sorted(holders - set(exclude) - {""}):
+            record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
+            if record is None or record.data.get("state") != "STARTING":
+                continue
+            typed = JobRecord.from_json(record.data)
+            starts.append(UnconfirmedStart(job_id, str(record.data["job"]["kind"]),
+                                           typed.start_attempted_at(self._s.claim_lease_seconds)))
+        return starts
 
     def _adopt(self, record: Record, name: str) -> str:
         job = Job.from_json(record.data["job"])
@@ -544,8 +566,15 @@ class JobQueue:
         logger.info("adopted the operation an unconfirmed start began", extra=fields(job=job.job_id, operation=name))
         return name
 
-    def _requeue_unconfirmed(self, record: Record) -> str:
+    def _requeue_unconfirmed(self, record: Record, disowned: Sequence[str] = ()) -> str:
         job = Job.from_json(record.data["job"])
+        for name in disowned:
+            # Written before the job goes back: an operation this start may have begun is never
+            # adopted by a later unconfirmed start. It runs untracked and holds no slot of ours.
+            self._gcs.write(self._s.state_bucket, self.disowned_path(name.rsplit("/", 1)[-1]),
+                            {"operation": name, "job": job.job_id})
+            logger.warning("an untracked operation that this start may have begun is left to run unreported",
+                           extra=fields(job=job.job_id, operation=name))
         # `attempted`: an operation of this start may still turn up, so the job never grows.
         if self._apply(job.job_id, record, Event.REQUEUE_UNCONFIRMED) is None:
             return "waiting"
@@ -729,6 +758,7 @@ class Resolution:
     job_id: str
     action: Literal["adopt", "requeue", "wait"]
     operation: str = ""  # adopt: the operation name
+    disowned: tuple[str, ...] = ()  # requeue: operations it can have begun, which nobody may adopt now
 
 
 def unknown_outcome_seconds(http_timeout_seconds: float, retry_deadline_seconds: float) -> float:
@@ -755,24 +785,31 @@ def candidates(operations: Iterable[dict[str, Any]], *, tracked: Collection[str]
 
 
 def resolve(starts: Sequence[UnconfirmedStart], found: Sequence[Candidate], *, now: float,
-            unknown_outcome_seconds: float, clock_skew_seconds: float = CLOCK_SKEW_SECONDS) -> list[Resolution]:
-    """Pairs unconfirmed starts with untracked operations of their kind, oldest with oldest.
+            unknown_outcome_seconds: float, clock_skew_seconds: float = CLOCK_SKEW_SECONDS,
+            in_flight: Sequence[UnconfirmedStart] = ()) -> list[Resolution]:
+    """Adopts an untracked operation only when exactly one start can have begun it.
 
-    An operation created before an attempt began (less the clock skew) cannot be its result. A start
-    without a match keeps waiting (and its slot) until `unknown_outcome_seconds` have passed since
-    the attempt, then goes back to the queue. Several unconfirmed starts of one kind at once can
-    only be paired by time: their completion events may be swapped between them (documented).
+    A start can have begun an operation of its kind created no earlier than its attempt (less the
+    clock skew). A start adopts an operation when that operation is the only one it can have begun
+    and no other start can have begun it: another unconfirmed start, or one still `in_flight`
+    (STARTING: its starter may yet learn the name and track it). Pairing several candidates with
+    several starts by time alone could give one job's operation to another, whose files would then
+    be reported imported without having been read (docs/decisions/0300-ambiguous-lro-starts.md).
+    A start adopts nothing while that is ambiguous, keeping its slot; once `unknown_outcome_seconds`
+    have passed since its attempt it goes back to the queue, and the operations it can have begun
+    are `disowned`: nobody adopts them later, they run untracked and the job's files may be read twice.
     """
-    taken: set[str] = set()
+    def could(start: UnconfirmedStart, candidate: Candidate) -> bool:
+        return candidate.kind == start.kind and candidate.created_at >= start.attempted_at - clock_skew_seconds
+
+    everyone = [*starts, *in_flight]
     resolutions = []
     for start in sorted(starts, key=lambda s: (s.attempted_at, s.job_id)):
-        match = next((c for c in found if c.kind == start.kind and c.name not in taken
-                      and c.created_at >= start.attempted_at - clock_skew_seconds), None)
-        if match is not None:
-            taken.add(match.name)
-            resolutions.append(Resolution(start.job_id, "adopt", match.name))
+        mine = [c for c in found if could(start, c)]
+        if len(mine) == 1 and not any(other.job_id != start.job_id and could(other, mine[0]) for other in everyone):
+            resolutions.append(Resolution(start.job_id, "adopt", mine[0].name))
         elif now >= start.attempted_at + unknown_outcome_seconds:
-            resolutions.append(Resolution(start.job_id, "requeue"))
+            resolutions.append(Resolution(start.job_id, "requeue", disowned=tuple(c.name for c in mine)))
         else:
             resolutions.append(Resolution(start.job_id, "wait"))
     return resolutions

@@ -216,7 +216,11 @@ class Poller:
         # (a wildcard may also read older objects; an import with failed items ends with an
         # error too, so the error alone says nothing).
         complete = counters.success + counters.failure >= imported
-        if complete and counters.failure == 0 and status.error is None and imported == len(entries):
+        if started.extra.get("adopted"):
+            # Adopted by time, not by name: its counters may be another start's, so every object
+            # is judged against the store (docs/decisions/0300-ambiguous-lro-starts.md).
+            accounting = self._finder.account(entries, api_failures=None)
+        elif complete and counters.failure == 0 and status.error is None and imported == len(entries):
             accounting = Accounting([Fate(str(e["uri"]), LANDED) for e in entries])  # nothing to look at
         else:
             accounting = self._finder.account(entries, api_failures=counters.failure if complete else None)
