@@ -35,10 +35,10 @@ from typing import Any, Literal
 from functions.core.errors import ApiError, PermanentApiError, RetryableError, UnknownOutcomeError
 from functions.core.job_checks import job_problem
 from functions.core.lease import OPERATION_CLOCK_SKEW_SECONDS as CLOCK_SKEW_SECONDS
-from functions.core.lease import Lease
+from functions.core.lease import Lease, renewal_margin
 from functions.core.refusal import refusal_reason
 from functions.gcp.clients import HealthcareApi, ObjectStore, Record
-from functions.gcp.retry import classify
+from functions.gcp.retry import classify, is_transient
 from functions.imports import job_record
 from functions.imports.job_record import NO_CHANGE, Change, Event, JobRecord, State
 from functions.imports.job_record import apply as apply_transition
@@ -58,6 +58,7 @@ _DELETE_THREADS = 64  # deletions of an undone growth's copies
 # Writes of a job record that must land whatever its state (the operation is tracked): each lost
 # swap is followed by a fresh read.
 _TRACK_ATTEMPTS = 3
+_TRACK_MAX_BACKOFF = 8.0  # seconds between tries of a started operation's tracking write
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,12 @@ class JobQueue:
     """Submits and starts jobs under the slot limit. Safe across threads and instances."""
 
     def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self._s = settings
         self._gcs = gcs
         self._hc = healthcare
         self._clock = clock
+        self._sleep = sleep
 
     # -- paths -----------------------------------------------------------------------------
     def job_path(self, job_id: str) -> str:
@@ -441,12 +443,32 @@ class JobQueue:
             # else: taken over as UNCONFIRMED while we called (our lease ran out); its slot stays.
             return StartResult(None, queued=True)
         tracked = StartedOperation(name=name, job=job, slot=slot, started_at=attempted_at)
-        self._track(tracked)
+        # The one write that knows the operation's name: lost, the start turns unknown (and its files
+        # may be read twice), so it outlasts throttling until the STARTING lease is nearly over.
+        lease_until = float(record.data.get("leaseUntil", attempted_at + self._s.claim_lease_seconds))
+        self._until_written(lambda: self._track(tracked), until=lease_until - renewal_margin(
+            self._s.claim_lease_seconds), job_id=job_id)
         # Whatever the record's state by now (the poller may have turned it UNCONFIRMED, or queued
         # it again, while we called): the operation is tracked, so the job goes.
         self._apply(job_id, record, Event.TRACK, attempts=_TRACK_ATTEMPTS)
         logger.info("operation started", extra=fields(job=job_id, kind=job.kind, operation=name, slot=slot))
         return StartResult(name, queued=False)
+
+    def _until_written(self, write: Callable[[], None], *, until: float, job_id: str) -> None:
+        """Runs `write` again after each transient fault (backoff 1 s doubling to 8 s) while the
+        next attempt can begin before `until`; the last fault reaches the caller."""
+        delay = 1.0
+        while True:
+            try:
+                write()
+                return
+            except Exception as exc:
+                if not is_transient(exc) or self._clock() + delay >= until:
+                    raise
+                logger.warning("could not record a started operation; trying again",
+                               extra=fields(job=job_id, error=str(exc)[:200]))
+                self._sleep(delay)
+                delay = min(delay * 2, _TRACK_MAX_BACKOFF)
 
     def _track(self, started: StartedOperation) -> None:
         """Tracks an operation this caller certainly started.

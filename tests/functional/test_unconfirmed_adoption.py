@@ -12,6 +12,10 @@ from tests.functional.world import STATE, World
 FIRST_OPERATION = "operations/000001.json"  # the fake names operations 000001, 000002, ...
 
 
+def _refused() -> BaseException:
+    return TooManyRequests("429 rate of writes to the bucket")
+
+
 class _Refusing:
     """Answers 429 to matching calls while `on` (the starter's writes, not the poller's later ones)."""
 
@@ -20,7 +24,7 @@ class _Refusing:
 
     def __call__(self) -> None:
         if self.on:
-            raise TooManyRequests("429 rate of writes to the bucket")
+            raise _refused()
 
 
 def _window(w: World, folder: str, count: int, instance: str) -> None:
@@ -82,3 +86,19 @@ def test_an_adopted_operation_is_judged_against_the_store_not_by_its_counters() 
     assert event.data["failedObjectsTotal"] == 3
     receipt = w.store.read(STATE, w.settings.state_path("receipts", foreign.rsplit("/", 1)[-1] + ".json"))
     assert receipt is not None and len(receipt.data["failedObjects"]) == 3
+
+
+def test_a_throttled_tracking_write_is_tried_again_within_the_starting_lease() -> None:
+    """The write of a started operation's record meets 429s for 15 s, longer than one call's retry
+    budget: its starter tries again within its STARTING lease, so the start never turns unknown."""
+    w = World(import_coalesce_seconds=0)
+    w.faults.fail(_refused, method="create", name=FIRST_OPERATION, times=4)  # 1 + 2 + 4 + 8 s of backoff
+    _window(w, "x", 3, "x")
+    w.sim.advance(20)
+    w.sim.run_until_idle()
+    assert [name.rsplit("/", 1)[-1] for name in w.state("operations/")] == ["000001.json"]
+    assert not w.state("jobs/") and not w.state("unconfirmed/")
+    assert len(w.faults.fired) == 4
+    w.settle()
+    w.check_invariants()
+    assert len(w.hc.operations) == 1
