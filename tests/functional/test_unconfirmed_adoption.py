@@ -57,6 +57,8 @@ def test_an_operation_two_unconfirmed_starts_could_have_begun_is_adopted_by_neit
     w.settle()
     w.check_invariants(may_import_twice=True)
     assert not [e for e in w.completions() if e.data.get("operation", "").endswith("/000001")]  # never reported
+    assert w.state("disowned/") == ["disowned/000001.json"]  # and never adopted later
+    assert [s.unconfirmed for s in w.summaries() if s.unconfirmed.get("requeued")] == [{"requeued": 2}]
 
 
 def test_an_adopted_operation_is_judged_against_the_store_not_by_its_counters() -> None:
