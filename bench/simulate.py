@@ -265,13 +265,14 @@ class Bench:
         self.poll_meters: list[Meter] = []
         self.leader_meters: list[Meter] = []
         self.errors: Counter[str] = Counter()
+        self.unconfirmed: Counter[str] = Counter()  # the poller runs' unconfirmed starts: adopted, requeued
         self.redelivered = 0
         self._later: list[tuple[float, int, StorageObjectEvent, int]] = []  # (when, order, event, attempt)
         self._order = itertools.count()
 
     def _instance(self, index: int) -> tuple[str, ImportOnUpload]:
         w = self.world
-        queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock)
+        queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep)
         batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=False)
         handler = ImportOnUpload(w.settings, w.store, batcher, clock=w.clock, sleep=w.sim.sleep)
         return f"import-{index}", handler
@@ -310,7 +311,7 @@ class Bench:
 
     def _poll(self) -> None:
         w = self.world
-        queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock)
+        queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep)
         batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=True)
         poller = Poller(w.settings, w.store, w.hc, queue, batcher, w.publisher, clock=w.clock)
 
@@ -323,6 +324,7 @@ class Bench:
             self.poll_meters.append(meter)
             for error in summary.errors:
                 self.errors[f"poller: {error.split(':', 2)[1].strip()}"] += 1
+            self.unconfirmed.update({k: v for k, v in summary.unconfirmed.items() if k != "waiting"})
 
         w.sim.spawn(run, name=f"poll@{w.sim.clock() - T0:.0f}", process=Process("poller"))
 
@@ -387,12 +389,19 @@ class Bench:
         staging_writes = o.writes_per_second.get(STAGING, Counter()) if c.staging_bucket else Counter()
         left = w.store.names(w.settings.staging, w.settings.state_path("staging/"))
         upload_seconds = uploads_done - T0
+        unconfirmed, disowned = w.settings.state_path("unconfirmed/"), w.settings.state_path("disowned/")
         return {
             "pattern": c.pattern, "files": files, "rate": c.rate, "latency": c.latency, "tail": c.tail,
             "limits": c.limits, "simulated_hours": round((w.sim.clock() - T0) / 3600, 2),
             "lros": self.hc.imports, "lros_at_once": self.hc.max_running,
             "lro_target": int(upload_seconds // lro_period(c.rate)) + 2,
             "read_twice": twice, "missing": missing,
+            # Starts whose outcome was unknown (each job once per unknown start), how many of them
+            # adopted an untracked operation, went back to the queue, and operations left untracked.
+            "unconfirmed_starts": sum(1 for name in w.store.writes if name.startswith(unconfirmed)),
+            "unconfirmed_adopted": self.unconfirmed["adopted"],
+            "unconfirmed_requeued": self.unconfirmed["requeued"],
+            "operations_disowned": sum(1 for name in w.store.writes if name.startswith(disowned)),
             "read_again_by": dict(Counter(f"{first} -> {again}" for _, first, again in self.hc.read_again)),
             "uncommitted_growth_copies_read": dict(self.hc.uncommitted),
             "staged_copies": store_calls.get("copy", 0), "copies_left": len(left),

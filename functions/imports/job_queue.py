@@ -35,10 +35,10 @@ from typing import Any, Literal
 from functions.core.errors import ApiError, PermanentApiError, RetryableError, UnknownOutcomeError
 from functions.core.job_checks import job_problem
 from functions.core.lease import OPERATION_CLOCK_SKEW_SECONDS as CLOCK_SKEW_SECONDS
-from functions.core.lease import Lease
+from functions.core.lease import Lease, renewal_margin
 from functions.core.refusal import refusal_reason
 from functions.gcp.clients import HealthcareApi, ObjectStore, Record
-from functions.gcp.retry import classify
+from functions.gcp.retry import classify, is_transient
 from functions.imports import job_record
 from functions.imports.job_record import NO_CHANGE, Change, Event, JobRecord, State
 from functions.imports.job_record import apply as apply_transition
@@ -58,6 +58,7 @@ _DELETE_THREADS = 64  # deletions of an undone growth's copies
 # Writes of a job record that must land whatever its state (the operation is tracked): each lost
 # swap is followed by a fresh read.
 _TRACK_ATTEMPTS = 3
+_TRACK_MAX_BACKOFF = 8.0  # seconds between tries of a started operation's tracking write
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,12 @@ class JobQueue:
     """Submits and starts jobs under the slot limit. Safe across threads and instances."""
 
     def __init__(self, settings: Settings, gcs: ObjectStore, healthcare: HealthcareApi,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self._s = settings
         self._gcs = gcs
         self._hc = healthcare
         self._clock = clock
+        self._sleep = sleep
 
     # -- paths -----------------------------------------------------------------------------
     def job_path(self, job_id: str) -> str:
@@ -171,6 +173,9 @@ class JobQueue:
 
     def operation_path(self, operation_id: str) -> str:
         return self._s.state_path("operations", f"{operation_id}.json")
+
+    def disowned_path(self, operation_id: str) -> str:
+        return self._s.state_path("disowned", f"{operation_id}.json")
 
     def unconfirmed_path(self, job_id: str) -> str:
         return self._s.state_path("unconfirmed", f"{job_id}.json")
@@ -438,12 +443,32 @@ class JobQueue:
             # else: taken over as UNCONFIRMED while we called (our lease ran out); its slot stays.
             return StartResult(None, queued=True)
         tracked = StartedOperation(name=name, job=job, slot=slot, started_at=attempted_at)
-        self._track(tracked)
+        # The one write that knows the operation's name: lost, the start turns unknown (and its files
+        # may be read twice), so it outlasts throttling until the STARTING lease is nearly over.
+        lease_until = float(record.data.get("leaseUntil", attempted_at + self._s.claim_lease_seconds))
+        self._until_written(lambda: self._track(tracked), until=lease_until - renewal_margin(
+            self._s.claim_lease_seconds), job_id=job_id)
         # Whatever the record's state by now (the poller may have turned it UNCONFIRMED, or queued
         # it again, while we called): the operation is tracked, so the job goes.
         self._apply(job_id, record, Event.TRACK, attempts=_TRACK_ATTEMPTS)
         logger.info("operation started", extra=fields(job=job_id, kind=job.kind, operation=name, slot=slot))
         return StartResult(name, queued=False)
+
+    def _until_written(self, write: Callable[[], None], *, until: float, job_id: str) -> None:
+        """Runs `write` again after each transient fault (backoff 1 s doubling to 8 s) while the
+        next attempt can begin before `until`; the last fault reaches the caller."""
+        delay = 1.0
+        while True:
+            try:
+                write()
+                return
+            except Exception as exc:
+                if not is_transient(exc) or self._clock() + delay >= until:
+                    raise
+                logger.warning("could not record a started operation; trying again",
+                               extra=fields(job=job_id, error=str(exc)[:200]))
+                self._sleep(delay)
+                delay = min(delay * 2, _TRACK_MAX_BACKOFF)
 
     def _track(self, started: StartedOperation) -> None:
         """Tracks an operation this caller certainly started.
@@ -505,25 +530,44 @@ class JobQueue:
         starts = [UnconfirmedStart(job_id, str(r.data["job"]["kind"]), float(r.data["attemptedAt"]))
                   for job_id, r in records.items()]
         since = min(s.attempted_at for s in starts) - CLOCK_SKEW_SECONDS
-        tracked_prefix = self._s.state_path("operations/")
-        tracked = {info.name[len(tracked_prefix):-len(".json")]
-                   for info in self._gcs.list(self._s.state_bucket, tracked_prefix)}
+        tracked_by_job = self._tracked_by_job()
+        disowned_prefix = self._s.state_path("disowned/")
+        disowned = {info.name[len(disowned_prefix):-len(".json")]
+                    for info in self._gcs.list(self._s.state_bucket, disowned_prefix)}
         found = [c for c in candidates(self._hc.list_operations(self._s.dataset),
-                                                           tracked=tracked, since=since)
+                                       tracked=set(tracked_by_job.values()) | disowned, since=since)
                  if self._gcs.read(self._s.state_bucket, self._s.state_path(
                      "done", f"{c.name.rsplit('/', 1)[-1]}.json")) is None]  # reported and forgotten
         window = unknown_outcome_seconds(self._s.http_timeout_seconds,
-                                                            self._s.retry_deadline_seconds)
+                                         self._s.retry_deadline_seconds)
+        in_flight = self._starts_in_flight(exclude=set(records) | set(tracked_by_job))
         outcome: dict[str, str] = {}
-        for resolution in resolve(starts, found, now=self._clock(), unknown_outcome_seconds=window):
+        for resolution in resolve(starts, found, now=self._clock(), unknown_outcome_seconds=window,
+                                  in_flight=in_flight):
             record = records[resolution.job_id]
             if resolution.action == "adopt":
                 outcome[resolution.job_id] = self._adopt(record, resolution.operation)
             elif resolution.action == "requeue":
-                outcome[resolution.job_id] = self._requeue_unconfirmed(record)
+                outcome[resolution.job_id] = self._requeue_unconfirmed(record, resolution.disowned)
             else:
                 outcome[resolution.job_id] = "waiting"
         return outcome
+
+    def _starts_in_flight(self, exclude: Collection[str]) -> list[UnconfirmedStart]:
+        """Slot holders being started right now (STARTING): they may have begun an operation whose
+        name their starter has yet to record. One listing of the slots, one read per such holder
+        (at most the cap)."""
+        prefix = self._s.state_path("slots/")
+        holders = {str(info.metadata.get("job", "")) for info in self._gcs.list(self._s.state_bucket, prefix)}
+        starts = []
+        for job_id in sorted(holders - set(exclude) - {""}):
+            record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
+            if record is None or record.data.get("state") != "STARTING":
+                continue
+            typed = JobRecord.from_json(record.data)
+            starts.append(UnconfirmedStart(job_id, str(record.data["job"]["kind"]),
+                                           typed.start_attempted_at(self._s.claim_lease_seconds)))
+        return starts
 
     def _adopt(self, record: Record, name: str) -> str:
         job = Job.from_json(record.data["job"])
@@ -544,8 +588,15 @@ class JobQueue:
         logger.info("adopted the operation an unconfirmed start began", extra=fields(job=job.job_id, operation=name))
         return name
 
-    def _requeue_unconfirmed(self, record: Record) -> str:
+    def _requeue_unconfirmed(self, record: Record, disowned: Sequence[str] = ()) -> str:
         job = Job.from_json(record.data["job"])
+        for name in disowned:
+            # Written before the job goes back: an operation this start may have begun is never
+            # adopted by a later unconfirmed start. It runs untracked and holds no slot of ours.
+            self._gcs.write(self._s.state_bucket, self.disowned_path(name.rsplit("/", 1)[-1]),
+                            {"operation": name, "job": job.job_id})
+            logger.warning("an untracked operation that this start may have begun is left to run unreported",
+                           extra=fields(job=job.job_id, operation=name))
         # `attempted`: an operation of this start may still turn up, so the job never grows.
         if self._apply(job.job_id, record, Event.REQUEUE_UNCONFIRMED) is None:
             return "waiting"
@@ -729,6 +780,7 @@ class Resolution:
     job_id: str
     action: Literal["adopt", "requeue", "wait"]
     operation: str = ""  # adopt: the operation name
+    disowned: tuple[str, ...] = ()  # requeue: operations it can have begun, which nobody may adopt now
 
 
 def unknown_outcome_seconds(http_timeout_seconds: float, retry_deadline_seconds: float) -> float:
@@ -755,24 +807,31 @@ def candidates(operations: Iterable[dict[str, Any]], *, tracked: Collection[str]
 
 
 def resolve(starts: Sequence[UnconfirmedStart], found: Sequence[Candidate], *, now: float,
-            unknown_outcome_seconds: float, clock_skew_seconds: float = CLOCK_SKEW_SECONDS) -> list[Resolution]:
-    """Pairs unconfirmed starts with untracked operations of their kind, oldest with oldest.
+            unknown_outcome_seconds: float, clock_skew_seconds: float = CLOCK_SKEW_SECONDS,
+            in_flight: Sequence[UnconfirmedStart] = ()) -> list[Resolution]:
+    """Adopts an untracked operation only when exactly one start can have begun it.
 
-    An operation created before an attempt began (less the clock skew) cannot be its result. A start
-    without a match keeps waiting (and its slot) until `unknown_outcome_seconds` have passed since
-    the attempt, then goes back to the queue. Several unconfirmed starts of one kind at once can
-    only be paired by time: their completion events may be swapped between them (documented).
+    A start can have begun an operation of its kind created no earlier than its attempt (less the
+    clock skew). A start adopts an operation when that operation is the only one it can have begun
+    and no other start can have begun it: another unconfirmed start, or one still `in_flight`
+    (STARTING: its starter may yet learn the name and track it). Pairing several candidates with
+    several starts by time alone could give one job's operation to another, whose files would then
+    be reported imported without having been read (docs/decisions/0300-ambiguous-lro-starts.md).
+    A start adopts nothing while that is ambiguous, keeping its slot; once `unknown_outcome_seconds`
+    have passed since its attempt it goes back to the queue, and the operations it can have begun
+    are `disowned`: nobody adopts them later, they run untracked and the job's files may be read twice.
     """
-    taken: set[str] = set()
+    def could(start: UnconfirmedStart, candidate: Candidate) -> bool:
+        return candidate.kind == start.kind and candidate.created_at >= start.attempted_at - clock_skew_seconds
+
+    everyone = [*starts, *in_flight]
     resolutions = []
     for start in sorted(starts, key=lambda s: (s.attempted_at, s.job_id)):
-        match = next((c for c in found if c.kind == start.kind and c.name not in taken
-                      and c.created_at >= start.attempted_at - clock_skew_seconds), None)
-        if match is not None:
-            taken.add(match.name)
-            resolutions.append(Resolution(start.job_id, "adopt", match.name))
+        mine = [c for c in found if could(start, c)]
+        if len(mine) == 1 and not any(other.job_id != start.job_id and could(other, mine[0]) for other in everyone):
+            resolutions.append(Resolution(start.job_id, "adopt", mine[0].name))
         elif now >= start.attempted_at + unknown_outcome_seconds:
-            resolutions.append(Resolution(start.job_id, "requeue"))
+            resolutions.append(Resolution(start.job_id, "requeue", disowned=tuple(c.name for c in mine)))
         else:
             resolutions.append(Resolution(start.job_id, "wait"))
     return resolutions

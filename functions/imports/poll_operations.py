@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,7 @@ class PollSummary:
     windows_left: int = 0  # windows due for recovery that this run left to the next (its budget)
     slots_freed: int = 0
     staged_deleted: int = 0  # staged copies of finished imports deleted in this run
+    unconfirmed: dict[str, int] = field(default_factory=dict)  # unconfirmed starts: adopted, requeued, waiting
     oldest_running_seconds: float | None = None  # age of the oldest operation still running
     errors: list[str] = field(default_factory=list)
 
@@ -90,7 +92,7 @@ class Poller:
         # Without the tracked operations a job whose starter died after starting it cannot be told
         # from one that never started: then starting jobs waits for the next run.
         if not any(error.startswith("poll operations:") for error in summary.errors):
-            self._step(summary, "resolve unconfirmed starts", self._queue.resolve_unconfirmed)
+            self._step(summary, "resolve unconfirmed starts", lambda: self._resolve_unconfirmed(summary))
             self._step(summary, "start jobs", lambda: self._start_jobs(summary, tracked_jobs))
         self._step(summary, "clean staging", lambda: self._clean_staging(summary, began + RUN_SECONDS))
         # The run's one summary line: infra/monitoring.tf turns it into the poller's heartbeat,
@@ -101,6 +103,12 @@ class Poller:
                                                   oldest_running_seconds=summary.oldest_running_seconds,
                                                   errors=len(summary.errors)))
         return summary
+
+    def _resolve_unconfirmed(self, summary: PollSummary) -> None:
+        outcomes = self._queue.resolve_unconfirmed().values()
+        counted = Counter("waiting" if o == "waiting" else "requeued" if o == "requeued" else "adopted"
+                          for o in outcomes)
+        summary.unconfirmed = dict(sorted(counted.items()))
 
     @staticmethod
     def _step(summary: PollSummary, name: str, action: Callable[[], object]) -> None:
@@ -216,7 +224,11 @@ class Poller:
         # (a wildcard may also read older objects; an import with failed items ends with an
         # error too, so the error alone says nothing).
         complete = counters.success + counters.failure >= imported
-        if complete and counters.failure == 0 and status.error is None and imported == len(entries):
+        if started.extra.get("adopted"):
+            # Adopted by time, not by name: its counters may be another start's, so every object
+            # is judged against the store (docs/decisions/0300-ambiguous-lro-starts.md).
+            accounting = self._finder.account(entries, api_failures=None)
+        elif complete and counters.failure == 0 and status.error is None and imported == len(entries):
             accounting = Accounting([Fate(str(e["uri"]), LANDED) for e in entries])  # nothing to look at
         else:
             accounting = self._finder.account(entries, api_failures=counters.failure if complete else None)

@@ -89,13 +89,13 @@ class World:
     # -- the deployment ----------------------------------------------------------------------
     def instance(self, name: str | None = None) -> Instance:
         """A new function instance of the import function."""
-        queue = JobQueue(self.settings, self.store, self.hc, clock=self.clock)
+        queue = JobQueue(self.settings, self.store, self.hc, clock=self.clock, sleep=self.sim.sleep)
         batcher = WindowBatcher(self.settings, self.store, queue, clock=self.clock)
         handler = ImportOnUpload(self.settings, self.store, batcher, clock=self.clock, sleep=self.sim.sleep)
         return Instance(Process(name or f"import-{next(self._names)}"), handler, batcher, queue)
 
     def queue(self) -> JobQueue:
-        return JobQueue(self.settings, self.store, self.hc, clock=self.clock)
+        return JobQueue(self.settings, self.store, self.hc, clock=self.clock, sleep=self.sim.sleep)
 
     def batcher(self) -> WindowBatcher:
         return WindowBatcher(self.settings, self.store, self.queue(), clock=self.clock)

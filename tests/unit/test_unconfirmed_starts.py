@@ -81,15 +81,40 @@ def test_without_an_operation_the_slot_is_held_until_the_window_ends_then_the_jo
     assert resolve([start], [], now=T0 + WINDOW, unknown_outcome_seconds=WINDOW) == [Resolution("job-a", "requeue")]
 
 
-def test_several_unconfirmed_starts_are_paired_oldest_with_oldest_and_never_share_an_operation() -> None:
+def test_an_operation_two_starts_can_have_begun_is_adopted_by_neither_and_disowned_when_they_give_up() -> None:
+    # "first" can only be early's, but early can also have begun "second", which late can have begun too.
     starts = [UnconfirmedStart("late", "import", T0 + 20), UnconfirmedStart("early", "import", T0)]
-    found = [_cand("second", "import", T0 + 25), _cand("first", "import", T0 + 3)]
-    found.sort(key=lambda c: c.created_at)
-    result = {r.job_id: r for r in resolve(starts, found, now=T0 + 30, unknown_outcome_seconds=WINDOW)}
-    assert result["early"].operation.endswith("/first") and result["late"].operation.endswith("/second")
+    found = [_cand("first", "import", T0 + 3), _cand("second", "import", T0 + 25)]
+    assert resolve(starts, found, now=T0 + 30, unknown_outcome_seconds=WINDOW) == [
+        Resolution("early", "wait"), Resolution("late", "wait")]
 
-    only_one = resolve(starts, [_cand("first", "import", T0 + 3)], now=T0 + 30, unknown_outcome_seconds=WINDOW)
-    assert sorted(r.action for r in only_one) == ["adopt", "wait"]
+    given_up = {r.job_id: r for r in resolve(starts, found, now=T0 + WINDOW, unknown_outcome_seconds=WINDOW)}
+    assert given_up["early"] == Resolution("early", "requeue", disowned=(f"{DATASET}/operations/first",
+                                                                        f"{DATASET}/operations/second"))
+    assert given_up["late"] == Resolution("late", "wait")
+
+
+def test_one_operation_after_two_attempts_is_adopted_by_neither() -> None:
+    starts = [UnconfirmedStart("y", "import", T0), UnconfirmedStart("x", "import", T0 + 1)]
+    assert [r.action for r in resolve(starts, [_cand("xs", "import", T0 + 2)], now=T0 + 30,
+                                      unknown_outcome_seconds=WINDOW)] == ["wait", "wait"]
+
+
+def test_one_start_and_one_operation_that_only_it_can_have_begun_is_an_adoption() -> None:
+    starts = [UnconfirmedStart("early", "import", T0), UnconfirmedStart("late", "import", T0 + 60)]
+    result = resolve(starts, [_cand("first", "import", T0 + 3)], now=T0 + 70, unknown_outcome_seconds=WINDOW)
+    assert result == [Resolution("early", "adopt", f"{DATASET}/operations/first"), Resolution("late", "wait")]
+
+
+def test_a_start_in_flight_that_can_have_begun_the_operation_blocks_its_adoption() -> None:
+    start = UnconfirmedStart("y", "import", T0)
+    found = [_cand("op", "import", T0 + 5)]
+    starting = UnconfirmedStart("x", "import", T0 + 4)
+    assert resolve([start], found, now=T0 + 30, unknown_outcome_seconds=WINDOW, in_flight=[starting]) == [
+        Resolution("y", "wait")]
+    other_kind = UnconfirmedStart("e", "export", T0 + 4)
+    assert resolve([start], found, now=T0 + 30, unknown_outcome_seconds=WINDOW, in_flight=[other_kind]) == [
+        Resolution("y", "adopt", f"{DATASET}/operations/op")]
 
 
 def test_the_window_outlasts_the_client_timeout_and_its_retries() -> None:
