@@ -41,7 +41,7 @@ from tests.integration.harness import (
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 SECRET_PATIENT = "PHI-SECRET-4711"
 POLL_KEYS = {"tracked", "finished", "running", "published", "jobs_started", "jobs_queued", "windows_recovered",
-             "windows_left", "slots_freed", "staged_deleted", "oldest_running_seconds", "errors"}
+             "windows_left", "slots_freed", "staged_deleted", "unconfirmed", "oldest_running_seconds", "errors"}
 
 
 @pytest.fixture
@@ -270,7 +270,8 @@ def test_the_poller_answers_a_scheduler_post_with_a_json_summary(d: Deployment,
     assert summary["tracked"] == 1 and summary["errors"] == [] and len(summary["published"]) == 1
     [event] = d.pull_completions(1, poll=False)
     assert event["eventId"] == summary["published"][0] and event["requestId"] == "sched"
-    assert tick() == dict.fromkeys(POLL_KEYS, 0) | {"published": [], "errors": [], "oldest_running_seconds": None}
+    assert tick() == dict.fromkeys(POLL_KEYS, 0) | {"published": [], "errors": [], "oldest_running_seconds": None,
+                                                    "unconfirmed": {}}
 
 
 # --- configuration and logs -------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def _export_job(d: Deployment, name: str) -> Job:
                destination=f"gs://{d.export_bucket}/{name}")
 
 
-def test_a_starter_that_knows_its_operation_takes_it_back_from_a_wrong_adoption(d: Deployment) -> None:
+def test_the_fresh_operation_of_a_start_in_flight_is_not_taken_for_an_unconfirmed_start(d: Deployment) -> None:
     _studies(d, 1)
     # Three slots: the two exports take slots 1 and 2 (slot 0 is kept for imports, decision 0874).
     d = Deployment.create(d.healthcare_url, dicom_store=d.settings.dicom_store, max_concurrent_operations=3)
@@ -196,9 +196,10 @@ def test_a_starter_that_knows_its_operation_takes_it_back_from_a_wrong_adoption(
     client = _ResolverRunsMidStart(d, resolver)
     known = JobQueue(d.settings, d.deps.gcs, client).submit(_export_job(d, "known"))
     assert known.started is not None
-    # The resolver saw the fresh, still untracked operation and took it for the lost start's...
-    assert client.resolutions == [{_export_job(d, "lost").job_id: known.started}]
-    # ...but the starter that received it in its answer owns it; the lost job is unconfirmed again.
+    # The resolver saw the fresh, still untracked operation, but a start still in flight (STARTING)
+    # could have begun it too: nobody adopts it (decision 0300) ...
+    assert client.resolutions == [{_export_job(d, "lost").job_id: "waiting"}]
+    # ... and the starter that received it in its answer tracks it; the lost job stays unconfirmed.
     [record] = _state(d, "operations/").values()
     assert (record["name"], record["job"]["request_id"]) == (known.started, "known")
     assert _unconfirmed_or_any_slot(d, _export_job(d, "lost").job_id)
