@@ -241,8 +241,11 @@ class WindowBatcher:
         longest = self._clock() - began
         while result.claimed and result.left and (self._clock() - began) + longest <= seconds:
             part_began = self._clock()
-            result = result.then(self._plan_part(window, planned))
+            part = self._plan_part(window, planned)
+            result = result.then(part)
             longest = max(longest, self._clock() - part_began)
+            if not part.claimed:
+                break  # another leader holds the window now (or took it over): the rest is its
         if result.left:
             logger.info("window planned in part; the rest is left for a later run",
                         extra=fields(window=window, uploads=result.uploads, left=result.left))

@@ -9,8 +9,11 @@ left, and the poller's recovery of windows has a budget; what is left goes to th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from functions.core.windows import window_id
 from functions.gcp.clients import Record
 from functions.imports import job_record, poll_operations, window_batcher
 from functions.imports.job_queue import Job
@@ -162,3 +165,37 @@ def test_undoing_a_large_growth_deletes_its_copies_side_by_side() -> None:
         assert w.sim.clock() - began < 10.0
     finally:
         w.close()
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_run_whose_next_part_finds_the_window_claimed_by_another_leader_ends_there(world: World) -> None:
+    """Between two parts another process (a late event's handler, the poller) claims the window:
+    the run answers with the rest left, instead of trying the live claim again and again until
+    its time is up (a create and a read of one object name per try)."""
+    names = _names("between", PART + 10)
+    creates: list[str] = []
+    leading = [True]
+
+    def claim_created() -> None:
+        creates.append("create")
+        if len(creates) == 2:  # right before the second part's: another leader claims the window
+            path = world.batcher().claim_path(window_id(deliveries[0].event.time_created,
+                                                        world.settings.debounce_seconds))
+            until = world.sim.clock() + world.settings.claim_lease_seconds
+            world.store.put(STATE, path, json.dumps({"holder": "another", "leaseUntil": until}).encode())
+        elif len(creates) > 2 and leading[0]:
+            raise RuntimeError("the window's live claim was tried again")  # ends a run that would spin
+
+    world.faults.meanwhile(claim_created, method="create", name="claims/", times=1_000)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    leading[0] = False
+    result = led(deliveries)
+    assert len(creates) == 2
+    assert result.uploads == PART and result.left == len(names) - PART
+    assert len(world.state("windows/")) == len(names) - PART
+    world.sim.advance(2 * world.settings.claim_lease_seconds)  # the other claim runs out: the poller's
+    assert world.poll().value().windows_recovered == 1
+    assert world.state("windows/") == []
+    world.settle()
+    world.check_invariants(expected=names)
