@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from google.api_core import exceptions as gexc
 
 from functions.core.windows import window_id
 from functions.gcp.clients import Record
@@ -197,5 +198,27 @@ def test_a_run_whose_next_part_finds_the_window_claimed_by_another_leader_ends_t
     world.sim.advance(2 * world.settings.claim_lease_seconds)  # the other claim runs out: the poller's
     assert world.poll().value().windows_recovered == 1
     assert world.state("windows/") == []
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_second_part_whose_seen_file_write_fails_starts_its_jobs_and_the_takeover_reads_nothing_twice(
+        world: World) -> None:
+    """Part two's add to the seen file is throttled past its retries (decision 0755): its jobs
+    start anyway, its records and claim stay; the poller's takeover finds the uploads in the
+    started jobs' manifests and only deletes their records."""
+    names = _names("seenfails", PART + 10)
+    world.faults.fail(lambda: gexc.TooManyRequests("seen"), method="replace", name="seen/", nth=1, times=1)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert world.faults.fired
+    assert len(world.state("windows/")) == len(names) - PART and len(world.state("claims/")) == 1
+    [error] = [d.task.error for d in deliveries if d.task.error is not None]
+    assert isinstance(error, gexc.TooManyRequests)
+    assert len(world.hc.running) == 2  # part one's import, and part two's, started anyway
+    world.sim.advance(2 * world.settings.claim_lease_seconds)
+    world.poll().value()
+    assert world.state("windows/") == [] and world.state("claims/") == []
     world.settle()
     world.check_invariants(expected=names)
