@@ -222,3 +222,24 @@ def test_a_second_part_whose_seen_file_write_fails_starts_its_jobs_and_the_takeo
     assert world.state("windows/") == [] and world.state("claims/") == []
     world.settle()
     world.check_invariants(expected=names)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_record_a_late_duplicate_writes_again_between_two_parts_is_deleted_by_the_poller(world: World) -> None:
+    """The run leaves the record out of its second part (`planned`), and no handler of the
+    duplicate leads the window: the poller's next run finds every record left batched and deletes
+    it (without a claim, `_drop_late_duplicates`; else as its round's `again`)."""
+    names = _names("again", PART + 10)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    [record] = [n for n in world.state("windows/") if world.store.get(STATE, n).metadata["name"] == names[0]]
+    metadata = dict(world.store.get(STATE, record).metadata)
+    world.faults.meanwhile(lambda: world.store.create(STATE, record, {}, metadata=metadata),
+                           method="create", name="claims/", nth=2)
+    world.sim.run_until_idle()
+    assert led(deliveries).left == 0
+    assert world.state("windows/") == [record] and world.state("claims/") == []
+    world.sim.advance(2 * world.settings.claim_lease_seconds)
+    summary = world.poll().value()
+    assert world.state("windows/") == [] and world.state("claims/") == [], summary
+    world.settle()
+    world.check_invariants(expected=names)
