@@ -267,13 +267,21 @@ class WindowBatcher:
         fresh = [u for u in listed if _record_key(u.record) not in batched.keys]
         again = [u for u in listed if _record_key(u.record) in batched.keys]
         # By name, so that a part keeps folders together (record names are hashes).
-        uploads = sorted(fresh, key=lambda u: (u.bucket, u.name))[:PLAN_UPLOADS]
+        by_name = sorted(fresh, key=lambda u: (u.bucket, u.name))
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
-        waiting = self._queue.pending_records() if uploads else []
+        waiting = self._queue.pending_records() if by_name else []
         # A leader that died after its jobs (or its growth) became durable, before it deleted the
         # records, left uploads that are covered already: planning them again would read them twice.
-        to_plan = self._not_covered(uploads, waiting) if took_over else uploads
+        # All of them go with this part (their keys to the seen file): the dead leader's part need
+        # not be this one (a late upload may sort first), and a later part's claim is no takeover.
+        if took_over:
+            rest = self._not_covered(by_name, waiting)
+            to_plan = rest[:PLAN_UPLOADS]
+            uncovered = set(rest)
+            uploads = [u for u in by_name if u not in uncovered] + to_plan
+        else:
+            uploads = to_plan = by_name[:PLAN_UPLOADS]
         covering = self._covering(waiting) if to_plan else []
         target = _growth_target(waiting)
         self._keep_claim(claim)  # the reads above can be slow too (one listing per kind of record)

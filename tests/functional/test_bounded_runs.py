@@ -243,3 +243,24 @@ def test_a_record_a_late_duplicate_writes_again_between_two_parts_is_deleted_by_
     assert world.state("windows/") == [] and world.state("claims/") == [], summary
     world.settle()
     world.check_invariants(expected=names)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_takeover_planned_in_parts_reads_nothing_a_dead_leaders_part_queued(world: World) -> None:
+    """The leader dies after its first part's jobs are durable, before the seen file. A late upload
+    of the window sorts first by name, so the takeover's first part is not the dead leader's: one
+    upload the dead leader queued falls into the takeover's second part, under a claim of its own,
+    and must still be found in the dead leader's job instead of being planned again."""
+    late = world.upload("aa/late.dcm")  # in the window; its event comes after the leader died
+    names = _names("zz", PART + 10)
+    world.faults.kill(method="create", name="seen/")
+    world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert world.faults.fired and len(world.state("windows/")) == len(names)
+    world.deliver(late, world.instance("late"))
+    world.sim.run_until_idle()
+    world.sim.advance(2 * world.settings.claim_lease_seconds)
+    world.poll().value()
+    world.sim.run_until_idle()
+    world.settle()
+    world.check_invariants(expected=[*names, "aa/late.dcm"])
