@@ -326,12 +326,14 @@ class WindowBatcher:
         for job_id, taken in adoptions.items():
             self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
                             {"objects": [_manifest_entry(u) for u in taken]})
-        reservations = [self._queue.reserve(job) for job in jobs]
+        reservations: list[Reservation] = []
         try:
+            for job in jobs:
+                reservations.append(self._queue.reserve(job))
             self._let_records_go(window, claim, batched, uploads, again)
         except Exception:
             # Throttled past its retries: the window's takeover finishes this (the seen file and
-            # the jobs' manifests say what is batched), but the jobs are durable and start now. A
+            # the jobs' manifests say what is batched), but the jobs reserved are durable and start now. A
             # job left STARTING would wait out its lease and be taken for an unconfirmed start,
             # which may be paired with another job's operation (decisions 0300, 0755).
             self._start_reserved_anyway(reservations)

@@ -264,3 +264,23 @@ def test_a_takeover_planned_in_parts_reads_nothing_a_dead_leaders_part_queued(wo
     world.sim.run_until_idle()
     world.settle()
     world.check_invariants(expected=[*names, "aa/late.dcm"])
+
+
+def test_a_round_whose_second_job_cannot_be_queued_starts_the_first_at_once() -> None:
+    """The round's first job is durable (STARTING, its slot taken) when queueing its second is
+    throttled past its retries: the first starts now (decision 0755) instead of waiting out its
+    lease for the poller to take it for an unconfirmed start."""
+    world = World(storage_class_by_prefix=(("cold/", "COLDLINE"),))  # a job per storage class
+    names = [*_names("warm", 3), *_names("cold", 3)]
+    world.faults.fail(lambda: gexc.TooManyRequests("jobs"), method="create", name="jobs/", nth=2, times=1)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert world.faults.fired, "the round made one job"
+    [error] = [d.task.error for d in deliveries if d.task.error is not None]
+    assert isinstance(error, gexc.TooManyRequests)
+    assert len(world.hc.running) == 1
+    world.sim.advance(2 * world.settings.claim_lease_seconds)
+    world.poll().value()
+    world.sim.run_until_idle()
+    world.settle()
+    world.check_invariants(expected=names)
