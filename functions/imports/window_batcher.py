@@ -241,8 +241,11 @@ class WindowBatcher:
         longest = self._clock() - began
         while result.claimed and result.left and (self._clock() - began) + longest <= seconds:
             part_began = self._clock()
-            result = result.then(self._plan_part(window, planned))
+            part = self._plan_part(window, planned)
+            result = result.then(part)
             longest = max(longest, self._clock() - part_began)
+            if not part.claimed:
+                break  # another leader holds the window now (or took it over): the rest is its
         if result.left:
             logger.info("window planned in part; the rest is left for a later run",
                         extra=fields(window=window, uploads=result.uploads, left=result.left))
@@ -264,13 +267,21 @@ class WindowBatcher:
         fresh = [u for u in listed if _record_key(u.record) not in batched.keys]
         again = [u for u in listed if _record_key(u.record) in batched.keys]
         # By name, so that a part keeps folders together (record names are hashes).
-        uploads = sorted(fresh, key=lambda u: (u.bucket, u.name))[:PLAN_UPLOADS]
+        by_name = sorted(fresh, key=lambda u: (u.bucket, u.name))
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
-        waiting = self._queue.pending_records() if uploads else []
+        waiting = self._queue.pending_records() if by_name else []
         # A leader that died after its jobs (or its growth) became durable, before it deleted the
         # records, left uploads that are covered already: planning them again would read them twice.
-        to_plan = self._not_covered(uploads, waiting) if took_over else uploads
+        # All of them go with this part (their keys to the seen file): the dead leader's part need
+        # not be this one (a late upload may sort first), and a later part's claim is no takeover.
+        if took_over:
+            rest = self._not_covered(by_name, waiting)
+            to_plan = rest[:PLAN_UPLOADS]
+            uncovered = set(rest)
+            uploads = [u for u in by_name if u not in uncovered] + to_plan
+        else:
+            uploads = to_plan = by_name[:PLAN_UPLOADS]
         covering = self._covering(waiting) if to_plan else []
         target = _growth_target(waiting)
         self._keep_claim(claim)  # the reads above can be slow too (one listing per kind of record)
@@ -315,12 +326,14 @@ class WindowBatcher:
         for job_id, taken in adoptions.items():
             self._gcs.write(self._s.state_bucket, self._s.state_path("manifests", f"{job_id}.adopted-{batch_id}.json"),
                             {"objects": [_manifest_entry(u) for u in taken]})
-        reservations = [self._queue.reserve(job) for job in jobs]
+        reservations: list[Reservation] = []
         try:
+            for job in jobs:
+                reservations.append(self._queue.reserve(job))
             self._let_records_go(window, claim, batched, uploads, again)
         except Exception:
             # Throttled past its retries: the window's takeover finishes this (the seen file and
-            # the jobs' manifests say what is batched), but the jobs are durable and start now. A
+            # the jobs' manifests say what is batched), but the jobs reserved are durable and start now. A
             # job left STARTING would wait out its lease and be taken for an unconfirmed start,
             # which may be paired with another job's operation (decisions 0300, 0755).
             self._start_reserved_anyway(reservations)

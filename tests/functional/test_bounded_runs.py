@@ -9,8 +9,12 @@ left, and the poller's recovery of windows has a budget; what is left goes to th
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from google.api_core import exceptions as gexc
+
+from functions.core.windows import window_id
 from functions.gcp.clients import Record
 from functions.imports import job_record, poll_operations, window_batcher
 from functions.imports.job_queue import Job
@@ -162,3 +166,121 @@ def test_undoing_a_large_growth_deletes_its_copies_side_by_side() -> None:
         assert w.sim.clock() - began < 10.0
     finally:
         w.close()
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_run_whose_next_part_finds_the_window_claimed_by_another_leader_ends_there(world: World) -> None:
+    """Between two parts another process (a late event's handler, the poller) claims the window:
+    the run answers with the rest left, instead of trying the live claim again and again until
+    its time is up (a create and a read of one object name per try)."""
+    names = _names("between", PART + 10)
+    creates: list[str] = []
+    leading = [True]
+
+    def claim_created() -> None:
+        creates.append("create")
+        if len(creates) == 2:  # right before the second part's: another leader claims the window
+            path = world.batcher().claim_path(window_id(deliveries[0].event.time_created,
+                                                        world.settings.debounce_seconds))
+            until = world.sim.clock() + world.settings.claim_lease_seconds
+            world.store.put(STATE, path, json.dumps({"holder": "another", "leaseUntil": until}).encode())
+        elif len(creates) > 2 and leading[0]:
+            raise RuntimeError("the window's live claim was tried again")  # ends a run that would spin
+
+    world.faults.meanwhile(claim_created, method="create", name="claims/", times=1_000)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    leading[0] = False
+    result = led(deliveries)
+    assert len(creates) == 2
+    assert result.uploads == PART and result.left == len(names) - PART
+    assert len(world.state("windows/")) == len(names) - PART
+    world.sim.advance(2 * world.settings.claim_lease_seconds)  # the other claim runs out: the poller's
+    assert world.poll().value().windows_recovered == 1
+    assert world.state("windows/") == []
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_second_part_whose_seen_file_write_fails_starts_its_jobs_and_the_takeover_reads_nothing_twice(
+        world: World) -> None:
+    """Part two's add to the seen file is throttled past its retries (decision 0755): its jobs
+    start anyway, its records and claim stay; the poller's takeover finds the uploads in the
+    started jobs' manifests and only deletes their records."""
+    names = _names("seenfails", PART + 10)
+    world.faults.fail(lambda: gexc.TooManyRequests("seen"), method="replace", name="seen/", nth=1, times=1)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert world.faults.fired
+    assert len(world.state("windows/")) == len(names) - PART and len(world.state("claims/")) == 1
+    [error] = [d.task.error for d in deliveries if d.task.error is not None]
+    assert isinstance(error, gexc.TooManyRequests)
+    assert len(world.hc.running) == 2  # part one's import, and part two's, started anyway
+    world.sim.advance(2 * world.settings.claim_lease_seconds)
+    world.poll().value()
+    assert world.state("windows/") == [] and world.state("claims/") == []
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_record_a_late_duplicate_writes_again_between_two_parts_is_deleted_by_the_poller(world: World) -> None:
+    """The run leaves the record out of its second part (`planned`), and no handler of the
+    duplicate leads the window: the poller's next run finds every record left batched and deletes
+    it (without a claim, `_drop_late_duplicates`; else as its round's `again`)."""
+    names = _names("again", PART + 10)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    [record] = [n for n in world.state("windows/") if world.store.get(STATE, n).metadata["name"] == names[0]]
+    metadata = dict(world.store.get(STATE, record).metadata)
+    world.faults.meanwhile(lambda: world.store.create(STATE, record, {}, metadata=metadata),
+                           method="create", name="claims/", nth=2)
+    world.sim.run_until_idle()
+    assert led(deliveries).left == 0
+    assert world.state("windows/") == [record] and world.state("claims/") == []
+    world.sim.advance(2 * world.settings.claim_lease_seconds)
+    summary = world.poll().value()
+    assert world.state("windows/") == [] and world.state("claims/") == [], summary
+    world.settle()
+    world.check_invariants(expected=names)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_takeover_planned_in_parts_reads_nothing_a_dead_leaders_part_queued(world: World) -> None:
+    """The leader dies after its first part's jobs are durable, before the seen file. A late upload
+    of the window sorts first by name, so the takeover's first part is not the dead leader's: one
+    upload the dead leader queued falls into the takeover's second part, under a claim of its own,
+    and must still be found in the dead leader's job instead of being planned again."""
+    late = world.upload("aa/late.dcm")  # in the window; its event comes after the leader died
+    names = _names("zz", PART + 10)
+    world.faults.kill(method="create", name="seen/")
+    world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert world.faults.fired and len(world.state("windows/")) == len(names)
+    world.deliver(late, world.instance("late"))
+    world.sim.run_until_idle()
+    world.sim.advance(2 * world.settings.claim_lease_seconds)
+    world.poll().value()
+    world.sim.run_until_idle()
+    world.settle()
+    world.check_invariants(expected=[*names, "aa/late.dcm"])
+
+
+def test_a_round_whose_second_job_cannot_be_queued_starts_the_first_at_once() -> None:
+    """The round's first job is durable (STARTING, its slot taken) when queueing its second is
+    throttled past its retries: the first starts now (decision 0755) instead of waiting out its
+    lease for the poller to take it for an unconfirmed start."""
+    world = World(storage_class_by_prefix=(("cold/", "COLDLINE"),))  # a job per storage class
+    names = [*_names("warm", 3), *_names("cold", 3)]
+    world.faults.fail(lambda: gexc.TooManyRequests("jobs"), method="create", name="jobs/", nth=2, times=1)
+    deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
+    world.sim.run_until_idle()
+    assert world.faults.fired, "the round made one job"
+    [error] = [d.task.error for d in deliveries if d.task.error is not None]
+    assert isinstance(error, gexc.TooManyRequests)
+    assert len(world.hc.running) == 1
+    world.sim.advance(2 * world.settings.claim_lease_seconds)
+    world.poll().value()
+    world.sim.run_until_idle()
+    world.settle()
+    world.check_invariants(expected=names)
