@@ -466,7 +466,7 @@ class JobQueue:
                 if not is_transient(exc) or self._clock() + delay >= until:
                     raise
                 logger.warning("could not record a started operation; trying again",
-                               extra=fields(job=job_id, error=str(exc)[:200]))
+                               extra=fields(job=job_id, error=type(exc).__name__))
                 self._sleep(delay)
                 delay = min(delay * 2, _TRACK_MAX_BACKOFF)
 

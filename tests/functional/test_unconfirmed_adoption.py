@@ -4,6 +4,9 @@ have started it, and an adopted import is judged object by object against the st
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from google.api_core.exceptions import TooManyRequests
 
 from tests import dicom_factory
@@ -104,3 +107,18 @@ def test_a_throttled_tracking_write_is_tried_again_within_the_starting_lease() -
     w.settle()
     w.check_invariants()
     assert len(w.hc.operations) == 1
+
+
+def test_a_throttled_tracking_write_logs_the_fault_by_type_not_by_its_message(caplog: pytest.LogCaptureFixture) -> None:
+    """A client error's message carries the request URL and whatever the service echoed: the
+    retry's log line names the fault's type only."""
+    w = World(import_coalesce_seconds=0)
+    w.faults.fail(lambda: TooManyRequests("429 POST https://storage/o?name=SECRET-4711"), method="create",
+                  name=FIRST_OPERATION, times=1)
+    with caplog.at_level(logging.DEBUG):
+        _window(w, "x", 3, "x")
+        w.sim.advance(20)
+        w.sim.run_until_idle()
+    retries = [r for r in caplog.records if r.getMessage() == "could not record a started operation; trying again"]
+    assert len(retries) == 1 and retries[0].__dict__["json_fields"]["error"] == "TooManyRequests"
+    assert not any("SECRET-4711" in r.getMessage() or "SECRET-4711" in str(r.__dict__) for r in caplog.records)
