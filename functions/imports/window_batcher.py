@@ -390,7 +390,7 @@ class WindowBatcher:
         done = [record for record, keys in listed.records.items() if keys <= seen.keys]
         if again:
             logger.info("deleting window records of uploads batched before",
-                        extra=fields(window=window, records=len(again)))
+                        extra=fields(window=window, uploads=len(again)))
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
         # (a job left STARTING is restarted by the poller when its lease ends).
