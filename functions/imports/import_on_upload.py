@@ -2,10 +2,10 @@
 
 Per event, on the normal path: a share of one create, the window record that lists the uploads of
 this process's concurrent requests for the window (a group commit, `RecordGroups`, decision 0770);
-the request answers once that record is written. The first request of a process for a window then waits for the window to
-close and, if this process wrote the window's smallest record, plans the window's imports
-(`WindowBatcher.lead_if_first`). So a window is claimed once, not once per upload, and no shared
-object is written per event. The handler filters, drops stale events and waits; the rules of the
+the request answers once that record is written. The first request of a process for a window then
+waits for the window to close and, if this process wrote the window's smallest record, plans the
+window's imports (`WindowBatcher.lead_if_first`). So a window is claimed once, not once per upload,
+and fewer than one object is written per event. The handler filters, drops stale events and waits; the rules of the
 protocol are the batcher's.
 """
 

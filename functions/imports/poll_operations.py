@@ -22,9 +22,9 @@ from google.api_core.exceptions import TooManyRequests
 from functions.core import completion
 from functions.core.windows import is_window_id, object_key
 from functions.gcp.clients import EventPublisher, HealthcareApi, ObjectStore
+from functions.imports import window_records
 from functions.imports.failed_objects import LANDED, Accounting, FailedObjectFinder, Fate
 from functions.imports.job_queue import Job, JobQueue, StartedOperation
-from functions.imports import window_records
 from functions.imports.window_batcher import SeenSwapLostError, WindowBatcher, add_seen, read_seen
 from functions.log import fields
 from functions.settings import Settings
