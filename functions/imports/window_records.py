@@ -25,13 +25,14 @@ from functions.core.events import StorageObjectEvent
 from functions.core.windows import object_key
 
 UPLOADS_KEY = "uploads"
-# Cloud Storage allows 8 KiB of custom metadata (keys and values) per object. A group stays under
-# 7 KiB, so the key and a lone upload with the longest name (1,024 bytes, each byte escaped to at
-# most 6 in JSON) always fit.
-MAX_GROUP_BYTES = 7 * 1024
+# Cloud Storage allows 8 KiB of custom metadata (keys and values) per object; a lone upload with the
+# longest name (1,024 bytes, each byte escaped to at most 6 in JSON) fits that. A group of several
+# stays under 3 KiB: fake-gcs-server's filesystem backend (the local stack) keeps an object's
+# attributes in one extended attribute, and ext4 refuses one of more than about 3.5 KB.
+MAX_GROUP_BYTES = 3 * 1024
 # And at most this many uploads: a record is deleted only when every upload in it is batched, so a
 # smaller group lets a window planned in parts let go of its records sooner.
-MAX_GROUP_UPLOADS = 64
+MAX_GROUP_UPLOADS = 32
 
 
 @dataclass(frozen=True)

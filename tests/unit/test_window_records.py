@@ -50,7 +50,7 @@ def test_a_record_that_says_nothing_readable_is_none(metadata: dict[str, str] | 
 
 
 def test_groups_are_capped_by_count() -> None:
-    groups = _grouped([_entry(i) for i in range(3 * MAX_GROUP_UPLOADS + 1)])
+    groups = _grouped([_entry(i, name=f"s/{i}.dcm") for i in range(3 * MAX_GROUP_UPLOADS + 1)])
     assert [len(g) for g in groups] == [MAX_GROUP_UPLOADS] * 3 + [1]
 
 
