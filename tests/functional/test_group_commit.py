@@ -4,6 +4,7 @@ a failed write fails every request of its group (their redelivery loses nothing)
 
 from __future__ import annotations
 
+import pytest
 from google.api_core.exceptions import ServiceUnavailable
 
 from functions.core.windows import object_key, window_id
@@ -157,3 +158,40 @@ def test_a_record_is_deleted_only_once_every_upload_it_lists_is_batched(world: W
     world.settle()
     world.check_invariants(expected=names)
     assert window_records.parse(world.store.written_metadata[record]) == [Entry.of(e) for e in events]
+
+
+def test_a_record_listing_uploads_of_a_finished_import_and_of_a_later_part_keeps_the_later_ones(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader dies before the seen file of its first part (4 of the record's 6 uploads are in a
+    durable job); the poller starts and finishes that job before the window is taken over. Its
+    clean-up puts the 4 keys in the seen file and keeps the record (2 uploads are in no job); the
+    takeover then plans only those 2 (decisions 0753, 0771)."""
+    from functions.imports import window_batcher
+
+    monkeypatch.setattr(window_batcher, "PLAN_UPLOADS", 4)
+    w = world
+    names = _names("mixedjob/s1", 6)
+    w.faults.kill(method="create", name="seen/", nth=1)
+    w.upload_burst(names, to=[w.instance("a")], gap=0.01)
+    w.sim.run_until_idle()
+    assert w.faults.fired and len(w.state("windows/")) == 1 and len(w.state("jobs/")) == 1
+    # The poller's window recovery fails (a listing answered 503) until the job has finished.
+    w.faults.fail(lambda: ServiceUnavailable("503"), method="list_prefixes", name="windows/", times=30)
+    w.sim.advance(w.settings.claim_lease_seconds + 5)
+    polls = 0
+    while not w.hc.operations and polls < 15:
+        w.poll()
+        w.sim.run_until_idle()
+        w.sim.advance(60.0)
+        polls += 1
+    [op] = w.hc.running
+    assert len(op.objects) == 4
+    w.hc.finish_all()
+    w.poll()
+    w.sim.run_until_idle()
+    assert not w.state("operations/") and len(w.state("windows/")) == 1
+    assert sorted(w.unbatched()) == names[4:]
+    w.sim.advance(60.0)
+    w.settle()
+    w.check_invariants(expected=names)
+    assert sorted(len(o.objects) for o in w.hc.operations.values()) == [2, 4]
