@@ -8,11 +8,12 @@ it ignores by design (sidecars, zero-byte files, names outside the pattern or pr
 When is the ingest done? The import function batches uploads into debounce windows, so how many
 import operations (and completion events) an upload causes is not known up front. The rule:
 
-1. **Seen**: every expected object is in the pipeline's durable state: its window record
-   `windows/{window}/{key}.json` exists, or its key is in its window's seen file `seen/{window}.json`
+1. **Seen**: every expected object is in the pipeline's durable state: a window record
+   `windows/{window}/*.json` lists it (`functions.imports.window_records`), or its key is in its
+   window's seen file `seen/{window}.json`
    (`key` = `functions.core.windows.object_key(bucket, name, generation)`; matched by key alone, so the
    function's debounce length need not be known here). Records are listed before seen files are
-   read: a leader adds a record's key to the seen file before it deletes the record, so an object
+   read: a leader adds a record's keys to the seen file before it deletes the record, so an object
    cannot slip between the two.
 2. **Quiet**: then, read in this order, there is no import work left in the state bucket: no
    `windows/` record, no import `jobs/`, no import `operations/`. The order matters: a window
@@ -60,6 +61,7 @@ from functions.core.selection import ignore_reason
 from functions.core.windows import is_window_id, object_key, window_close
 from functions.gcp.gcs import Gcs
 from functions.gcp.healthcare import HealthcareClient
+from functions.imports import window_records
 from functions.imports.failed_objects import HEADER_LIMIT, digest, read_uids
 from functions.imports.window_batcher import read_seen
 from functions.settings import Settings
@@ -345,8 +347,8 @@ class _Waiter:
     def check_seen(self) -> None:
         if not self.unseen:
             return
-        found = {info.name.rsplit("/", 1)[-1].removesuffix(".json")
-                 for info in self.gcs.list(self.s.state_bucket, self.s.state_path("windows/"))}
+        found = {entry.key for info in self.gcs.list(self.s.state_bucket, self.s.state_path("windows/"))
+                 for entry in window_records.parse(info.metadata) or []}
         root = self.s.state_path("seen/")
         for info in self.gcs.list(self.s.state_bucket, root):
             # Only windows that close after this ingest began can hold its objects.

@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+from functions.imports import window_records
 from localcloud.connect import Connection
 from localcloud.progress import aligned
 
@@ -60,8 +61,12 @@ def gather(cloud: Connection, *, events: int = DEFAULT_EVENTS) -> dict[str, Any]
                      "requestId": job.get("request_id"), "createdAt": _rfc3339(job.get("created_at"))})
     jobs.sort(key=lambda j: str(j["id"]))
     root = cloud.state_path("windows") + "/"
-    per_window = Counter(blob.name[len(root):].split("/", 1)[0] for blob in cloud.state_objects("windows"))
-    windows = [{"window": window, "uploads": count} for window, count in sorted(per_window.items())]
+    per_window: dict[str, set[str]] = defaultdict(set)
+    for blob in cloud.state_objects("windows"):
+        # A record lists the uploads of a group of requests; a redelivered one may be in two.
+        entries = window_records.parse(blob.metadata) or []
+        per_window[blob.name[len(root):].split("/", 1)[0]] |= {e.key for e in entries}
+    windows = [{"window": window, "uploads": len(keys)} for window, keys in sorted(per_window.items())]
     latest = []
     for blob in cloud.state_objects("done")[:max(events, 0)]:
         event = cloud.read_state(blob)

@@ -1,10 +1,11 @@
 """Import on upload: record each new `.dcm` in its debounce window; the window's leader batches it.
 
-Per event, on the normal path: one create, the window record, made by the protocol
-(`WindowBatcher.record`). The first request of a process for a window then waits for the window to
-close and, if this process wrote the window's smallest record, plans the window's imports
-(`WindowBatcher.lead_if_first`). So a window is claimed once, not once per upload, and no shared
-object is written per event. The handler filters, drops stale events and waits; the rules of the
+Per event, on the normal path: a share of one create, the window record that lists the uploads of
+this process's concurrent requests for the window (a group commit, `RecordGroups`, decision 0770);
+the request answers once that record is written. The first request of a process for a window then
+waits for the window to close and, if this process wrote the window's smallest record, plans the
+window's imports (`WindowBatcher.lead_if_first`). So a window is claimed once, not once per upload,
+and fewer than one object is written per event. The handler filters, drops stale events and waits; the rules of the
 protocol are the batcher's.
 """
 
@@ -21,7 +22,9 @@ from functions.core.events import StorageObjectEvent
 from functions.core.selection import ignore_reason
 from functions.core.windows import window_close
 from functions.gcp.clients import ObjectStore
+from functions.imports.record_groups import RecordGroups
 from functions.imports.window_batcher import WindowBatcher, WindowResult
+from functions.imports.window_records import Entry
 from functions.log import fields
 from functions.settings import Settings
 
@@ -32,7 +35,7 @@ logger = logging.getLogger(__name__)
 class Outcome:
     """What one event did, for the log line and for tests."""
 
-    action: str  # ignored | duplicate | recorded
+    action: str  # ignored | duplicate (already batched) | recorded
     reason: str = ""
     window: str = ""
     led: WindowResult | None = None
@@ -68,6 +71,7 @@ class ImportOnUpload:
         self._clock = clock
         self._sleep = sleep
         self._windows = _ProcessWindows()
+        self._groups = RecordGroups(batcher.record, clock, sleep)
 
     def handle(self, event: StorageObjectEvent) -> Outcome:
         """Records the upload; may lead its window.
@@ -82,16 +86,17 @@ class ImportOnUpload:
         sent = event.event_time or event.time_created
         if self._clock() - sent.timestamp() > self._s.max_event_age_seconds:
             raise StaleEventError(f"event for {event.uri} is older than {self._s.max_event_age_seconds:.0f} s")
-        recorded = self._batcher.record(event)
-        window, record = recorded.window, recorded.record
-        if recorded.action != "recorded":
-            return Outcome(recorded.action, recorded.reason, window)
+        window = self._batcher.window_of(event)
+        entry = Entry.of(event)
+        # A duplicate delivery is recorded again (in another group): the window's leader plans each
+        # upload once, and one batched before not at all (decision 0004).
+        record = self._groups.record(window, entry)
         logger.info("upload recorded", extra=fields(object=event.uri, generation=event.generation,
-                                                     window=window))
+                                                     window=window, record=record))
         if not self._windows.add(window, record):
             return Outcome("recorded", window=window)
         led = self._wait_and_lead(window)
-        if led is not None and record in led.batched_before:
+        if led is not None and entry.key in led.batched_before:
             return Outcome("duplicate", "already batched", window, led)
         return Outcome("recorded", window=window, led=led)
 

@@ -22,9 +22,10 @@ from google.api_core.exceptions import TooManyRequests
 from functions.core import completion
 from functions.core.windows import is_window_id, object_key
 from functions.gcp.clients import EventPublisher, HealthcareApi, ObjectStore
+from functions.imports import window_records
 from functions.imports.failed_objects import LANDED, Accounting, FailedObjectFinder, Fate
 from functions.imports.job_queue import Job, JobQueue, StartedOperation
-from functions.imports.window_batcher import WindowBatcher
+from functions.imports.window_batcher import SeenSwapLostError, WindowBatcher, add_seen, read_seen
 from functions.log import fields
 from functions.settings import Settings
 
@@ -264,7 +265,9 @@ class Poller:
         queued or running import's manifests name, but once the import finished and its manifests
         are gone it would plan them again. So the records of uploads now in the store go with the
         manifests: one listing per window the import holds uploads of, reads only when records are
-        left. Records of any other upload stay, and the window's takeover plans them.
+        left. The stored uploads' keys go to the window's seen file first (a record may list other
+        uploads too, decision 0771), then every record whose uploads are all in it. Records of any
+        other upload stay, and the window's takeover plans them.
         """
         by_window: dict[str, list[str]] = {}
         for name in manifests:
@@ -272,23 +275,35 @@ class Poller:
             if window is not None:
                 by_window.setdefault(window, []).append(name)
         for window, names in by_window.items():
-            prefix = self._batcher.window_prefix(window)
-            left = {info.name for info in self._gcs.list(self._s.state_bucket, prefix)}
-            dropped = 0
-            for name in names if left else []:
+            left = list(self._gcs.list(self._s.state_bucket, self._batcher.window_prefix(window)))
+            if not left:
+                continue
+            stored: set[str] = set()
+            for name in names:
                 manifest = self._gcs.read(self._s.state_bucket, name)
                 for entry in manifest.data.get("objects", []) if manifest else []:
                     if entry.get("held"):
                         continue  # not imported by this job
                     bucket, _, object_name = str(entry["uri"]).removeprefix("gs://").partition("/")
-                    path = prefix + f"{object_key(bucket, object_name, int(entry['generation']))}.json"
-                    if path in left:
-                        self._gcs.delete(self._s.state_bucket, path)
-                        left.discard(path)
-                        dropped += 1
+                    stored.add(object_key(bucket, object_name, int(entry["generation"])))
+            seen_path = self._batcher.seen_path(window)
+            try:
+                seen = add_seen(self._gcs, self._s.state_bucket, seen_path,
+                                read_seen(self._gcs, self._s.state_bucket, seen_path), stored)
+            except SeenSwapLostError:
+                # Its records stay: a takeover may read these uploads again, never lose one.
+                logger.warning("could not add a finished import's uploads to their window's seen file",
+                               extra=fields(window=window, job=job.job_id))
+                continue
+            dropped = 0
+            for info in left:
+                entries = window_records.parse(info.metadata)
+                if entries is not None and all(e.key in seen.keys for e in entries):
+                    self._gcs.delete(self._s.state_bucket, info.name)
+                    dropped += 1
             if dropped:
                 logger.info("window records of a finished import dropped",
-                            extra=fields(window=window, job=job.job_id, records=dropped, left=len(left)))
+                            extra=fields(window=window, job=job.job_id, records=dropped, left=len(left) - dropped))
 
     def _cleanup_path(self, job_id: str) -> str:
         return self._s.state_path("cleanup", f"{job_id}.json")

@@ -26,7 +26,7 @@ from functions.core.windows import object_key, window_close, window_id
 from functions.gcp import streaming
 from functions.gcp.clients import ObjectInfo, ObjectStore, Record
 from functions.gcp.retry import is_transient
-from functions.imports import job_record
+from functions.imports import job_record, window_records
 from functions.imports.job_queue import Job, JobQueue, Reservation
 from functions.imports.job_record import Change, Event
 from functions.log import fields
@@ -74,11 +74,23 @@ _ROUND_ATTEMPTS = 6
 class Upload:
     """One recorded upload waiting in a window."""
 
-    record: str  # state object name of its window record
+    record: str  # state object name of a window record listing it (the smallest, when several do)
     bucket: str
     name: str
     generation: int
     time_created: float | None = None  # epoch seconds; None for records written without it
+
+    @property
+    def key(self) -> str:
+        return object_key(self.bucket, self.name, self.generation)
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """A window's records as listed: each record's upload keys, and the uploads once each."""
+
+    records: dict[str, frozenset[str]]
+    uploads: list[Upload]
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,7 @@ class WindowResult:
     started: tuple[str, ...] = ()
     staged: int = 0
     grown: str | None = None  # the queued job this window's uploads were staged into (coalescing)
-    batched_before: tuple[str, ...] = ()  # records of uploads an earlier round batched (deleted)
+    batched_before: tuple[str, ...] = ()  # keys of late duplicates: uploads an earlier round batched
     left: int = 0  # uploads left in the window for a later part (decision 0761)
 
     def then(self, later: WindowResult) -> WindowResult:
@@ -110,16 +122,6 @@ class WindowResult:
                             self.started + later.started, self.staged + later.staged,
                             self.grown or later.grown, self.batched_before + later.batched_before,
                             left=later.left)
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What recording one upload in its window did."""
-
-    action: str  # recorded | duplicate
-    reason: str  # why a duplicate is one
-    window: str
-    record: str  # the window record's name
 
 
 @dataclass
@@ -203,21 +205,21 @@ class WindowBatcher:
         deadline = window_close(window, self._s.debounce_seconds) + self._s.settle_seconds
         return self._clock() > deadline + self._s.claim_lease_seconds
 
-    def record(self, event: StorageObjectEvent) -> Recorded:
-        """Records one upload in its window: one create of its window record."""
-        window = window_id(event.time_created, self._s.debounce_seconds)
-        key = object_key(event.bucket, event.name, event.generation)
-        record = self.window_prefix(window) + f"{key}.json"
-        created = self._gcs.create(self._s.state_bucket, record, {}, metadata={
-            "bucket": event.bucket, "name": event.name, "generation": str(event.generation),
-            "timeCreated": f"{event.time_created.timestamp():.6f}"})
-        if not created:
-            # Still waiting in its window (a concurrent or earlier delivery, maybe one that crashed
-            # right after): the window's leader, or the poller, will take it.
-            return Recorded("duplicate", "already waiting in its window", window, record)
-        # A duplicate delivered after its window was batched gets here too: the window's next
-        # round finds its key in the window's seen file and deletes the record (decision 0004).
-        return Recorded("recorded", "", window, record)
+    def window_of(self, event: StorageObjectEvent) -> str:
+        return window_id(event.time_created, self._s.debounce_seconds)
+
+    def record(self, window: str, entries: list[window_records.Entry]) -> str:
+        """Writes one record of `window` listing `entries` (a group, decision 0770); its name.
+
+        A duplicate delivery writes its upload again, in another record: the window's leader
+        plans each key once, and one batched before (its key in the window's seen file) not at
+        all (decision 0004).
+        """
+        for _ in range(3):
+            record = window_records.record_name(self.window_prefix(window))
+            if self._gcs.create(self._s.state_bucket, record, {}, metadata=window_records.encode(entries)):
+                return record
+        raise RetryableError(f"no free record name under {self.window_prefix(window)}")
 
     def lead_if_first(self, window: str, mine: set[str]) -> WindowResult | None:
         """Leads `window` when `mine` (the records this process wrote) holds its smallest record;
@@ -236,7 +238,7 @@ class WindowBatcher:
         if dropped is not None:
             return dropped
         began = self._clock()
-        planned: set[str] = set()  # records this run planned: a late duplicate may write one again
+        planned: set[str] = set()  # keys of uploads this run planned: a late duplicate may list one again
         result = self._plan_part(window, planned)
         longest = self._clock() - began
         while result.claimed and result.left and (self._clock() - began) + longest <= seconds:
@@ -253,19 +255,20 @@ class WindowBatcher:
 
     def _plan_part(self, window: str, planned: set[str]) -> WindowResult:
         """Claims the window (or takes over an expired claim) and turns up to `PLAN_UPLOADS` of its
-        uploads, the first by name, into jobs; adds their records to `planned`, and leaves out
+        uploads, the first by name, into jobs; adds their keys to `planned`, and leaves out
         those in it already (a late duplicate's record, there until its handler finds the upload
         batched, would be planned twice)."""
         claimed = self._claim(window)
         if claimed is None:
             return WindowResult(window, claimed=False)
         claim, took_over = claimed
-        listed = [u for u in self._uploads(window) if u.record not in planned]
-        # A late duplicate re-creates the record of an upload an earlier round batched: its key is
-        # in the seen file, and its record only goes (decision 0004).
+        records = self._records(window)
+        listed = [u for u in records.uploads if u.key not in planned]
+        # A late duplicate records an upload an earlier round batched again: its key is in the
+        # seen file, and it is planned nowhere (decision 0004).
         batched = read_seen(self._gcs, self._s.state_bucket, self.seen_path(window))
-        fresh = [u for u in listed if _record_key(u.record) not in batched.keys]
-        again = [u for u in listed if _record_key(u.record) in batched.keys]
+        fresh = [u for u in listed if u.key not in batched.keys]
+        again = [u for u in listed if u.key in batched.keys]
         # By name, so that a part keeps folders together (record names are hashes).
         by_name = sorted(fresh, key=lambda u: (u.bucket, u.name))
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
@@ -330,7 +333,7 @@ class WindowBatcher:
         try:
             for job in jobs:
                 reservations.append(self._queue.reserve(job))
-            self._let_records_go(window, claim, batched, uploads, again)
+            self._let_records_go(window, claim, batched, uploads, again, records)
         except Exception:
             # Throttled past its retries: the window's takeover finishes this (the seen file and
             # the jobs' manifests say what is batched), but the jobs reserved are durable and start now. A
@@ -348,9 +351,9 @@ class WindowBatcher:
                                                     jobs=len(jobs), started=len(started), staged=staged,
                                                     adopted=adopted, grown=grown or "",
                                                     grown_by=len(growth.entries) if growth else 0))
-        planned.update(u.record for u in uploads)
+        planned.update(u.key for u in uploads)
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown,
-                            tuple(u.record for u in again), left=len(fresh) - len(uploads))
+                            tuple(u.key for u in again), left=len(fresh) - len(uploads))
 
     def _drop_late_duplicates(self, window: str) -> WindowResult | None:
         """When nobody holds the window's claim and every record of the window is a late duplicate of
@@ -363,35 +366,38 @@ class WindowBatcher:
         """
         if self._gcs.read(self._s.state_bucket, self.claim_path(window)) is not None:
             return None  # a leader is at work (or died): the claim decides
-        listed = self._uploads(window)
-        if not listed:
+        listed = self._records(window)
+        if not listed.records:
             return None
         batched = read_seen(self._gcs, self._s.state_bucket, self.seen_path(window))
-        if any(_record_key(u.record) not in batched.keys for u in listed):
+        if any(u.key not in batched.keys for u in listed.uploads):
             return None
-        self._parallel(lambda u: self._gcs.delete(self._s.state_bucket, u.record), listed)
+        self._parallel(lambda record: self._gcs.delete(self._s.state_bucket, record), list(listed.records))
         logger.info("deleting window records of uploads batched before",
-                    extra=fields(window=window, records=len(listed)))
-        return WindowResult(window, True, batched_before=tuple(u.record for u in listed))
+                    extra=fields(window=window, records=len(listed.records)))
+        return WindowResult(window, True, batched_before=tuple(u.key for u in listed.uploads))
 
     def _let_records_go(self, window: str, claim: _Lease, batched: Seen, uploads: list[Upload],
-                        again: list[Upload]) -> None:
-        """Adds the round's keys to the seen file, then deletes the window's records and its claim."""
+                        again: list[Upload], listed: _Listed) -> None:
+        """Adds the round's keys to the seen file, then deletes the window's records whose every
+        upload is batched (decision 0771), and its claim."""
         # Only now, with every upload of the round in a durable job (or growth, or adoption), may a
         # later round take their keys for batched; before the records go, so a duplicate that
-        # re-creates one after its deletion is known for what it is (decision 0004).
-        add_seen(self._gcs, self._s.state_bucket, self.seen_path(window), batched,
-                 (_record_key(u.record) for u in uploads))
+        # records one again after its deletion is known for what it is (decision 0004).
+        seen = add_seen(self._gcs, self._s.state_bucket, self.seen_path(window), batched, (u.key for u in uploads))
+        # A record listing an upload this part left for the next stays whole: the next part finds
+        # the rest of it batched (in the seen file) and plans only what is not.
+        done = [record for record, keys in listed.records.items() if keys <= seen.keys]
         if again:
             logger.info("deleting window records of uploads batched before",
-                        extra=fields(window=window, records=len(again)))
+                        extra=fields(window=window, uploads=len(again)))
         # The jobs are durable now: the window records and the claim have done their part. They
         # go before any API call, so a crash while starting cannot make the window plan again
         # (a job left STARTING is restarted by the poller when its lease ends).
         # As a stream that renews the claim: deleting a large window's records takes as long as
         # copying it, and a claim that ran out meanwhile would have the poller take over a live
         # leader (decision 0751). A lost claim changes nothing here: the jobs exist already.
-        self._in_stream(lambda u: self._gcs.delete(self._s.state_bucket, u.record), uploads + again,
+        self._in_stream(lambda record: self._gcs.delete(self._s.state_bucket, record), done,
                         keep=lambda ahead: self._keep_claim(claim, ahead) or True)
         self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
 
@@ -570,19 +576,23 @@ class WindowBatcher:
         generation = self._gcs.replace(self._s.state_bucket, path, body, current.generation)
         return None if generation is None else (_Lease(path, generation, lease), True)
 
-    def _uploads(self, window: str) -> list[Upload]:
-        uploads = []
+    def _records(self, window: str) -> _Listed:
+        """The window's records (group records and one-upload records alike, `window_records`) and
+        their uploads, each key once: a redelivered event lists its upload in a second record."""
+        records: dict[str, frozenset[str]] = {}
+        uploads: dict[str, Upload] = {}
         for info in self._gcs.list(self._s.state_bucket, self.window_prefix(window)):
-            meta = info.metadata
-            try:
-                created = float(meta["timeCreated"]) if meta.get("timeCreated") else None
-                uploads.append(Upload(info.name, meta["bucket"], meta["name"], int(meta["generation"]), created))
-            except (KeyError, ValueError):
+            entries = window_records.parse(info.metadata)
+            if entries is None:
                 # Nothing in it says which object it stood for; left alone it would keep the window
                 # open (and the poller re-running it) forever.
                 logger.error("deleting an unreadable window record", extra=fields(record=info.name))
                 self._gcs.delete(self._s.state_bucket, info.name)
-        return uploads
+                continue
+            records[info.name] = frozenset(e.key for e in entries)
+            for e in entries:
+                uploads.setdefault(e.key, Upload(info.name, e.bucket, e.name, e.generation, e.time_created))
+        return _Listed(records, list(uploads.values()))
 
     def _adopt(self, bucket: str, storage_class: str | None, uploads: list[Upload], covering: list[_Covering],
                adoptions: dict[str, list[Upload]]) -> list[Upload]:
@@ -749,11 +759,6 @@ def _growth_target(waiting: list[Record]) -> Record | None:
     return None
 
 
-def _record_key(record: str) -> str:
-    """`windows/W/{key}.json` -> key."""
-    return record.rsplit("/", 1)[-1].removesuffix(".json")
-
-
 def _manifest_entry(upload: Upload) -> dict[str, object]:
     return {"uri": f"gs://{upload.bucket}/{upload.name}", "generation": upload.generation}
 
@@ -769,10 +774,10 @@ def _group(uploads: list[Upload], settings: Settings) -> dict[tuple[str, str | N
 # --- The window's seen file -------------------------------------------------------------------
 # The uploads a window's leaders have batched: one object per window, `seen/{W}.json`.
 # 
-# The event path writes only the upload's window record, `windows/{W}/{K}.json` (a create: a 412
-# means the upload is still waiting). A duplicate delivered after its window was batched finds no
-# record and creates it again; the window's next leader finds its key here and deletes the record
-# instead of planning it (docs/decisions/0004). The file is written once per planning round, after
+# The event path writes only window records, `windows/{W}/{R}.json`, each listing the uploads of a
+# group of requests (decision 0770). A duplicate delivered after its window was batched lists its
+# upload in a new record; the window's next leader finds its key here and plans it nowhere, and
+# deletes each record whose every key is here (docs/decisions/0004). The file is written once per planning round, after
 # the round's jobs are durable and before its records are deleted, with a generation precondition,
 # so two leaders of one window (a takeover) never drop each other's keys.
 

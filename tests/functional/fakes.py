@@ -71,6 +71,8 @@ class FakeObjectStore:
         self._sorted: dict[str, SortedList] = {}
         self._generations = itertools.count(1_700_000_000_000_001)
         self.writes: Counter[str] = Counter()  # object name -> successful writes and deletes
+        # object name -> the metadata of its last write, deleted objects too; None: not kept (the bench)
+        self.written_metadata: dict[str, dict[str, str]] | None = None
 
     # -- helpers for tests -------------------------------------------------------------------
     def put(self, bucket: str, name: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
@@ -223,6 +225,8 @@ class FakeObjectStore:
             self._index(bucket).add(name)
         objects[name] = obj
         self.writes[name] += 1
+        if self.written_metadata is not None and obj.metadata:
+            self.written_metadata[name] = dict(obj.metadata)
         if self.conditions is not None:
             self.conditions.wrote(bucket, name)
         return obj

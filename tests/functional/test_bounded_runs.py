@@ -14,11 +14,13 @@ import json
 import pytest
 from google.api_core import exceptions as gexc
 
+from functions.core.events import StorageObjectEvent
 from functions.core.windows import window_id
 from functions.gcp.clients import Record
-from functions.imports import job_record, poll_operations, window_batcher
+from functions.imports import job_record, poll_operations, window_batcher, window_records
 from functions.imports.job_queue import Job
 from functions.imports.job_record import Change, Event
+from functions.imports.window_records import Entry
 from tests.functional.cloud_limits import CloudConditions, Latency
 from tests.functional.scenarios import led
 from tests.functional.test_cloud_limits import _staged_import
@@ -34,6 +36,12 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _names(folder: str, count: int) -> list[str]:
     return [f"{folder}/IM{i:04d}.dcm" for i in range(count)]
+
+
+def _late_duplicate_record(world: World, event: StorageObjectEvent) -> str:
+    """The name of a record a late duplicate of `event` writes: one of its own."""
+    window = window_id(event.time_created, world.settings.debounce_seconds)
+    return world.batcher().window_prefix(window) + "late-duplicate.json"
 
 
 @pytest.mark.usefixtures("small_parts")
@@ -53,12 +61,12 @@ def test_a_part_that_took_most_of_the_run_leaves_the_rest_to_the_poller(world: W
     """The first part takes 35 s (slow calls): another one would end past `PLAN_SECONDS`, so the
     leader answers with the rest left in the window, and the poller's next run plans it."""
     names = _names("slow", 2 * PART + 10)
-    world.faults.meanwhile(lambda: world.sim.jump(35.0), method="delete", name="windows/", nth=1)
+    world.faults.meanwhile(lambda: world.sim.jump(35.0), method="create", name="seen/", nth=1)
     deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
     world.sim.run_until_idle()
     result = led(deliveries)
     assert result.uploads == PART and result.left == len(names) - PART
-    assert len(world.state("windows/")) == len(names) - PART and world.state("claims/") == []
+    assert len(world.unbatched()) == len(names) - PART and world.state("claims/") == []
     summary = world.poll().value()
     assert summary.windows_recovered == 1 and summary.windows_left == 0
     assert world.state("windows/") == []
@@ -119,11 +127,10 @@ def test_a_record_a_late_duplicate_writes_again_between_two_parts_is_not_planned
     finds the upload batched and deletes it); the second part lists it meanwhile."""
     names = _names("again", PART + 10)
     deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
-    [record] = [n for n in world.state("windows/") if world.store.get(STATE, n).metadata["name"] == names[0]]
-    metadata = dict(world.store.get(STATE, record).metadata)
+    record = _late_duplicate_record(world, deliveries[0].event)
 
     def duplicate_records_again() -> None:
-        world.store.create(STATE, record, {}, metadata=metadata)
+        world.store.create(STATE, record, {}, metadata=window_records.encode([Entry.of(deliveries[0].event)]))
 
     world.faults.meanwhile(duplicate_records_again, method="create", name="claims/", nth=2)  # the second part's
     world.sim.run_until_idle()
@@ -194,7 +201,7 @@ def test_a_run_whose_next_part_finds_the_window_claimed_by_another_leader_ends_t
     result = led(deliveries)
     assert len(creates) == 2
     assert result.uploads == PART and result.left == len(names) - PART
-    assert len(world.state("windows/")) == len(names) - PART
+    assert len(world.unbatched()) == len(names) - PART
     world.sim.advance(2 * world.settings.claim_lease_seconds)  # the other claim runs out: the poller's
     assert world.poll().value().windows_recovered == 1
     assert world.state("windows/") == []
@@ -213,7 +220,7 @@ def test_a_second_part_whose_seen_file_write_fails_starts_its_jobs_and_the_takeo
     deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
     world.sim.run_until_idle()
     assert world.faults.fired
-    assert len(world.state("windows/")) == len(names) - PART and len(world.state("claims/")) == 1
+    assert len(world.unbatched()) == len(names) - PART and len(world.state("claims/")) == 1
     [error] = [d.task.error for d in deliveries if d.task.error is not None]
     assert isinstance(error, gexc.TooManyRequests)
     assert len(world.hc.running) == 2  # part one's import, and part two's, started anyway
@@ -225,22 +232,21 @@ def test_a_second_part_whose_seen_file_write_fails_starts_its_jobs_and_the_takeo
 
 
 @pytest.mark.usefixtures("small_parts")
-def test_a_record_a_late_duplicate_writes_again_between_two_parts_is_deleted_by_the_poller(world: World) -> None:
-    """The run leaves the record out of its second part (`planned`), and no handler of the
-    duplicate leads the window: the poller's next run finds every record left batched and deletes
-    it (without a claim, `_drop_late_duplicates`; else as its round's `again`)."""
+def test_a_record_a_late_duplicate_writes_again_between_two_parts_is_deleted_by_the_second_part(
+        world: World) -> None:
+    """The run plans nothing of the record in its second part (its upload is in `planned`), and no
+    handler of the duplicate leads the window: the second part deletes it with its own, since every
+    upload it lists is in the seen file by then (decision 0771)."""
     names = _names("again", PART + 10)
     deliveries = world.upload_burst(names, to=[world.instance()], gap=0.01)
-    [record] = [n for n in world.state("windows/") if world.store.get(STATE, n).metadata["name"] == names[0]]
-    metadata = dict(world.store.get(STATE, record).metadata)
+    record = _late_duplicate_record(world, deliveries[0].event)
+    metadata = window_records.encode([Entry.of(deliveries[0].event)])
     world.faults.meanwhile(lambda: world.store.create(STATE, record, {}, metadata=metadata),
                            method="create", name="claims/", nth=2)
     world.sim.run_until_idle()
-    assert led(deliveries).left == 0
-    assert world.state("windows/") == [record] and world.state("claims/") == []
-    world.sim.advance(2 * world.settings.claim_lease_seconds)
-    summary = world.poll().value()
-    assert world.state("windows/") == [] and world.state("claims/") == [], summary
+    assert world.faults.fired and led(deliveries).left == 0
+    assert world.store.writes[record] == 2  # written by the duplicate, deleted by the run
+    assert world.state("windows/") == [] and world.state("claims/") == []
     world.settle()
     world.check_invariants(expected=names)
 
@@ -256,7 +262,7 @@ def test_a_takeover_planned_in_parts_reads_nothing_a_dead_leaders_part_queued(wo
     world.faults.kill(method="create", name="seen/")
     world.upload_burst(names, to=[world.instance()], gap=0.01)
     world.sim.run_until_idle()
-    assert world.faults.fired and len(world.state("windows/")) == len(names)
+    assert world.faults.fired and len(world.unbatched()) == len(names)
     world.deliver(late, world.instance("late"))
     world.sim.run_until_idle()
     world.sim.advance(2 * world.settings.claim_lease_seconds)

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from functions.core.events import PubsubMessage
-from functions.core.windows import object_key, window_id
 from tests.functional.faults import Call
 from tests.functional.scenarios import record_trace, started_untracked
 from tests.functional.world import STATE, World
@@ -50,7 +49,8 @@ IMPORT_TRACE = record_trace(World, _import_scenario)
 
 def test_the_import_scenario_is_what_the_crash_points_assume() -> None:
     methods = [(c.method, c.name.split("/")[0]) for c in IMPORT_TRACE]
-    assert methods.count(("create", "windows")) == 4 and methods.count(("create", "seen")) == 1
+    # One record per instance: each lists its two uploads (decision 0770).
+    assert methods.count(("create", "windows")) == 2 and methods.count(("create", "seen")) == 1
     # The window's seen file is written once its job is durable, and before its records go: a kill
     # between the two is a crash point of its own.
     seen_file = methods.index(("create", "seen"))
@@ -75,23 +75,11 @@ def test_an_import_killed_before_any_call_loses_nothing(step: int, recovery: str
         expected = list(w.sops)
     else:
         # Without redelivery, only what reached the state bucket can be imported.
-        expected = [n for n in w.sops if w.store.writes[_record(w, n)]]
+        recorded = w.ever_recorded()
+        expected = [n for n in w.sops if n in recorded]
     w.settle()
     w.check_invariants(expected=expected, may_import_twice=started_untracked(executed, "import_dicom"))
     _late_duplicates_start_nothing(w, expected)
-
-
-def _record(w: World, name: str) -> str:
-    info = w.store.get("uploads", name)
-    assert info is not None
-    window = window_id(_utc(info.time_created), w.settings.debounce_seconds)
-    return w.settings.state_path("windows", window, object_key("uploads", name, info.generation) + ".json")
-
-
-def _utc(epoch: float) -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC)
 
 
 def _late_duplicates_start_nothing(w: World, names: list[str]) -> None:
@@ -124,7 +112,7 @@ def _poller_world() -> World:
     w.sim.advance(w.settings.claim_lease_seconds + 1)
     [running] = w.hc.running
     w.hc.finish(running.name)
-    assert len(w.state("jobs/")) == 1 and len(w.state("windows/")) == 2  # two records, no leader
+    assert len(w.state("jobs/")) == 1 and len(w.waiting()) == 2  # two uploads waiting, no leader
     return w
 
 
@@ -173,6 +161,12 @@ def _message(w: World) -> PubsubMessage:
     body = {"requestId": "r-1", "destination": "gs://exports/out", "resources": [f"/studies/{study}"]}
     return PubsubMessage(event_id="m-1", message_id="m-1", data=json.dumps(body).encode(), attributes={},
                          publish_time=_utc(w.sim.clock()))
+
+
+def _utc(epoch: float) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 def _export_scenario(w: World) -> Any:

@@ -16,6 +16,7 @@ from google.api_core.exceptions import ServiceUnavailable, TooManyRequests
 from functions.core.errors import PermanentApiError, TransientApiError
 from functions.core.events import StorageObjectEvent
 from functions.core.windows import object_key, window_id
+from functions.imports import window_records
 from functions.imports.window_batcher import OTHERS_LISTED, add_seen, read_seen
 from tests import dicom_factory
 from tests.functional.scenarios import led
@@ -46,15 +47,18 @@ def test_one_window_on_two_instances_is_led_once_and_imported_once(world: World)
     assert (event.data["state"], event.data["counters"]["success"]) == ("SUCCEEDED", 6)
 
 
-def test_every_event_delivered_twice_at_once_is_recorded_once(world: World) -> None:
+def test_every_event_delivered_twice_at_once_is_recorded_twice_and_imported_once(world: World) -> None:
+    """Each process lists the uploads in its own record (decision 0770): the leader plans each key once."""
     a, b = world.instance(), world.instance()
     events = [world.upload(name) for name in _names("dup", 4)]
     first = [world.deliver(e, a) for e in events]
     again = [world.deliver(e, b) for e in events]
+    world.sim.advance(1.0)
+    assert sorted(world.waiting()) == sorted(2 * [e.name for e in events])  # two records, one per process
     world.sim.run_until_idle()
-    assert [d.outcome.action for d in first] == ["recorded"] * 4
-    assert {(d.outcome.action, d.outcome.reason) for d in again} == {("duplicate", "already waiting in its window")}
-    assert len(world.hc.operations) == 1
+    assert [d.outcome.action for d in first + again] == ["recorded"] * 8
+    [op] = world.hc.operations.values()
+    assert len(op.objects) == 4
     world.settle()
     world.check_invariants()
 
@@ -114,14 +118,14 @@ def test_a_leader_killed_between_its_seen_file_and_its_record_deletions_has_noth
     assert a.process.dead and world.faults.fired
     window = window_id_of(world, deliveries[0].event)
     assert _seen_keys(world, window) == {_key(d.event) for d in deliveries}
-    assert len(world.state("windows/")) == 3 and len(world.state("jobs/")) == 1
+    assert len(world.waiting()) == 3 and len(world.state("jobs/")) == 1
     # The poller takes the window over: the seen file, not a manifest, says what to leave out.
     caplog.set_level("INFO", logger="functions.imports.window_batcher")
     world.settle()
     world.check_invariants()
     assert len(world.hc.operations) == 1
     dropped = [r for r in caplog.records if r.getMessage() == "deleting window records of uploads batched before"]
-    assert [getattr(r, "json_fields", {}).get("records") for r in dropped] == [3]
+    assert [getattr(r, "json_fields", {}).get("uploads") for r in dropped] == [3]
     assert not [r for r in caplog.records if r.getMessage() == "uploads of a taken-over window were covered already"]
 
 
@@ -465,10 +469,12 @@ def test_a_window_in_a_large_tree_lists_at_most_a_thousand_objects_beyond_its_ow
 
 
 def test_a_leader_whose_record_deletions_outlast_its_lease_renews_its_claim_and_keeps_the_window(
-        world: World) -> None:
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Seen in bench.simulate at 500 files/s and x5 latency: deleting a large window's records took
     longer than the lease left after the fence, and the poller took the window over from its live
-    leader (decision 0751). Here the poller runs while the last rounds of deletions are going on."""
+    leader (decision 0751). Here the poller runs while the last rounds of deletions are going on
+    (one upload per record, as many records as a large window of many processes has)."""
+    monkeypatch.setattr(window_records, "MAX_GROUP_UPLOADS", 1)
     lease = world.settings.claim_lease_seconds
     names = _names("del", 4 * STAGE_CHUNK)
     recovered: list[int] = []
@@ -602,7 +608,7 @@ def test_a_window_taken_over_after_its_import_failed_on_a_file_imports_that_file
     w.poll()
     w.sim.run_until_idle()
     assert w.hc.imports_of(refused) == 0 and not w.hc.running
-    assert len(w.state("windows/")) == len(names), "the records of an import with a failed file stay"
+    assert sorted(w.waiting()) == sorted(names), "the records of an import with a failed file stay"
     w.sim.advance(60.0)
     w.settle()
     assert w.hc.imports_of(refused) == 1
@@ -616,15 +622,15 @@ def test_a_leader_whose_record_deletions_stay_throttled_still_starts_its_jobs(wo
     another job's operation (decision 0300); the likely path of the files bench.simulate once found
     read twice and missing at 500 files/s with the copies in the state bucket."""
     names = _names("throttled", 3)
-    # Every deletion of the three records, in all six rounds of attempts, is answered 429.
+    # Every deletion of the record (it lists all three), in all six rounds of attempts, is answered 429.
     world.faults.fail(lambda: TooManyRequests("429 rate of writes to the bucket"), method="delete",
-                      name="windows/", times=3 * 6)
+                      name="windows/", times=6)
     deliveries = world.upload_burst(names, to=[world.instance()])
     world.sim.run_until_idle()
     [failed] = [d for d in deliveries if d.task.error is not None]
     assert isinstance(failed.task.error, TooManyRequests)
     assert len(world.hc.operations) == 1 and world.state("unconfirmed/") == []  # started, not left STARTING
-    assert len(world.state("windows/")) == 3
+    assert sorted(world.waiting()) == names
     world.settle()
     world.check_invariants()
     assert len(world.hc.operations) == 1

@@ -18,10 +18,11 @@ from typing import Any
 from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.exports.export_on_message import ExportOnMessage
 from functions.gcp.clients import SqlRunner
+from functions.imports import window_records
 from functions.imports.import_on_upload import ImportOnUpload, Outcome
 from functions.imports.job_queue import JobQueue
 from functions.imports.poll_operations import Poller, PollSummary
-from functions.imports.window_batcher import WindowBatcher
+from functions.imports.window_batcher import WindowBatcher, read_seen
 from functions.settings import Settings
 from tests import dicom_factory
 from tests.functional.cloud_limits import CloudConditions
@@ -73,6 +74,7 @@ class World:
         # The handlers' clock: under latency, a task first waits for its thread pool's calls.
         self.clock: Callable[[], float] = self.cloud.clock if self.cloud is not None else self.sim.clock
         self.store = FakeObjectStore(self.sim.clock, self.faults, self.cloud)
+        self.store.written_metadata = {}
         settings = Settings(dicom_store=STORE, state_bucket=STATE, completion_topic=TOPIC, debounce_seconds=5.0,
                             settle_seconds=2.0, claim_lease_seconds=30.0, max_concurrent_operations=5,
                             export_allowed_destinations=("gs://exports",), sql_allowed_datasets=("dicom_stream",),
@@ -186,6 +188,35 @@ class World:
     # -- looking -----------------------------------------------------------------------------
     def state(self, prefix: str) -> list[str]:
         return self.store.names(STATE, self.settings.state_path(prefix))
+
+    def waiting(self, prefix: str = "windows/") -> list[str]:
+        """The object names of the uploads the window records under `prefix` list (a name once per record)."""
+        names = []
+        for record in self.state(prefix):
+            info = self.store.get(STATE, record)
+            entries = window_records.parse(info.metadata if info else None)
+            assert entries is not None, f"unreadable window record {record}"
+            names += [e.name for e in entries]
+        return names
+
+    def unbatched(self) -> list[str]:
+        """The object names of the uploads the window records list whose keys are not in their
+        window's seen file (each once): what planning has still to take."""
+        root = self.settings.state_path("windows/")
+        names = set()
+        for record in self.state("windows/"):
+            window = record[len(root):].split("/", 1)[0]
+            seen = read_seen(self.store, STATE, self.settings.state_path("seen", f"{window}.json")).keys
+            info = self.store.get(STATE, record)
+            names |= {e.name for e in window_records.parse(info.metadata if info else None) or [] if e.key not in seen}
+        return sorted(names)
+
+    def ever_recorded(self) -> set[str]:
+        """The object names of the uploads any window record written so far listed (deleted ones too)."""
+        assert self.store.written_metadata is not None
+        root = self.settings.state_path("windows/")
+        return {e.name for record, meta in self.store.written_metadata.items() if record.startswith(root)
+                for e in window_records.parse(meta) or []}
 
     def work_left(self) -> dict[str, list[str]]:
         return {p: names for p in WORK_PREFIXES if (names := self.state(p))}

@@ -129,3 +129,23 @@ def test_a_range_read_returns_only_that_range(store: tuple[ObjectStore, str]) ->
     assert s.download(bucket, "up/big.dcm", start=8, end=100) == b"89"  # short at the end
     assert s.download(bucket, "up/big.dcm", start=7) == b"789"
     assert s.download(bucket, "up/big.dcm", start=10, end=19) == b""  # at the end: nothing, no error
+
+
+def test_a_group_window_record_comes_back_from_a_listing_with_every_upload(store: tuple[ObjectStore, str]) -> None:
+    """A leader learns a window from one listing: the group record's metadata (decision 0770) must
+    come back whole from a list call, long non-ASCII names included, next to a one-upload record."""
+    from functions.imports import window_records
+    from functions.imports.window_records import Entry
+
+    s, bucket = store
+    group = [Entry("uploads", f"studie/ü/{i:03d}/" + "x" * 80 + ".dcm", 1_700_000_000_000_000 + i, 1_767_225_600.25 + i)
+             for i in range(window_records.MAX_GROUP_UPLOADS)]
+    while window_records.group_bytes(group) > window_records.MAX_GROUP_BYTES:
+        group.pop()
+    assert len(group) >= 20
+    s.create(bucket, "windows/W/group.json", {}, metadata=window_records.encode(group))
+    s.create(bucket, "windows/W/0123abcd.json", {}, metadata={
+        "bucket": "uploads", "name": "old/one.dcm", "generation": "7", "timeCreated": "1767225600.000000"})
+    listed = {i.name: window_records.parse(i.metadata) for i in s.list(bucket, "windows/W/")}
+    assert listed == {"windows/W/group.json": group,
+                      "windows/W/0123abcd.json": [Entry("uploads", "old/one.dcm", 7, 1_767_225_600.0)]}
