@@ -62,7 +62,7 @@ locals {
       timeout_seconds                  = 120
       min_instance_count               = 0
       max_instance_count               = 20
-      max_instance_request_concurrency = 16
+      max_instance_request_concurrency = 80
     }
     export = {
       ingress_settings                 = "ALLOW_ALL"
@@ -87,6 +87,15 @@ locals {
   function_settings = {
     for key, defaults in local.function_defaults :
     key => merge(defaults, { for attr, value in try(var.function_settings[key], {}) : attr => value if value != null })
+  }
+
+  # functions-framework serves one request per gunicorn thread (THREADS, by default 4 per CPU): as
+  # many threads as the instance takes requests, or the rest wait in its socket. An import request
+  # waits for its window's record write and its leader for the window to close (docs/decisions/0770),
+  # so an import instance mostly waits, on up to 80 requests at once.
+  framework_environment = {
+    for key, settings in local.function_settings :
+    key => { THREADS = tostring(settings.max_instance_request_concurrency) }
   }
 }
 
@@ -222,7 +231,7 @@ module "function" {
   source_object         = google_storage_bucket_object.source.name
   build_service_account = local.build_service_account
   docker_repository     = google_artifact_registry_repository.functions.id
-  environment_variables = each.value.environment
+  environment_variables = merge(each.value.environment, local.framework_environment[each.key])
 
   available_memory                 = local.function_settings[each.key].available_memory
   available_cpu                    = local.function_settings[each.key].available_cpu

@@ -25,11 +25,14 @@ from functions.core.events import StorageObjectEvent
 from functions.core.windows import object_key
 
 UPLOADS_KEY = "uploads"
-# Cloud Storage allows 8 KiB of custom metadata (keys and values) per object; a lone upload with the
-# longest name (1,024 bytes, each byte escaped to at most 6 in JSON) fits that. A group of several
+# Cloud Storage allows 8 KiB of custom metadata per object, keys and values together, and 4 KiB in one
+# value (google.storage.v1 ServiceConstants). A group's uploads share one value; a lone upload whose
+# name JSON would escape past 4 KiB (1,024 bytes of control characters, 6 bytes each) is written in
+# the one-upload shape instead, its name a value of its own. A group of several
 # stays under 3 KiB: fake-gcs-server's filesystem backend (the local stack) keeps an object's
 # attributes in one extended attribute, and ext4 refuses one of more than about 3.5 KB.
 MAX_GROUP_BYTES = 3 * 1024
+MAX_VALUE_BYTES = 4 * 1024
 # And at most this many uploads: a record is deleted only when every upload in it is batched, so a
 # smaller group lets a window planned in parts let go of its records sooner.
 MAX_GROUP_UPLOADS = 32
@@ -64,7 +67,7 @@ def entry_bytes(entry: Entry) -> int:
 
 def group_bytes(entries: Iterable[Entry]) -> int:
     """Bytes of a group's custom metadata: key and value."""
-    return len(UPLOADS_KEY) + len(encode(entries)[UPLOADS_KEY].encode())
+    return len(UPLOADS_KEY) + len(_dumps([e.encoded() for e in entries]).encode())
 
 
 def fits(entries: list[Entry], entry: Entry) -> bool:
@@ -77,8 +80,14 @@ def fits(entries: list[Entry], entry: Entry) -> bool:
 
 
 def encode(entries: Iterable[Entry]) -> dict[str, str]:
-    """The custom metadata of a group record."""
-    return {UPLOADS_KEY: _dumps([e.encoded() for e in entries])}
+    """The custom metadata of a group record (of a lone upload too long for one value: the
+    one-upload shape)."""
+    rows = [e.encoded() for e in entries]
+    value = _dumps(rows)
+    if len(rows) == 1 and len(value.encode()) > MAX_VALUE_BYTES:
+        bucket, name, generation, created = rows[0]
+        return {"bucket": bucket, "name": name, "generation": generation, "timeCreated": created}
+    return {UPLOADS_KEY: value}
 
 
 def parse(metadata: Mapping[str, str] | None) -> list[Entry] | None:

@@ -120,6 +120,15 @@ def test_environment_is_exactly_what_the_function_reads(root: dict[str, Any], fu
     assert not names - expected, f"{function_key}: set but never read: {sorted(names - expected)}"
 
 
+def test_the_framework_has_a_thread_for_every_request_an_instance_takes(root: dict[str, Any]) -> None:
+    # functions-framework's gunicorn runs THREADS threads (by default 4 per CPU); a request beyond
+    # them waits in the socket, and an import request waits for its group's record write.
+    framework = root["locals"]["framework_environment"]
+    assert framework == ("${{for key, settings in local.function_settings : "
+                         "key => {THREADS = tostring(settings.max_instance_request_concurrency)}}}")
+    assert root["locals"]["function_defaults"]["import"]["max_instance_request_concurrency"] >= 32
+
+
 def test_environment_values_point_at_the_deployed_resources(root: dict[str, Any]) -> None:
     locals_ = root["locals"]
     assert locals_["env_common"]["DICOM_STORE"] == "${local.dicom_store_name}"
@@ -139,7 +148,7 @@ def test_one_function_module_deploys_all_three(root: dict[str, Any], module: dic
     assert call["source"] == "./modules/function"
     assert call["for_each"] == "${local.functions}"
     assert call["entry_point"] == "${each.value.entry_point}"
-    assert call["environment_variables"] == "${each.value.environment}"
+    assert call["environment_variables"] == "${merge(each.value.environment, local.framework_environment[each.key])}"
 
     (function,) = _resources(module, "google_cloudfunctions2_function").values()
     assert _block(function, "build_config")["entry_point"] == "${var.entry_point}"

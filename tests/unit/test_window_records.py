@@ -10,8 +10,9 @@ from functions.core.windows import object_key
 from functions.imports import window_records
 from functions.imports.window_records import MAX_GROUP_BYTES, MAX_GROUP_UPLOADS, Entry, encode, fits, parse
 
-# Cloud Storage's limit on one object's custom metadata, keys and values together.
+# Cloud Storage's limits on one object's custom metadata: keys and values together, and one value.
 GCS_CUSTOM_METADATA_BYTES = 8 * 1024
+GCS_CUSTOM_METADATA_VALUE_BYTES = 4 * 1024
 
 
 def _entry(i: int, name: str = "") -> Entry:
@@ -62,7 +63,7 @@ def test_groups_of_long_names_are_capped_by_bytes_under_cloud_storages_limit() -
     for group in groups:
         metadata = encode(group)
         size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
-        assert size <= MAX_GROUP_BYTES < GCS_CUSTOM_METADATA_BYTES
+        assert size <= MAX_GROUP_BYTES < GCS_CUSTOM_METADATA_VALUE_BYTES
         assert parse(metadata) == group
     assert [e for g in groups for e in g] == entries
 
@@ -71,6 +72,7 @@ def test_a_lone_upload_with_the_longest_escaped_name_still_fits_cloud_storages_l
     longest = Entry("b" * 222, "\x01" * 1024, 2**63 - 1, 4_102_444_800.123456)  # 6 bytes per byte in JSON
     metadata = encode([longest])
     assert sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items()) <= GCS_CUSTOM_METADATA_BYTES
+    assert all(len(v.encode()) <= GCS_CUSTOM_METADATA_VALUE_BYTES for v in metadata.values())
     other = Entry("b" * 222, "\x02" * 1024, 2**63 - 2, 4_102_444_800.0)
     assert fits([], longest) and not fits([longest], other)
     assert parse(metadata) == [longest]
