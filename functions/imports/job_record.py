@@ -8,7 +8,8 @@ UNCONFIRMED: a start whose outcome is unknown; it keeps its slot until the polle
 - `holds`: later windows growing a PENDING staging import, each with its lease (`until`) and,
   once a starter found it run out, `cancelled` (the growth rules below).
 - `closing`: a starter could start the job but found live holds: no new hold is taken, so
-  overlapping growers cannot keep a job from ever starting.
+  overlapping growers cannot keep a job from ever starting. It keeps the slot the starter took
+  (`slot`), so later windows see an import starting and queue a job that waits and grows.
 - `attempted`: the time of an earlier start whose outcome was unknown and which began no
   operation as far as the poller could tell; such a job never grows (its operation may yet turn
   up and have read its prefix).
@@ -116,7 +117,7 @@ class JobRecord:
 
     job: Mapping[str, Any]
     state: State
-    slot: int | None = None  # STARTING, UNCONFIRMED
+    slot: int | None = None  # STARTING, UNCONFIRMED, and a closing PENDING job (it starts with it)
     claimed_at: float | None = None  # STARTING
     lease_until: float | None = None  # STARTING
     attempted_at: float | None = None  # UNCONFIRMED: when the start of unknown outcome was made
@@ -147,12 +148,29 @@ class JobRecord:
         Only a PENDING staging import that was never attempted, that no starter is waiting to
         start (`closing`, or a hold it is undoing) and that has room for another grower.
         """
+        return self.why_not_growable(storage_class) is None
+
+    def why_not_growable(self, storage_class: str | None) -> str | None:
+        """Why this job takes no more uploads of `storage_class` (None: it does), in words that
+        say which rule of `growable` refused it: the scale bench counts the jobs it made."""
         job = self.job
-        return (self.state is State.PENDING and self.attempted is None and not self.closing
-                and len(self.holds) < MAX_HOLDS and not any(h.cancelled for h in self.holds.values())
-                and job.get("kind") == "import" and bool(job.get("staging_prefix")) and not job.get("redrive_of")
-                and job.get("storage_class") == storage_class
-                and int(job.get("object_count", 0)) < MAX_GROWN_OBJECTS)
+        if job.get("kind") != "import" or not job.get("staging_prefix") or job.get("redrive_of"):
+            return "not a staging import"
+        if self.state is not State.PENDING:
+            return f"{self.state.value.lower()}"
+        if self.attempted is not None:
+            return "attempted"
+        if self.closing:
+            return "closing"
+        if any(h.cancelled for h in self.holds.values()):
+            return "a cancelled hold"
+        if len(self.holds) >= MAX_HOLDS:
+            return f"{MAX_HOLDS} holds"
+        if job.get("storage_class") != storage_class:
+            return "another storage class"
+        if int(job.get("object_count", 0)) >= MAX_GROWN_OBJECTS:
+            return "full"
+        return None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"job": dict(self.job), "state": self.state.value}
@@ -322,11 +340,11 @@ TRANSITIONS: dict[tuple[State | None, Event], Transition] = {
         _with_holds(lambda r, c: {**r.holds, c.batch: Hold(c.batch, r.holds[c.batch].until, cancelled=True)})),
     (_P, Event.CLOSE): Transition(
         _P, lambda r, c: r is not None and bool(r.live_holds(c.now)) and not r.closing,
-        "live holds, not closing yet; the slot taken for it goes back",
-        lambda r, c: replace(r, closing=True) if r else None),
+        "live holds, not closing yet; it keeps the slot taken for it",
+        lambda r, c: replace(r, closing=True, slot=c.slot) if r else None),
     (_P, Event.REOPEN): Transition(
-        _P, lambda r, c: r is not None and r.closing, "closing; another import runs",
-        lambda r, c: replace(r, closing=False) if r else None),
+        _P, lambda r, c: r is not None and r.closing, "closing; another import runs: its slot goes back",
+        lambda r, c: replace(r, closing=False, slot=None) if r else None),
     (_P, Event.START): Transition(
         _S, lambda r, c: r is not None and not r.live_holds(c.now), "no live holds; a slot taken", _starting),
     (_S, Event.START_FAILED): Transition(

@@ -244,9 +244,10 @@ def test_a_leader_killed_before_any_call_of_grow_and_start_loses_nothing(step: i
     w.check_invariants(may_import_twice=started_untracked(executed))
 
 
-def test_a_job_closed_for_a_start_that_another_import_overtook_grows_again() -> None:
-    """Closed (decision 0700) because it could start while a window held it; meanwhile another
-    import started, so it has to wait after all: it takes later windows again."""
+def test_a_closing_job_keeps_its_slot_and_a_later_window_waits_for_it() -> None:
+    """Closed (decision 0700) because it could start while a window held it, the job keeps the
+    slot (decision 0780): a later window sees an import starting, so its job waits and grows
+    instead of starting beside it; the last grower starts the closed job with its slot."""
     w, a, running = _running_world()
     [job] = led(staging_window(w, 1, [a])).jobs  # waits behind the running import
     w.faults.stall(20.0, method="write", name=".grown-")
@@ -257,12 +258,38 @@ def test_a_job_closed_for_a_start_that_another_import_overtook_grows_again() -> 
     w.poll()
     w.sim.run_until(w.sim.clock())
     [record] = w.queue().pending_records()
-    assert record.data.get("closing")
-    other = led(staging_window(w, 3, [w.instance()]))  # J is closing: a job of its own, started
-    assert other.grown is None and len(other.started) == 1
-    assert led(slow).grown == job and not led(slow).started  # committed; J waits for that import
-    [record] = [r for r in w.queue().pending_records() if r.data["job"]["job_id"] == job]
-    assert not record.data.get("closing")
-    assert led(staging_window(w, 4, [a])).grown == job
+    assert record.data.get("closing") and record.data.get("slot") is not None
+    assert list(w.state("slots/")) == [f"slots/{record.data['slot']}"]
+    other = led(staging_window(w, 3, [w.instance()]))  # J is closing: a job of its own, waiting
+    assert other.grown is None and len(other.jobs) == 1 and not other.started
+    assert led(slow).grown == job and len(led(slow).started) == 1  # committed; J starts with its slot
+    assert led(staging_window(w, 4, [a])).grown == other.jobs[0]  # the waiting job grows
+    assert w.hc.max_running == 1
     w.settle()
     w.check_invariants()
+
+
+def test_a_closed_job_that_another_import_overtook_gives_its_slot_back_and_grows_again() -> None:
+    """A closed job that has to wait after all (another import started meanwhile, here one of
+    another storage class's window) reopens: it frees its slot and later windows grow it."""
+    w, a, running = _running_world()
+    [job] = led(staging_window(w, 1, [a])).jobs
+    w.faults.stall(20.0, method="write", name=".grown-")
+    w.store.put(UPLOADS, "mig/w02/m.dcm", dicom_factory.instance())
+    slow = w.upload_burst(["mig/w02/a.dcm", "mig/w02/z.dcm"], to=[a])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)
+    w.hc.finish(running.name)
+    w.poll()
+    w.sim.run_until(w.sim.clock())
+    [record] = w.queue().pending_records()
+    assert record.data.get("closing")
+    closed_slot = f"slots/{record.data['slot']}"
+    glob = Job(job_id="5-glob", kind="import", request_id="r", created_at=w.sim.clock(),
+               import_uri=f"gs://{UPLOADS}/mig/w01/*.dcm")  # a glob never waits: it overtakes J
+    assert w.queue().submit(glob).started
+    w.sim.run_until_idle()
+    assert led(slow).grown == job and not led(slow).started  # committed; J waits for that import
+    [record] = [r for r in w.queue().pending_records() if r.data["job"]["job_id"] == job]
+    assert not record.data.get("closing") and record.data.get("slot") is None
+    assert closed_slot not in w.state("slots/") and len(w.state("slots/")) == 1  # the glob's
+    assert led(staging_window(w, 4, [a])).grown == job
