@@ -24,7 +24,7 @@ keeps the two the same).
 Coalescing under backpressure: a later window's uploads grow a queued staging import.
 
 While every LRO slot is taken, a job waits in `jobs/` as PENDING. A window planned meanwhile copies
-its uploads into the staging prefix of the newest such job (its URI, `staging/{J}/**`, reads
+its uploads into the staging prefix of the oldest such job (its URI, `staging/{J}/**`, reads
 whatever lies there when the LRO starts) instead of queueing one more job behind it. So the number
 of LROs follows upload time / LRO time, not the number of windows. A job that has started (or whose
 start was attempted) is frozen: its LRO may already have listed its prefix.

@@ -742,8 +742,12 @@ def _listed_after(cover: _Covering, upload: Upload) -> bool:
 
 
 def _growth_target(waiting: list[Record]) -> Record | None:
-    """The newest queued job a window may grow (whatever its storage class; checked per group)."""
-    for record in reversed(waiting):
+    """The oldest queued job a window may grow (whatever its storage class; checked per group).
+
+    The oldest, because jobs start oldest first: two leaders that planned at once may each have
+    queued a job, and growing the younger would leave the older one small, started before it or
+    beside it once it reaches its coalescing age (decision 0781)."""
+    for record in waiting:
         if job_record.growable(record.data, record.data.get("job", {}).get("storage_class")):
             return record
     return None

@@ -293,3 +293,21 @@ def test_a_closed_job_that_another_import_overtook_gives_its_slot_back_and_grows
     assert not record.data.get("closing") and record.data.get("slot") is None
     assert closed_slot not in w.state("slots/") and len(w.state("slots/")) == 1  # the glob's
     assert led(staging_window(w, 4, [a])).grown == job
+
+
+def test_a_window_grows_the_oldest_of_two_waiting_jobs() -> None:
+    """Two leaders that planned at once each queued a job behind the running import. Later windows
+    grow the older one, which starts first (decision 0781): grown, the younger would be started
+    first and leave the older one behind, small, to start beside another import."""
+    w, a, running = _running_world()
+    [older] = led(staging_window(w, 1, [a])).jobs
+    younger = Job(job_id=f"{older[:-2]}99", kind="import", request_id="r", created_at=w.sim.clock(),
+                  import_uri=f"gs://{w.settings.staging}/staging/{older[:-2]}99/**",
+                  staging_prefix=f"staging/{older[:-2]}99/")
+    assert w.queue().reserve(younger).slot is None  # waits too
+    assert led(staging_window(w, 2, [a])).grown == older
+    w.hc.finish(running.name)
+    assert len(led(staging_window(w, 3, [a])).started) == 1  # grows the older one and starts it
+    [second] = w.hc.running
+    assert f"/{older}/" in second.uri and len(second.objects) == 6
+    assert led(staging_window(w, 4, [a])).grown == younger.job_id  # the next one to grow
