@@ -67,8 +67,11 @@ from functions.log import fields
 logger = logging.getLogger(__name__)
 
 # A grown job is one LRO; past this many objects a window starts a job of its own, so that one
-# import (and its manifest, read back on failure) stays bounded.
-MAX_GROWN_OBJECTS = 50_000
+# import (and its manifests, read back when it finished) stays bounded. Above what arrives during
+# one import at the fastest upload we plan for: at 500 files/s an import of the files that arrive
+# while the one before runs settles at about 60,000 (60 s + 1 s per 1,000 files); a smaller cap
+# makes a third job while one runs and the next one waits, and the queue never drains (decision 0782).
+MAX_GROWN_OBJECTS = 100_000
 # Growers of one job at once; a window that finds this many plans a job of its own.
 MAX_HOLDS = 8
 

@@ -311,3 +311,14 @@ def test_a_window_grows_the_oldest_of_two_waiting_jobs() -> None:
     [second] = w.hc.running
     assert f"/{older}/" in second.uri and len(second.objects) == 6
     assert led(staging_window(w, 4, [a])).grown == younger.job_id  # the next one to grow
+
+
+def test_a_waiting_job_of_the_files_one_import_at_500_per_second_reads_still_grows() -> None:
+    """At 500 files/s the files that arrive while one import runs settle at about 60,000 (decision
+    0782): a waiting job of 60,000 still takes the next window rather than a third job queueing."""
+    w, a, running = _running_world()
+    waiting = Job(job_id="20251231T000000000Z-00000001-00", kind="import", request_id="r",
+                  created_at=w.sim.clock(), import_uri=f"gs://{w.settings.staging}/staging/x/**",
+                  staging_prefix="staging/x/", object_count=60_000)
+    assert w.queue().reserve(waiting).slot is None
+    assert led(staging_window(w, 1, [a])).grown == waiting.job_id
