@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import TooManyRequests
 
 from functions.core.errors import TransientApiError
 from functions.imports.job_queue import Job
@@ -322,3 +323,20 @@ def test_a_waiting_job_of_the_files_one_import_at_500_per_second_reads_still_gro
                   staging_prefix="staging/x/", object_count=60_000)
     assert w.queue().reserve(waiting).slot is None
     assert led(staging_window(w, 1, [a])).grown == waiting.job_id
+
+
+def test_a_window_refused_by_the_oldest_waiting_job_grows_the_next_one() -> None:
+    """The oldest waiting job refuses the hold (here its swaps are all throttled; a starter may
+    have closed it, or it filled up): the window grows the job queued after it (decision 0783)
+    rather than queueing a third one."""
+    w, a, _ = _running_world()
+    [older] = led(staging_window(w, 1, [a])).jobs
+    younger = Job(job_id=f"{older[:-2]}99", kind="import", request_id="r", created_at=w.sim.clock(),
+                  import_uri=f"gs://{w.settings.staging}/staging/{older[:-2]}99/**",
+                  staging_prefix=f"staging/{older[:-2]}99/")
+    assert w.queue().reserve(younger).slot is None
+    w.faults.fail(lambda: TooManyRequests("rate of writes to one object"), method="replace",
+                  name=f"jobs/{older}", times=10)
+    result = led(staging_window(w, 2, [a]))
+    assert result.grown == younger.job_id and not result.jobs
+    assert len(w.queue().pending_job_ids()) == 2
