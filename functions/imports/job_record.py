@@ -149,7 +149,8 @@ class JobRecord:
         """May this job take more uploads of `storage_class`?
 
         Only a PENDING staging import that was never attempted, that no starter is waiting to
-        start (`closing`, or a hold it is undoing) and that has room for another grower.
+        start (`closing`) and that has room for another grower. A hold a starter is undoing
+        (cancelled) does not stop other growers: its batch is its own (decision 0783).
         """
         return self.why_not_growable(storage_class) is None
 
@@ -165,8 +166,6 @@ class JobRecord:
             return "attempted"
         if self.closing:
             return "closing"
-        if any(h.cancelled for h in self.holds.values()):
-            return "a cancelled hold"
         if len(self.holds) >= MAX_HOLDS:
             return f"{MAX_HOLDS} holds"
         if job.get("storage_class") != storage_class:
@@ -327,7 +326,7 @@ TRANSITIONS: dict[tuple[State | None, Event], Transition] = {
                                     "generation makes that deletion fail", _unadopted),
     (_P, Event.HOLD): Transition(
         _P, lambda r, c: r is not None and r.growable(c.storage_class),
-        "growable: a staging import, never attempted, not closing, no cancelled hold, "
+        "growable: a staging import, never attempted, not closing, "
         f"< {MAX_HOLDS} holds, < {MAX_GROWN_OBJECTS} objects, same storage class",
         _with_holds(lambda r, c: {**r.holds, c.batch: Hold(c.batch, c.until)})),
     (_P, Event.RENEW_HOLD): Transition(

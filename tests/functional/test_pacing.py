@@ -17,7 +17,10 @@ import pytest
 from google.api_core.exceptions import TooManyRequests
 
 from functions.core.errors import TransientApiError
+from functions.gcp.clients import Record
+from functions.imports import job_record
 from functions.imports.job_queue import Job
+from functions.imports.job_record import Change, Event
 from tests import dicom_factory
 from tests.functional.scenarios import (
     crash_point_ids,
@@ -27,7 +30,7 @@ from tests.functional.scenarios import (
     staging_window,
     started_untracked,
 )
-from tests.functional.world import UPLOADS, World
+from tests.functional.world import STATE, UPLOADS, World
 
 COALESCE = 120.0
 
@@ -340,3 +343,22 @@ def test_a_window_refused_by_the_oldest_waiting_job_grows_the_next_one() -> None
     result = led(staging_window(w, 2, [a]))
     assert result.grown == younger.job_id and not result.jobs
     assert len(w.queue().pending_job_ids()) == 2
+
+
+def test_a_window_grows_a_waiting_job_while_a_starter_undoes_another_growth_of_it() -> None:
+    """A starter found a grower's hold run out and cancelled it; deleting a window's copies takes
+    it a while. Meanwhile the job still grows (decision 0783): a window of its own would wait beside
+    it and start once it reaches its coalescing age."""
+    w, a, _ = _running_world()
+    [job] = led(staging_window(w, 1, [a])).jobs
+    path = w.queue().job_path(job)
+    held = job_record.apply(w.store, STATE, path, w.store.read(STATE, path), Event.HOLD,
+                            Change(batch="dead", until=w.sim.clock() - 1.0))
+    assert held is not None and held.generation is not None
+    cancelled = job_record.apply(w.store, STATE, path, Record(held.data, held.generation), Event.CANCEL_HOLD,
+                                 Change(batch="dead"))
+    assert cancelled is not None
+    result = led(staging_window(w, 2, [a]))
+    assert result.grown == job and not result.jobs
+    assert w.queue().try_start(job).coalescing  # the starter finishes its undo; the job waits
+    assert "dead" not in w.store.json(STATE, path).get("holds", {})
