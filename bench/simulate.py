@@ -185,8 +185,13 @@ class Lros:
         self.jobs: dict[str, Lro] = {}
         self.local = threading.local()  # one leader run (or poller run) is one thread
 
+    def planning(self) -> None:
+        """A leader's part begins: what it learns next is about its own jobs."""
+        self.local.waiting, self.local.growth = [], ""
+
     def saw_queue(self, waiting: list[Record]) -> None:
-        self.local.waiting, self.local.growth = waiting, ""
+        if not getattr(self.local, "waiting", None):  # the first read decided; a re-read follows a refused hold
+            self.local.waiting = waiting
 
     def growth(self, outcome: str) -> None:
         self.local.growth = outcome
@@ -203,7 +208,8 @@ class Lros:
         if not staging:
             return f"{kind}: no import queued"
         records = [JobRecord.from_json(r.data) for r in staging]
-        reasons = sorted({str(r.why_not_growable(r.job.get("storage_class"))) for r in records})
+        reasons = sorted({r.why_not_growable(r.job.get("storage_class")) or "growable (another window's hold "
+                          "came first)" for r in records})
         return f"{kind}: {'the queued one' if len(records) == 1 else 'the queued ones'} {', '.join(reasons)}"
 
 
@@ -276,6 +282,7 @@ class MeasuredBatcher(WindowBatcher):
         return result
 
     def _claim(self, window: str) -> tuple[_Lease, bool] | None:
+        self._lros.planning()
         claimed = super()._claim(window)
         if claimed is not None:
             if claimed[1]:
