@@ -1,7 +1,7 @@
 """The import path at any size, on the functional fakes and the simulated clock.
 
     python -m bench.simulate [--pattern bulk|burst|trickle] [--files N] [--rate FILES_PER_S]
-                             [--latency SCALE] [--tail SHARE] [--no-limits] [--staging-in-state] [--json]
+                             [--latency SCALE] [--tail SHARE] [--no-limits] [--staging-in-state] [--json] [--lros]
 
 Runs the real `ImportOnUpload`, `WindowBatcher`, `JobQueue` and `Poller` on the in-memory fakes of
 tests/functional with the production settings (debounce 5 s, settle 2 s, claim lease 30 s, at
@@ -41,17 +41,19 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
+from functions.gcp.clients import Record
 from functions.imports.import_on_upload import ImportOnUpload
-from functions.imports.job_queue import JobQueue
+from functions.imports.job_queue import Job, JobQueue, Reservation
+from functions.imports.job_record import JobRecord
 from functions.imports.poll_operations import Poller
-from functions.imports.window_batcher import PLAN_SECONDS, WindowBatcher, WindowResult, _Lease
+from functions.imports.window_batcher import PLAN_SECONDS, Upload, WindowBatcher, WindowResult, _Growth, _Lease
 from tests.functional.cloud_limits import WRITES, CloudConditions, Latency, Limits, Meter
-from tests.functional.fakes import FakeHealthcare, FakeOperation
+from tests.functional.fakes import FakeHealthcare, FakeObjectStore, FakeOperation
 from tests.functional.sim import Process
 from tests.functional.world import SCHEDULER_PERIOD, STATE, T0, UPLOADS, WORK_PREFIXES, World
 
@@ -160,12 +162,109 @@ class Plans:
     planning: Counter[str] = field(default_factory=Counter)  # window -> runs holding its claim now
 
 
+@dataclass
+class Lro:
+    """Why one job (and so one LRO) exists: what its leader found when it made it, and its life."""
+
+    job: str
+    queued_at: float
+    why: str  # why its uploads did not grow a queued job
+    by: str  # leader | poller
+    waited: bool  # queued without a slot (it waits for the running import, or for a slot)
+    started_at: float | None = None
+    started_by: str = ""
+    grown: int = 0  # windows that grew it
+    objects: int = 0  # what its LRO read
+    running: int = 0  # LROs running when it started (itself included)
+
+
+class Lros:
+    """The jobs the queues made, by id, and what the leader making one knew (per thread)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Lro] = {}
+        self.local = threading.local()  # one leader run (or poller run) is one thread
+
+    def planning(self) -> None:
+        """A leader's part begins: what it learns next is about its own jobs."""
+        self.local.waiting, self.local.growth = [], ""
+
+    def saw_queue(self, waiting: list[Record]) -> None:
+        if not getattr(self.local, "waiting", None):  # the first read decided; a re-read follows a refused hold
+            self.local.waiting = waiting
+
+    def growth(self, outcome: str) -> None:
+        self.local.growth = outcome
+
+    def why(self, job: Job) -> str:
+        """Why `job` is a job of its own rather than a growth of a queued one."""
+        if getattr(self.local, "growth", ""):
+            return self.local.growth
+        kind = "glob" if job.kind == "import" and not job.staging_prefix else "staging"
+        if job.kind != "import" or job.redrive_of:
+            return "a request's job"
+        staging = [r for r in getattr(self.local, "waiting", []) if r.data["job"].get("staging_prefix")
+                   and not r.data["job"].get("redrive_of") and r.data["job"]["job_id"] != job.job_id]
+        if not staging:
+            return f"{kind}: no import queued"
+        records = [JobRecord.from_json(r.data) for r in staging]
+        reasons = sorted({r.why_not_growable(r.job.get("storage_class")) or "growable (another window's hold "
+                          "came first)" for r in records})
+        return f"{kind}: {'the queued one' if len(records) == 1 else 'the queued ones'} {', '.join(reasons)}"
+
+
+class MeasuredQueue(JobQueue):
+    def __init__(self, *args: Any, lros: Lros, by: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lros = lros
+        self._by = by
+
+    def pending_records(self) -> list[Record]:
+        records = super().pending_records()
+        self._lros.saw_queue(records)
+        return records
+
+    def reserve(self, job: Job) -> Reservation:
+        why = self._lros.why(job)
+        reservation = super().reserve(job)
+        if reservation.generation is not None:
+            self._lros.jobs[job.job_id] = Lro(job.job_id, self._clock() - T0, why, self._by,
+                                              waited=reservation.slot is None)
+        return reservation
+
+    def _start(self, job: Job) -> str:
+        name = super()._start(job)
+        lro = self._lros.jobs.get(job.job_id)
+        hc = self._hc
+        if lro is not None and isinstance(hc, FakeHealthcare) and name in hc.operations:
+            lro.started_at, lro.started_by = self._clock() - T0, self._by
+            lro.grown, lro.objects = len(job.grown), len(hc.operations[name].objects)
+            lro.running = len(hc.running)
+        return name
+
+
 class MeasuredBatcher(WindowBatcher):
-    def __init__(self, *args: Any, plans: Plans, by_poller: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, plans: Plans, by_poller: bool, lros: Lros, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._plans = plans
         self._by_poller = by_poller
+        self._lros = lros
         self._local = threading.local()  # concurrent runs share this batcher; each is one thread
+
+    def _grow(self, target: Record, batch_id: str, uploads: list[Upload], claim: _Lease) -> _Growth | None:
+        growth = super()._grow(target, batch_id, uploads, claim)
+        if growth is None:
+            path = self._queue.job_path(str(target.data["job"]["job_id"]))
+            data = self._gcs.peek(self._s.state_bucket, path) if isinstance(self._gcs, FakeObjectStore) else None
+            if data is None:
+                why = "started"
+            else:
+                record = JobRecord.from_json(json.loads(data))
+                why = record.why_not_growable(record.job.get("storage_class")) or "swaps lost (429s, other growers)"
+            self._lros.growth(f"staging: the hold on the queued one failed: {why}")
+        else:
+            self._lros.growth("")
+        return growth
 
     def run(self, window: str, seconds: float = PLAN_SECONDS) -> WindowResult:
         began = self._clock()
@@ -183,6 +282,7 @@ class MeasuredBatcher(WindowBatcher):
         return result
 
     def _claim(self, window: str) -> tuple[_Lease, bool] | None:
+        self._lros.planning()
         claimed = super()._claim(window)
         if claimed is not None:
             if claimed[1]:
@@ -258,6 +358,7 @@ class Bench:
         self.hc.size(config.files)
         w.hc = self.hc
         self.plans = Plans()
+        self.lros = Lros()
         self.rng = random.Random(config.seed)
         self.instances = [self._instance(i) for i in range(config.instances)]
         self.uploaded_at: array[float] = array("d", bytes(8 * config.files))
@@ -272,8 +373,9 @@ class Bench:
 
     def _instance(self, index: int) -> tuple[str, ImportOnUpload]:
         w = self.world
-        queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep)
-        batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=False)
+        queue = MeasuredQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep, lros=self.lros, by="leader")
+        batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=False,
+                                  lros=self.lros)
         handler = ImportOnUpload(w.settings, w.store, batcher, clock=w.clock, sleep=w.sim.sleep)
         return f"import-{index}", handler
 
@@ -311,8 +413,9 @@ class Bench:
 
     def _poll(self) -> None:
         w = self.world
-        queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep)
-        batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=True)
+        queue = MeasuredQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep, lros=self.lros, by="poller")
+        batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=True,
+                                  lros=self.lros)
         poller = Poller(w.settings, w.store, w.hc, queue, batcher, w.publisher, clock=w.clock)
 
         def run() -> None:
@@ -390,6 +493,8 @@ class Bench:
         left = w.store.names(w.settings.staging, w.settings.state_path("staging/"))
         upload_seconds = uploads_done - T0
         unconfirmed, disowned = w.settings.state_path("unconfirmed/"), w.settings.state_path("disowned/")
+        started = sorted((lro for lro in self.lros.jobs.values() if lro.started_at is not None),
+                         key=lambda lro: lro.started_at or 0.0)
         return {
             "pattern": c.pattern, "files": files, "rate": c.rate, "latency": c.latency, "tail": c.tail,
             "limits": c.limits, "simulated_hours": round((w.sim.clock() - T0) / 3600, 2),
@@ -432,6 +537,9 @@ class Bench:
             "upload_to_start_p50_s": round(_pct(waits, 0.50), 1), "upload_to_start_p95_s": round(_pct(waits, 0.95), 1),
             "slowest_leader_seconds_by_kind": _slowest(self.leader_meters),
             "slowest_poller_seconds_by_kind": _slowest(self.poll_meters),
+            # Why each LRO's job was made rather than grown, and each LRO (--lros prints them).
+            "lro_reasons": dict(Counter(lro.why for lro in started).most_common()),
+            "lro_list": [asdict(lro) for lro in started],
             "errors": dict(self.errors), "redelivered": self.redelivered, "wall_s": round(wall, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
@@ -474,8 +582,18 @@ def print_report(r: dict[str, Any]) -> None:
           f"{r['simulated_hours']} h simulated in {r['wall_s']} s, peak RSS {r['peak_rss_mb']} MB")
     for key, value in r.items():
         if key not in ("pattern", "files", "rate", "latency", "tail", "limits", "simulated_hours", "wall_s",
-                       "peak_rss_mb"):
+                       "peak_rss_mb", "lro_list"):
             print(f"  {key:32s} {value}")
+
+
+def print_lros(r: dict[str, Any], out: Any = sys.stdout) -> None:
+    """One line per LRO: when its job was queued and started (simulated seconds), by whom, its size,
+    the windows that grew it, and why its job was made rather than grown."""
+    print("  queued  started  by      waited objects grown at-once why", file=out)
+    for lro in r["lro_list"]:
+        print(f"  {lro['queued_at']:6.0f} {lro['started_at']:8.0f}  {lro['started_by']:7s} "
+              f"{'yes' if lro['waited'] else 'no':6s} {lro['objects']:7,} {lro['grown']:5} {lro['running']:7} "
+              f"{lro['why']}", file=out)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -492,6 +610,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--staging-in-state", action="store_true",
                         help="staged copies in the state bucket (DICOM_STAGING_BUCKET unset)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--lros", action="store_true", help="list every LRO and why its job was made "
+                        "(to stderr with --json)")
     args = parser.parse_args(argv)
     config = Config(args.pattern, args.files, args.rate, args.latency, args.tail, not args.no_limits,
                     args.instances, args.duplicates, args.seed, not args.staging_in_state)
@@ -502,6 +622,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(report))
     else:
         print_report(report)
+    if args.lros:
+        print_lros(report, sys.stderr if args.json else sys.stdout)
     return report
 
 

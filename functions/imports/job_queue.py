@@ -284,25 +284,31 @@ class JobQueue:
             record = dropped
         typed = JobRecord.from_json(record.data)
         job = Job.from_json(record.data["job"])
+        kept = typed.slot if typed.closing else None  # a closing job keeps the slot it was closed with
         if self.waits_for_running_import(job):
             # Closed for a start that another import has since overtaken: it waits again, so it
             # may grow again (else later windows would queue jobs beside it).
-            self._apply(job_id, record, Event.REOPEN)
+            if self._apply(job_id, record, Event.REOPEN) is not None and kept is not None:
+                self.release_slot(kept, job_id)
             return StartResult(None, queued=False, coalescing=True)
-        slot = self._acquire_slot(job)
+        if kept is not None and typed.live_holds(now):
+            return StartResult(None, queued=False)  # its last grower (or the poller) starts it
+        slot = kept if kept is not None else self._acquire_slot(job)
         if slot is None:
             return StartResult(None, queued=True, capped=is_request(job))
         if typed.live_holds(now):
             # Later windows are growing it. It could start now, so it takes no new growers (else
             # overlapping windows could hold it forever); the last grower to commit, or the
-            # poller, starts it. The slot goes back meanwhile.
-            self.release_slot(slot, job.job_id)
-            self._apply(job_id, record, Event.CLOSE, Change(now=now))
+            # poller, starts it. It keeps the slot meanwhile (decision 0780): later windows see
+            # an import starting, so their jobs wait and grow instead of starting beside it.
+            if self._apply(job_id, record, Event.CLOSE, Change(now=now, slot=slot)) is None:
+                self.release_slot(slot, job.job_id)
             return StartResult(None, queued=False)
         started = self._apply(job_id, record, Event.START,
                               Change(now=now, slot=slot, lease_seconds=self._s.claim_lease_seconds))
         if started is None or started.generation is None:
-            self.release_slot(slot, job.job_id)
+            if kept is None:  # a closing job's slot stays with it: its record says so
+                self.release_slot(slot, job.job_id)
             return StartResult(None, queued=False)
         return self._start_claimed(job, slot, Record(started.data, started.generation))
 
@@ -376,6 +382,8 @@ class JobQueue:
         ended (tracked or dropped) after the listing: not in flight either.
         """
         record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
+        if record is not None and record.data.get("closing") and record.data.get("slot") is not None:
+            return True  # about to start once its last grower commits (decision 0780)
         if record is None or record.data.get("state") != "STARTING":
             return False
         return Lease(float(record.data.get("leaseUntil", 0))).live(self._clock())
@@ -694,6 +702,8 @@ class JobQueue:
         if record.data.get("slot") != index:
             return False
         state = record.data.get("state")
+        if state == "PENDING":
+            return bool(record.data.get("closing"))  # closed with this slot; it starts (or reopens) with it
         if state == "STARTING" and Lease(float(record.data.get("leaseUntil", 0))).expired(now):
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return True

@@ -8,7 +8,8 @@ UNCONFIRMED: a start whose outcome is unknown; it keeps its slot until the polle
 - `holds`: later windows growing a PENDING staging import, each with its lease (`until`) and,
   once a starter found it run out, `cancelled` (the growth rules below).
 - `closing`: a starter could start the job but found live holds: no new hold is taken, so
-  overlapping growers cannot keep a job from ever starting.
+  overlapping growers cannot keep a job from ever starting. It keeps the slot the starter took
+  (`slot`), so later windows see an import starting and queue a job that waits and grows.
 - `attempted`: the time of an earlier start whose outcome was unknown and which began no
   operation as far as the poller could tell; such a job never grows (its operation may yet turn
   up and have read its prefix).
@@ -23,7 +24,7 @@ keeps the two the same).
 Coalescing under backpressure: a later window's uploads grow a queued staging import.
 
 While every LRO slot is taken, a job waits in `jobs/` as PENDING. A window planned meanwhile copies
-its uploads into the staging prefix of the newest such job (its URI, `staging/{J}/**`, reads
+its uploads into the staging prefix of the oldest such job (its URI, `staging/{J}/**`, reads
 whatever lies there when the LRO starts) instead of queueing one more job behind it. So the number
 of LROs follows upload time / LRO time, not the number of windows. A job that has started (or whose
 start was attempted) is frozen: its LRO may already have listed its prefix.
@@ -66,8 +67,11 @@ from functions.log import fields
 logger = logging.getLogger(__name__)
 
 # A grown job is one LRO; past this many objects a window starts a job of its own, so that one
-# import (and its manifest, read back on failure) stays bounded.
-MAX_GROWN_OBJECTS = 50_000
+# import (and its manifests, read back when it finished) stays bounded. Above what arrives during
+# one import at the fastest upload we plan for: at 500 files/s an import of the files that arrive
+# while the one before runs settles at about 60,000 (60 s + 1 s per 1,000 files); a smaller cap
+# makes a third job while one runs and the next one waits, and the queue never drains (decision 0782).
+MAX_GROWN_OBJECTS = 100_000
 # Growers of one job at once; a window that finds this many plans a job of its own.
 MAX_HOLDS = 8
 
@@ -116,7 +120,7 @@ class JobRecord:
 
     job: Mapping[str, Any]
     state: State
-    slot: int | None = None  # STARTING, UNCONFIRMED
+    slot: int | None = None  # STARTING, UNCONFIRMED, and a closing PENDING job (it starts with it)
     claimed_at: float | None = None  # STARTING
     lease_until: float | None = None  # STARTING
     attempted_at: float | None = None  # UNCONFIRMED: when the start of unknown outcome was made
@@ -145,14 +149,30 @@ class JobRecord:
         """May this job take more uploads of `storage_class`?
 
         Only a PENDING staging import that was never attempted, that no starter is waiting to
-        start (`closing`, or a hold it is undoing) and that has room for another grower.
+        start (`closing`) and that has room for another grower. A hold a starter is undoing
+        (cancelled) does not stop other growers: its batch is its own (decision 0783).
         """
+        return self.why_not_growable(storage_class) is None
+
+    def why_not_growable(self, storage_class: str | None) -> str | None:
+        """Why this job takes no more uploads of `storage_class` (None: it does), in words that
+        say which rule of `growable` refused it: the scale bench counts the jobs it made."""
         job = self.job
-        return (self.state is State.PENDING and self.attempted is None and not self.closing
-                and len(self.holds) < MAX_HOLDS and not any(h.cancelled for h in self.holds.values())
-                and job.get("kind") == "import" and bool(job.get("staging_prefix")) and not job.get("redrive_of")
-                and job.get("storage_class") == storage_class
-                and int(job.get("object_count", 0)) < MAX_GROWN_OBJECTS)
+        if job.get("kind") != "import" or not job.get("staging_prefix") or job.get("redrive_of"):
+            return "not a staging import"
+        if self.state is not State.PENDING:
+            return f"{self.state.value.lower()}"
+        if self.attempted is not None:
+            return "attempted"
+        if self.closing:
+            return "closing"
+        if len(self.holds) >= MAX_HOLDS:
+            return f"{MAX_HOLDS} holds"
+        if job.get("storage_class") != storage_class:
+            return "another storage class"
+        if int(job.get("object_count", 0)) >= MAX_GROWN_OBJECTS:
+            return "full"
+        return None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"job": dict(self.job), "state": self.state.value}
@@ -306,7 +326,7 @@ TRANSITIONS: dict[tuple[State | None, Event], Transition] = {
                                     "generation makes that deletion fail", _unadopted),
     (_P, Event.HOLD): Transition(
         _P, lambda r, c: r is not None and r.growable(c.storage_class),
-        "growable: a staging import, never attempted, not closing, no cancelled hold, "
+        "growable: a staging import, never attempted, not closing, "
         f"< {MAX_HOLDS} holds, < {MAX_GROWN_OBJECTS} objects, same storage class",
         _with_holds(lambda r, c: {**r.holds, c.batch: Hold(c.batch, c.until)})),
     (_P, Event.RENEW_HOLD): Transition(
@@ -322,11 +342,11 @@ TRANSITIONS: dict[tuple[State | None, Event], Transition] = {
         _with_holds(lambda r, c: {**r.holds, c.batch: Hold(c.batch, r.holds[c.batch].until, cancelled=True)})),
     (_P, Event.CLOSE): Transition(
         _P, lambda r, c: r is not None and bool(r.live_holds(c.now)) and not r.closing,
-        "live holds, not closing yet; the slot taken for it goes back",
-        lambda r, c: replace(r, closing=True) if r else None),
+        "live holds, not closing yet; it keeps the slot taken for it",
+        lambda r, c: replace(r, closing=True, slot=c.slot) if r else None),
     (_P, Event.REOPEN): Transition(
-        _P, lambda r, c: r is not None and r.closing, "closing; another import runs",
-        lambda r, c: replace(r, closing=False) if r else None),
+        _P, lambda r, c: r is not None and r.closing, "closing; another import runs: its slot goes back",
+        lambda r, c: replace(r, closing=False, slot=None) if r else None),
     (_P, Event.START): Transition(
         _S, lambda r, c: r is not None and not r.live_holds(c.now), "no live holds; a slot taken", _starting),
     (_S, Event.START_FAILED): Transition(

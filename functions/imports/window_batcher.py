@@ -302,6 +302,11 @@ class WindowBatcher:
                 jobs.extend(group_jobs)
                 staged += group_staged
         growth = self._grow(target, batch_id, to_grow, claim) if target is not None and to_grow else None
+        if to_grow and growth is None and target is not None:
+            # It started, closed or filled up since we read it: the job that grows next is the one
+            # queued after it, if any (decision 0783), not a job of our own beside that one.
+            target = _growth_target(self._queue.pending_records(), after=target)
+            growth = self._grow(target, batch_id, to_grow, claim) if target is not None else None
         if to_grow and growth is None:
             # The job started (or another window grows it) since we read it: a job of our own.
             for (bucket, storage_class), group in _group(to_grow, self._s).items():
@@ -751,10 +756,19 @@ def _listed_after(cover: _Covering, upload: Upload) -> bool:
     return upload.time_created is not None and upload.time_created < cover.started_at - CLOCK_SKEW_SECONDS
 
 
-def _growth_target(waiting: list[Record]) -> Record | None:
-    """The newest queued job a window may grow (whatever its storage class; checked per group)."""
-    for record in reversed(waiting):
-        if job_record.growable(record.data, record.data.get("job", {}).get("storage_class")):
+def _growth_target(waiting: list[Record], after: Record | None = None) -> Record | None:
+    """The oldest queued job a window may grow (whatever its storage class; checked per group).
+    `after`: a job that refused a hold; the next one must be younger and of its storage class.
+
+    The oldest, because jobs start oldest first: two leaders that planned at once may each have
+    queued a job, and growing the younger would leave the older one small, started before it or
+    beside it once it reaches its coalescing age (decision 0781)."""
+    for record in waiting:
+        job = record.data.get("job", {})
+        if after is not None and (str(job.get("job_id", "")) <= str(after.data["job"]["job_id"])
+                                  or job.get("storage_class") != after.data["job"].get("storage_class")):
+            continue
+        if job_record.growable(record.data, job.get("storage_class")):
             return record
     return None
 

@@ -14,9 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import TooManyRequests
 
 from functions.core.errors import TransientApiError
+from functions.gcp.clients import Record
+from functions.imports import job_record
 from functions.imports.job_queue import Job
+from functions.imports.job_record import Change, Event
 from tests import dicom_factory
 from tests.functional.scenarios import (
     crash_point_ids,
@@ -26,7 +30,7 @@ from tests.functional.scenarios import (
     staging_window,
     started_untracked,
 )
-from tests.functional.world import UPLOADS, World
+from tests.functional.world import STATE, UPLOADS, World
 
 COALESCE = 120.0
 
@@ -244,9 +248,10 @@ def test_a_leader_killed_before_any_call_of_grow_and_start_loses_nothing(step: i
     w.check_invariants(may_import_twice=started_untracked(executed))
 
 
-def test_a_job_closed_for_a_start_that_another_import_overtook_grows_again() -> None:
-    """Closed (decision 0700) because it could start while a window held it; meanwhile another
-    import started, so it has to wait after all: it takes later windows again."""
+def test_a_closing_job_keeps_its_slot_and_a_later_window_waits_for_it() -> None:
+    """Closed (decision 0700) because it could start while a window held it, the job keeps the
+    slot (decision 0780): a later window sees an import starting, so its job waits and grows
+    instead of starting beside it; the last grower starts the closed job with its slot."""
     w, a, running = _running_world()
     [job] = led(staging_window(w, 1, [a])).jobs  # waits behind the running import
     w.faults.stall(20.0, method="write", name=".grown-")
@@ -257,12 +262,103 @@ def test_a_job_closed_for_a_start_that_another_import_overtook_grows_again() -> 
     w.poll()
     w.sim.run_until(w.sim.clock())
     [record] = w.queue().pending_records()
-    assert record.data.get("closing")
-    other = led(staging_window(w, 3, [w.instance()]))  # J is closing: a job of its own, started
-    assert other.grown is None and len(other.started) == 1
-    assert led(slow).grown == job and not led(slow).started  # committed; J waits for that import
-    [record] = [r for r in w.queue().pending_records() if r.data["job"]["job_id"] == job]
-    assert not record.data.get("closing")
-    assert led(staging_window(w, 4, [a])).grown == job
+    assert record.data.get("closing") and record.data.get("slot") is not None
+    assert list(w.state("slots/")) == [f"slots/{record.data['slot']}"]
+    other = led(staging_window(w, 3, [w.instance()]))  # J is closing: a job of its own, waiting
+    assert other.grown is None and len(other.jobs) == 1 and not other.started
+    assert led(slow).grown == job and len(led(slow).started) == 1  # committed; J starts with its slot
+    assert led(staging_window(w, 4, [a])).grown == other.jobs[0]  # the waiting job grows
+    assert w.hc.max_running == 1
     w.settle()
     w.check_invariants()
+
+
+def test_a_closed_job_that_another_import_overtook_gives_its_slot_back_and_grows_again() -> None:
+    """A closed job that has to wait after all (another import started meanwhile, here one of
+    another storage class's window) reopens: it frees its slot and later windows grow it."""
+    w, a, running = _running_world()
+    [job] = led(staging_window(w, 1, [a])).jobs
+    w.faults.stall(20.0, method="write", name=".grown-")
+    w.store.put(UPLOADS, "mig/w02/m.dcm", dicom_factory.instance())
+    slow = w.upload_burst(["mig/w02/a.dcm", "mig/w02/z.dcm"], to=[a])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)
+    w.hc.finish(running.name)
+    w.poll()
+    w.sim.run_until(w.sim.clock())
+    [record] = w.queue().pending_records()
+    assert record.data.get("closing")
+    closed_slot = f"slots/{record.data['slot']}"
+    glob = Job(job_id="5-glob", kind="import", request_id="r", created_at=w.sim.clock(),
+               import_uri=f"gs://{UPLOADS}/mig/w01/*.dcm")  # a glob never waits: it overtakes J
+    assert w.queue().submit(glob).started
+    w.sim.run_until_idle()
+    assert led(slow).grown == job and not led(slow).started  # committed; J waits for that import
+    [record] = [r for r in w.queue().pending_records() if r.data["job"]["job_id"] == job]
+    assert not record.data.get("closing") and record.data.get("slot") is None
+    assert closed_slot not in w.state("slots/") and len(w.state("slots/")) == 1  # the glob's
+    assert led(staging_window(w, 4, [a])).grown == job
+
+
+def test_a_window_grows_the_oldest_of_two_waiting_jobs() -> None:
+    """Two leaders that planned at once each queued a job behind the running import. Later windows
+    grow the older one, which starts first (decision 0781): grown, the younger would be started
+    first and leave the older one behind, small, to start beside another import."""
+    w, a, running = _running_world()
+    [older] = led(staging_window(w, 1, [a])).jobs
+    younger = Job(job_id=f"{older[:-2]}99", kind="import", request_id="r", created_at=w.sim.clock(),
+                  import_uri=f"gs://{w.settings.staging}/staging/{older[:-2]}99/**",
+                  staging_prefix=f"staging/{older[:-2]}99/")
+    assert w.queue().reserve(younger).slot is None  # waits too
+    assert led(staging_window(w, 2, [a])).grown == older
+    w.hc.finish(running.name)
+    assert len(led(staging_window(w, 3, [a])).started) == 1  # grows the older one and starts it
+    [second] = w.hc.running
+    assert f"/{older}/" in second.uri and len(second.objects) == 6
+    assert led(staging_window(w, 4, [a])).grown == younger.job_id  # the next one to grow
+
+
+def test_a_waiting_job_of_the_files_one_import_at_500_per_second_reads_still_grows() -> None:
+    """At 500 files/s the files that arrive while one import runs settle at about 60,000 (decision
+    0782): a waiting job of 60,000 still takes the next window rather than a third job queueing."""
+    w, a, running = _running_world()
+    waiting = Job(job_id="20251231T000000000Z-00000001-00", kind="import", request_id="r",
+                  created_at=w.sim.clock(), import_uri=f"gs://{w.settings.staging}/staging/x/**",
+                  staging_prefix="staging/x/", object_count=60_000)
+    assert w.queue().reserve(waiting).slot is None
+    assert led(staging_window(w, 1, [a])).grown == waiting.job_id
+
+
+def test_a_window_refused_by_the_oldest_waiting_job_grows_the_next_one() -> None:
+    """The oldest waiting job refuses the hold (here its swaps are all throttled; a starter may
+    have closed it, or it filled up): the window grows the job queued after it (decision 0783)
+    rather than queueing a third one."""
+    w, a, _ = _running_world()
+    [older] = led(staging_window(w, 1, [a])).jobs
+    younger = Job(job_id=f"{older[:-2]}99", kind="import", request_id="r", created_at=w.sim.clock(),
+                  import_uri=f"gs://{w.settings.staging}/staging/{older[:-2]}99/**",
+                  staging_prefix=f"staging/{older[:-2]}99/")
+    assert w.queue().reserve(younger).slot is None
+    w.faults.fail(lambda: TooManyRequests("rate of writes to one object"), method="replace",
+                  name=f"jobs/{older}", times=10)
+    result = led(staging_window(w, 2, [a]))
+    assert result.grown == younger.job_id and not result.jobs
+    assert len(w.queue().pending_job_ids()) == 2
+
+
+def test_a_window_grows_a_waiting_job_while_a_starter_undoes_another_growth_of_it() -> None:
+    """A starter found a grower's hold run out and cancelled it; deleting a window's copies takes
+    it a while. Meanwhile the job still grows (decision 0783): a window of its own would wait beside
+    it and start once it reaches its coalescing age."""
+    w, a, _ = _running_world()
+    [job] = led(staging_window(w, 1, [a])).jobs
+    path = w.queue().job_path(job)
+    held = job_record.apply(w.store, STATE, path, w.store.read(STATE, path), Event.HOLD,
+                            Change(batch="dead", until=w.sim.clock() - 1.0))
+    assert held is not None and held.generation is not None
+    cancelled = job_record.apply(w.store, STATE, path, Record(held.data, held.generation), Event.CANCEL_HOLD,
+                                 Change(batch="dead"))
+    assert cancelled is not None
+    result = led(staging_window(w, 2, [a]))
+    assert result.grown == job and not result.jobs
+    assert w.queue().try_start(job).coalescing  # the starter finishes its undo; the job waits
+    assert "dead" not in w.store.json(STATE, path).get("holds", {})
