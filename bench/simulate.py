@@ -48,7 +48,7 @@ from typing import Any
 from functions.core.events import STORAGE_FINALIZED, StorageObjectEvent
 from functions.imports.import_on_upload import ImportOnUpload
 from functions.imports.job_queue import JobQueue
-from functions.imports.poll_operations import Poller
+from functions.imports.poll_operations import Poller, PollSummary
 from functions.imports.window_batcher import PLAN_SECONDS, WindowBatcher, WindowResult, _Lease
 from tests.functional.cloud_limits import WRITES, CloudConditions, Latency, Limits, Meter
 from tests.functional.fakes import FakeHealthcare, FakeOperation
@@ -195,6 +195,50 @@ class MeasuredBatcher(WindowBatcher):
         return claimed
 
 
+# -- the poller, measured step by step -----------------------------------------------------------
+
+@dataclass
+class StepMeter:
+    """One step of one poller run: its time and its Cloud Storage calls."""
+
+    seconds: float
+    meter: Meter
+
+
+class MeasuredPoller(Poller):
+    """Meters each of its run's steps (`Poller._step`) on its own, then adds it to the run's meter."""
+
+    def __init__(self, *args: Any, clock: Any, sim: Any, **kwargs: Any) -> None:
+        super().__init__(*args, clock=clock, **kwargs)
+        self._sim = sim
+        self.steps: dict[str, StepMeter] = {}
+
+    def _step(self, summary: PollSummary, name: str, action: Any) -> None:
+        task = self._sim.current
+        outer: Meter = task.meter
+        meter = Meter()
+        task.meter = meter
+        began = self._sim.clock()
+        try:
+            super()._step(summary, name, action)
+        finally:
+            task.meter = outer
+            seconds = self._sim.clock() - began
+            known = self.steps.get(name)
+            if known is not None:  # a step run twice in one run: its parts add up
+                seconds += known.seconds
+                _add(meter, known.meter)
+            self.steps[name] = StepMeter(seconds, meter)
+            _add(outer, meter)
+
+
+def _add(into: Meter, meter: Meter) -> None:
+    into.calls.update(meter.calls)
+    into.listed += meter.listed
+    for kind, seconds in meter.waited.items():
+        into.waited[kind] += seconds
+
+
 # -- upload patterns -----------------------------------------------------------------------------
 
 def names(pattern: str, files: int, seed: int) -> Iterator[str]:
@@ -263,6 +307,7 @@ class Bench:
         self.uploaded_at: array[float] = array("d", bytes(8 * config.files))
         self.poll_seconds: list[float] = []
         self.poll_meters: list[Meter] = []
+        self.poll_steps: list[dict[str, StepMeter]] = []  # per poller run, in `poll_seconds` order
         self.leader_meters: list[Meter] = []
         self.errors: Counter[str] = Counter()
         self.unconfirmed: Counter[str] = Counter()  # the poller runs' unconfirmed starts: adopted, requeued
@@ -313,7 +358,7 @@ class Bench:
         w = self.world
         queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep)
         batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=True)
-        poller = Poller(w.settings, w.store, w.hc, queue, batcher, w.publisher, clock=w.clock)
+        poller = MeasuredPoller(w.settings, w.store, w.hc, queue, batcher, w.publisher, clock=w.clock, sim=w.sim)
 
         def run() -> None:
             meter = Meter()
@@ -322,6 +367,7 @@ class Bench:
             summary = poller.run()
             self.poll_seconds.append(w.sim.clock() - began)
             self.poll_meters.append(meter)
+            self.poll_steps.append(poller.steps)
             for error in summary.errors:
                 self.errors[f"poller: {error.split(':', 2)[1].strip()}"] += 1
             self.unconfirmed.update({k: v for k, v in summary.unconfirmed.items() if k != "waiting"})
@@ -371,6 +417,13 @@ class Bench:
             next_poll = self._advance_to(w.sim.clock() + SCHEDULER_PERIOD, next_poll)
         w.sim.run_until_idle()
         return self._report(time.monotonic() - started, uploads_done)
+
+    def _slowest_run_by_step(self) -> dict[str, Any]:
+        """The longest poller run, step by step: seconds, objects listed, reads, writes, deletes."""
+        if not self.poll_seconds:
+            return {}
+        index = max(range(len(self.poll_seconds)), key=self.poll_seconds.__getitem__)
+        return {name: _step_row(step) for name, step in self.poll_steps[index].items()}
 
     def _quiet(self) -> bool:
         w = self.world
@@ -429,12 +482,32 @@ class Bench:
             "poller_most_calls": max((sum(m.calls.values()) for m in self.poll_meters), default=0),
             "poller_most_reads": max((_calls(m, READS) for m in self.poll_meters), default=0),
             "poller_most_writes": max((_calls(m, WRITES) for m in self.poll_meters), default=0),
+            "poller_most_deletes": max((_calls(m, frozenset({"delete"})) for m in self.poll_meters), default=0),
+            "slowest_poller_run_by_step": self._slowest_run_by_step(),
+            "poller_step_longest_s": _longest_by_step(self.poll_steps),
             "upload_to_start_p50_s": round(_pct(waits, 0.50), 1), "upload_to_start_p95_s": round(_pct(waits, 0.95), 1),
             "slowest_leader_seconds_by_kind": _slowest(self.leader_meters),
             "slowest_poller_seconds_by_kind": _slowest(self.poll_meters),
             "errors": dict(self.errors), "redelivered": self.redelivered, "wall_s": round(wall, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
+
+
+def _step_row(step: StepMeter) -> dict[str, float | int]:
+    m = step.meter
+    return {"s": round(step.seconds, 1), "listed": m.listed, "reads": _calls(m, READS - {"list", "list_prefixes"}),
+            "writes": _calls(m, WRITES - {"delete"}), "deletes": _calls(m, frozenset({"delete"})),
+            "other_s": round(sum(v for k, v in m.waited.items() if not k.startswith("store.") and k != "pool"), 1),
+            "pool_s": round(m.waited.get("pool", 0.0), 1), "429_s": round(m.waited.get("429", 0.0), 1)}
+
+
+def _longest_by_step(runs: list[dict[str, StepMeter]]) -> dict[str, float]:
+    """Each step's longest time in any run."""
+    longest: dict[str, float] = {}
+    for steps in runs:
+        for name, step in steps.items():
+            longest[name] = max(longest.get(name, 0.0), round(step.seconds, 1))
+    return longest
 
 
 def _pct(values: list[float], q: float) -> float:
