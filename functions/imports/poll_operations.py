@@ -195,9 +195,10 @@ class Poller:
     def _finish_all(self, summary: PollSummary, done: list[tuple[StartedOperation, dict[str, Any]]],
                     live: set[str], budget: RunBudget) -> None:
         """Publishes each finished operation's completion event, within the run's budget; frees
-        the slots of holders that died."""
-        def finish(item: tuple[StartedOperation, dict[str, Any]]) -> str | Exception | None:
-            started, operation = item
+        the slots of holders that died. One operation after the other: each one's own calls go
+        side by side (its manifests, its objects' accounting), and the budget's arithmetic stays
+        that of one unit at a time."""
+        def finish(started: StartedOperation, operation: dict[str, Any]) -> str | Exception | None:
             try:
                 return self._finish(started, operation, budget)
             except Exception as exc:
@@ -205,9 +206,8 @@ class Poller:
                                                                              error=type(exc).__name__))
                 return exc
 
-        with ThreadPoolExecutor(max_workers=self._s.poll_concurrency) as pool:
-            outcomes = list(pool.map(finish, done)) if done else []
-        for (started, _), outcome in zip(done, outcomes, strict=True):
+        for started, operation in done:
+            outcome = finish(started, operation)
             if isinstance(outcome, Exception):
                 summary.errors.append(f"{started.name}: {type(outcome).__name__}")
                 live.add(started.job.job_id)
