@@ -208,19 +208,19 @@ class StepMeter:
 class MeasuredPoller(Poller):
     """Meters each of its run's steps (`Poller._step`) on its own, then adds it to the run's meter."""
 
-    def __init__(self, *args: Any, clock: Any, sim: Any, **kwargs: Any) -> None:
-        super().__init__(*args, clock=clock, **kwargs)
-        self._sim = sim
+    def __init__(self, world: World, queue: JobQueue, batcher: WindowBatcher) -> None:
+        super().__init__(world.settings, world.store, world.hc, queue, batcher, world.publisher, clock=world.clock)
+        self._sim = world.sim
         self.steps: dict[str, StepMeter] = {}
 
-    def _step(self, summary: PollSummary, name: str, action: Any) -> None:
-        task = self._sim.current
+    def _step(self, summary: PollSummary, name: str, action: Any) -> bool:
+        task: Any = self._sim.current  # a poller run's task carries its meter (see `Bench._poll`)
         outer: Meter = task.meter
         meter = Meter()
         task.meter = meter
         began = self._sim.clock()
         try:
-            super()._step(summary, name, action)
+            return super()._step(summary, name, action)
         finally:
             task.meter = outer
             seconds = self._sim.clock() - began
@@ -358,7 +358,7 @@ class Bench:
         w = self.world
         queue = JobQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep)
         batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=True)
-        poller = MeasuredPoller(w.settings, w.store, w.hc, queue, batcher, w.publisher, clock=w.clock, sim=w.sim)
+        poller = MeasuredPoller(w, queue, batcher)
 
         def run() -> None:
             meter = Meter()

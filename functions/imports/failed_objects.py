@@ -439,12 +439,12 @@ class FailedObjectFinder:
             if not budget.allows(_COMPARE_CHUNK):
                 return progress
             began, first = budget.clock(), len(progress.compared)
-            chunk = candidates[first:first + budget.take(CHUNK)]
+            indices = candidates[first:first + budget.take(CHUNK)]
             probes = [_Probe(_source(entries[i]), uids=uids.get(i), readable=progress.probed[i] == _CANDIDATE)
-                      for i in chunk]
+                      for i in indices]
             self._compare(probes)
             progress.compared.extend(_code(p.fate or Fate(p.source.uri, UNDECIDED, UNREADABLE)) for p in probes)
-            budget.spent(_COMPARE_CHUNK, budget.clock() - began, len(chunk))
+            budget.spent(_COMPARE_CHUNK, budget.clock() - began, len(indices))
             if not save(progress):
                 return progress
         return progress
