@@ -1,4 +1,4 @@
-"""One leader's run and one poller run do bounded work (decision 0761).
+"""One leader's run and one poller run do bounded work (decisions 0761, 0775).
 
 Found by bench.simulate at 500 files/s with every call five times slower: a leader planned its
 window of 2,500 files for 390 s (the import function's timeout is 120 s), and a poller run that
