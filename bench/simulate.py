@@ -458,6 +458,8 @@ class Bench:
             "read_again_by": dict(Counter(f"{first} -> {again}" for _, first, again in self.hc.read_again)),
             "uncommitted_growth_copies_read": dict(self.hc.uncommitted),
             "staged_copies": store_calls.get("copy", 0), "copies_left": len(left),
+            # By batch: `staging/{B}` (a plan's copies) or `staging/{J}/{B}` (a growth of job J).
+            "copies_left_by_batch": dict(Counter(name.rsplit("/", 1)[0] for name in left).most_common(5)),
             "gcs_calls_per_file": round(sum(store_calls.values()) / files, 2),
             "gcs_calls_per_file_by_kind": {k: round(v / files, 3) for k, v in sorted(store_calls.items())},
             "list_calls": store_calls.get("list", 0) + store_calls.get("list_prefixes", 0),
