@@ -295,6 +295,52 @@ def _timed_poll(world: World) -> tuple[poll_operations.PollSummary, float]:
     return task.value(), world.sim.clock() - began
 
 
+def _finished_import_with_a_failure(world: World, files: int) -> list[str]:
+    """One import of `files` DICOM files and one that is not DICOM, finished: each object is
+    judged against the store. Its names, the non-DICOM one last."""
+    names = [*_names("huge", files), "huge/notes.dcm"]
+    a = world.instance()
+    for name in names:
+        world.deliver(world.upload(name, b"not DICOM" if name.endswith("notes.dcm") else None), a)
+    world.sim.run_until_idle()
+    assert world.hc.finish_all() == 1
+    return names
+
+
+def _count_downloads(world: World, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    downloads: Counter[str] = Counter()
+    download = world.store.download
+
+    def counted(bucket: str, name: str, **kwargs: Any) -> bytes:
+        downloads[name] += 1
+        return download(bucket, name, **kwargs)
+
+    monkeypatch.setattr(world.store, "download", counted)
+    return downloads
+
+
+def test_a_poller_killed_in_the_middle_of_an_accounting_leaves_it_for_the_next_run(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run dies right before it keeps its second chunk's progress (the function's timeout, a
+    crash): the next run goes on from the first chunk's, judges the second chunk again and
+    publishes one complete event."""
+    monkeypatch.setattr(failed_objects, "CHUNK", 20)
+    names = _finished_import_with_a_failure(world, 60)
+    downloads = _count_downloads(world, monkeypatch)
+    world.faults.kill(method="replace", name="accounting/")
+    killed = world.poll()
+    world.sim.run_until_idle()
+    assert killed.killed and world.completions() == []
+    assert len(world.store.json(STATE, world.state("accounting/")[0])["probed"]) == 20
+    summary = world.poll().value()
+    assert summary.finished == 1 and world.state("accounting/") == []
+    [event] = [p.data for p in world.completions()]
+    assert event["objects"]["total"] == len(names) and event["objects"]["landed"] == len(names) - 1
+    assert sum(1 for n in downloads.values() if n > 1) == 20  # the chunk whose progress was lost
+    world.settle()
+    world.check_invariants(expected=names[:-1])
+
+
 def test_a_huge_finished_import_is_accounted_for_over_several_runs_each_within_its_budget(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An import of 300 objects, one of them not DICOM, so each object is judged against the store;
@@ -305,22 +351,9 @@ def test_a_huge_finished_import_is_accounted_for_over_several_runs_each_within_i
     monkeypatch.setattr(failed_objects, "CHUNK", 20)
     world = World(cloud=lambda sim: CloudConditions(sim))
     try:
-        names = [*_names("huge", 300), "huge/notes.dcm"]
-        a = world.instance()
-        for name in names:
-            data = b"not DICOM" if name.endswith("notes.dcm") else None
-            world.deliver(world.upload(name, data), a)
-        world.sim.run_until_idle()
-        assert world.hc.finish_all() == 1
+        names = _finished_import_with_a_failure(world, 300)
         world.cloud.latency = Latency(scale=50.0, tail_share=0.0)  # type: ignore[union-attr]
-        downloads: Counter[str] = Counter()
-        download = world.store.download
-
-        def counted(bucket: str, name: str, **kwargs: Any) -> bytes:
-            downloads[name] += 1
-            return download(bucket, name, **kwargs)
-
-        monkeypatch.setattr(world.store, "download", counted)
+        downloads = _count_downloads(world, monkeypatch)
         runs = []
         for _ in range(10):
             summary, seconds = _timed_poll(world)
