@@ -95,7 +95,8 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return out
 
 
-def test_a_failed_poller_step_or_operation_is_reported_by_its_errors_type_only(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_poller_step_or_operation_is_reported_by_its_errors_type_only(
+        caplog: pytest.LogCaptureFixture) -> None:
     """Another service's error message may carry tag values or a URL with a query: the poller's
     summary and log lines name the step or operation and the error's type, not its text."""
     caplog.set_level(logging.DEBUG)
