@@ -114,6 +114,8 @@ class Poller:
                                                   finished=summary.finished, jobs_started=summary.jobs_started,
                                                   jobs_queued=summary.jobs_queued,
                                                   oldest_running_seconds=summary.oldest_running_seconds,
+                                                  windows_left=summary.windows_left,
+                                                  accounting_left=summary.accounting_left,
                                                   errors=len(summary.errors)))
         return summary
 
