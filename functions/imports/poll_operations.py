@@ -101,10 +101,11 @@ class Poller:
         live: set[str] = set()
         self._step(summary, "recover windows", lambda: self._recover_windows(summary, budget))
         polled = self._step(summary, "poll operations", lambda: tracked_jobs.update(self._poll(summary, done, live)))
-        self._step(summary, "finish operations", lambda: self._finish_all(summary, done, live, budget))
         # Without the tracked operations a job whose starter died after starting it cannot be told
-        # from one that never started: then starting jobs waits for the next run.
+        # from one that never started, nor a slot's live holder from a dead one: then finishing,
+        # freeing slots and starting jobs wait for the next run.
         if polled:
+            self._step(summary, "finish operations", lambda: self._finish_all(summary, done, live, budget))
             self._step(summary, "resolve unconfirmed starts", lambda: self._resolve_unconfirmed(summary))
             self._step(summary, "start jobs", lambda: self._start_jobs(summary, tracked_jobs, budget))
         self._step(summary, "clean staging", lambda: self._clean_staging(summary, budget))
