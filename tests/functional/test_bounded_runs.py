@@ -420,3 +420,14 @@ def test_a_large_growth_to_undo_is_undone_over_several_runs_and_only_then_is_the
         assert [name for _, name, _ in op.objects] == [f"{prefix}{batch}0/committed.dcm"]
     finally:
         w.close()
+
+
+def test_a_run_whose_polling_failed_frees_no_slot_and_the_next_run_does(world: World) -> None:
+    """Without the tracked operations a dead slot holder cannot be told from a live one: the run
+    leaves the slots (and finishing, and starts) to the next run."""
+    world.store.write(STATE, world.queue().slot_path(3), {"job": "dead", "acquiredAt": world.sim.clock() - 3600.0})
+    world.faults.fail(lambda: RuntimeError("listing failed"), method="list", name="operations/")
+    failed = world.poll().value()
+    assert world.faults.fired and failed.errors == ["poll operations: RuntimeError"]
+    assert world.state("slots/") == ["slots/3"] and failed.slots_freed == 0
+    assert world.poll().value().slots_freed == 1 and world.state("slots/") == []
