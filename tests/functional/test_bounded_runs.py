@@ -431,3 +431,31 @@ def test_a_run_whose_polling_failed_frees_no_slot_and_the_next_run_does(world: W
     assert world.faults.fired and failed.errors == ["poll operations: RuntimeError"]
     assert world.state("slots/") == ["slots/3"] and failed.slots_freed == 0
     assert world.poll().value().slots_freed == 1 and world.state("slots/") == []
+
+
+def test_a_finished_import_takes_a_window_of_leftover_records_along_side_by_side() -> None:
+    """A leader died deleting its window's 200 records after its job was queued; the job ran and
+    finished, and the poller drops the records with it (decision 0753). Every call then takes 50
+    times its usual time (a delete 2 s): one after the other the deletes took the run 400 s."""
+    w = World(cloud=lambda sim: CloudConditions(sim))
+    try:
+        names = _names("left", 200)
+        w.faults.kill(method="delete", name="windows/", nth=1)  # the leader dies deleting its records
+        w.upload_burst(names, to=[w.instance("a")], gap=0.001)
+        w.sim.run_until_idle()
+        assert len(w.state("windows/")) == len(names) and w.state("jobs/") and not w.hc.operations
+        # Window recovery fails (a listing answered 503) until the job has started and finished.
+        w.faults.fail(lambda: gexc.ServiceUnavailable("503"), method="list_prefixes", name="windows/", times=100)
+        w.sim.advance(w.settings.claim_lease_seconds + 5)
+        for _ in range(15):
+            if w.hc.operations:
+                break
+            w.poll().value()
+            w.sim.advance(SCHEDULER_PERIOD)
+        assert w.hc.finish_all() == 1
+        w.cloud.latency = Latency(scale=50.0, tail_share=0.0)  # type: ignore[union-attr]
+        summary, seconds = _timed_poll(w)
+        assert summary.finished == 1 and w.state("windows/") == []
+        assert seconds <= poll_operations.RUN_SECONDS, seconds
+    finally:
+        w.close()
