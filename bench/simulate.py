@@ -50,7 +50,7 @@ from functions.gcp.clients import Record
 from functions.imports.import_on_upload import ImportOnUpload
 from functions.imports.job_queue import Job, JobQueue, Reservation
 from functions.imports.job_record import JobRecord
-from functions.imports.poll_operations import Poller
+from functions.imports.poll_operations import Poller, PollSummary
 from functions.imports.window_batcher import PLAN_SECONDS, Upload, WindowBatcher, WindowResult, _Growth, _Lease
 from tests.functional.cloud_limits import WRITES, CloudConditions, Latency, Limits, Meter
 from tests.functional.fakes import FakeHealthcare, FakeObjectStore, FakeOperation
@@ -295,6 +295,50 @@ class MeasuredBatcher(WindowBatcher):
         return claimed
 
 
+# -- the poller, measured step by step -----------------------------------------------------------
+
+@dataclass
+class StepMeter:
+    """One step of one poller run: its time and its Cloud Storage calls."""
+
+    seconds: float
+    meter: Meter
+
+
+class MeasuredPoller(Poller):
+    """Meters each of its run's steps (`Poller._step`) on its own, then adds it to the run's meter."""
+
+    def __init__(self, world: World, queue: JobQueue, batcher: WindowBatcher) -> None:
+        super().__init__(world.settings, world.store, world.hc, queue, batcher, world.publisher, clock=world.clock)
+        self._sim = world.sim
+        self.steps: dict[str, StepMeter] = {}
+
+    def _step(self, summary: PollSummary, name: str, action: Any) -> bool:
+        task: Any = self._sim.current  # a poller run's task carries its meter (see `Bench._poll`)
+        outer: Meter = task.meter
+        meter = Meter()
+        task.meter = meter
+        began = self._sim.clock()
+        try:
+            return super()._step(summary, name, action)
+        finally:
+            task.meter = outer
+            seconds = self._sim.clock() - began
+            known = self.steps.get(name)
+            if known is not None:  # a step run twice in one run: its parts add up
+                seconds += known.seconds
+                _add(meter, known.meter)
+            self.steps[name] = StepMeter(seconds, meter)
+            _add(outer, meter)
+
+
+def _add(into: Meter, meter: Meter) -> None:
+    into.calls.update(meter.calls)
+    into.listed += meter.listed
+    for kind, seconds in meter.waited.items():
+        into.waited[kind] += seconds
+
+
 # -- upload patterns -----------------------------------------------------------------------------
 
 def names(pattern: str, files: int, seed: int) -> Iterator[str]:
@@ -364,6 +408,7 @@ class Bench:
         self.uploaded_at: array[float] = array("d", bytes(8 * config.files))
         self.poll_seconds: list[float] = []
         self.poll_meters: list[Meter] = []
+        self.poll_steps: list[dict[str, StepMeter]] = []  # per poller run, in `poll_seconds` order
         self.leader_meters: list[Meter] = []
         self.errors: Counter[str] = Counter()
         self.unconfirmed: Counter[str] = Counter()  # the poller runs' unconfirmed starts: adopted, requeued
@@ -416,7 +461,7 @@ class Bench:
         queue = MeasuredQueue(w.settings, w.store, w.hc, clock=w.clock, sleep=w.sim.sleep, lros=self.lros, by="poller")
         batcher = MeasuredBatcher(w.settings, w.store, queue, clock=w.clock, plans=self.plans, by_poller=True,
                                   lros=self.lros)
-        poller = Poller(w.settings, w.store, w.hc, queue, batcher, w.publisher, clock=w.clock)
+        poller = MeasuredPoller(w, queue, batcher)
 
         def run() -> None:
             meter = Meter()
@@ -425,6 +470,7 @@ class Bench:
             summary = poller.run()
             self.poll_seconds.append(w.sim.clock() - began)
             self.poll_meters.append(meter)
+            self.poll_steps.append(poller.steps)
             for error in summary.errors:
                 self.errors[f"poller: {error.split(':', 2)[1].strip()}"] += 1
             self.unconfirmed.update({k: v for k, v in summary.unconfirmed.items() if k != "waiting"})
@@ -475,6 +521,13 @@ class Bench:
         w.sim.run_until_idle()
         return self._report(time.monotonic() - started, uploads_done)
 
+    def _slowest_run_by_step(self) -> dict[str, Any]:
+        """The longest poller run, step by step: seconds, objects listed, reads, writes, deletes."""
+        if not self.poll_seconds:
+            return {}
+        index = max(range(len(self.poll_seconds)), key=self.poll_seconds.__getitem__)
+        return {name: _step_row(step) for name, step in self.poll_steps[index].items()}
+
     def _quiet(self) -> bool:
         w = self.world
         return (not self.hc.running and w.sim.pending == 0 and not self._later
@@ -510,6 +563,8 @@ class Bench:
             "read_again_by": dict(Counter(f"{first} -> {again}" for _, first, again in self.hc.read_again)),
             "uncommitted_growth_copies_read": dict(self.hc.uncommitted),
             "staged_copies": store_calls.get("copy", 0), "copies_left": len(left),
+            # By batch: `staging/{B}` (a plan's copies) or `staging/{J}/{B}` (a growth of job J).
+            "copies_left_by_batch": dict(Counter(name.rsplit("/", 1)[0] for name in left).most_common(5)),
             "gcs_calls_per_file": round(sum(store_calls.values()) / files, 2),
             "gcs_calls_per_file_by_kind": {k: round(v / files, 3) for k, v in sorted(store_calls.items())},
             "list_calls": store_calls.get("list", 0) + store_calls.get("list_prefixes", 0),
@@ -534,6 +589,9 @@ class Bench:
             "poller_most_calls": max((sum(m.calls.values()) for m in self.poll_meters), default=0),
             "poller_most_reads": max((_calls(m, READS) for m in self.poll_meters), default=0),
             "poller_most_writes": max((_calls(m, WRITES) for m in self.poll_meters), default=0),
+            "poller_most_deletes": max((_calls(m, frozenset({"delete"})) for m in self.poll_meters), default=0),
+            "slowest_poller_run_by_step": self._slowest_run_by_step(),
+            "poller_step_longest_s": _longest_by_step(self.poll_steps),
             "upload_to_start_p50_s": round(_pct(waits, 0.50), 1), "upload_to_start_p95_s": round(_pct(waits, 0.95), 1),
             "slowest_leader_seconds_by_kind": _slowest(self.leader_meters),
             "slowest_poller_seconds_by_kind": _slowest(self.poll_meters),
@@ -543,6 +601,23 @@ class Bench:
             "errors": dict(self.errors), "redelivered": self.redelivered, "wall_s": round(wall, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
+
+
+def _step_row(step: StepMeter) -> dict[str, float | int]:
+    m = step.meter
+    return {"s": round(step.seconds, 1), "listed": m.listed, "reads": _calls(m, READS - {"list", "list_prefixes"}),
+            "writes": _calls(m, WRITES - {"delete"}), "deletes": _calls(m, frozenset({"delete"})),
+            "other_s": round(sum(v for k, v in m.waited.items() if not k.startswith("store.") and k != "pool"), 1),
+            "pool_s": round(m.waited.get("pool", 0.0), 1), "429_s": round(m.waited.get("429", 0.0), 1)}
+
+
+def _longest_by_step(runs: list[dict[str, StepMeter]]) -> dict[str, float]:
+    """Each step's longest time in any run."""
+    longest: dict[str, float] = {}
+    for steps in runs:
+        for name, step in steps.items():
+            longest[name] = max(longest.get(name, 0.0), round(step.seconds, 1))
+    return longest
 
 
 def _pct(values: list[float], q: float) -> float:

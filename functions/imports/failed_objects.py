@@ -28,13 +28,14 @@ import logging
 import re
 import struct
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from functions.core.errors import ApiError
 from functions.gcp.clients import HealthcareApi, ObjectStore
+from functions.imports.run_budget import RunBudget, unlimited
 from functions.log import fields
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,11 @@ COMPARE_LIMIT = 512 * 1024 * 1024  # bytes of an object (and of the stored insta
 _FIRST_READ = 64 * 1024
 _CHUNK = 8 * 1024 * 1024
 _THREADS = 8
+# Objects judged per unit of a poller run's budget (decision 0775): about 30 s at x5 latency on
+# `_THREADS` threads, so a run that starts one near its deadline still ends in time.
+CHUNK = 256
+_PROBE_CHUNK = "a chunk of objects to probe"
+_COMPARE_CHUNK = "a chunk of objects to compare"
 
 MESSAGES = {
     NOT_DICOM: "not a DICOM Part 10 file (no DICM prefix); upload a DICOM file under this name and redrive",
@@ -118,6 +124,98 @@ class Accounting:
     @property
     def held_back(self) -> int:
         return sum(1 for f in self.fates if f.held)
+
+
+_CANDIDATE, _CANDIDATE_UNREADABLE = "C", "c"  # stored instance found; its content not compared yet
+_CODES = {LANDED: "L", FAILED: "F", UNDECIDED: "U"}
+_OUTCOMES = {code: outcome for outcome, code in _CODES.items()}
+
+
+def _code(fate: Fate) -> str:
+    return ("H" if fate.held else _CODES[fate.outcome]) + (f":{fate.reason}" if fate.reason else "")
+
+
+def _fate(uri: str, code: str) -> Fate:
+    letter, _, reason = code.partition(":")
+    if letter == "H":
+        return Fate(uri, FAILED, reason, held=True)
+    return Fate(uri, _OUTCOMES[letter], reason or None)
+
+
+@dataclass
+class Progress:
+    """How far the accounting of one job's objects got, so that it can go on in a later run: a code
+    per object probed (steps 1-2), in manifest order, and one per candidate compared (step 3), in
+    the same order. Codes name outcomes and reasons only, never an object's UIDs."""
+
+    objects: int  # the job's objects: a progress of another count is stale
+    probed: list[str] = field(default_factory=list)
+    compared: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], objects: int) -> Progress:
+        if data.get("objects") != objects:
+            return cls(objects)
+        return cls(objects, [str(c) for c in data.get("probed", [])], [str(c) for c in data.get("compared", [])])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"objects": self.objects, "probed": self.probed, "compared": self.compared}
+
+    def candidates(self) -> int:
+        return sum(1 for c in self.probed if c in (_CANDIDATE, _CANDIDATE_UNREADABLE))
+
+    def named_failures(self) -> int:
+        """Objects found failed by their own bytes or the store's answer (not held back by a redrive)."""
+        return sum(1 for c in self.probed if c.startswith("F:"))
+
+    def needs_comparing(self, api_failures: int | None) -> bool:
+        """Step 3 is needed unless the API's failures are all named already (then every stored
+        candidate is its own instance)."""
+        return not (api_failures is not None and self.named_failures() >= api_failures)
+
+    def done(self, api_failures: int | None) -> bool:
+        if len(self.probed) < self.objects:
+            return False
+        return not self.needs_comparing(api_failures) or len(self.compared) >= self.candidates()
+
+    def accounting(self, uris: Sequence[str], api_failures: int | None) -> Accounting:
+        """The fates of a finished progress, in manifest order."""
+        assert self.done(api_failures) and len(uris) == self.objects
+        compare = self.needs_comparing(api_failures)
+        unexplained = None if api_failures is None else api_failures - self.named_failures()
+        conflicts = sum(1 for c in self.compared if c in (f"F:{UID_CONFLICT}", f"F:{UNPARSEABLE}"))
+        # More differ than the API says failed: the comparison cannot be trusted for them.
+        mistrusted = unexplained is not None and conflicts > unexplained
+        fates, compared = [], iter(self.compared)
+        for uri, code in zip(uris, self.probed, strict=True):
+            if code in (_CANDIDATE, _CANDIDATE_UNREADABLE):
+                code = next(compared) if compare else "L"
+                if mistrusted and code in (f"F:{UID_CONFLICT}", f"F:{UNPARSEABLE}"):
+                    code = f"U:{COUNTER_MISMATCH}"
+            fates.append(_fate(uri, code))
+        return Accounting(fates)
+
+
+class KeptProgress:
+    """A progress kept in the state bucket between poller runs (`accounting/{operation}.json`). It
+    is written on the generation read, so that of two overlapping runs only one goes on; a
+    progress finished within one run is never written."""
+
+    def __init__(self, gcs: ObjectStore, bucket: str, path: str, objects: int, api_failures: int | None) -> None:
+        self._gcs, self._bucket, self._path, self._api_failures = gcs, bucket, path, api_failures
+        record = gcs.read(bucket, path)
+        self.progress = Progress.from_json(record.data, objects) if record else Progress(objects)
+        self._generation = record.generation if record else None
+
+    def save(self, progress: Progress) -> bool:
+        """Whether this run may go on (False: another run wrote it since)."""
+        if self._generation is None:
+            if progress.done(self._api_failures):
+                return True
+            self._generation = self._gcs.create(self._bucket, self._path, progress.to_json())
+        else:
+            self._generation = self._gcs.replace(self._bucket, self._path, progress.to_json(), self._generation)
+        return self._generation is not None
 
 
 # --- pure parts ----------------------------------------------------------------------------------
@@ -308,17 +406,48 @@ class FailedObjectFinder:
         (success + failure = the objects imported), None otherwise. Entries with a `held` reason were not
         imported (a redrive held them back) and fail with it.
         """
-        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-            probes = list(pool.map(self._probe, entries))
-        candidates = [p for p in probes if p.fate is None]
-        named = sum(1 for p in probes if p.fate is not None and p.fate.outcome == FAILED and not p.fate.held)
-        if api_failures is not None and named >= api_failures:
-            # The API's failures are all named already: every stored candidate is its own instance.
-            for probe in candidates:
-                probe.fate = Fate(probe.source.uri, LANDED)
-        elif candidates:
-            self._compare(candidates, None if api_failures is None else api_failures - named)
-        return Accounting([p.fate or Fate(p.source.uri, UNDECIDED, UNREADABLE) for p in probes])
+        progress = self.account_within(entries, api_failures=api_failures, progress=Progress(len(entries)),
+                                       budget=unlimited(lambda: 0.0))
+        return progress.accounting([str(e["uri"]) for e in entries], api_failures)
+
+    def account_within(self, entries: Sequence[dict[str, Any]], *, api_failures: int | None, progress: Progress,
+                       budget: RunBudget, save: Callable[[Progress], bool] = lambda _: True) -> Progress:
+        """Goes on with `progress` a chunk of `CHUNK` objects at a time while `budget` allows, and
+        hands each chunk's progress to `save` (which answers False when another run got further:
+        then this one stops). The progress is `done` when every object is judged."""
+        uids: dict[int, tuple[str, str, str]] = {}  # entry index -> UIDs, found by this call's probes
+        while len(progress.probed) < len(entries):
+            if not budget.allows(_PROBE_CHUNK):
+                return progress
+            began, first = budget.clock(), len(progress.probed)
+            chunk = entries[first:first + budget.take(CHUNK)]
+            with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+                probes = list(pool.map(self._probe, chunk))
+            for index, probe in enumerate(probes, start=first):
+                if probe.fate is not None:
+                    progress.probed.append(_code(probe.fate))
+                else:
+                    progress.probed.append(_CANDIDATE if probe.readable else _CANDIDATE_UNREADABLE)
+                    uids[index] = probe.uids  # type: ignore[assignment]
+            budget.spent(_PROBE_CHUNK, budget.clock() - began, len(chunk))
+            if not save(progress):
+                return progress
+        if not progress.needs_comparing(api_failures):
+            return progress
+        candidates = [i for i, c in enumerate(progress.probed) if c in (_CANDIDATE, _CANDIDATE_UNREADABLE)]
+        while len(progress.compared) < len(candidates):
+            if not budget.allows(_COMPARE_CHUNK):
+                return progress
+            began, first = budget.clock(), len(progress.compared)
+            indices = candidates[first:first + budget.take(CHUNK)]
+            probes = [_Probe(_source(entries[i]), uids=uids.get(i), readable=progress.probed[i] == _CANDIDATE)
+                      for i in indices]
+            self._compare(probes)
+            progress.compared.extend(_code(p.fate or Fate(p.source.uri, UNDECIDED, UNREADABLE)) for p in probes)
+            budget.spent(_COMPARE_CHUNK, budget.clock() - began, len(indices))
+            if not save(progress):
+                return progress
+        return progress
 
     # -- steps 1 and 2 ---------------------------------------------------------------------------
     def _probe(self, entry: dict[str, Any]) -> _Probe:
@@ -361,7 +490,9 @@ class FailedObjectFinder:
             wanted = min(wanted * 4, self._header_limit)
 
     # -- step 3 ----------------------------------------------------------------------------------
-    def _compare(self, candidates: list[_Probe], unexplained: int | None) -> None:
+    def _compare(self, candidates: list[_Probe]) -> None:
+        """Sets each candidate's fate. A candidate probed in an earlier run has no UIDs here: its
+        header is read again for them (its UIDs are never stored)."""
         stored_digests: dict[tuple[str, str, str], str | None | Exception] = {}
 
         def stored(uids: tuple[str, str, str]) -> str | None | Exception:
@@ -392,10 +523,25 @@ class FailedObjectFinder:
             # A file that is not parseable would fail under any UIDs: that is the reason to fix first.
             return Fate(uri, FAILED, UID_CONFLICT if probe.readable else UNPARSEABLE)
 
+        def find_uids(probe: _Probe) -> None:
+            if probe.uids is not None:
+                return
+            try:
+                probe.uids = self._header(probe.source)[0].uids
+            except Exception as exc:
+                logger.warning("could not read an object of an import", extra=fields(object=probe.source.uri,
+                                                                                    error=type(exc).__name__))
+            if probe.uids is None:  # gone, or replaced by other bytes since it was probed
+                probe.fate = Fate(probe.source.uri, UNDECIDED, UNREADABLE)
+
+        if any(p.uids is None for p in candidates):
+            with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+                list(pool.map(find_uids, candidates))
         # Per UID triple in turn (its digest is read once), objects of different triples at once.
         by_uids: dict[tuple[str, str, str], list[_Probe]] = {}
         for probe in candidates:
-            by_uids.setdefault(probe.uids, []).append(probe)  # type: ignore[arg-type]
+            if probe.fate is None:
+                by_uids.setdefault(probe.uids, []).append(probe)  # type: ignore[arg-type]
 
         def judge_group(group: list[_Probe]) -> None:
             for probe in group:
@@ -403,11 +549,6 @@ class FailedObjectFinder:
 
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
             list(pool.map(judge_group, by_uids.values()))
-        conflicts = [p for p in candidates if p.fate is not None and p.fate.reason in (UID_CONFLICT, UNPARSEABLE)]
-        if unexplained is not None and len(conflicts) > unexplained:
-            # More differ than the API says failed: the comparison cannot be trusted for them.
-            for probe in conflicts:
-                probe.fate = Fate(probe.source.uri, UNDECIDED, COUNTER_MISMATCH)
 
     def _chunks(self, source: _Source) -> Iterator[bytes]:
         """The object in `_CHUNK` range reads."""

@@ -42,6 +42,7 @@ from functions.gcp.retry import classify, is_transient
 from functions.imports import job_record
 from functions.imports.job_record import NO_CHANGE, Change, Event, JobRecord, State
 from functions.imports.job_record import apply as apply_transition
+from functions.imports.run_budget import RunBudget, unlimited
 from functions.log import fields
 from functions.settings import Settings
 
@@ -55,6 +56,8 @@ REFUSED_PREFIX = "refused-"  # operation ids of starts the API refused (see `_re
 INGEST_SLOTS = 1
 _READ_THREADS = 16
 _DELETE_THREADS = 64  # deletions of an undone growth's copies
+_PAGE = 1000  # one listing page of Cloud Storage
+_UNDO_PAGE = "a page of an undone growth's copies"  # a unit of a poller run's budget
 # Writes of a job record that must land whatever its state (the operation is tracked): each lost
 # swap is followed by a fresh read.
 _TRACK_ATTEMPTS = 3
@@ -249,7 +252,8 @@ class JobQueue:
         prefix = self._s.state_path("jobs/")
         return sorted(o.name[len(prefix):-len(".json")] for o in self._gcs.list(self._s.state_bucket, prefix))
 
-    def try_start(self, job_id: str, tracked_jobs: Collection[str] = ()) -> StartResult:
+    def try_start(self, job_id: str, tracked_jobs: Collection[str] = (),
+                  budget: RunBudget | None = None) -> StartResult:
         """Starts the job if a slot is free and nobody else is starting it.
 
         `tracked_jobs`: jobs whose operation is tracked (read before the job list). Such a job's
@@ -260,6 +264,9 @@ class JobQueue:
         permanent one finishes it as a failed operation so that its completion event says why. A
         job whose starter died mid-call is not started again: its operation may exist, so it turns
         UNCONFIRMED (see `resolve_unconfirmed`).
+
+        `budget`: a poller run's (decision 0775); undoing a stopped grower's growth stops within
+        it, and the job then waits for the next run to finish the undo.
         """
         record = self._gcs.read(self._s.state_bucket, self.job_path(job_id))
         if record is None:
@@ -278,7 +285,7 @@ class JobQueue:
             self._mark_unconfirmed(record, "its starter stopped before it knew the outcome")
             return StartResult(None, queued=False, unconfirmed=True)
         for hold in [h for h in typed.holds.values() if not h.live(now)]:
-            dropped = self._drop_hold(record, hold)
+            dropped = self._drop_hold(record, hold, budget or unlimited(self._clock))
             if dropped is None:
                 return StartResult(None, queued=False)
             record = dropped
@@ -388,12 +395,13 @@ class JobQueue:
             return False
         return Lease(float(record.data.get("leaseUntil", 0))).live(self._clock())
 
-    def _drop_hold(self, record: Record, hold: job_record.Hold) -> Record | None:
+    def _drop_hold(self, record: Record, hold: job_record.Hold, budget: RunBudget) -> Record | None:
         """Undoes the growth of a grower that died or stalled past its hold (see functions.imports.job_record).
 
         Cancelled first, so that a stalled grower's commit fails; then its copies and manifest go
         (its uploads' window records still exist: their window is planned again), then the hold.
-        A crash in between leaves the cancelled hold for the next starter to finish.
+        A crash in between leaves the cancelled hold for the next starter to finish, and so does a
+        run whose budget ends before the last copy (None then: the job is not started now).
         """
         job_id = str(record.data["job"]["job_id"])
         if not hold.cancelled:
@@ -405,14 +413,27 @@ class JobQueue:
         logger.warning("undoing the growth of a queued job whose grower stopped",
                        extra=fields(job=job.job_id, batch=hold.batch))
         bucket = job.staging_bucket if self._s.is_staging_bucket(job.staging_bucket) else self._s.staging
-        copies = [info.name for info in self._gcs.list(bucket, job_record.batch_prefix(job.staging_prefix, hold.batch))]
-        # A growth is up to a window of copies (2,500 at 500 files/s): one at a time they took a
-        # poller run minutes at x5 latency (decision 0761).
-        with ThreadPoolExecutor(max_workers=_DELETE_THREADS) as pool:
-            list(pool.map(lambda name: self._gcs.delete(bucket, name), copies))
+        if not self._delete_copies(bucket, job_record.batch_prefix(job.staging_prefix, hold.batch), budget):
+            logger.info("undoing a growth is left to the next run", extra=fields(job=job.job_id, batch=hold.batch))
+            return None
         self._gcs.delete(self._s.state_bucket, job_record.grown_manifest(job.manifest, hold.batch))
         cleared = self._apply(job_id, record, Event.RELEASE_HOLD, Change(batch=hold.batch))
         return None if cleared is None or cleared.generation is None else Record(cleared.data, cleared.generation)
+
+    def _delete_copies(self, bucket: str, prefix: str, budget: RunBudget) -> bool:
+        """Deletes every object under `prefix`, a listing page at a time while `budget` allows;
+        whether none is left. A growth is up to a window of copies (2,500 at 500 files/s): one at
+        a time they took a poller run minutes at x5 latency, so a page goes on 64 threads."""
+        while budget.allows(_UNDO_PAGE):
+            began = self._clock()
+            wanted = budget.take(_PAGE)
+            names = [info.name for info in self._gcs.list(bucket, prefix, max_results=wanted)]
+            with ThreadPoolExecutor(max_workers=_DELETE_THREADS) as pool:
+                list(pool.map(lambda name: self._gcs.delete(bucket, name), names))
+            budget.spent(_UNDO_PAGE, self._clock() - began, len(names))
+            if len(names) < wanted:
+                return True  # the prefix is empty now
+        return False
 
     def _apply(self, job_id: str, record: Record | None, event: Event, change: Change = NO_CHANGE,
                attempts: int = 1) -> job_record.Applied | None:

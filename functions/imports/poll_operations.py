@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core.exceptions import TooManyRequests
 
@@ -23,31 +23,40 @@ from functions.core import completion
 from functions.core.windows import is_window_id, object_key
 from functions.gcp.clients import EventPublisher, HealthcareApi, ObjectStore
 from functions.imports import window_records
-from functions.imports.failed_objects import LANDED, Accounting, FailedObjectFinder, Fate
+from functions.imports.failed_objects import LANDED, Accounting, FailedObjectFinder, Fate, KeptProgress
 from functions.imports.job_queue import Job, JobQueue, StartedOperation
+from functions.imports.run_budget import RunBudget
 from functions.imports.window_batcher import SeenSwapLostError, WindowBatcher, add_seen, read_seen
 from functions.log import fields
 from functions.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# A successful import's staged copies go once it finished (decision 0750): its `cleanup/{J}.json`
-# names the staging bucket and prefix, and each run deletes copies, a listing page at a time, until one of
-# these bounds is reached; the next run goes on. Together they keep up with a migration at 500
-# files/s (30,000 copies a minute) while a run stays well inside the poller's timeout.
-STAGING_DELETES_PER_RUN = 60_000
-STAGING_CLEAN_SECONDS = 90.0
-# A run stays within half the poll function's 300 s timeout (infra/functions.tf) with what grows
-# with a migration bounded (decision 0761): windows it takes over are planned while the run's
-# recovery time so far plus its longest window so far stays within RECOVERY_SECONDS, up to
-# RECOVERY_UPLOADS uploads (each plan a part of at most `batching.PLAN_UPLOADS`); staged copies are
-# deleted until the run has taken RUN_SECONDS (the last page of deletions then finishes). The rest
-# is the next run's: a window left stays open, a cleanup record stays.
+# A run stays within half the poll function's 300 s timeout (infra/functions.tf): every step that
+# grows with a migration works in bounded units and starts another only while the run's time so
+# far plus the longest unit of its kind so far stays within RUN_SECONDS, and the run's objects
+# (uploads planned, objects accounted for, copies deleted) stay within RUN_OBJECTS
+# (functions.imports.run_budget, decision 0775). Windows it takes over are planned within
+# RECOVERY_SECONDS of the run, up to RECOVERY_UPLOADS uploads (decision 0761), so that the steps
+# after have time left. The rest is the next run's: a window left stays open, an import's
+# accounting stays in `accounting/{operation}.json`, a growth half undone keeps its cancelled hold,
+# a cleanup record stays.
 RECOVERY_SECONDS = 60.0
 RECOVERY_UPLOADS = 3_000
 RUN_SECONDS = 120.0
+RUN_OBJECTS = 60_000
+# A successful import's staged copies go once it finished (decision 0750): its `cleanup/{J}.json`
+# names the staging bucket and prefix, and each run deletes copies, a listing page at a time, for
+# at most STAGING_CLEAN_SECONDS of the run's budget. That keeps up with a migration at 500 files/s
+# (30,000 copies a minute).
+STAGING_CLEAN_SECONDS = 90.0
 STAGING_DELETE_THREADS = 64
 _PAGE = 1000  # one listing page of Cloud Storage
+_MANIFEST_THREADS = 16
+_T = TypeVar("_T")
+# Units of the run's budget (their longest so far is what the run expects the next to take).
+_WINDOW = "a window taken over"
+_STAGING_PAGE = "a page of staged copies"
 
 
 @dataclass
@@ -62,6 +71,7 @@ class PollSummary:
     jobs_queued: int = 0
     windows_recovered: int = 0
     windows_left: int = 0  # windows due for recovery that this run left to the next (its budget)
+    accounting_left: int = 0  # finished imports whose objects this run did not account for all (its budget)
     slots_freed: int = 0
     staged_deleted: int = 0  # staged copies of finished imports deleted in this run
     unconfirmed: dict[str, int] = field(default_factory=dict)  # unconfirmed starts: adopted, requeued, waiting
@@ -86,22 +96,28 @@ class Poller:
 
     def run(self) -> PollSummary:
         summary = PollSummary()
-        began = self._clock()
+        budget = RunBudget.from_now(self._clock, RUN_SECONDS, RUN_OBJECTS)
         tracked_jobs: set[str] = set()
-        self._step(summary, "recover windows", lambda: self._recover_windows(summary))
-        self._step(summary, "poll operations", lambda: tracked_jobs.update(self._poll(summary)))
+        done: list[tuple[StartedOperation, dict[str, Any]]] = []
+        live: set[str] = set()
+        self._step(summary, "recover windows", lambda: self._recover_windows(summary, budget))
+        polled = self._step(summary, "poll operations", lambda: tracked_jobs.update(self._poll(summary, done, live)))
         # Without the tracked operations a job whose starter died after starting it cannot be told
-        # from one that never started: then starting jobs waits for the next run.
-        if not any(error.startswith("poll operations:") for error in summary.errors):
+        # from one that never started, nor a slot's live holder from a dead one: then finishing,
+        # freeing slots and starting jobs wait for the next run.
+        if polled:
+            self._step(summary, "finish operations", lambda: self._finish_all(summary, done, live, budget))
             self._step(summary, "resolve unconfirmed starts", lambda: self._resolve_unconfirmed(summary))
-            self._step(summary, "start jobs", lambda: self._start_jobs(summary, tracked_jobs))
-        self._step(summary, "clean staging", lambda: self._clean_staging(summary, began + RUN_SECONDS))
+            self._step(summary, "start jobs", lambda: self._start_jobs(summary, tracked_jobs, budget))
+        self._step(summary, "clean staging", lambda: self._clean_staging(summary, budget))
         # The run's one summary line: infra/monitoring.tf turns it into the poller's heartbeat,
         # the queue length and the oldest running operation's age.
         logger.info("poll finished", extra=fields(tracked=summary.tracked, running=summary.running,
                                                   finished=summary.finished, jobs_started=summary.jobs_started,
                                                   jobs_queued=summary.jobs_queued,
                                                   oldest_running_seconds=summary.oldest_running_seconds,
+                                                  windows_left=summary.windows_left,
+                                                  accounting_left=summary.accounting_left,
                                                   errors=len(summary.errors)))
         return summary
 
@@ -111,15 +127,18 @@ class Poller:
                           for o in outcomes)
         summary.unconfirmed = dict(sorted(counted.items()))
 
-    @staticmethod
-    def _step(summary: PollSummary, name: str, action: Callable[[], object]) -> None:
+    def _step(self, summary: PollSummary, name: str, action: Callable[[], object]) -> bool:
+        """Runs one step; whether it succeeded. A failure is reported by its type only: the
+        message of another service's error may carry tag values or a URL with a query."""
         try:
             action()
         except Exception as exc:  # one failing step must not stop the others
-            logger.exception("poller step failed", extra=fields(step=name))
-            summary.errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
+            logger.error("poller step failed", extra=fields(step=name, error=type(exc).__name__))
+            summary.errors.append(f"{name}: {type(exc).__name__}")
+            return False
+        return True
 
-    def _recover_windows(self, summary: PollSummary) -> None:
+    def _recover_windows(self, summary: PollSummary, budget: RunBudget) -> None:
         """Plans windows whose leader died (or left a part), within the run's recovery budget."""
         began = self._clock()
         windows = self._batcher.open_windows()
@@ -128,12 +147,13 @@ class Poller:
             if not self._batcher.is_orphaned(window):
                 continue
             spent = self._clock() - began
-            if spent + longest > RECOVERY_SECONDS or uploads >= RECOVERY_UPLOADS:
+            if spent + longest > RECOVERY_SECONDS or uploads >= RECOVERY_UPLOADS or not budget.allows(_WINDOW):
                 summary.windows_left += 1
                 continue
             window_began = self._clock()
-            result = self._batcher.run(window, seconds=RECOVERY_SECONDS - spent)
+            result = self._batcher.run(window, seconds=min(RECOVERY_SECONDS - spent, budget.seconds_left()))
             longest = max(longest, self._clock() - window_began)
+            budget.spent(_WINDOW, self._clock() - window_began, result.uploads)
             if result.claimed:
                 summary.windows_recovered += 1
                 uploads += result.uploads
@@ -142,44 +162,79 @@ class Poller:
                                                                      recovered=summary.windows_recovered))
         self._batcher.drop_stale_claims(set(windows))
 
-    def _poll(self, summary: PollSummary) -> set[str]:
-        """Polls every tracked operation; returns the ids of their jobs (finished ones included)."""
+    def _poll(self, summary: PollSummary, done: list[tuple[StartedOperation, dict[str, Any]]],
+              live: set[str]) -> set[str]:
+        """Polls every tracked operation; returns the ids of their jobs (finished ones included).
+        Finished operations go to `done`, the jobs of those running or not known to `live`."""
         tracked = self._queue.tracked()
         summary.tracked = len(tracked)
         with ThreadPoolExecutor(max_workers=self._s.poll_concurrency) as pool:
             outcomes = list(pool.map(self._poll_one, tracked))
         for started, outcome in zip(tracked, outcomes, strict=True):
             if isinstance(outcome, Exception):
-                summary.errors.append(f"{started.name}: {type(outcome).__name__}: {str(outcome)[:200]}")
+                summary.errors.append(f"{started.name}: {type(outcome).__name__}")
+                live.add(started.job.job_id)
             elif outcome is None:
                 summary.running += 1
+                live.add(started.job.job_id)
                 age = round(max(self._clock() - started.started_at, 0.0), 1)
                 summary.oldest_running_seconds = max(summary.oldest_running_seconds or 0.0, age)
             else:
-                summary.finished += 1
-                summary.published.append(outcome)
-        live = {t.job.job_id for t, o in zip(tracked, outcomes, strict=True) if o is None or isinstance(o, Exception)}
-        summary.slots_freed = self._queue.reclaim_slots(live)
+                done.append((started, outcome))
         return {t.job.job_id for t in tracked}
 
-    def _poll_one(self, started: StartedOperation) -> str | Exception | None:
-        """The published eventId when the operation finished; None while it runs."""
+    def _poll_one(self, started: StartedOperation) -> dict[str, Any] | Exception | None:
+        """The operation when it finished; None while it runs."""
         try:
             # Only refused starts have a stand-in record; everything else asks the API (no extra read).
             operation = self._queue.refusal(started) if started.refused else self._hc.get_operation(started.name)
             if operation is None:
-                raise LookupError(f"the record of refused start {started.name} is gone")
-            if not operation.get("done"):
-                return None
-            return self._finish(started, operation)
+                raise LookupError("the record of a refused start is gone")
+            return operation if operation.get("done") else None
         except Exception as exc:
-            logger.warning("could not poll an operation", extra=fields(operation=started.name, error=str(exc)[:300]))
+            logger.warning("could not poll an operation", extra=fields(operation=started.name,
+                                                                       error=type(exc).__name__))
             return exc
 
-    def _finish(self, started: StartedOperation, operation: dict[str, Any]) -> str:
+    def _finish_all(self, summary: PollSummary, done: list[tuple[StartedOperation, dict[str, Any]]],
+                    live: set[str], budget: RunBudget) -> None:
+        """Publishes each finished operation's completion event, within the run's budget; frees
+        the slots of holders that died. One operation after the other: each one's own calls go
+        side by side (its manifests, its objects' accounting), and the budget's arithmetic stays
+        that of one unit at a time."""
+        def finish(started: StartedOperation, operation: dict[str, Any]) -> str | Exception | None:
+            try:
+                return self._finish(started, operation, budget)
+            except Exception as exc:
+                logger.warning("could not finish an operation", extra=fields(operation=started.name,
+                                                                             error=type(exc).__name__))
+                return exc
+
+        for started, operation in done:
+            outcome = finish(started, operation)
+            if isinstance(outcome, Exception):
+                summary.errors.append(f"{started.name}: {type(outcome).__name__}")
+                live.add(started.job.job_id)
+            elif outcome is None:
+                summary.accounting_left += 1
+            else:
+                summary.finished += 1
+                summary.published.append(outcome)
+        summary.slots_freed = self._queue.reclaim_slots(live)
+
+    def _finish(self, started: StartedOperation, operation: dict[str, Any], budget: RunBudget) -> str | None:
+        """The published eventId; None when the run's budget ended before the import's objects were
+        all accounted for (the next run goes on)."""
         status = completion.parse_operation(operation)
         job = started.job
-        accounting = self._account(started, status) if job.kind == "import" and job.manifest else None
+        accounting = None
+        if job.kind == "import" and job.manifest:
+            accounting = self._account(started, status, budget)
+            if accounting is None:
+                # The operation is done: its slot may go to the next job while its objects are
+                # accounted for over the next runs (it stays tracked until then).
+                self._queue.release_slot(started.slot, job.job_id)
+                return None
         failed = accounting.failed if accounting else []
         undecided = accounting.undecided if accounting else []
         record = completion.TrackedOperation(
@@ -200,6 +255,8 @@ class Poller:
         if started.refused and job.claim:
             # Nothing ran: the request may be sent again (its FAILED event says why).
             self._gcs.delete(self._s.state_bucket, job.claim)
+        if accounting is not None:
+            self._gcs.delete(self._s.state_bucket, self._accounting_path(started))
         self._queue.forget(started)
         logger.info("operation finished", extra=fields(operation=started.name, kind=job.kind,
                                                        state=attributes.get("state"), event=attributes.get("eventId"),
@@ -213,11 +270,13 @@ class Poller:
         stem = job.manifest.removesuffix(".json")
         return [info.name for info in self._gcs.list(self._s.state_bucket, f"{stem}.")]
 
-    def _account(self, started: StartedOperation, status: completion.OperationStatus) -> Accounting:
-        """The fate of each object of the job (functions.imports.failed_objects); a receipt when some did not land."""
+    def _account(self, started: StartedOperation, status: completion.OperationStatus,
+                 budget: RunBudget) -> Accounting | None:
+        """The fate of each object of the job (functions.imports.failed_objects); a receipt when some did not land.
+        None when the run's budget ended first: how far it got is kept for the next run."""
         entries: list[dict[str, Any]] = []
-        for name in self._manifests(started.job):
-            manifest = self._gcs.read(self._s.state_bucket, name)
+        for manifest in self._side_by_side(lambda name: self._gcs.read(self._s.state_bucket, name),
+                                           self._manifests(started.job)):
             entries.extend(manifest.data.get("objects", []) if manifest else [])
         counters = status.counters
         imported = sum(1 for e in entries if not e.get("held"))
@@ -228,11 +287,13 @@ class Poller:
         if started.extra.get("adopted"):
             # Adopted by time, not by name: its counters may be another start's, so every object
             # is judged against the store (docs/decisions/0300-ambiguous-lro-starts.md).
-            accounting = self._finder.account(entries, api_failures=None)
+            accounting = self._judge(started, entries, None, budget)
         elif complete and counters.failure == 0 and status.error is None and imported == len(entries):
             accounting = Accounting([Fate(str(e["uri"]), LANDED) for e in entries])  # nothing to look at
         else:
-            accounting = self._finder.account(entries, api_failures=counters.failure if complete else None)
+            accounting = self._judge(started, entries, counters.failure if complete else None, budget)
+        if accounting is None:
+            return None
         if accounting.failed or accounting.undecided:
             # The receipt holds the whole lists, so exactly these files can be redriven.
             failed = accounting.failed
@@ -242,6 +303,25 @@ class Poller:
                              "failures": [f.to_dict() for f in failed],
                              "undecidedObjects": [f.to_dict() for f in accounting.undecided]})
         return accounting
+
+    def _judge(self, started: StartedOperation, entries: list[dict[str, Any]], api_failures: int | None,
+               budget: RunBudget) -> Accounting | None:
+        """Judges the objects from where an earlier run left off, within `budget`; each chunk's
+        progress is written (on the generation read, so that of two overlapping runs only one goes
+        on). None when objects are left."""
+        kept = KeptProgress(self._gcs, self._s.state_bucket, self._accounting_path(started), len(entries),
+                            api_failures)
+        progress = self._finder.account_within(entries, api_failures=api_failures, progress=kept.progress,
+                                               budget=budget, save=kept.save)
+        if not progress.done(api_failures):
+            logger.info("accounting for an import's objects is left to the next run",
+                        extra=fields(operation=started.name, judged=len(progress.probed) + len(progress.compared),
+                                     objects=len(entries)))
+            return None
+        return progress.accounting([str(e["uri"]) for e in entries], api_failures)
+
+    def _accounting_path(self, started: StartedOperation) -> str:
+        return self._s.state_path("accounting", f"{started.operation_id}.json")
 
     def _clean_up(self, started: StartedOperation) -> None:
         job = started.job
@@ -254,8 +334,17 @@ class Poller:
             if not job.redrive_of:
                 # Before the manifests go: they are what a takeover of the window checks (decision 0753).
                 self._drop_window_records(job, manifests)
-            for name in manifests:
-                self._gcs.delete(self._s.state_bucket, name)
+            self._side_by_side(lambda name: self._gcs.delete(self._s.state_bucket, name), manifests)
+
+    @staticmethod
+    def _side_by_side(call: Callable[[str], _T], names: list[str], threads: int = _MANIFEST_THREADS) -> list[_T]:
+        """`call` on each name, in order, on threads: an import that grew by a window every few
+        seconds has a manifest per window (60 at 50 files/s), and one after the other their reads
+        and deletes took a poller run over a minute at x5 latency."""
+        if len(names) <= 1:
+            return [call(name) for name in names]
+        with ThreadPoolExecutor(max_workers=min(threads, len(names))) as pool:
+            return list(pool.map(call, names))
 
     def _drop_window_records(self, job: Job, manifests: list[str]) -> None:
         """Deletes the window records still left of uploads this import stored (decision 0753).
@@ -295,12 +384,15 @@ class Poller:
                 logger.warning("could not add a finished import's uploads to their window's seen file",
                                extra=fields(window=window, job=job.job_id))
                 continue
-            dropped = 0
-            for info in left:
-                entries = window_records.parse(info.metadata)
-                if entries is not None and all(e.key in seen.keys for e in entries):
-                    self._gcs.delete(self._s.state_bucket, info.name)
-                    dropped += 1
+            doomed = [info.name for info in left
+                      if (entries := window_records.parse(info.metadata)) is not None
+                      and all(e.key in seen.keys for e in entries)]
+            # Up to a window of records (2,500 at 500 files/s, fewer with group records): one at a
+            # time they took a poller run over 600 s at x5 latency (bench.simulate --files 300000
+            # --rate 500 --latency 5).
+            self._side_by_side(lambda path: self._gcs.delete(self._s.state_bucket, path), doomed,
+                               threads=STAGING_DELETE_THREADS)
+            dropped = len(doomed)
             if dropped:
                 logger.info("window records of a finished import dropped",
                             extra=fields(window=window, job=job.job_id, records=dropped, left=len(left) - dropped))
@@ -308,15 +400,18 @@ class Poller:
     def _cleanup_path(self, job_id: str) -> str:
         return self._s.state_path("cleanup", f"{job_id}.json")
 
-    def _clean_staging(self, summary: PollSummary, run_until: float) -> None:
-        """Deletes staged copies of successful imports, oldest import first, within this run's bounds
-        (until `run_until` at the latest); a `cleanup/` record goes once its prefix is empty."""
-        began = self._clock()
-        until = min(began + STAGING_CLEAN_SECONDS, run_until)
-        budget = STAGING_DELETES_PER_RUN
+    def _clean_staging(self, summary: PollSummary, budget: RunBudget) -> None:
+        """Deletes staged copies of successful imports, oldest import first, a page at a time
+        within the run's budget and `STAGING_CLEAN_SECONDS`; a `cleanup/` record goes once its
+        prefix is empty."""
+        until = self._clock() + STAGING_CLEAN_SECONDS
         staging_root = self._s.state_path("staging/")
+
+        def allowed() -> bool:
+            return budget.allows(_STAGING_PAGE) and self._clock() <= until
+
         for info in self._gcs.list(self._s.state_bucket, self._s.state_path("cleanup/")):
-            if budget <= 0 or self._clock() > until:
+            if not allowed():
                 return
             record = self._gcs.read(self._s.state_bucket, info.name)
             if record is None:
@@ -325,12 +420,12 @@ class Poller:
             # Records written before staging had a bucket of its own name none: the state bucket.
             bucket = str(record.data.get("bucket") or self._s.state_bucket)
             while self._s.is_staging_bucket(bucket) and prefix.startswith(staging_root) and prefix != staging_root:
-                if budget <= 0 or self._clock() > until:
+                if not allowed():
                     return
-                wanted = min(_PAGE, budget)
+                began, wanted = self._clock(), budget.take(_PAGE)
                 names = [i.name for i in self._gcs.list(bucket, prefix, max_results=wanted)]
                 deleted = self._delete_unless_throttled(bucket, names)
-                budget -= deleted
+                budget.spent(_STAGING_PAGE, self._clock() - began, deleted)
                 summary.staged_deleted += deleted
                 if deleted < len(names):
                     # The bucket is at its write rate: the uploads' copies (or, staged in the state
@@ -362,11 +457,11 @@ class Poller:
             list(pool.map(delete, names))
         return len(deleted)
 
-    def _start_jobs(self, summary: PollSummary, tracked_jobs: set[str]) -> None:
+    def _start_jobs(self, summary: PollSummary, tracked_jobs: set[str], budget: RunBudget) -> None:
         pending = self._queue.pending_job_ids()
         waiting = 0
         for index, job_id in enumerate(pending):
-            result = self._queue.try_start(job_id, tracked_jobs)
+            result = self._queue.try_start(job_id, tracked_jobs, budget)
             if result.started:
                 summary.jobs_started += 1
             elif result.coalescing or result.capped:

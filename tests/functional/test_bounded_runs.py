@@ -1,4 +1,4 @@
-"""One leader's run and one poller run do bounded work (decision 0761).
+"""One leader's run and one poller run do bounded work (decisions 0761, 0775).
 
 Found by bench.simulate at 500 files/s with every call five times slower: a leader planned its
 window of 2,500 files for 390 s (the import function's timeout is 120 s), and a poller run that
@@ -10,6 +10,8 @@ left, and the poller's recovery of windows has a budget; what is left goes to th
 from __future__ import annotations
 
 import json
+from collections import Counter
+from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
@@ -17,14 +19,14 @@ from google.api_core import exceptions as gexc
 from functions.core.events import StorageObjectEvent
 from functions.core.windows import window_id
 from functions.gcp.clients import Record
-from functions.imports import job_record, poll_operations, window_batcher, window_records
+from functions.imports import failed_objects, job_record, poll_operations, window_batcher, window_records
 from functions.imports.job_queue import Job
-from functions.imports.job_record import Change, Event
+from functions.imports.job_record import Change, Event, JobRecord
 from functions.imports.window_records import Entry
 from tests.functional.cloud_limits import CloudConditions, Latency
 from tests.functional.scenarios import led
 from tests.functional.test_cloud_limits import _staged_import
-from tests.functional.world import STATE, World
+from tests.functional.world import SCHEDULER_PERIOD, STATE, World
 
 PART = 40
 
@@ -290,3 +292,179 @@ def test_a_round_whose_second_job_cannot_be_queued_starts_the_first_at_once() ->
     world.sim.run_until_idle()
     world.settle()
     world.check_invariants(expected=names)
+
+
+def _timed_poll(world: World) -> tuple[poll_operations.PollSummary, float]:
+    began = world.sim.clock()
+    task = world.poll()
+    world.sim.run_until_idle()
+    return task.value(), world.sim.clock() - began
+
+
+def _finished_import_with_a_failure(world: World, files: int) -> list[str]:
+    """One import of `files` DICOM files and one that is not DICOM, finished: each object is
+    judged against the store. Its names, the non-DICOM one last."""
+    names = [*_names("huge", files), "huge/notes.dcm"]
+    a = world.instance()
+    for name in names:
+        world.deliver(world.upload(name, b"not DICOM" if name.endswith("notes.dcm") else None), a)
+    world.sim.run_until_idle()
+    assert world.hc.finish_all() == 1
+    return names
+
+
+def _count_downloads(world: World, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    downloads: Counter[str] = Counter()
+    download = world.store.download
+
+    def counted(bucket: str, name: str, **kwargs: Any) -> bytes:
+        downloads[name] += 1
+        return download(bucket, name, **kwargs)
+
+    monkeypatch.setattr(world.store, "download", counted)
+    return downloads
+
+
+def test_a_poller_killed_in_the_middle_of_an_accounting_leaves_it_for_the_next_run(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run dies right before it keeps its second chunk's progress (the function's timeout, a
+    crash): the next run goes on from the first chunk's, judges the second chunk again and
+    publishes one complete event."""
+    monkeypatch.setattr(failed_objects, "CHUNK", 20)
+    names = _finished_import_with_a_failure(world, 60)
+    downloads = _count_downloads(world, monkeypatch)
+    world.faults.kill(method="replace", name="accounting/")
+    killed = world.poll()
+    world.sim.run_until_idle()
+    assert killed.killed and world.completions() == []
+    assert len(world.store.json(STATE, world.state("accounting/")[0])["probed"]) == 20
+    summary = world.poll().value()
+    assert summary.finished == 1 and world.state("accounting/") == []
+    [event] = [p.data for p in world.completions()]
+    assert event["objects"]["total"] == len(names) and event["objects"]["landed"] == len(names) - 1
+    assert sum(1 for n in downloads.values() if n > 1) == 20  # the chunk whose progress was lost
+    world.settle()
+    world.check_invariants(expected=names[:-1])
+
+
+def test_a_huge_finished_import_is_accounted_for_over_several_runs_each_within_its_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import of 300 objects, one of them not DICOM, so each object is judged against the store;
+    every call then takes 50 times its usual time (a download 2 s, a store lookup 2.5 s): judging
+    them all took one run over 200 s. Each run now judges chunks while its time so far plus its
+    longest chunk stays within `RUN_SECONDS`, keeps how far it got, and the next goes on; the
+    completion event comes once, with every object, and no object is read twice."""
+    monkeypatch.setattr(failed_objects, "CHUNK", 20)
+    world = World(cloud=lambda sim: CloudConditions(sim))
+    try:
+        names = _finished_import_with_a_failure(world, 300)
+        world.cloud.latency = Latency(scale=50.0, tail_share=0.0)  # type: ignore[union-attr]
+        downloads = _count_downloads(world, monkeypatch)
+        runs = []
+        for _ in range(10):
+            summary, seconds = _timed_poll(world)
+            runs.append((summary.finished, summary.accounting_left, seconds))
+            if summary.finished:
+                break
+            assert world.state("accounting/") and world.completions() == [], runs  # kept, not published
+            world.sim.advance(SCHEDULER_PERIOD)
+        assert len(runs) >= 2, runs  # the work did not fit one run
+        assert all(seconds <= poll_operations.RUN_SECONDS + 30.0 for _, _, seconds in runs), runs
+        assert [left for _, left, _ in runs] == [1] * (len(runs) - 1) + [0]
+        [event] = [p.data for p in world.completions()]
+        assert event["objects"]["total"] == len(names) and event["objects"]["landed"] == len(names) - 1
+        assert [f["reason"] for f in event["failures"]] == ["NOT_DICOM"]
+        assert set(downloads) == set(names) and max(downloads.values()) == 1  # none judged twice
+        assert world.state("accounting/") == []
+        world.settle()
+        world.check_invariants(expected=names[:-1])
+    finally:
+        world.close()
+
+
+def test_a_large_growth_to_undo_is_undone_over_several_runs_and_only_then_is_the_job_started() -> None:
+    """A stopped grower left 3,000 copies; every call takes 100 times its usual time (a delete
+    4 s), so a page of 1,000 on 64 threads takes over a minute and undoing it all took one run
+    over 200 s. Each run deletes pages within its budget; the job keeps its cancelled hold and
+    waits until the next run has deleted the last copy, then starts without the growth."""
+    w = World(cloud=lambda sim: CloudConditions(sim))
+    try:
+        prefix = "staging/J/"
+        job = Job(job_id="J", kind="import", request_id="r", created_at=w.sim.clock() - 3600.0,
+                  import_uri=f"gs://{STATE}/{prefix}**", staging_prefix=prefix)
+        batch = "B"
+        w.store.put(STATE, f"{prefix}{batch}0/committed.dcm", b"x")  # the job's own copy stays
+        for index in range(3000):
+            w.store.put(STATE, f"{job_record.batch_prefix(prefix, batch)}{index:06d}.dcm", b"x")
+        path = w.queue().job_path("J")
+
+        def hold_then_stop() -> None:
+            queued = job_record.apply(w.store, STATE, path, None, Event.QUEUE, Change(job=job.to_json()))
+            assert queued is not None and queued.generation is not None
+            held = job_record.apply(w.store, STATE, path, Record(queued.data, queued.generation), Event.HOLD,
+                                    Change(batch=batch, until=w.sim.clock() + 30.0))
+            assert held is not None and held.generation is not None
+
+        w.sim.call(hold_then_stop, name="grower")
+        w.sim.run_until_idle()
+        w.sim.advance(31.0)  # the hold ran out
+        w.cloud.latency = Latency(scale=100.0, tail_share=0.0)  # type: ignore[union-attr]
+        left, runs = [], []
+        for _ in range(10):
+            summary, seconds = _timed_poll(w)
+            left.append(len(w.state(job_record.batch_prefix(prefix, batch))))
+            runs.append(seconds)
+            if summary.jobs_started:
+                break
+            assert w.hc.operations == {} and w.state("jobs/") == [path]  # waits, its hold cancelled
+            assert JobRecord.from_json(w.store.json(STATE, path)).holds[batch].cancelled
+            w.sim.advance(SCHEDULER_PERIOD)
+        assert len(runs) >= 2 and left[0] > 0, (left, runs)
+        assert all(seconds <= poll_operations.RUN_SECONDS + 80.0 for seconds in runs), runs
+        assert left[-1] == 0
+        [op] = w.hc.operations.values()
+        assert [name for _, name, _ in op.objects] == [f"{prefix}{batch}0/committed.dcm"]
+    finally:
+        w.close()
+
+
+def test_a_run_whose_polling_failed_frees_no_slot_and_the_next_run_does(world: World) -> None:
+    """Without the tracked operations a dead slot holder cannot be told from a live one: the run
+    leaves the slots (and finishing, and starts) to the next run."""
+    world.store.write(STATE, world.queue().slot_path(3), {"job": "dead", "acquiredAt": world.sim.clock() - 3600.0})
+    world.faults.fail(lambda: RuntimeError("listing failed"), method="list", name="operations/")
+    failed = world.poll().value()
+    assert world.faults.fired and failed.errors == ["poll operations: RuntimeError"]
+    assert world.state("slots/") == ["slots/3"] and failed.slots_freed == 0
+    assert world.poll().value().slots_freed == 1 and world.state("slots/") == []
+
+
+def test_a_finished_import_takes_a_window_of_leftover_records_along_side_by_side(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leader died deleting its window's 200 records after its job was queued; the job ran and
+    finished, and the poller drops the records with it (decision 0753). Every call then takes 50
+    times its usual time (a delete 2 s): one after the other the deletes took the run 400 s.
+    (One upload per record: records of uploads that did not arrive together.)"""
+    monkeypatch.setattr(window_records, "MAX_GROUP_UPLOADS", 1)
+    w = World(cloud=lambda sim: CloudConditions(sim))
+    try:
+        names = _names("left", 200)
+        w.faults.kill(method="delete", name="windows/", nth=1)  # the leader dies deleting its records
+        w.upload_burst(names, to=[w.instance("a")], gap=0.001)
+        w.sim.run_until_idle()
+        assert len(w.state("windows/")) == len(names) and w.state("jobs/") and not w.hc.operations
+        # Window recovery fails (a listing answered 503) until the job has started and finished.
+        w.faults.fail(lambda: gexc.ServiceUnavailable("503"), method="list_prefixes", name="windows/", times=100)
+        w.sim.advance(w.settings.claim_lease_seconds + 5)
+        for _ in range(15):
+            if w.hc.operations:
+                break
+            w.poll().value()
+            w.sim.advance(SCHEDULER_PERIOD)
+        assert w.hc.finish_all() == 1
+        w.cloud.latency = Latency(scale=50.0, tail_share=0.0)  # type: ignore[union-attr]
+        summary, seconds = _timed_poll(w)
+        assert summary.finished == 1 and w.state("windows/") == []
+        assert seconds <= poll_operations.RUN_SECONDS, seconds
+    finally:
+        w.close()

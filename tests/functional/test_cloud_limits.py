@@ -127,7 +127,7 @@ def test_every_staged_copy_of_a_successful_import_is_deleted(world: World) -> No
 
 def test_a_poller_run_deletes_a_bounded_number_of_copies_and_the_next_run_goes_on(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(poll_operations, "STAGING_DELETES_PER_RUN", 1000)
+    monkeypatch.setattr(poll_operations, "RUN_OBJECTS", 1000)
     _staged_import(world, 2500)
     deleted = []
     for _ in range(3):

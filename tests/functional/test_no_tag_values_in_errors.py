@@ -93,3 +93,22 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
             out.append(wrapped)
             exc = exc or wrapped.__cause__ or (None if wrapped.__suppress_context__ else wrapped.__context__)
     return out
+
+
+def test_a_failed_poller_step_or_operation_is_reported_by_its_errors_type_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Another service's error message may carry tag values or a URL with a query: the poller's
+    summary and log lines name the step or operation and the error's type, not its text."""
+    caplog.set_level(logging.DEBUG)
+    world = World()
+    world.deliver(world.upload("in/a.dcm"), world.instance())
+    world.sim.run_until_idle()
+    [op] = world.hc.running
+    world.hc.finish(op.name)
+    world.faults.fail(lambda: RuntimeError(f"bad request ?PatientID={SECRET}"), method="list", name="jobs/")
+    world.faults.fail(lambda: RuntimeError(f"bad request ?PatientID={SECRET}"), method="publish")
+    summary = world.poll().value()
+    assert world.faults.fired
+    assert sorted(summary.errors) == sorted(["start jobs: RuntimeError", f"{op.name}: RuntimeError"])
+    records = "\n".join(r.getMessage() + json.dumps(r.__dict__, default=str) for r in caplog.records)
+    assert "RuntimeError" in records and SECRET not in records

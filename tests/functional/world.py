@@ -37,7 +37,7 @@ STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
 TOPIC = "projects/p/topics/completions"
 SCHEDULER_PERIOD = 60.0
 # Prefixes that hold work in progress; all empty once the pipeline is done.
-WORK_PREFIXES = ("windows/", "claims/", "jobs/", "slots/", "operations/", "refusals/", "cleanup/")
+WORK_PREFIXES = ("windows/", "claims/", "jobs/", "slots/", "operations/", "refusals/", "cleanup/", "accounting/")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,3 +162,81 @@ def test_values_pydicom_complains_about_never_reach_a_log_line(caplog: pytest.Lo
         [fate] = finder.account([_entry("badVR.dcm")], api_failures=1).fates
     assert (fate.outcome, fate.reason) == (fo.FAILED, fo.UNPARSEABLE)
     assert not [r for r in caplog.records if "1A" in r.getMessage()], [r.getMessage() for r in caplog.records]
+
+
+class _OneUnitPerRun:
+    """A poller run's budget that allows one unit of each kind (a chunk), then none."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def allows(self, kind: str) -> bool:
+        if kind in self.started:
+            return False
+        self.started.append(kind)
+        return True
+
+
+def _in_runs(finder: fo.FailedObjectFinder, entries: list[dict[str, Any]], api_failures: int | None,
+             monkeypatch: pytest.MonkeyPatch) -> tuple[fo.Accounting, int]:
+    """Accounts for `entries` one chunk per run, the progress kept as JSON between runs."""
+    kept: dict[str, Any] | None = None
+    for runs in range(1, 100):
+        budget = fo.RunBudget(lambda: 0.0, 0.0, 1 << 30)
+        once = _OneUnitPerRun()
+        monkeypatch.setattr(budget, "allows", once.allows)
+        progress = fo.Progress.from_json(kept, len(entries)) if kept else fo.Progress(len(entries))
+        progress = finder.account_within(entries, api_failures=api_failures, progress=progress, budget=budget)
+        if progress.done(api_failures):
+            return progress.accounting([str(e["uri"]) for e in entries], api_failures), runs
+        kept = json.loads(json.dumps(progress.to_json()))
+    raise AssertionError("never done")
+
+
+def test_an_accounting_cut_into_runs_ends_as_in_one_and_reads_each_object_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fo, "CHUNK", 2)
+    good = {f"g{i}.dcm": dicom_factory.instance() for i in range(5)}
+    objects = {name: (data, len(data)) for name, data in good.items()}
+    objects["n.dcm"] = (b"not dicom" * 20, 180)
+    stored = {}
+    for data in good.values():
+        uids = fo.read_uids(data)
+        assert uids is not None
+        stored[uids[2]] = data
+    entries = [_entry(name) for name in objects] + [{"uri": "gs://up/held.dcm", "held": fo.UID_CONFLICT}]
+    finder, _ = _finder(objects, Store(stored))
+    whole = finder.account(entries, api_failures=1)
+    finder, gcs = _finder(objects, Store(stored))
+    cut, runs = _in_runs(finder, entries, 1, monkeypatch)
+    assert runs == 4 and cut == whole  # 7 objects, 2 a run
+    assert [f.reason for f in cut.fates if f.outcome != fo.LANDED] == [fo.NOT_DICOM, fo.UID_CONFLICT]
+    assert set(gcs.read) == set(objects) and all(n == objects[name][1] for name, n in gcs.read.items())
+
+
+def test_a_comparison_cut_into_runs_reads_the_header_again_for_the_uids_it_never_keeps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counter leaves failures unnamed, so stored candidates are compared; a later run finds
+    their UIDs again in their header (the progress names outcomes only), and the rule that more
+    differences than the counter allows are undecided holds across runs."""
+    monkeypatch.setattr(fo, "CHUNK", 1)
+    mine = dicom_factory.instance(sop="1.2.3", study="1.2", series="1.2.9", patient_id="A")
+    theirs = dicom_factory.instance(sop="1.2.3", study="1.2", series="1.2.9", patient_id="B")
+    objects = {"a.dcm": (mine, len(mine)), "b.dcm": (mine, len(mine))}
+    finder, gcs = _finder(objects, Store({"1.2.3": theirs}))
+    entries = [_entry("a.dcm"), _entry("b.dcm")]
+    cut, runs = _in_runs(finder, entries, 1, monkeypatch)
+    assert runs == 3  # two probes, then two comparisons
+    assert [(f.outcome, f.reason) for f in cut.fates] == [(fo.UNDECIDED, fo.COUNTER_MISMATCH)] * 2
+    finder, _ = _finder(objects, Store({"1.2.3": theirs}))
+    assert finder.account(entries, api_failures=1) == cut
+
+
+def test_a_kept_progress_names_no_uid_and_one_of_another_job_size_starts_over() -> None:
+    data = dicom_factory.instance(sop="1.2.840.99.7", study="1.2.840.99", series="1.2.840.99.5")
+    finder, _ = _finder({"a.dcm": (data, len(data))}, Store({"1.2.840.99.7": data}))
+    progress = finder.account_within([_entry("a.dcm")], api_failures=None, progress=fo.Progress(1),
+                                     budget=fo.unlimited(lambda: 0.0))
+    text = json.dumps(progress.to_json())
+    assert "1.2.840.99" not in text and progress.done(None)
+    assert fo.Progress.from_json(progress.to_json(), 2) == fo.Progress(2)
