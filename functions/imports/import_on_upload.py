@@ -22,6 +22,7 @@ from functions.core.events import StorageObjectEvent
 from functions.core.selection import ignore_reason
 from functions.core.windows import window_close
 from functions.gcp.clients import ObjectStore
+from functions.imports import record_groups
 from functions.imports.record_groups import RecordGroups
 from functions.imports.window_batcher import WindowBatcher, WindowResult
 from functions.imports.window_records import Entry
@@ -105,6 +106,13 @@ class ImportOnUpload:
         # redelivered events re-leads its window a few times, not once per event.
         delay = max(window_close(window, self._s.debounce_seconds) - self._clock(), 0.0) + self._s.settle_seconds
         self._sleep(delay)
+        # A group of this process still lingering or being written (an event from the window's last
+        # moments) is taken along: written after `take`, its request would lead the window a second
+        # time, the claim's name written again within a second of its deletion. Bounded by a lease:
+        # a write that hangs longer leads on its own, as a late event does.
+        waited_until = self._clock() + self._s.claim_lease_seconds
+        while not self._groups.settled(window) and self._clock() < waited_until:
+            self._sleep(record_groups.POLL_SECONDS)
         mine = self._windows.take(window)
         deadline = self._clock() + self._s.claim_lease_seconds
         while True:

@@ -88,6 +88,11 @@ class RecordGroups:
             raise group.error
         return group.record
 
+    def settled(self, window: str) -> bool:
+        """True when this process has no group of `window` open or being written."""
+        with self._lock:
+            return window not in self._open and not self._writing.get(window)
+
     def _write_when_due(self, window: str, group: _Group) -> None:
         while True:
             with self._lock:

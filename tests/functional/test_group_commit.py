@@ -195,3 +195,25 @@ def test_a_record_listing_uploads_of_a_finished_import_and_of_a_later_part_keeps
     w.settle()
     w.check_invariants(expected=names)
     assert sorted(len(o.objects) for o in w.hc.operations.values()) == [2, 4]
+
+
+def test_a_leader_takes_along_its_process_s_group_still_being_written_when_its_window_s_wait_ends(
+        world: World) -> None:
+    """The window's second group is written slowly (its create stalls past the window's close and
+    settle): the leader waits for it and plans both uploads in one round. Planned without it, the
+    late group's request would lead the window again, writing its claim again right after the first
+    round deleted it."""
+    a = world.instance()
+    names = _names("slow/s1", 2)
+    world.faults.stall(world.settings.debounce_seconds + world.settings.settle_seconds + 3.0,
+                       method="create", name="windows/", nth=2)
+    deliveries = world.upload_burst(names, to=[a], gap=record_groups.LINGER_SECONDS + 0.5)  # two groups
+    assert len({window_id(d.event.time_created, world.settings.debounce_seconds) for d in deliveries}) == 1
+    world.sim.run_until_idle()
+    assert world.faults.fired
+    rounds = [d.outcome.led for d in deliveries if d.outcome.led is not None and d.outcome.led.claimed]
+    assert [r.uploads for r in rounds] == [2]
+    [op] = world.hc.operations.values()
+    assert len(op.objects) == 2
+    world.settle()
+    world.check_invariants(expected=names)
