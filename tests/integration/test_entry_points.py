@@ -41,7 +41,8 @@ from tests.integration.harness import (
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 SECRET_PATIENT = "PHI-SECRET-4711"
 POLL_KEYS = {"tracked", "finished", "running", "published", "jobs_started", "jobs_queued", "windows_recovered",
-             "windows_left", "slots_freed", "staged_deleted", "unconfirmed", "oldest_running_seconds", "errors"}
+             "windows_left", "accounting_left", "slots_freed", "staged_deleted", "unconfirmed",
+             "oldest_running_seconds", "errors"}
 
 
 @pytest.fixture
