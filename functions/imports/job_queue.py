@@ -372,7 +372,8 @@ class JobQueue:
                 operation = self._hc.get_operation(f"{self._s.dataset}/operations/{operation_id}")
             except ApiError as exc:
                 logger.warning("could not tell whether an import still runs; counting it as running",
-                               extra=fields(job=holder, operation=operation_id, error=str(exc)[:200]))
+                               extra=fields(job=holder, operation=operation_id, error=type(exc).__name__,
+                                            status=exc.status_code))
                 return holder
             if not operation.get("done"):
                 return holder

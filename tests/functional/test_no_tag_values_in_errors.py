@@ -112,3 +112,21 @@ def test_a_failed_poller_step_or_operation_is_reported_by_its_errors_type_only(
     assert sorted(summary.errors) == sorted(["start jobs: RuntimeError", f"{op.name}: RuntimeError"])
     records = "\n".join(r.getMessage() + json.dumps(r.__dict__, default=str) for r in caplog.records)
     assert "RuntimeError" in records and SECRET not in records
+
+
+def test_an_import_whose_state_cannot_be_read_is_logged_by_its_error_type(world: World,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A waiting job asks whether the running import still runs; the API's answer is an error whose
+    message the log must not carry (another service's text counts as tag values)."""
+    caplog.set_level(logging.DEBUG)
+    a = world.instance()
+    world.upload_burst(["running/s1/IM0000.dcm"], to=[a])
+    world.sim.run_until_idle()
+    assert world.hc.operations  # started, not finished
+    world.faults.fail(lambda: ApiError(500, f"backend error near PatientID={SECRET}", status="INTERNAL"),
+                      method="get_operation", times=10)
+    assert a.queue._running_import(besides="another-job")  # counted as running
+    assert world.faults.fired
+    assert "could not tell whether an import still runs" in caplog.text
+    records = "\n".join(r.getMessage() + json.dumps(r.__dict__, default=str) for r in caplog.records)
+    assert SECRET not in records and "ApiError" in records
