@@ -274,6 +274,17 @@ class WindowBatcher:
         batch_id = f"{window}-{claim.generation % 10**8:08d}"
         window_closed = window_close(window, self._s.debounce_seconds)
         waiting = self._queue.pending_records() if by_name else []
+        if took_over and waiting:
+            # The leader we take over from may be alive and committing a growth it checked its claim
+            # for (a commit throttled past its lease): its hold is cancelled first, so that commit is
+            # refused and its uploads are planned here once. When that cannot be done, the window is
+            # left for a later takeover.
+            cancelled = self._cancel_holds_of_earlier_leaders(window, waiting)
+            if cancelled is None:
+                self._gcs.delete(self._s.state_bucket, claim.path, claim.generation)
+                return WindowResult(window, claimed=False)
+            if cancelled:
+                waiting = self._queue.pending_records()
         # A leader that died after its jobs (or its growth) became durable, before it deleted the
         # records, left uploads that are covered already: planning them again would read them twice.
         # All of them go with this part (their keys to the seen file): the dead leader's part need
@@ -359,6 +370,26 @@ class WindowBatcher:
         planned.update(u.key for u in uploads)
         return WindowResult(window, True, len(uploads), tuple(j.job_id for j in jobs), started, staged, grown,
                             tuple(u.key for u in again), left=len(fresh) - len(uploads))
+
+    def _cancel_holds_of_earlier_leaders(self, window: str, waiting: list[Record]) -> int | None:
+        """Cancels every live hold an earlier leader of `window` has on a queued job (its batches are
+        named after the window); the number cancelled, or None when a swap was refused or lost (the
+        hold was committed meanwhile, or the job record stayed throttled)."""
+        prefix = f"{window}-"
+        cancelled = 0
+        for record in waiting:
+            for hold in job_record.holds_of(record.data).values():
+                if not hold.batch.startswith(prefix) or hold.cancelled:
+                    continue
+                job_id = str(record.data["job"]["job_id"])
+                if self._swap_job(job_id, record, Event.CANCEL_HOLD, Change(batch=hold.batch)) is None:
+                    logger.warning("could not cancel an earlier leader's hold on takeover; the window waits",
+                                   extra=fields(window=window, job=job_id, batch=hold.batch))
+                    return None
+                logger.info("cancelled an earlier leader's hold on takeover",
+                            extra=fields(window=window, job=job_id, batch=hold.batch))
+                cancelled += 1
+        return cancelled
 
     def _drop_late_duplicates(self, window: str) -> WindowResult | None:
         """When nobody holds the window's claim and every record of the window is a late duplicate of

@@ -405,3 +405,31 @@ def test_a_grower_whose_commit_is_throttled_swaps_again_and_keeps_its_growth() -
     w.settle()
     w.check_invariants()
     assert len(w.hc.operations) == 2
+
+
+
+
+def test_a_takeover_cancels_the_hold_of_a_leader_still_committing_and_plans_its_uploads_once() -> None:
+    """Window 1's leader holds the waiting job and has checked its claim; its commit is held up (the
+    manifest write stalls) past its claim's lease, and lands while the poller, which took the window
+    over meanwhile, is committing its own growth of the same uploads. The takeover cancels the old
+    hold before planning, so the late commit is refused and the uploads are in the job once."""
+    w, a, blocker = _blocked_world()
+    led(staging_window(w, 0, [a]))
+    lease = w.settings.claim_lease_seconds
+    w.faults.stall(lease + 20.0, method="write", name=".grown-")  # after the fence
+    w.store.put(UPLOADS, "mig/w01/m.dcm", dicom_factory.instance())
+    slow = w.upload_burst(["mig/w01/a.dcm", "mig/w01/z.dcm"], to=[a])
+    w.sim.advance(w.settings.debounce_seconds + w.settings.settle_seconds + 1)
+    assert w.faults.fired
+    [claim] = w.state("claims/")
+    claim_until = float(w.store.read(STATE, claim).data["leaseUntil"])
+    w.sim.advance(claim_until + 1 - w.clock())
+    w.faults.stall(60.0, method="write", name=".grown-")  # the poller's own growth, until the old one is in
+    w.poll()  # takes window 1 over while its leader still waits on its manifest write
+    w.sim.run_until_idle()
+    assert len(w.faults.fired) == 2
+    assert not _led_or_none(slow)  # the late commit was refused: that leader let the window go
+    w.hc.finish(blocker.name)
+    w.settle()
+    w.check_invariants()
