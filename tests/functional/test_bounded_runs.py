@@ -158,14 +158,7 @@ def test_undoing_a_large_growth_deletes_its_copies_side_by_side() -> None:
             w.store.put(STATE, f"{job_record.batch_prefix(prefix, batch)}{index:06d}.dcm", b"x")
         path = queue.job_path("J")
 
-        def hold_then_stop() -> None:
-            queued = job_record.apply(w.store, STATE, path, None, Event.QUEUE, Change(job=job.to_json()))
-            assert queued is not None and queued.generation is not None
-            held = job_record.apply(w.store, STATE, path, Record(queued.data, queued.generation), Event.HOLD,
-                                    Change(batch=batch, until=w.sim.clock() + 30.0))
-            assert held is not None and held.generation is not None
-
-        w.sim.call(hold_then_stop, name="grower")
+        w.sim.call(lambda: _queue_held_by_a_grower_that_stops(w, path, job, batch), name="grower")
         w.sim.run_until_idle()
         w.sim.advance(31.0)  # the hold ran out
         began = w.sim.clock()
@@ -398,14 +391,7 @@ def test_a_large_growth_to_undo_is_undone_over_several_runs_and_only_then_is_the
             w.store.put(STATE, f"{job_record.batch_prefix(prefix, batch)}{index:06d}.dcm", b"x")
         path = w.queue().job_path("J")
 
-        def hold_then_stop() -> None:
-            queued = job_record.apply(w.store, STATE, path, None, Event.QUEUE, Change(job=job.to_json()))
-            assert queued is not None and queued.generation is not None
-            held = job_record.apply(w.store, STATE, path, Record(queued.data, queued.generation), Event.HOLD,
-                                    Change(batch=batch, until=w.sim.clock() + 30.0))
-            assert held is not None and held.generation is not None
-
-        w.sim.call(hold_then_stop, name="grower")
+        w.sim.call(lambda: _queue_held_by_a_grower_that_stops(w, path, job, batch), name="grower")
         w.sim.run_until_idle()
         w.sim.advance(31.0)  # the hold ran out
         w.cloud.latency = Latency(scale=100.0, tail_share=0.0)  # type: ignore[union-attr]
@@ -468,3 +454,12 @@ def test_a_finished_import_takes_a_window_of_leftover_records_along_side_by_side
         assert seconds <= poll_operations.RUN_SECONDS, seconds
     finally:
         w.close()
+
+
+def _queue_held_by_a_grower_that_stops(w: World, path: str, job: Job, batch: str) -> None:
+    """Queues `job` and holds it for `batch` for 30 s: a grower that then stops (its copies made)."""
+    queued = job_record.apply(w.store, STATE, path, None, Event.QUEUE, Change(job=job.to_json()))
+    assert queued is not None and queued.generation is not None
+    held = job_record.apply(w.store, STATE, path, Record(queued.data, queued.generation), Event.HOLD,
+                            Change(batch=batch, until=w.sim.clock() + 30.0))
+    assert held is not None and held.generation is not None
