@@ -293,7 +293,7 @@ class Redriver:
             if info is None:
                 gone.append(uri)
             else:
-                uploads.append(Upload(record="", bucket=bucket, name=name, generation=info.generation,
+                uploads.append(Upload(bucket=bucket, name=name, generation=info.generation,
                                       time_created=info.time_created))
         return uploads, gone
 

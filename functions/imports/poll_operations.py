@@ -368,8 +368,7 @@ class Poller:
             if not left:
                 continue
             stored: set[str] = set()
-            for name in names:
-                manifest = self._gcs.read(self._s.state_bucket, name)
+            for manifest in self._side_by_side(lambda name: self._gcs.read(self._s.state_bucket, name), names):
                 for entry in manifest.data.get("objects", []) if manifest else []:
                     if entry.get("held"):
                         continue  # not imported by this job

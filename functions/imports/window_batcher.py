@@ -74,7 +74,6 @@ _ROUND_ATTEMPTS = 6
 class Upload:
     """One recorded upload waiting in a window."""
 
-    record: str  # state object name of a window record listing it (the smallest, when several do)
     bucket: str
     name: str
     generation: int
@@ -627,7 +626,7 @@ class WindowBatcher:
                 continue
             records[info.name] = frozenset(e.key for e in entries)
             for e in entries:
-                uploads.setdefault(e.key, Upload(info.name, e.bucket, e.name, e.generation, e.time_created))
+                uploads.setdefault(e.key, Upload(e.bucket, e.name, e.generation, e.time_created))
         return _Listed(records, list(uploads.values()))
 
     def _adopt(self, bucket: str, storage_class: str | None, uploads: list[Upload], covering: list[_Covering],

@@ -51,7 +51,7 @@ def test_a_slow_copy_holds_up_its_own_worker_not_the_others() -> None:
         for i in range(COPIES):
             name = f"tail/{i:04d}.dcm"
             info = w.store.put(UPLOADS, name, b"x")
-            uploads.append(Upload(f"windows/x/{i}.json", UPLOADS, name, info.generation))
+            uploads.append(Upload(UPLOADS, name, info.generation))
         batcher = w.batcher()
         began = w.sim.clock()
         task = w.sim.call(lambda: batcher.stage(uploads, "staging/tail/"), name="stage")
